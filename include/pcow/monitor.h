@@ -1,0 +1,90 @@
+/*
+ * The pcow Image Monitor (public API)
+ *
+ * Maps a pcow image into one contiguous range of host virtual memory of the
+ * image's virtual size, so that a guest can use it as RAM/PM with plain
+ * loads and stores.  Writes to holes are expanded through userfaultfd;
+ * writes to frozen (snapshot or base) data are copied on write from a
+ * SIGSEGV handler; a thread keeps a pool of pre-allocated clusters.
+ * Plain C and pthreads, no QEMU types.  Any number of monitors per process.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#ifndef PCOW_MONITOR_H
+#define PCOW_MONITOR_H
+
+#include "pcow/pcow.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pcow_monitor pcow_monitor;
+
+#define PCOW_MONITOR_READONLY (1u << 0) /* map everything read-only */
+#define PCOW_MONITOR_NO_POOL  (1u << 1) /* no pre-allocation thread */
+#define PCOW_MONITOR_NO_LOCK  (1u << 2) /* tests only: share the image */
+
+typedef struct pcow_monitor_opts {
+    unsigned flags;
+    uint32_t pool_size;         /* clusters kept ready; 0: default (8) */
+    uint32_t cow_escalate;      /* copy whole cluster after this many units;
+                                 * 0: default, UINT32_MAX: never */
+    uint64_t max_vmas;          /* 0: derive from vm.max_map_count */
+    pcow_persist_hook hook;     /* optional, for tests */
+    void *hook_opaque;
+} pcow_monitor_opts;
+
+#define PCOW_HIST_BUCKETS 32    /* log2 buckets of nanoseconds */
+
+typedef struct pcow_latency {
+    uint64_t count;
+    uint64_t total_ns;
+    uint64_t max_ns;
+    uint64_t buckets[PCOW_HIST_BUCKETS];  /* bucket i: [2^i, 2^(i+1)) ns */
+} pcow_latency;
+
+typedef struct pcow_monitor_stats {
+    uint64_t expansions;
+    uint64_t cow_unit_faults;       /* 4 KiB (unit) copies */
+    uint64_t cow_cluster_faults;    /* whole-cluster copies */
+    uint64_t hole_read_faults;
+    uint64_t pool_hits;
+    uint64_t pool_misses;
+    uint64_t errors;                /* faults that could not be served */
+    uint64_t vmas;                  /* mappings the monitor holds now */
+    pcow_latency expansion_latency;
+    pcow_latency cow_latency;
+    pcow_latency hole_read_latency;
+} pcow_monitor_stats;
+
+int pcow_monitor_open(const char *path, const pcow_monitor_opts *opts,
+                      pcow_monitor **out, pcow_error *err);
+/* Joins threads, makes everything durable, clears the in-use flag. */
+int pcow_monitor_close(pcow_monitor *mon, pcow_error *err);
+
+void *pcow_monitor_base(pcow_monitor *mon);
+uint64_t pcow_monitor_size(pcow_monitor *mon);
+pcow_image *pcow_monitor_image(pcow_monitor *mon);
+void pcow_monitor_get_stats(pcow_monitor *mon, pcow_monitor_stats *stats);
+/* Percentile (0..100) of a histogram, in nanoseconds (bucket midpoint). */
+uint64_t pcow_latency_percentile(const pcow_latency *lat, double pct);
+
+/*
+ * Live snapshot: the caller stops every thread that writes the range (QEMU
+ * pauses vCPUs); in-flight faults are drained, the image snapshot is taken,
+ * and what was writable is write-protected again.
+ */
+int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
+                                 pcow_error *err);
+int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
+                                 pcow_error *err);
+
+/* Make guest writes durable (msync of the writable mappings / PM flush). */
+int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PCOW_MONITOR_H */

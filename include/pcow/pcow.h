@@ -1,0 +1,280 @@
+/*
+ * libpcow: the pcow image format driver (public API)
+ *
+ * pcow ("PM copy-on-write") is an image format for virtual persistent
+ * memory.  The on-disk format is specified in docs/pcow.rst; this header is
+ * the library's contract with pcow-img, the Image Monitor and QEMU.
+ *
+ * Conventions:
+ * - Functions return 0 (or a non-negative count) on success and a negative
+ *   errno value on failure; when @err is not NULL it receives a one-line,
+ *   human-readable message naming the file and the problem.
+ * - No function calls exit() or abort() on bad input.  There is no global
+ *   state: any number of images may be open in one process.
+ * - Functions marked "async-signal-safe" may be called from a SIGSEGV
+ *   handler: they take no locks other than the image's own metadata
+ *   spinlock, allocate no memory and use only async-signal-safe syscalls.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#ifndef PCOW_PCOW_H
+#define PCOW_PCOW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PCOW_VERSION 1
+
+#define PCOW_MIN_CLUSTER_BITS 12    /* 4 KiB */
+#define PCOW_MAX_CLUSTER_BITS 21    /* 2 MiB */
+#define PCOW_DEFAULT_CLUSTER_BITS 16 /* 64 KiB */
+#define PCOW_MIN_COW_UNIT_BITS 12   /* 4 KiB */
+#define PCOW_MAX_COW_UNITS 64       /* COW units per cluster (bitmap width) */
+#define PCOW_MAX_BACKING_NAME 1023
+#define PCOW_MAX_SNAPSHOT_NAME 255
+#define PCOW_MAX_CHAIN_DEPTH 64
+
+typedef struct pcow_error {
+    int code;           /* negative errno, 0 if no error */
+    char msg[512];
+} pcow_error;
+
+typedef struct pcow_image pcow_image;
+
+typedef enum pcow_backing_format {
+    PCOW_BACKING_NONE = 0,
+    PCOW_BACKING_PCOW = 1,
+    PCOW_BACKING_RAW = 2,
+} pcow_backing_format;
+
+/* How durable writes are made durable (see docs/pcow.rst, Persistence). */
+typedef enum pcow_persist_method {
+    PCOW_PERSIST_MSYNC = 0,     /* page cache: msync/fdatasync */
+    PCOW_PERSIST_PMEM = 1,      /* real PM (DAX + MAP_SYNC): CPU flush+fence */
+} pcow_persist_method;
+
+/*
+ * Persistence hook: every change to an image file that libpcow makes goes
+ * through the persistence module, which reports it here before it is made.
+ * The crash-point harness records this stream and replays prefixes of it.
+ */
+typedef enum pcow_persist_op {
+    PCOW_OP_WRITE = 1,      /* bytes written at offset */
+    PCOW_OP_BARRIER = 2,    /* everything before is durable */
+    PCOW_OP_TRUNCATE = 3,   /* file size set to offset */
+    PCOW_OP_ALLOCATE = 4,   /* fallocate(offset, len): reads as zero */
+    PCOW_OP_PUNCH = 5,      /* punch hole (offset, len): reads as zero */
+} pcow_persist_op;
+
+typedef void (*pcow_persist_hook)(void *opaque, pcow_persist_op op,
+                                  uint64_t offset, const void *data,
+                                  uint64_t len);
+
+typedef struct pcow_create_opts {
+    uint64_t virtual_size;      /* bytes, multiple of 4096, > 0 */
+    uint32_t cluster_size;      /* 0: default (64 KiB) */
+    uint32_t cow_unit;          /* 0: default (4 KiB, or cluster/64) */
+    const char *backing_file;   /* NULL: none; stored as given */
+    pcow_backing_format backing_format; /* NONE with a file: probe */
+    bool size_from_backing;     /* virtual_size 0: take the base's size */
+    pcow_persist_hook hook;     /* optional, for tests */
+    void *hook_opaque;
+} pcow_create_opts;
+
+/* Open flags */
+#define PCOW_OPEN_RDWR       (1u << 0) /* read-write (exclusive lock) */
+#define PCOW_OPEN_NO_LOCK    (1u << 1) /* -U: take no lock at all */
+#define PCOW_OPEN_NO_BACKING (1u << 2) /* do not open the backing chain */
+#define PCOW_OPEN_NO_RECOVER (1u << 3) /* RDWR: do not reclaim leaks */
+
+typedef struct pcow_open_opts {
+    unsigned flags;
+    pcow_persist_hook hook;
+    void *hook_opaque;
+} pcow_open_opts;
+
+int pcow_create(const char *path, const pcow_create_opts *opts,
+                pcow_error *err);
+int pcow_open(const char *path, const pcow_open_opts *opts,
+              pcow_image **out, pcow_error *err);
+/* Makes everything durable, clears the in-use flag, releases locks. */
+int pcow_close(pcow_image *img, pcow_error *err);
+
+/* Is this file a pcow image (magic of either header slot)?  No validation. */
+bool pcow_probe(const char *path);
+
+typedef struct pcow_info {
+    uint32_t version;
+    uint64_t virtual_size;
+    uint32_t cluster_size;
+    uint32_t cow_unit;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint64_t generation;
+    char backing_file[PCOW_MAX_BACKING_NAME + 1];   /* as stored */
+    char backing_path[4096];                        /* resolved */
+    pcow_backing_format backing_format;
+    uint64_t file_size;         /* st_size */
+    uint64_t disk_size;         /* st_blocks * 512 */
+    uint64_t allocated_clusters;    /* data clusters referenced by any table */
+    uint64_t active_clusters;       /* data clusters of the active layer */
+    uint64_t metadata_clusters;
+    uint64_t frontier;
+    uint32_t nb_snapshots;
+    bool was_dirty;             /* in-use flag was set at open (crash) */
+    bool read_only;
+    pcow_persist_method persist_method;
+} pcow_info;
+
+void pcow_get_info(pcow_image *img, pcow_info *info);
+const char *pcow_filename(pcow_image *img);
+uint64_t pcow_virtual_size(pcow_image *img);
+uint32_t pcow_cluster_size(pcow_image *img);
+uint32_t pcow_cow_unit(pcow_image *img);
+int pcow_fd(pcow_image *img);
+/* The backing image (NULL if none or a raw base) and a raw base's fd. */
+pcow_image *pcow_backing(pcow_image *img);
+int pcow_backing_raw_fd(pcow_image *img);
+
+/*
+ * Extents: what the guest sees at a virtual offset.  An extent never crosses
+ * a change of kind, writability, file or file contiguity; it is as long as
+ * possible otherwise (up to @max_len bytes).  Used by the Image Monitor to
+ * map the image with as few mappings as possible, by `map` and by `convert`.
+ */
+typedef enum pcow_extent_kind {
+    PCOW_EXTENT_HOLE = 0,   /* reads as zeros, nothing allocated anywhere */
+    PCOW_EXTENT_DATA = 1,   /* data at (fd, file_offset) */
+} pcow_extent_kind;
+
+typedef struct pcow_extent {
+    uint64_t offset;        /* guest-visible start */
+    uint64_t length;
+    pcow_extent_kind kind;
+    bool writable;          /* data owned by the active layer of this image */
+    int fd;                 /* DATA: file that holds it (this image or a base) */
+    uint64_t file_offset;   /* DATA: offset in that file */
+    unsigned depth;         /* 0 = this image, 1 = its base, ... */
+    uint64_t valid_length;  /* DATA from a raw base: bytes before its EOF */
+} pcow_extent;
+
+int pcow_get_extent(pcow_image *img, uint64_t offset, uint64_t max_len,
+                    pcow_extent *ext);
+
+/* Byte I/O for tools (convert, commit, compare, tests).  Not signal-safe. */
+int64_t pcow_pread(pcow_image *img, uint64_t offset, void *buf, uint64_t len,
+                   pcow_error *err);
+int64_t pcow_pwrite(pcow_image *img, uint64_t offset, const void *buf,
+                    uint64_t len, pcow_error *err);
+/* Make [offset, offset+len) read as zeros, deallocating what it can. */
+int pcow_zero_range(pcow_image *img, uint64_t offset, uint64_t len,
+                    pcow_error *err);
+int pcow_flush(pcow_image *img, pcow_error *err);
+
+/*
+ * Runtime operations for the Image Monitor.  All are async-signal-safe and
+ * serialised by the image's metadata spinlock.
+ *
+ * pcow_reserve_clusters(): move up to @count zeroed, durable clusters into
+ *   the image's reserve (called by the pre-allocation thread; may block on
+ *   fallocate/fdatasync).  Returns how many are in the reserve now.
+ * pcow_expand_cluster(): give the hole at virtual cluster @vcluster a zeroed
+ *   data cluster and commit it; takes from the reserve, else allocates
+ *   synchronously.  *file_offset receives the cluster's offset.  -EEXIST if
+ *   the cluster was already allocated (another thread won): *file_offset is
+ *   still set.  -ENOSPC when the disk is full: nothing changed.
+ * pcow_cow(): make the COW unit(s) containing virtual byte @offset writable
+ *   in the active layer: allocates the cluster's new home if needed, copies
+ *   the unit (or, with @whole_cluster, every not yet copied unit), makes the
+ *   data then the entry durable.  On return *ext describes the writable
+ *   range now at that place (unit or cluster).  -EEXIST if already writable.
+ */
+uint32_t pcow_reserve_clusters(pcow_image *img, uint32_t count,
+                               pcow_error *err);
+uint32_t pcow_reserve_count(pcow_image *img);
+int pcow_expand_cluster(pcow_image *img, uint64_t vcluster,
+                        uint64_t *file_offset);
+int pcow_cow(pcow_image *img, uint64_t offset, bool whole_cluster,
+             pcow_extent *ext);
+/* How many units of the cluster holding @offset were copied so far. */
+unsigned pcow_cow_units_copied(pcow_image *img, uint64_t offset);
+
+/* Snapshots */
+typedef struct pcow_snapshot_info {
+    uint64_t id;
+    char name[PCOW_MAX_SNAPSHOT_NAME + 1];
+    uint64_t virtual_size;
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t clusters;          /* data clusters its table references */
+} pcow_snapshot_info;
+
+/* Returns the count; *list is malloc'd (free with free()). */
+int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
+                       pcow_error *err);
+int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err);
+/* @name_or_id: a name, or a decimal id. */
+int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
+                         pcow_error *err);
+int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
+                         pcow_error *err);
+
+/* Backing chain */
+/* Rewrite the backing reference only (rebase -u). */
+int pcow_set_backing(pcow_image *img, const char *backing_file,
+                     pcow_backing_format fmt, pcow_error *err);
+int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
+                pcow_error *err);
+
+/* Consistency check and repair */
+#define PCOW_REPAIR_LEAKS   (1u << 0)
+#define PCOW_REPAIR_ERRORS  (1u << 1)
+
+typedef struct pcow_check_result {
+    uint64_t corruptions;       /* errors that make data unreliable */
+    uint64_t leaks;             /* clusters that hold space but no data */
+    uint64_t corruptions_fixed;
+    uint64_t leaks_fixed;
+    uint64_t allocated_clusters;
+    uint64_t total_clusters;    /* virtual size in clusters */
+    uint64_t fragmented_clusters;
+    uint64_t image_end_offset;
+    char first_problem[512];    /* first corruption found, one line */
+} pcow_check_result;
+
+/* Opens @path itself (read-only unless repairing); see qemu-img's codes. */
+int pcow_check(const char *path, unsigned repair, bool force_share,
+               pcow_check_result *res, pcow_error *err);
+
+/* Storage under an image (libndctl) */
+typedef struct pcow_storage_info {
+    bool on_dax;                /* MAP_SYNC mapping works */
+    bool is_pmem;               /* libpmem says CPU flush is enough */
+    bool has_namespace;         /* an NVDIMM namespace was found */
+    char fs_type[32];
+    char block_device[64];      /* e.g. "pmem0" */
+    char namespace_name[64];    /* e.g. "namespace0.0" */
+    char namespace_mode[32];    /* fsdax, raw, devdax, sector */
+    uint64_t namespace_size;
+    uint64_t namespace_align;
+    pcow_persist_method persist_method;
+    uint32_t suggested_cluster_size;
+} pcow_storage_info;
+
+int pcow_storage_probe(const char *path, pcow_storage_info *si,
+                       pcow_error *err);
+
+/* Parse "64K", "1G", "128" (bytes) ... ; -EINVAL on junk or overflow. */
+int pcow_parse_size(const char *s, uint64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PCOW_PCOW_H */
