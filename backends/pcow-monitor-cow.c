@@ -1,0 +1,243 @@
+/*
+ * The pcow Image Monitor: SIGSEGV dispatcher and copy-on-write
+ *
+ * The only process-wide state of the monitor: a fixed-size, lock-free
+ * registry of monitor ranges and the SIGSEGV action that was installed
+ * before ours.  A write to a read-only cluster (snapshot-frozen, base, or
+ * a not yet copied unit) raises SIGSEGV in the writing thread; the handler
+ * copies the COW unit (or the whole cluster, see cow_escalate) through
+ * pcow_cow(), maps the now writable data read-write over the place and
+ * returns, so the store is retried.  Everything here is async-signal-safe:
+ * atomics, syscalls and libpcow's signal-safe runtime calls only.
+ *
+ * Faults outside every registered range, reads, and faults we cannot serve
+ * go to the previous action, so a real crash still crashes.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "pcow-monitor-int.h"
+
+#define MON_SLOTS 64
+
+typedef struct mon_slot {
+    _Atomic(pcow_monitor *) mon;
+    /* Handlers running on this slot; unregister waits for 0. */
+    _Atomic int inflight;
+} mon_slot;
+
+static mon_slot slots[MON_SLOTS];
+static struct sigaction prev_action;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool installed;
+
+static void chain(int sig, siginfo_t *info, void *ctx)
+{
+    struct sigaction dfl;
+
+    if (prev_action.sa_flags & SA_SIGINFO) {
+        prev_action.sa_sigaction(sig, info, ctx);
+        return;
+    }
+    if (prev_action.sa_handler != SIG_DFL &&
+        prev_action.sa_handler != SIG_IGN) {
+        prev_action.sa_handler(sig);
+        return;
+    }
+    /*
+     * Default action (the kernel also forces it for an ignored fault):
+     * reset and let the fault happen again, or re-raise one that was sent
+     * (it stays pending until this handler returns).
+     */
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    if (info->si_code <= 0) {
+        raise(sig);
+    }
+}
+
+static bool is_write_fault(void *ctx)
+{
+#if defined(__x86_64__)
+    ucontext_t *uc = ctx;
+
+    return uc->uc_mcontext.gregs[REG_ERR] & 2;
+#elif defined(__aarch64__)
+    /* ESR is in the context's extension records; assume a write. */
+    return true;
+#else
+    return true;
+#endif
+}
+
+/* Returns true when the fault was served and the access can be retried. */
+static bool cow_fault(pcow_monitor *mon, uint64_t off)
+{
+    uint64_t t0 = mon_now_ns();
+    pcow_extent ext;
+    bool whole;
+    void *p;
+    int r;
+
+    if (mon->read_only) {
+        atomic_fetch_add(&mon->st.errors, 1);
+        mon_report(mon, "write to a read-only image at", off, -EROFS);
+        return false;
+    }
+    whole = mon->cow_escalate != UINT32_MAX &&
+            pcow_cow_units_copied(mon->img, off) >= mon->cow_escalate;
+    memset(&ext, 0, sizeof(ext));
+    r = pcow_cow(mon->img, off, whole, &ext);
+    if (r == -EEXIST && ext.length == 0) {
+        /* Another thread copied it and maps it now: retry the store. */
+        return true;
+    }
+    if (r < 0 && r != -EEXIST) {
+        atomic_fetch_add(&mon->st.errors, 1);
+        mon_report(mon, "cannot copy-on-write", off, r);
+        return false;
+    }
+    if (ext.kind != PCOW_EXTENT_DATA || !ext.writable || ext.length == 0 ||
+        ext.offset > off || off - ext.offset >= ext.length) {
+        atomic_fetch_add(&mon->st.errors, 1);
+        mon_report(mon, "copy-on-write returned a bad extent at", off, -EIO);
+        return false;
+    }
+    if (!mon_vma_budget(mon, 2)) {
+        atomic_fetch_add(&mon->st.errors, 1);
+        mon_report(mon, "too many mappings (raise vm.max_map_count) at",
+                   off, -ENOMEM);
+        return false;
+    }
+    p = mmap(mon->base + ext.offset, ext.length, PROT_READ | PROT_WRITE,
+             MAP_SHARED | MAP_FIXED | MAP_POPULATE, ext.fd, ext.file_offset);
+    if (p == MAP_FAILED) {
+        atomic_fetch_add(&mon->st.errors, 1);
+        mon_report(mon, "cannot map the copied data at", off, -errno);
+        return false;
+    }
+    mon_kick_pool(mon);
+    if (r == 0) {
+        if (ext.length >= mon->cluster_size) {
+            atomic_fetch_add(&mon->st.cow_cluster_faults, 1);
+        } else {
+            atomic_fetch_add(&mon->st.cow_unit_faults, 1);
+        }
+        mon_latency_add(&mon->st.cow_latency, mon_now_ns() - t0);
+    }
+    return true;
+}
+
+static void segv_handler(int sig, siginfo_t *info, void *ctx)
+{
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    int saved_errno = errno;
+    int i;
+
+    /* Only faults (not kill/raise) can be ours. */
+    if (info->si_code > 0) {
+        for (i = 0; i < MON_SLOTS; i++) {
+            mon_slot *s = &slots[i];
+            pcow_monitor *mon;
+            bool served = false;
+            bool mine = false;
+
+            atomic_fetch_add(&s->inflight, 1);
+            mon = atomic_load(&s->mon);
+            if (mon && addr >= (uintptr_t)mon->base &&
+                addr - (uintptr_t)mon->base < mon->size) {
+                mine = true;
+                if (is_write_fault(ctx)) {
+                    served = cow_fault(mon, addr - (uintptr_t)mon->base);
+                } else {
+                    mon_report(mon, "unexpected read fault at",
+                               addr - (uintptr_t)mon->base, -EFAULT);
+                }
+            }
+            atomic_fetch_sub(&s->inflight, 1);
+            if (mine) {
+                if (served) {
+                    errno = saved_errno;
+                    return;
+                }
+                break;
+            }
+        }
+    }
+    errno = saved_errno;
+    chain(sig, info, ctx);
+}
+
+int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err)
+{
+    int i;
+
+    pthread_mutex_lock(&install_lock);
+    if (!installed) {
+        struct sigaction sa;
+
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = segv_handler;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGSEGV, &sa, &prev_action) < 0) {
+            pthread_mutex_unlock(&install_lock);
+            if (err) {
+                err->code = -errno;
+                snprintf(err->msg, sizeof(err->msg),
+                         "cannot install the SIGSEGV handler: %s",
+                         strerror(errno));
+            }
+            return -errno;
+        }
+        installed = true;
+    }
+    pthread_mutex_unlock(&install_lock);
+
+    for (i = 0; i < MON_SLOTS; i++) {
+        pcow_monitor *expected = NULL;
+
+        if (atomic_compare_exchange_strong(&slots[i].mon, &expected, mon)) {
+            mon->slot = i;
+            return 0;
+        }
+    }
+    if (err) {
+        err->code = -EMFILE;
+        snprintf(err->msg, sizeof(err->msg),
+                 "%s: too many images mapped in this process (at most %d)",
+                 mon->name, MON_SLOTS);
+    }
+    return -EMFILE;
+}
+
+void mon_dispatcher_drain(pcow_monitor *mon)
+{
+    struct timespec ts = { 0, 10000 };
+
+    if (mon->slot < 0) {
+        return;
+    }
+    while (atomic_load(&slots[mon->slot].inflight) > 0) {
+        nanosleep(&ts, NULL);
+    }
+}
+
+void mon_dispatcher_unregister(pcow_monitor *mon)
+{
+    if (mon->slot < 0) {
+        return;
+    }
+    atomic_store(&slots[mon->slot].mon, NULL);
+    mon_dispatcher_drain(mon);
+    mon->slot = -1;
+}

@@ -1,0 +1,82 @@
+/*
+ * The pcow Image Monitor: cluster pre-allocation thread
+ *
+ * Keeps pool_size zeroed, durable clusters in the image's reserve so that
+ * an expansion or COW only commits an entry.  It sleeps on an eventfd that
+ * the fault paths write (async-signal-safe), never polls, never exits the
+ * process: ENOSPC is recorded and retried with a back-off, and the fault
+ * path then allocates synchronously (and reports ENOSPC itself if the disk
+ * really is full).
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pcow-monitor-int.h"
+
+static void *pool_thread(void *opaque)
+{
+    pcow_monitor *mon = opaque;
+    struct pollfd pfd[2] = {
+        { .fd = mon->pool_efd, .events = POLLIN },
+        { .fd = mon->stop_efd, .events = POLLIN },
+    };
+    int backoff_ms = 0;
+
+    for (;;) {
+        uint64_t v;
+        uint32_t have = pcow_reserve_count(mon->img);
+
+        if (have < mon->pool_size) {
+            pcow_error err = { 0 };
+
+            have = pcow_reserve_clusters(mon->img, mon->pool_size - have,
+                                         &err);
+            if (err.code < 0) {
+                /* Back off (10 ms .. 1 s) instead of spinning on ENOSPC. */
+                atomic_store(&mon->pool_error, err.code);
+                backoff_ms = backoff_ms ? backoff_ms * 2 : 10;
+                if (backoff_ms > 1000) {
+                    backoff_ms = 1000;
+                }
+            } else {
+                atomic_store(&mon->pool_error, 0);
+                backoff_ms = 0;
+            }
+        }
+        if (poll(pfd, 2, have < mon->pool_size && backoff_ms ?
+                 backoff_ms : -1) < 0 && errno != EINTR) {
+            break;
+        }
+        if (pfd[1].revents) {
+            break;
+        }
+        if (pfd[0].revents) {
+            if (read(mon->pool_efd, &v, sizeof(v)) < 0) {
+                /* EAGAIN: another wake-up consumed it; fine. */
+            }
+        }
+    }
+    return NULL;
+}
+
+int mon_pool_start(pcow_monitor *mon, pcow_error *err)
+{
+    int r = pthread_create(&mon->pool_thread, NULL, pool_thread, mon);
+
+    if (r) {
+        if (err) {
+            err->code = -r;
+            snprintf(err->msg, sizeof(err->msg),
+                     "%s: cannot start the pre-allocation thread: %s",
+                     mon->name, strerror(r));
+        }
+        return -r;
+    }
+    mon->pool_running = true;
+    return 0;
+}
