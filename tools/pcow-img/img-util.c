@@ -1,0 +1,454 @@
+/*
+ * pcow-img: errors, formatting, -o options, JSON output
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pcow-img.h"
+
+/* ---------------------------------------------------------------- errors */
+
+void img_error(const char *file, const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    if (file) {
+        fprintf(stderr, "pcow-img: %s: ", file);
+    } else {
+        fprintf(stderr, "pcow-img: ");
+    }
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void img_warn(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fprintf(stderr, "pcow-img: warning: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/*
+ * Does @msg already start with a file name ("some/file.pcow: ...")?  libpcow
+ * names the file in its messages; avoid printing the name twice.
+ */
+static bool msg_has_file_prefix(const char *file, const char *msg)
+{
+    const char *colon;
+    size_t n;
+
+    if (file) {
+        n = strlen(file);
+        if (strncmp(msg, file, n) == 0 && msg[n] == ':') {
+            return true;
+        }
+    }
+    colon = strstr(msg, ": ");
+    if (!colon || colon == msg) {
+        return false;
+    }
+    for (const char *p = msg; p < colon; p++) {
+        if (*p == ' ') {
+            return false;
+        }
+    }
+    /* Looks like a path: contains a slash or a dot. */
+    return memchr(msg, '/', colon - msg) || memchr(msg, '.', colon - msg);
+}
+
+void img_pcow_error(const char *file, const pcow_error *err, int ret)
+{
+    char one_line[sizeof(err->msg)];
+    char *nl;
+
+    if (!err || !err->msg[0]) {
+        img_error(file, "%s", strerror(ret < 0 ? -ret : EIO));
+        return;
+    }
+    g_strlcpy(one_line, err->msg, sizeof(one_line));
+    nl = strchr(one_line, '\n');
+    if (nl) {
+        *nl = '\0';
+    }
+    if (msg_has_file_prefix(file, one_line)) {
+        img_error(NULL, "%s", one_line);
+    } else {
+        img_error(file, "%s", one_line);
+    }
+}
+
+/* ----------------------------------------------------------- formatting */
+
+char *img_size_to_str(uint64_t val)
+{
+    static const char *const suffixes[] = {
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    };
+    int i = 0;
+
+    /* Switch to the next unit once the integer part reaches 1000. */
+    while (i < 6 && (double)val >= 1000.0 * (double)(1ULL << (10 * i))) {
+        i++;
+    }
+    return g_strdup_printf("%0.3g %sB",
+                           (double)val / (double)(1ULL << (10 * i)),
+                           suffixes[i]);
+}
+
+void img_format_date(char *buf, size_t len, uint64_t sec)
+{
+    time_t t = (time_t)sec;
+    struct tm tm;
+
+    if (!localtime_r(&t, &tm)) {
+        g_strlcpy(buf, "?", len);
+        return;
+    }
+    strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+int img_parse_size(const char *file, const char *what, const char *s,
+                   uint64_t *out)
+{
+    if (!s || !*s || pcow_parse_size(s, out) < 0) {
+        img_error(file, "invalid %s '%s' (expected a number with an "
+                  "optional K, M, G or T suffix)", what, s ? s : "");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- -o opts */
+
+void img_print_create_opts_help(void)
+{
+    printf("Supported options (-o):\n"
+           "  backing_file=<file>   name of the base image\n"
+           "  backing_fmt=<fmt>     format of the base image (pcow or raw)\n"
+           "  cluster_size=<size>   4K .. 2M, power of two (default 64K),\n"
+           "                        or 'auto' to follow the storage's "
+           "alignment\n"
+           "  cow_unit=<size>       copy-on-write granularity (default 4K)\n");
+}
+
+static int parse_u32_size(const char *file, const char *what, const char *v,
+                          uint32_t *out)
+{
+    uint64_t n;
+
+    if (img_parse_size(file, what, v, &n) < 0) {
+        return -EINVAL;
+    }
+    if (n == 0 || n > UINT32_MAX) {
+        img_error(file, "invalid %s '%s'", what, v);
+        return -EINVAL;
+    }
+    *out = (uint32_t)n;
+    return 0;
+}
+
+int img_parse_create_opts(const char *file, const char *optstr,
+                          ImgCreateOpts *o)
+{
+    g_auto(GStrv) items = g_strsplit(optstr, ",", -1);
+
+    for (int i = 0; items[i]; i++) {
+        char *item = items[i];
+        char *eq = strchr(item, '=');
+        const char *val;
+
+        if (!*item) {
+            continue;
+        }
+        if (strcmp(item, "help") == 0 || strcmp(item, "?") == 0) {
+            o->help = true;
+            continue;
+        }
+        if (!eq) {
+            img_error(file, "invalid option '%s' in -o (expected key=value)",
+                      item);
+            return -EINVAL;
+        }
+        *eq = '\0';
+        val = eq + 1;
+        if (strcmp(item, "cluster_size") == 0) {
+            if (strcmp(val, "auto") == 0) {
+                o->cluster_size_auto = true;
+                o->cluster_size = 0;
+            } else {
+                o->cluster_size_auto = false;
+                if (parse_u32_size(file, "cluster size", val,
+                                   &o->cluster_size) < 0) {
+                    return -EINVAL;
+                }
+            }
+        } else if (strcmp(item, "cow_unit") == 0) {
+            if (parse_u32_size(file, "COW unit", val, &o->cow_unit) < 0) {
+                return -EINVAL;
+            }
+        } else if (strcmp(item, "backing_file") == 0) {
+            g_free(o->backing_file);
+            o->backing_file = g_strdup(val);
+        } else if (strcmp(item, "backing_fmt") == 0) {
+            g_free(o->backing_fmt);
+            o->backing_fmt = g_strdup(val);
+        } else {
+            img_error(file, "unknown option '%s' in -o (try -o help)", item);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+void img_create_opts_free(ImgCreateOpts *o)
+{
+    g_free(o->backing_file);
+    g_free(o->backing_fmt);
+    memset(o, 0, sizeof(*o));
+}
+
+/* --------------------------------------------------------------- formats */
+
+ImgFormat img_format_parse(const char *name)
+{
+    if (strcmp(name, "pcow") == 0) {
+        return IMG_FMT_PCOW;
+    }
+    if (strcmp(name, "raw") == 0) {
+        return IMG_FMT_RAW;
+    }
+    return IMG_FMT_NONE;
+}
+
+const char *img_format_name(ImgFormat fmt)
+{
+    switch (fmt) {
+    case IMG_FMT_PCOW:
+        return "pcow";
+    case IMG_FMT_RAW:
+        return "raw";
+    default:
+        return "none";
+    }
+}
+
+int img_format_arg(const char *opt_name, const char *value, ImgFormat *out)
+{
+    ImgFormat f = img_format_parse(value);
+
+    if (f == IMG_FMT_NONE) {
+        img_error(NULL, "unknown format '%s' for %s (supported: pcow, raw)",
+                  value, opt_name);
+        return -EINVAL;
+    }
+    *out = f;
+    return 0;
+}
+
+char *img_resolve_backing(const char *image, const char *backing)
+{
+    g_autofree char *dir = NULL;
+
+    if (!backing || !*backing || g_path_is_absolute(backing)) {
+        return g_strdup(backing);
+    }
+    dir = g_path_get_dirname(image);
+    return g_build_filename(dir, backing, NULL);
+}
+
+bool img_is_zero(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    const uint64_t *q;
+    size_t i = 0;
+
+    /* Byte by byte up to an 8-byte boundary, then words. */
+    while (i < len && ((uintptr_t)(p + i) & 7)) {
+        if (p[i++]) {
+            return false;
+        }
+    }
+    q = (const uint64_t *)(p + i);
+    for (; i + 32 <= len; i += 32, q += 4) {
+        if (q[0] | q[1] | q[2] | q[3]) {
+            return false;
+        }
+    }
+    for (; i < len; i++) {
+        if (p[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ json */
+
+void json_init(ImgJson *j)
+{
+    memset(j, 0, sizeof(*j));
+    j->s = g_string_new(NULL);
+}
+
+void json_print(ImgJson *j)
+{
+    fputs(j->s->str, stdout);
+    fputc('\n', stdout);
+    g_string_free(j->s, TRUE);
+    j->s = NULL;
+}
+
+void json_escape(GString *s, const char *str)
+{
+    g_string_append_c(s, '"');
+    for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
+        switch (*p) {
+        case '"':
+            g_string_append(s, "\\\"");
+            break;
+        case '\\':
+            g_string_append(s, "\\\\");
+            break;
+        case '\n':
+            g_string_append(s, "\\n");
+            break;
+        case '\t':
+            g_string_append(s, "\\t");
+            break;
+        case '\r':
+            g_string_append(s, "\\r");
+            break;
+        default:
+            if (*p < 0x20) {
+                g_string_append_printf(s, "\\u%04x", *p);
+            } else {
+                g_string_append_c(s, *p);
+            }
+        }
+    }
+    g_string_append_c(s, '"');
+}
+
+/* Comma, newline, indentation and "key": before a value. */
+static void json_member(ImgJson *j, const char *key)
+{
+    if (j->depth > 0) {
+        if (j->need_comma[j->depth]) {
+            g_string_append_c(j->s, ',');
+        }
+        g_string_append_c(j->s, '\n');
+        for (int i = 0; i < j->depth; i++) {
+            g_string_append(j->s, "    ");
+        }
+    }
+    if (key) {
+        json_escape(j->s, key);
+        g_string_append(j->s, ": ");
+    }
+    j->need_comma[j->depth] = true;
+}
+
+static void json_open(ImgJson *j, const char *key, char c)
+{
+    json_member(j, key);
+    g_string_append_c(j->s, c);
+    g_assert(j->depth + 1 < (int)G_N_ELEMENTS(j->need_comma));
+    j->depth++;
+    j->need_comma[j->depth] = false;
+}
+
+static void json_close(ImgJson *j, char c)
+{
+    bool had_members = j->need_comma[j->depth];
+
+    j->depth--;
+    if (had_members) {
+        g_string_append_c(j->s, '\n');
+        for (int i = 0; i < j->depth; i++) {
+            g_string_append(j->s, "    ");
+        }
+    }
+    g_string_append_c(j->s, c);
+}
+
+void json_begin_object(ImgJson *j, const char *key)
+{
+    json_open(j, key, '{');
+}
+
+void json_end_object(ImgJson *j)
+{
+    json_close(j, '}');
+}
+
+void json_begin_array(ImgJson *j, const char *key)
+{
+    json_open(j, key, '[');
+}
+
+void json_end_array(ImgJson *j)
+{
+    json_close(j, ']');
+}
+
+void json_str(ImgJson *j, const char *key, const char *val)
+{
+    json_member(j, key);
+    json_escape(j->s, val);
+}
+
+void json_u64(ImgJson *j, const char *key, uint64_t val)
+{
+    json_member(j, key);
+    g_string_append_printf(j->s, "%" G_GUINT64_FORMAT, val);
+}
+
+void json_i64(ImgJson *j, const char *key, int64_t val)
+{
+    json_member(j, key);
+    g_string_append_printf(j->s, "%" G_GINT64_FORMAT, val);
+}
+
+void json_bool(ImgJson *j, const char *key, bool val)
+{
+    json_member(j, key);
+    g_string_append(j->s, val ? "true" : "false");
+}
+
+/* ------------------------------------------------------- option parsing */
+
+void img_bad_option(const char *cmd, char **argv, int c)
+{
+    extern int optopt, optind;
+    const char *arg = argv[optind - 1];
+
+    if (c == ':') {
+        img_error(NULL, "%s: option '%s' requires an argument (try "
+                  "'pcow-img %s --help')", cmd, arg, cmd);
+    } else if (optopt && !(arg[0] == '-' && arg[1] == '-')) {
+        img_error(NULL, "%s: unknown option '-%c' (try 'pcow-img %s "
+                  "--help')", cmd, optopt, cmd);
+    } else {
+        img_error(NULL, "%s: unknown option '%s' (try 'pcow-img %s "
+                  "--help')", cmd, arg, cmd);
+    }
+}
+
+int img_usage_error(const char *cmd, const char *msg)
+{
+    img_error(NULL, "%s: %s (try 'pcow-img %s --help')", cmd, msg, cmd);
+    return EXIT_ERR;
+}
