@@ -59,11 +59,11 @@ KIMG=/boot/vmlinuz-$KVER
 # ---- cache key -------------------------------------------------------------
 pkgver() { dpkg-query -W -f='${Package}=${Version}\n' "$@" 2>/dev/null || true; }
 key=$( {
-    sha256sum "$0"
+    cat "$0" "$HERE/init" | sha256sum
     echo "$KVER"
-    sha256sum "$KIMG"
+    sha256sum < "$KIMG"
     pkgver busybox-static fio e2fsprogs ndctl libndctl6 libc6
-    [[ -n ${PCOW_IMG:-} ]] && sha256sum "$PCOW_IMG"
+    [[ -n ${PCOW_IMG:-} ]] && sha256sum < "$PCOW_IMG"
     true
 } | sha256sum | cut -c1-16)
 mkdir -p "$OUTDIR"
