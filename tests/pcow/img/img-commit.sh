@@ -1,0 +1,72 @@
+#!/bin/bash
+# commit: the overlay's own data goes into its base; the overlay is emptied
+# (or kept with -d).
+. "$(dirname "$0")/common.sh"
+
+expect 0 "$IMG" create -q base.pcow 8M
+"$HELPER" write base.pcow 0 2M 0x01
+expect 0 "$IMG" create -q -b base.pcow -F pcow top.pcow
+"$HELPER" write top.pcow 1M 64K 0x02
+"$HELPER" write top.pcow 3M 4K 0x03
+"$HELPER" write top.pcow $((8 * 1048576 - 4096)) 4K 0x04
+expect 0 "$IMG" convert -O raw top.pcow want.raw
+ok "base and overlay set up"
+
+expect 0 "$IMG" commit top.pcow
+contains "$OUT" "Image committed." "commit output"
+expect 0 "$IMG" compare want.raw base.pcow
+expect 0 "$IMG" compare want.raw top.pcow
+"$HELPER" verify base.pcow 1M 64K 0x02
+"$HELPER" verify base.pcow 3M 4K 0x03
+"$HELPER" verify base.pcow 0 1M 0x01
+ok "commit: the base holds the overlay's data"
+
+expect 0 "$IMG" map --output=json top.pcow
+equal "$(json_get "$OUT" 'sum(1 for e in d if e["depth"] == 0 and e["data"])')" \
+    0 "overlay has no data of its own"
+expect 0 "$IMG" check top.pcow
+expect 0 "$IMG" check base.pcow
+ok "commit empties the overlay; both check clean"
+
+# -d keeps the overlay's data.
+"$HELPER" write top.pcow 5M 64K 0x05
+expect 0 "$IMG" commit -d top.pcow
+"$HELPER" verify base.pcow 5M 64K 0x05
+expect 0 "$IMG" map --output=json top.pcow
+equal "$(json_get "$OUT" 'sum(1 for e in d if e["depth"] == 0 and e["data"])')" \
+    1 "overlay keeps its data with -d"
+ok "commit -d keeps the overlay"
+
+# A raw base.
+truncate -s 4M base.raw
+expect 0 "$IMG" create -q -b base.raw -F raw rtop.pcow
+"$HELPER" write rtop.pcow 64K 8K 0x0a
+expect 0 "$IMG" commit rtop.pcow
+expect 0 "$IMG" compare base.raw rtop.pcow
+od -A d -t x1 -j 65536 -N 1 base.raw | grep -q " 0a" || \
+    fail "raw base not written"
+ok "commit into a raw base"
+
+# A larger overlay grows its base.
+expect 0 "$IMG" create -q small.pcow 1M
+expect 0 "$IMG" create -q -b small.pcow -F pcow large.pcow 2M
+"$HELPER" write large.pcow 1536K 4K 0x0b
+expect 0 "$IMG" commit large.pcow
+expect 0 "$IMG" info --output=json small.pcow
+equal "$(json_get "$OUT" 'd["virtual-size"]')" 2097152 "base grown"
+"$HELPER" verify small.pcow 1536K 4K 0x0b
+ok "commit grows a smaller base"
+
+# Errors: no base; base in use by another writer.
+expect_error "$IMG" commit base.raw
+expect_error "$IMG" commit small.pcow
+contains "$ERR" "no backing file" "commit without base"
+"$HELPER" write top.pcow 6M 4K 0x06
+hold_image base.pcow
+expect_error "$IMG" commit top.pcow
+release_image
+"$HELPER" verify top.pcow 6M 4K 0x06
+"$HELPER" verify base.pcow 6M 4K 0
+ok "commit errors leave both images untouched"
+
+finish

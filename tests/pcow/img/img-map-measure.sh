@@ -1,0 +1,80 @@
+#!/bin/bash
+# map (human and json) and measure (--size and a source image).
+. "$(dirname "$0")/common.sh"
+
+CS=65536
+expect 0 "$IMG" create -q m.pcow 64M
+"$HELPER" write m.pcow 0 128K 0x01
+"$HELPER" write m.pcow 32M 64K 0x02
+
+expect 0 "$IMG" map --output=json m.pcow
+equal "$(json_get "$OUT" 'len(d)')" 4 "four extents"
+equal "$(json_get "$OUT" '[d[0]["start"], d[0]["length"], d[0]["data"], d[0]["zero"], d[0]["depth"]] == [0, 131072, True, False, 0]')" \
+    True "first extent"
+equal "$(json_get "$OUT" '[d[1]["start"], d[1]["length"], d[1]["data"], d[1]["zero"]] == [131072, 33554432 - 131072, False, True]')" \
+    True "hole extent"
+equal "$(json_get "$OUT" '[d[2]["start"], d[2]["length"], d[2]["data"]] == [33554432, 65536, True]')" \
+    True "second data extent"
+equal "$(json_get "$OUT" 'd[3]["start"] + d[3]["length"]')" 67108864 "end"
+equal "$(json_get "$OUT" 'd[0]["filename"]')" m.pcow "filename"
+off=$(json_get "$OUT" 'd[0]["offset"]')
+[ "$off" -ge $CS ] && [ $((off % CS)) -eq 0 ] || fail "bad offset $off"
+ok "map --output=json: data and hole extents with offsets"
+
+# The offsets map really points at the data.
+off2=$(json_get "$OUT" 'd[2]["offset"]')
+od -A n -t x1 -j "$off2" -N 4 m.pcow | grep -q "02 02 02 02" || \
+    fail "map offset $off2 does not hold the data"
+ok "map offsets point at the data in the file"
+
+expect 0 "$IMG" map m.pcow
+contains "$OUT" "Offset          Length          Mapped to       File" \
+    "human header"
+equal "$(printf '%s\n' "$OUT" | grep -c 'm.pcow')" 2 "two data lines"
+contains "$OUT" "0x2000000       0x10000" "human extent"
+ok "map (human)"
+
+expect 0 "$IMG" create -q e.pcow 1G
+expect 0 "$IMG" map --output=json e.pcow
+equal "$(json_get "$OUT" 'len(d)')" 1 "one hole"
+equal "$(json_get "$OUT" 'd[0]["data"]')" False "hole"
+ok "map of an empty image: one hole"
+
+# measure --size: an empty image is what create makes.
+expect 0 "$IMG" measure --size 128G
+req=$(printf '%s\n' "$OUT" | sed -n 's/^required size: //p')
+full=$(printf '%s\n' "$OUT" | sed -n 's/^fully allocated size: //p')
+expect 0 "$IMG" create -q meas.pcow 128G
+equal "$req" "$(file_size meas.pcow)" "required = size of a new image"
+[ "$full" -gt $((128 << 30)) ] || fail "fully allocated $full too small"
+ok "measure --size 128G: required $req, fully allocated $full"
+
+expect 0 "$IMG" measure --output=json -o cluster_size=4K --size 1G
+equal "$(json_get "$OUT" 'd["fully-allocated"]')" \
+    $(( 4096 + 4 * 4096 + 2048 * 4096 + 262144 * 4096 )) \
+    "fully allocated with 4K clusters"
+ok "measure --output=json -o cluster_size=4K"
+
+# measure a source, then convert it: the result fits.
+truncate -s 1G src.raw
+put_random src.raw 0 100000
+put_random src.raw 500000000 3000
+put_random src.raw 1000000000 70000
+expect 0 "$IMG" measure -O pcow src.raw
+req=$(printf '%s\n' "$OUT" | sed -n 's/^required size: //p')
+expect 0 "$IMG" convert -O pcow src.raw conv.pcow
+fs=$(file_size conv.pcow)
+[ "$fs" -le "$req" ] || fail "converted image $fs > measured $req"
+[ "$req" -le $((fs + 4 * CS)) ] || fail "measure $req far above $fs"
+ok "measure of a source: $req bytes; converted image is $fs"
+
+expect 0 "$IMG" measure m.pcow
+ok "measure of a pcow image"
+
+expect_error "$IMG" measure
+expect_error "$IMG" measure --size 1G src.raw
+expect_error "$IMG" measure --size 0
+expect_error "$IMG" measure --size 1G -o cluster_size=3K
+ok "measure argument errors"
+
+finish
