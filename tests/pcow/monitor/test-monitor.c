@@ -1,0 +1,739 @@
+/*
+ * Image Monitor tests: test-monitor CASE
+ *
+ * Each case is registered as its own meson test (suite 'monitor').
+ * Exit 0 = pass, 77 = skipped (reason printed), anything else = fail.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "mon-test.h"
+
+#define MiB (1024 * 1024ull)
+#define KiB 1024ull
+#define CL (64 * KiB)
+
+static pcow_monitor *open_mon(const char *path, unsigned flags,
+                              uint32_t escalate)
+{
+    pcow_monitor_opts mo = { .flags = flags, .cow_escalate = escalate };
+    pcow_monitor *mon;
+    pcow_error err = { 0 };
+
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
+    return mon;
+}
+
+static void close_mon(pcow_monitor *mon)
+{
+    pcow_error err = { 0 };
+
+    CHECK_OK(pcow_monitor_close(mon, &err), &err);
+}
+
+static void stats(pcow_monitor *mon, pcow_monitor_stats *s)
+{
+    pcow_monitor_get_stats(mon, s);
+}
+
+/* Write @len bytes of pattern @tag at @off through the mapping + shadow. */
+static void put(pcow_monitor *mon, uint8_t *shadow, uint64_t off,
+                uint64_t len, uint32_t tag)
+{
+    uint8_t *p = (uint8_t *)pcow_monitor_base(mon) + off;
+
+    fill(shadow + off, off, len, tag);
+    memcpy(p, shadow + off, len);
+}
+
+static void verify_mapping(pcow_monitor *mon, const uint8_t *shadow)
+{
+    const uint8_t *p = pcow_monitor_base(mon);
+    uint64_t size = pcow_monitor_size(mon);
+    uint64_t i;
+
+    if (memcmp(p, shadow, size)) {
+        for (i = 0; i < size && p[i] == shadow[i]; i++) {
+        }
+        fprintf(stderr, "mapping mismatch at 0x%" PRIx64 ": %02x != %02x\n",
+                i, p[i], shadow[i]);
+        exit(1);
+    }
+}
+
+/* --- hole reads allocate nothing ---------------------------------------- */
+static int t_hole_read(void)
+{
+    const char *dir = test_dir("hole");
+    char path[4200];
+    uint64_t size = 256 * MiB;
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_info before, after;
+    uint64_t du0, du1, i;
+    volatile uint8_t *p;
+    uint64_t sum = 0;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    pcow_get_info(pcow_monitor_image(mon), &before);
+    du0 = disk_usage(path);
+    p = pcow_monitor_base(mon);
+    for (i = 0; i < size; i += 512) {
+        sum += p[i];
+    }
+    CHECK_EQ(sum, 0);
+    stats(mon, &s);
+    CHECK_EQ(s.hole_read_faults, size / CL);
+    CHECK_EQ(s.expansions, 0);
+    pcow_get_info(pcow_monitor_image(mon), &after);
+    CHECK_EQ(after.active_clusters, before.active_clusters);
+    CHECK_EQ(after.allocated_clusters, before.allocated_clusters);
+    du1 = disk_usage(path);
+    CHECK_EQ(du1, du0);
+    /* Now a write after the read must expand, not go to anonymous memory. */
+    p[5 * CL + 17] = 0x5a;
+    stats(mon, &s);
+    CHECK_EQ(s.expansions, 1);
+    close_mon(mon);
+    image_info(path, &after);
+    CHECK_EQ(after.active_clusters, 1);
+    check_clean(path);
+    {
+        uint8_t *shadow = calloc(1, size);
+
+        shadow[5 * CL + 17] = 0x5a;
+        verify_image(path, shadow, size);
+        free(shadow);
+    }
+    return 0;
+}
+
+/* --- expansion, reopen and verify every byte ---------------------------- */
+static int t_expand(void)
+{
+    const char *dir = test_dir("expand");
+    char path[4200];
+    uint64_t size = 64 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_info info;
+    int i;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    for (i = 0; i < 100; i++) {
+        uint64_t off = ((uint64_t)i * 7919 % (size / CL)) * CL + i * 8;
+
+        put(mon, shadow, off, 1000, i + 1);
+    }
+    /* Spanning two clusters in one memcpy. */
+    put(mon, shadow, 10 * MiB - 100, 300, 1000);
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    CHECK(s.expansions >= 100);
+    CHECK_EQ(s.errors, 0);
+    CHECK(s.expansion_latency.count == s.expansions);
+    printf("expansions %" PRIu64 " p50 %" PRIu64 " ns pool hits %" PRIu64
+           " misses %" PRIu64 " vmas %" PRIu64 "\n", s.expansions,
+           pcow_latency_percentile(&s.expansion_latency, 50), s.pool_hits,
+           s.pool_misses, s.vmas);
+    close_mon(mon);
+    image_info(path, &info);
+    CHECK_EQ(info.active_clusters, s.expansions);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    /* Reopen the monitor: the data comes back mapped. */
+    mon = open_mon(path, PCOW_MONITOR_READONLY, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    free(shadow);
+    return 0;
+}
+
+/* --- copy-on-write: 4 KiB units, escalation, whole cluster -------------- */
+static int t_cow(void)
+{
+    const char *dir = test_dir("cow");
+    char path[4200];
+    uint64_t size = 16 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+    int i;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    for (i = 0; i < 8; i++) {
+        put(mon, shadow, (uint64_t)i * CL, CL, 10 + i);
+    }
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", &err), &err);
+    /* Cluster 0: one 4 KiB unit. */
+    put(mon, shadow, 4096 + 100, 50, 100);
+    stats(mon, &s);
+    CHECK_EQ(s.cow_unit_faults, 1);
+    CHECK_EQ(s.cow_cluster_faults, 0);
+    verify_mapping(mon, shadow);
+    /* Cluster 1: units 0..3 one by one, the 5th write escalates. */
+    for (i = 0; i < 4; i++) {
+        put(mon, shadow, CL + i * 4096 + 8, 8, 200 + i);
+    }
+    stats(mon, &s);
+    CHECK_EQ(s.cow_unit_faults, 5);
+    put(mon, shadow, CL + 9 * 4096, 8, 300);
+    stats(mon, &s);
+    CHECK_EQ(s.cow_cluster_faults, 1);
+    /* The rest of cluster 1 is writable now: no more faults. */
+    put(mon, shadow, CL + 12 * 4096, 4096, 301);
+    stats(mon, &s);
+    CHECK_EQ(s.cow_cluster_faults, 1);
+    CHECK_EQ(s.cow_unit_faults, 5);
+    /* A store spanning two frozen clusters (2 and 3). */
+    put(mon, shadow, 4 * CL - 10, 20, 400);
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    CHECK_EQ(s.errors, 0);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+
+    /* Never escalating: every unit is its own copy, 16 make it whole. */
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, UINT32_MAX);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s2", &err), &err);
+    for (i = 0; i < 16; i++) {
+        put(mon, shadow, 5 * CL + i * 4096, 1, 500 + i);
+    }
+    stats(mon, &s);
+    CHECK_EQ(s.cow_unit_faults, 16);
+    CHECK_EQ(s.cow_cluster_faults, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    return 0;
+}
+
+/* --- live snapshot then write; delete makes it writable again ----------- */
+static int t_snapshot(void)
+{
+    const char *dir = test_dir("snap");
+    char path[4200];
+    uint64_t size = 16 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    uint8_t *old = malloc(size);
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+    pcow_image *img;
+    pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+    int i;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    for (i = 0; i < 32; i++) {
+        put(mon, shadow, (uint64_t)i * 3 * CL + i, 3000, i + 1);
+    }
+    memcpy(old, shadow, size);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "before", &err), &err);
+    for (i = 0; i < 32; i++) {
+        put(mon, shadow, (uint64_t)i * 3 * CL + 2 * i, 100, 1000 + i);
+    }
+    /* Holes after the snapshot still expand. */
+    put(mon, shadow, 15 * MiB, 5000, 77);
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    CHECK(s.cow_unit_faults + s.cow_cluster_faults >= 32);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "middle", &err), &err);
+    put(mon, shadow, 3 * CL, 10, 2000);
+    CHECK_OK(pcow_monitor_snapshot_delete(mon, "middle", &err), &err);
+    stats(mon, &s);
+    {
+        uint64_t faults = s.cow_unit_faults + s.cow_cluster_faults;
+
+        /* Written after "middle": writable again without a fault. */
+        put(mon, shadow, 3 * CL + 20, 10, 2001);
+        stats(mon, &s);
+        CHECK_EQ(s.cow_unit_faults + s.cow_cluster_faults, faults);
+    }
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    /* The snapshot holds the old content. */
+    CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+    CHECK_OK(pcow_snapshot_revert(img, "before", &err), &err);
+    CHECK_OK(pcow_close(img, &err), &err);
+    verify_image(path, old, size);
+    check_clean(path);
+    free(shadow);
+    free(old);
+    return 0;
+}
+
+/* --- base chain (pcow and raw bases) then write ------------------------- */
+static int t_base(void)
+{
+    const char *dir = test_dir("base");
+    char raw[4200], b1[4200], b2[4200], top[4200];
+    uint64_t size = 8 * MiB;
+    uint64_t raw_len = 3 * MiB + 1234;      /* shorter than the image */
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    int fd, i;
+
+    snprintf(raw, sizeof(raw), "%s/base.raw", dir);
+    snprintf(b1, sizeof(b1), "%s/b1.pcow", dir);
+    snprintf(b2, sizeof(b2), "%s/b2.pcow", dir);
+    snprintf(top, sizeof(top), "%s/top.pcow", dir);
+    fill(shadow, 0, raw_len, 1);
+    fd = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    CHECK(write(fd, shadow, raw_len) == (ssize_t)raw_len);
+    close(fd);
+    make_image(b1, size, CL, "base.raw", PCOW_BACKING_RAW);
+    mon = open_mon(b1, 0, 0);
+    put(mon, shadow, 1 * MiB, 200000, 2);   /* COW over raw data */
+    put(mon, shadow, 5 * MiB, 100000, 3);   /* beyond the raw EOF */
+    close_mon(mon);
+    make_image(b2, size, CL, "b1.pcow", PCOW_BACKING_PCOW);
+    mon = open_mon(b2, 0, 0);
+    put(mon, shadow, 1 * MiB + 50000, 10, 4);
+    put(mon, shadow, 7 * MiB, 10, 5);       /* hole at every depth */
+    close_mon(mon);
+    make_image(top, size, CL, "b2.pcow", PCOW_BACKING_PCOW);
+    mon = open_mon(top, 0, 0);
+    verify_mapping(mon, shadow);
+    for (i = 0; i < 64; i++) {
+        put(mon, shadow, (uint64_t)i * 131072 + 4000, 200, 100 + i);
+    }
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    CHECK_EQ(s.errors, 0);
+    CHECK(s.cow_unit_faults + s.cow_cluster_faults > 0);
+    CHECK(s.expansions > 0);
+    close_mon(mon);
+    check_clean(top);
+    check_clean(b1);
+    verify_image(top, shadow, size);
+    mon = open_mon(top, PCOW_MONITOR_READONLY, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    free(shadow);
+    return 0;
+}
+
+/* --- 16 threads on the same and on different clusters ------------------- */
+#define NTHREADS 16
+
+typedef struct thr_arg {
+    pcow_monitor *mon;
+    uint8_t *shadow;
+    int id;
+    int phase;
+    pthread_barrier_t *bar;
+} thr_arg;
+
+static void *thr_main(void *opaque)
+{
+    thr_arg *a = opaque;
+    uint8_t *p = pcow_monitor_base(a->mon);
+    int c;
+
+    pthread_barrier_wait(a->bar);
+    for (c = 0; c < 64; c++) {
+        uint64_t off;
+
+        if (a->phase == 0) {
+            /* Same 64 clusters for everyone, own 4 KiB slice of each. */
+            off = (uint64_t)c * CL + (uint64_t)a->id * 4096;
+        } else {
+            /* Own clusters. */
+            off = (uint64_t)(64 + a->id * 64 + c) * CL + 64;
+        }
+        fill(a->shadow + off, off, 4000, a->id * 1000 + c + a->phase);
+        memcpy(p + off, a->shadow + off, 4000);
+    }
+    return NULL;
+}
+
+static void run_threads(pcow_monitor *mon, uint8_t *shadow, int phase)
+{
+    pthread_t th[NTHREADS];
+    thr_arg args[NTHREADS];
+    pthread_barrier_t bar;
+    int i;
+
+    pthread_barrier_init(&bar, NULL, NTHREADS);
+    for (i = 0; i < NTHREADS; i++) {
+        args[i] = (thr_arg){ mon, shadow, i, phase, &bar };
+        CHECK(pthread_create(&th[i], NULL, thr_main, &args[i]) == 0);
+    }
+    for (i = 0; i < NTHREADS; i++) {
+        pthread_join(th[i], NULL);
+    }
+    pthread_barrier_destroy(&bar);
+}
+
+static int t_threads(void)
+{
+    const char *dir = test_dir("threads");
+    char path[4200];
+    uint64_t size = 128 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_info info;
+    pcow_error err = { 0 };
+    int round;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    for (round = 0; round < 3; round++) {
+        run_threads(mon, shadow, 0);
+        run_threads(mon, shadow, 1);
+        verify_mapping(mon, shadow);
+        pcow_get_info(pcow_monitor_image(mon), &info);
+        CHECK_EQ(info.active_clusters, 64 + NTHREADS * 64);
+        stats(mon, &s);
+        if (round == 0) {
+            CHECK_EQ(s.expansions, 64 + NTHREADS * 64);
+        }
+        /* Next round: everyone COWs the same frozen clusters. */
+        CHECK_OK(pcow_monitor_snapshot_create(mon, round ? "r2" : "r1", &err),
+                 &err);
+    }
+    stats(mon, &s);
+    CHECK_EQ(s.errors, 0);
+    printf("expansions %" PRIu64 " cow units %" PRIu64 " clusters %" PRIu64
+           "\n", s.expansions, s.cow_unit_faults, s.cow_cluster_faults);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    return 0;
+}
+
+/* --- two monitors in one process ---------------------------------------- */
+static int t_two(void)
+{
+    const char *dir = test_dir("two");
+    char pa[4200], pb[4200];
+    uint64_t size = 8 * MiB;
+    uint8_t *sa = calloc(1, size), *sb = calloc(1, size);
+    pcow_monitor *ma, *mb;
+    pcow_error err = { 0 };
+    int i;
+
+    snprintf(pa, sizeof(pa), "%s/a.pcow", dir);
+    snprintf(pb, sizeof(pb), "%s/b.pcow", dir);
+    make_image(pa, size, CL, NULL, PCOW_BACKING_NONE);
+    make_image(pb, size, 4096, NULL, PCOW_BACKING_NONE);
+    ma = open_mon(pa, 0, 0);
+    mb = open_mon(pb, 0, 0);
+    for (i = 0; i < 50; i++) {
+        put(ma, sa, (uint64_t)i * 100003 % (size - 100), 100, i);
+        put(mb, sb, (uint64_t)i * 70001 % (size - 100), 100, 100 + i);
+    }
+    CHECK_OK(pcow_monitor_snapshot_create(ma, "x", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mb, "y", &err), &err);
+    for (i = 0; i < 50; i++) {
+        put(ma, sa, (uint64_t)i * 100003 % (size - 100) + 7, 10, 200 + i);
+        put(mb, sb, (uint64_t)i * 70001 % (size - 100) + 7, 10, 300 + i);
+    }
+    verify_mapping(ma, sa);
+    verify_mapping(mb, sb);
+    close_mon(ma);
+    /* The other one keeps working after the first is gone. */
+    put(mb, sb, 3 * MiB, 5000, 999);
+    verify_mapping(mb, sb);
+    close_mon(mb);
+    check_clean(pa);
+    check_clean(pb);
+    verify_image(pa, sa, size);
+    verify_image(pb, sb, size);
+    return 0;
+}
+
+/* --- a SIGSEGV that is not ours still kills (and chains) ---------------- */
+static void prev_handler(int sig, siginfo_t *si, void *ctx)
+{
+    _exit(42);
+}
+
+static int t_foreign_segv(void)
+{
+    const char *dir = test_dir("segv");
+    char path[4200];
+    int variant;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, 4 * MiB, CL, NULL, PCOW_BACKING_NONE);
+    for (variant = 0; variant < 4; variant++) {
+        pid_t pid = fork();
+        int st;
+
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            pcow_monitor *mon;
+            char *ro;
+
+            if (variant == 3) {
+                struct sigaction sa = { 0 };
+
+                sa.sa_sigaction = prev_handler;
+                sa.sa_flags = SA_SIGINFO;
+                sigaction(SIGSEGV, &sa, NULL);
+            }
+            mon = open_mon(path, variant == 2 ? PCOW_MONITOR_READONLY : 0, 0);
+            ((char *)pcow_monitor_base(mon))[100] = 1;  /* ours: fine */
+            if (variant == 2) {
+                _exit(3);       /* must not get here: read-only image */
+            }
+            ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+            if (variant == 0 || variant == 3) {
+                *(volatile char *)ro = 1;       /* foreign write */
+            } else {
+                raise(SIGSEGV);                 /* sent, not a fault */
+            }
+            _exit(4);
+        }
+        CHECK(waitpid(pid, &st, 0) == pid);
+        if (variant == 3) {
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42);
+        } else {
+            if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV)) {
+                fprintf(stderr, "variant %d: status 0x%x\n", variant, st);
+                exit(1);
+            }
+        }
+    }
+    return 0;
+}
+
+/* --- disk full during expansion ----------------------------------------- */
+static int t_disk_full(void)
+{
+    char dir[] = "/tmp/pcow-mon-full-XXXXXX";
+    char path[4200];
+    int pipefd[2];
+    char out[4096];
+    ssize_t n, total = 0;
+    pid_t pid;
+    int st;
+
+    if (geteuid() != 0 || !mkdtemp(dir)) {
+        printf("SKIP: needs root to mount a small tmpfs\n");
+        return 77;
+    }
+    if (mount("pcowfull", dir, "tmpfs", 0, "size=1m") < 0) {
+        printf("SKIP: cannot mount tmpfs: %s\n", strerror(errno));
+        rmdir(dir);
+        return 77;
+    }
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, 64 * MiB, CL, NULL, PCOW_BACKING_NONE);
+    CHECK(pipe(pipefd) == 0);
+    pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        pcow_monitor *mon;
+        char *p;
+        int i;
+
+        dup2(pipefd[1], 2);
+        mon = open_mon(path, 0, 0);
+        p = pcow_monitor_base(mon);
+        for (i = 0; i < 1024; i++) {
+            p[(uint64_t)i * CL] = 1;
+        }
+        _exit(5);               /* 64 MiB can not fit into 1 MiB */
+    }
+    close(pipefd[1]);
+    while ((n = read(pipefd[0], out + total, sizeof(out) - 1 - total)) > 0) {
+        total += n;
+    }
+    out[total] = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    printf("child: status 0x%x, stderr: %s", st, out);
+    CHECK(WIFSIGNALED(st));
+    CHECK(strstr(out, "no space left") != NULL);
+    CHECK(strstr(out, path) != NULL);
+    {
+        /* Recover leaks with a read-write open, then it must be clean. */
+        pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+        pcow_image *img;
+        pcow_error err = { 0 };
+
+        CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+        CHECK_OK(pcow_close(img, &err), &err);
+    }
+    check_clean(path);
+    umount(dir);
+    rmdir(dir);
+    return 0;
+}
+
+/* --- kill -9 in the middle of expansions and COWs ----------------------- */
+typedef struct progress {
+    uint32_t seq;
+} progress;
+
+static uint64_t crash_off(uint32_t seq, uint64_t size)
+{
+    return (uint64_t)seq * 2654435761u % (size / 4096) * 4096;
+}
+
+static int t_crash(void)
+{
+    const char *dir = test_dir("crash");
+    char path[4200];
+    uint64_t size = 32 * MiB;
+    int iter;
+    uint32_t base_seq = 0;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    for (iter = 0; iter < 20; iter++) {
+        int pfd[2];
+        pid_t pid;
+        uint32_t last = UINT32_MAX, v;
+        struct timespec ts = { 0, (iter % 5 + 1) * 3000000 };
+        pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+        pcow_image *img;
+        pcow_error err = { 0 };
+        pcow_check_result res;
+        uint8_t buf[64];
+        uint32_t seq;
+        int st;
+
+        CHECK(pipe(pfd) == 0);
+        pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            pcow_monitor *mon;
+            uint8_t *p;
+
+            close(pfd[0]);
+            mon = open_mon(path, iter % 2 ? PCOW_MONITOR_NO_POOL : 0, 0);
+            p = pcow_monitor_base(mon);
+            if (iter % 3 == 2) {
+                pcow_error e2 = { 0 };
+                char name[32];
+
+                /* Frozen data: the writes below are COWs. */
+                snprintf(name, sizeof(name), "crash%d", iter);
+                CHECK_OK(pcow_monitor_snapshot_create(mon, name, &e2), &e2);
+            }
+            for (seq = base_seq;; seq++) {
+                uint64_t off = crash_off(seq, size);
+                uint32_t j;
+
+                for (j = 0; j < 64; j++) {
+                    p[off + j] = pattern(seq, j);
+                }
+                CHECK(write(pfd[1], &seq, 4) == 4);
+            }
+        }
+        close(pfd[1]);
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        while (read(pfd[0], &v, 4) == 4) {
+            last = v;
+        }
+        close(pfd[0]);
+        CHECK(waitpid(pid, &st, 0) == pid);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        /* Check as found (leaks allowed), then after recovery: clean. */
+        memset(&res, 0, sizeof(res));
+        CHECK(pcow_check(path, 0, false, &res, &err) >= 0 ||
+              res.corruptions == 0);
+        CHECK_EQ(res.corruptions, 0);
+        CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+        if (last != UINT32_MAX) {
+            /* Everything reported (and not overwritten later) is there. */
+            for (seq = base_seq; seq <= last; seq++) {
+                uint64_t off = crash_off(seq, size);
+                uint32_t later, j;
+                bool overwritten = false;
+
+                for (later = seq + 1; later <= last + 1; later++) {
+                    if (crash_off(later, size) == off) {
+                        overwritten = true;
+                    }
+                }
+                if (overwritten) {
+                    continue;
+                }
+                CHECK(pcow_pread(img, off, buf, 64, &err) == 64);
+                for (j = 0; j < 64; j++) {
+                    if (buf[j] != pattern(seq, j)) {
+                        fprintf(stderr, "iter %d: seq %u (last %u) lost at "
+                                "0x%" PRIx64 "\n", iter, seq, last, off);
+                        exit(1);
+                    }
+                }
+            }
+            base_seq = last + 2;
+        }
+        CHECK_OK(pcow_close(img, &err), &err);
+        check_clean(path);
+        printf("iter %d: %u writes survived\n", iter,
+               last == UINT32_MAX ? 0 : last + 1);
+    }
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(void);
+} cases[] = {
+    { "hole-read", t_hole_read },
+    { "expand", t_expand },
+    { "cow", t_cow },
+    { "snapshot", t_snapshot },
+    { "base", t_base },
+    { "threads", t_threads },
+    { "two-monitors", t_two },
+    { "foreign-segv", t_foreign_segv },
+    { "disk-full", t_disk_full },
+    { "crash", t_crash },
+};
+
+int main(int argc, char **argv)
+{
+    size_t i;
+
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (argc > 1 && !strcmp(argv[1], cases[i].name)) {
+            int r = cases[i].fn();
+
+            if (r == 0) {
+                printf("%s: ok\n", cases[i].name);
+            }
+            return r;
+        }
+    }
+    fprintf(stderr, "usage: %s CASE  (", argv[0]);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fprintf(stderr, "%s%s", i ? " " : "", cases[i].name);
+    }
+    fprintf(stderr, ")\n");
+    return 2;
+}
