@@ -69,6 +69,9 @@ key=$( {
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 DEST=$OUTDIR/$key
+# one builder at a time (tests may start in parallel)
+exec 9>"$OUTDIR/.lock"
+flock 9
 if [[ -f $DEST/done && -z ${PCOW_GUEST_REBUILD:-} ]]; then
     ln -sfn "$key" "$OUTDIR/current"
     echo "$OUTDIR/current"
@@ -189,5 +192,9 @@ fi
 echo "$KVER" > "$DEST/kver"
 touch "$DEST/done"
 ln -sfn "$key" "$OUTDIR/current"
+# keep this build and the previous one (a running test may still use it)
+ls -1dt "$OUTDIR"/????????????????/done 2>/dev/null | tail -n +3 | while read -r d; do
+    rm -rf "$(dirname "$d")"
+done
 log "built $DEST ($(du -sh "$DEST" | cut -f1)) for kernel $KVER"
 echo "$OUTDIR/current"

@@ -297,6 +297,9 @@ class Guest:
         return cmd + self.qemu_args
 
     def start(self) -> "Guest":
+        if not (os.path.isfile(self.qemu) and os.access(self.qemu, os.X_OK)):
+            raise GuestError(f"QEMU binary {self.qemu} not found "
+                             "(build it, or set QEMU= / pass qemu=)")
         d = build_initramfs(self.outdir, self.pcow_img)
         initrd = os.path.join(self._tmp, "initrd")
         with open(initrd, "wb") as f:
@@ -414,11 +417,14 @@ class Guest:
             qemu_rc=self.proc.returncode,
             qemu_stderr=b"".join(self._stderr).decode("utf-8", "replace"),
             errors=errors)
-        for name in ("initrd",):
+        # the private temp dir goes, unless it holds the console log
+        if Path(self._tmp) in self.log.parents:
             try:
-                os.unlink(os.path.join(self._tmp, name))
+                os.unlink(os.path.join(self._tmp, "initrd"))
             except OSError:
                 pass
+        else:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         return self._result
 
     def __enter__(self) -> "Guest":
