@@ -1,0 +1,523 @@
+#!/usr/bin/env bash
+# End-to-end test: a real libvirt 9.0 daemon (Debian 12's monolithic
+# libvirtd) boots a Linux guest under TCG whose NVDIMM is a pcow image given
+# through libvirt's *native* device XML
+#
+#     <memory model='nvdimm' access='shared'>
+#       <source><path>/.../nv.pcow</path></source>
+#       <target><size unit='KiB'>...</size><node>0</node></target>
+#     </memory>
+#
+# (no <qemu:commandline>).  libvirt turns that into
+#     -object '{"qom-type":"memory-backend-file",...,"mem-path":"/.../nv.pcow",
+#               "share":true,"prealloc":true,"size":N}'
+# and QEMU picks the pcow format because the file name ends in ".pcow".
+#
+# Cases (each one guest boot unless noted):
+#   root        QEMU runs as root (qemu.conf user = "root"); fresh thin image.
+#   qemu-user   QEMU runs as libvirt-qemu, the image is an overlay of a base
+#               image (root-owned, world-readable; libvirt's DAC driver only
+#               relabels the top image); the guest checks it reads the base's
+#               data, writes next to it and elsewhere.
+#   raw         control: a raw file named *.img behaves as upstream QEMU's.
+#   refusals    no boot: a raw file named *.pcow is refused (the name selects
+#               pcow, the content must then be pcow); QEMU as libvirt-qemu
+#               without userfaultfd access fails with a message naming it.
+# After each boot the host checks with `pcow-img convert -O raw` + cmp that
+# the guest's writes (and only they) are in the image, that the image stayed
+# thin (`pcow-img info --output=json`: actual-size far below virtual-size)
+# and that libvirt gave the files back to root.
+#
+# The daemon is started by this test, not by systemd: libvirtd runs in a
+# private mount namespace (unshare -m) in which /etc/libvirt, /run/libvirt,
+# /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt are bind mounts of
+# directories under the test's work directory, so the test writes its own
+# qemu.conf and never touches the host's libvirt configuration or state (it
+# works next to a system libvirtd too).  It is stopped by its PID.
+#
+# Host changes, all restored at exit: the mode/group of /dev/userfaultfd
+# while QEMU runs as libvirt-qemu (the equivalent of the udev rule in
+# docs/pcow.rst); empty mount-point directories it had to create.  Kept:
+# the packages it installs and the libvirt-qemu user and group (what
+# Debian's libvirt-daemon-system would create).
+#
+# Env: QEMU (default build/qemu-system-x86_64), PCOW_IMG (default
+#      build/pcow-img), PCOW_LV_KEEP=1 keeps the work directory,
+#      PCOW_LV_CASES="root qemu-user raw refusals" to run a subset,
+#      PCOW_LV_VERBOSE=1 prints the guest consoles.
+# Exit: 0 pass, 77 skip (one line saying why), anything else fail.
+set -u -o pipefail
+
+top=$(cd "$(dirname "$0")/../../.." && pwd)
+QEMU=${QEMU:-$top/build/qemu-system-x86_64}
+PCOW_IMG=${PCOW_IMG:-$top/build/pcow-img}
+CASES=${PCOW_LV_CASES:-root qemu-user raw refusals}
+VSIZE=$((1024 * 1024 * 1024))      # virtual size of the pcow images
+RAWSIZE=$((128 * 1024 * 1024))     # the raw control image (preallocated!)
+QUSER=libvirt-qemu
+QGROUP=libvirt-qemu
+
+skip() { echo "SKIP: $*"; exit 77; }
+log() { echo "test-libvirt: $*"; }
+failures=0
+fail() { echo "test-libvirt: FAIL: $*"; failures=$((failures + 1)); }
+die() { echo "test-libvirt: FAIL: $*"; exit 1; }   # cleanup runs from the trap
+
+# ---------------------------------------------------------------- preconditions
+[ "$(id -u)" = 0 ] || skip "needs root (runs a system libvirtd)"
+[ -x "$QEMU" ] || skip "no QEMU at $QEMU (build it first)"
+[ -x "$PCOW_IMG" ] || skip "no pcow-img at $PCOW_IMG (build it first)"
+QEMU=$(readlink -f "$QEMU"); PCOW_IMG=$(readlink -f "$PCOW_IMG")
+[ -e /dev/userfaultfd ] || skip "kernel has no /dev/userfaultfd"
+command -v unshare >/dev/null || skip "no unshare(1)"
+unshare --mount --propagation private true 2>/dev/null ||
+    skip "cannot create a mount namespace here (needed for a private libvirtd)"
+
+need=()
+for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients cpio python3; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need+=("$p")
+done
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"; } \
+        >/tmp/pcow-libvirt-apt.log 2>&1 ||
+        skip "apt-get install ${need[*]} failed (see /tmp/pcow-libvirt-apt.log)"
+fi
+
+# libvirtd resolves qemu.conf's default user and group (libvirt-qemu) even
+# when qemu.conf says root; Debian creates them in libvirt-daemon-system,
+# which we do not install (it wants systemd).  Same layout as Debian's.
+getent group kvm >/dev/null || groupadd --system kvm
+getent group "$QGROUP" >/dev/null || groupadd --system "$QGROUP"
+if ! getent passwd "$QUSER" >/dev/null; then
+    useradd --system --gid kvm --groups "$QGROUP" --home-dir /var/lib/libvirt \
+        --no-create-home --shell /usr/sbin/nologin --comment "Libvirt Qemu" "$QUSER" ||
+        die "cannot create user $QUSER"
+fi
+
+# ---------------------------------------------------------------- work dir
+W=$(mktemp -d /tmp/pcow-libvirt.XXXXXX) || die "mktemp"
+chmod 755 "$W"      # QEMU as libvirt-qemu must reach the files below
+DAEMON_PID=
+DAEMON_DIR=
+DOMAINS=()          # "dir name" of domains defined in the running daemon
+CREATED_DIRS=()
+UFFD_SAVED=         # "mode group" of /dev/userfaultfd before we changed it
+
+uffd_restore() {
+    [ -n "$UFFD_SAVED" ] || return 0
+    chmod "${UFFD_SAVED% *}" /dev/userfaultfd
+    chgrp "${UFFD_SAVED#* }" /dev/userfaultfd
+    UFFD_SAVED=
+}
+
+uffd_grant() {      # what the udev rule in docs/pcow.rst does
+    [ -n "$UFFD_SAVED" ] || UFFD_SAVED=$(stat -c '%a %g' /dev/userfaultfd)
+    chgrp kvm /dev/userfaultfd && chmod 0660 /dev/userfaultfd
+}
+
+virsh_() { timeout 120 virsh -q -c "qemu:///system?socket=$DAEMON_DIR/run/libvirt-sock" "$@"; }
+
+daemon_stop() {
+    [ -n "$DAEMON_PID" ] || return 0
+    local d name pid i
+    for d in "${DOMAINS[@]}"; do
+        name=${d#* }
+        virsh_ destroy "$name" >/dev/null 2>&1
+        virsh_ undefine "$name" >/dev/null 2>&1
+    done
+    kill -TERM "$DAEMON_PID" 2>/dev/null
+    for i in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DAEMON_PID" 2>/dev/null
+    wait "$DAEMON_PID" 2>/dev/null
+    # A QEMU that survived (libvirtd does not kill its guests when it exits):
+    # libvirt's pid files name it; make sure it is ours before killing it.
+    for d in "${DOMAINS[@]}"; do
+        name=${d#* }
+        pid=$(cat "$DAEMON_DIR/run/qemu/$name.pid" 2>/dev/null) || continue
+        if [ -n "$pid" ] && tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null |
+                grep -q -- "guest=$name,"; then
+            kill -KILL "$pid"
+        fi
+    done
+    DAEMON_PID=
+    DOMAINS=()
+}
+
+cleanup() {
+    local rc=$?
+    daemon_stop
+    uffd_restore
+    local d
+    for d in "${CREATED_DIRS[@]}"; do rmdir "$d" 2>/dev/null; done
+    if [ -n "${PCOW_LV_KEEP:-}" ]; then
+        log "work directory kept: $W"
+    else
+        rm -rf "$W"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- daemon
+# daemon_start USER GROUP [extra qemu.conf lines]
+daemon_start() {
+    local user=$1 group=$2 extra=${3:-} d i
+    DAEMON_DIR=$W/libvirt-$user
+    d=$DAEMON_DIR
+    mkdir -p "$d"/{etc,run,lib,log,cache}
+    cat >"$d/etc/qemu.conf" <<EOF
+# written by tests/pcow/libvirt/test-libvirt.sh (private /etc/libvirt)
+user = "$user"
+group = "$group"
+# no virtlogd: QEMU's stdout/stderr go to /var/log/libvirt/qemu/DOM.log
+stdio_handler = "file"
+$extra
+EOF
+    cat >"$d/etc/libvirtd.conf" <<EOF
+log_outputs = "3:file:$d/libvirtd.log"
+EOF
+    # Mount points for the bind mounts.  On a host without
+    # libvirt-daemon-system these do not exist; we remove them afterwards.
+    for i in /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
+        if [ ! -d "$i" ]; then
+            mkdir -p "$i" && CREATED_DIRS+=("$i")
+        fi
+    done
+    # unshare and bash exec, so $! is libvirtd's PID.
+    unshare --mount --propagation private -- bash -c '
+        d=$1
+        mount --bind "$d/etc" /etc/libvirt &&
+        mount --bind "$d/run" /run/libvirt &&
+        mount --bind "$d/lib" /var/lib/libvirt &&
+        mount --bind "$d/log" /var/log/libvirt &&
+        mount --bind "$d/cache" /var/cache/libvirt || exit 1
+        exec libvirtd -f "$d/etc/libvirtd.conf" -p "$d/libvirtd.pid"
+    ' libvirtd-ns "$d" >"$d/libvirtd.out" 2>&1 </dev/null &
+    DAEMON_PID=$!
+    for i in $(seq 300); do
+        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+            cat "$d/libvirtd.out"; grep -E ' error ' "$d/libvirtd.log" 2>/dev/null | tail -5
+            DAEMON_PID=
+            die "libvirtd ($user) exited at startup"
+        fi
+        [ -S "$d/run/libvirt-sock" ] && virsh_ version >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "libvirtd ($user) did not answer within 30 s"
+}
+
+# ---------------------------------------------------------------- guest
+GUEST_DIR=$(PCOW_IMG=$PCOW_IMG "$top/tests/pcow/guest/build-initramfs.sh" \
+            "${PCOW_GUEST_OUT:-$top/tests/pcow/guest/out}") ||
+    die "building the guest initramfs failed"
+GUEST_DIR=$(readlink -f "$GUEST_DIR")
+base_cpio=$(ls "$GUEST_DIR"/base.cpio.* | head -1)
+# Our own copy of the kernel: libvirt's DAC driver relabels kernel and initrd
+# for the guest's lifetime, and the shared cache may live where
+# libvirt-qemu cannot reach.
+cp "$GUEST_DIR/vmlinuz" "$W/vmlinuz"
+
+# pattern TAG: 4 KiB of text both the guest (busybox) and the host can make
+pattern() { yes "pcow-libvirt-$1" | head -c 4096; }
+# helpers for the guest's /test.sh (busybox sh): w BLOCK TAG writes pattern
+# TAG at 4 KiB block BLOCK of /dev/pmem0; r BLOCK / e TAG / z: md5 of a
+# block read back / of a pattern / of a zero block
+GUEST_LIB='
+set -e
+pat() { yes "pcow-libvirt-$1" | head -c 4096; }
+w() { pat "$2" | dd of=/dev/pmem0 bs=4096 seek=$1 conv=notrunc 2>/dev/null; }
+r() { dd if=/dev/pmem0 bs=4096 skip=$1 count=1 2>/dev/null | md5sum | cut -d" " -f1; }
+e() { pat "$1" | md5sum | cut -d" " -f1; }
+z() { dd if=/dev/zero bs=4096 count=1 2>/dev/null | md5sum | cut -d" " -f1; }
+'
+
+# make_initrd DIR SCRIPT: base layer + an archive holding /test.sh
+make_initrd() {
+    local dir=$1 script=$2
+    mkdir -p "$dir/cpio"
+    printf '%s\n' "$script" >"$dir/cpio/test.sh"
+    chmod 755 "$dir/cpio/test.sh"
+    {
+        cat "$base_cpio"
+        # the next archive must start on a 512-byte boundary
+        local sz; sz=$(stat -c %s "$base_cpio")
+        head -c $(((512 - sz % 512) % 512)) /dev/zero
+        (cd "$dir/cpio" && echo test.sh | cpio -o -H newc -R 0:0 --quiet)
+    } >"$dir/initrd"
+}
+
+# domain_xml NAME DIR MEMORY-DEVICE-XML
+domain_xml() {
+    cat <<EOF
+<domain type='qemu'>
+  <name>$1</name>
+  <memory unit='MiB'>256</memory>
+  <maxMemory slots='2' unit='GiB'>8</maxMemory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$W/vmlinuz</kernel>
+    <initrd>$2/initrd</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1 pcow.pmem=1</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu>
+    <numa><cell id='0' cpus='0' memory='256' unit='MiB'/></numa>
+  </cpu>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>$QEMU</emulator>
+    <controller type='usb' model='none'/>
+    <serial type='file'>
+      <source path='$2/console.log'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+$3
+  </devices>
+</domain>
+EOF
+}
+
+nvdimm_xml() {      # nvdimm_xml PATH SIZE-BYTES
+    cat <<EOF
+    <memory model='nvdimm' access='shared'>
+      <source><path>$1</path></source>
+      <target><size unit='KiB'>$(($2 / 1024))</size><node>0</node></target>
+    </memory>
+EOF
+}
+
+# boot NAME DIR IMAGE SIZE SCRIPT: define, start, wait for power-off, check
+# the guest's exit marker.  Returns non-zero (after saying why) on failure.
+boot() {
+    local name=$1 dir=$2 img=$3 size=$4 script=$5 t0 state i
+    make_initrd "$dir" "$script"
+    domain_xml "$name" "$dir" "$(nvdimm_xml "$img" "$size")" >"$dir/domain.xml"
+    virsh_ define "$dir/domain.xml" >/dev/null || { fail "$name: virsh define"; return 1; }
+    DOMAINS+=("$dir $name")
+    t0=$(date +%s%N)
+    if ! virsh_ start "$name" >"$dir/start.out" 2>&1; then
+        cat "$dir/start.out"
+        fail "$name: virsh start"
+        return 1
+    fi
+    [ -f "$DAEMON_DIR/log/qemu/$name.log" ] &&
+        sed -n '/^LC_ALL/,/^-msg/p' "$DAEMON_DIR/log/qemu/$name.log" >"$dir/cmdline"
+    state=
+    for i in $(seq 1800); do     # 180 s
+        state=$(virsh_ domstate "$name" 2>/dev/null)
+        [ "$state" = "shut off" ] && break
+        sleep 0.1
+    done
+    log "$name: virsh start + guest run: $((($(date +%s%N) - t0) / 1000000)) ms, state '$state'"
+    [ -n "${PCOW_LV_VERBOSE:-}" ] && sed 's/^/  console| /' "$dir/console.log"
+    if [ "$state" != "shut off" ]; then
+        virsh_ destroy "$name" >/dev/null 2>&1
+        tail -20 "$dir/console.log"
+        fail "$name: guest did not power off within 180 s"
+        return 1
+    fi
+    if ! grep -q '^PCOW-GUEST-EXIT 0' "$dir/console.log"; then
+        tail -30 "$dir/console.log"
+        tail -5 "$DAEMON_DIR/log/qemu/$name.log"
+        fail "$name: guest script failed (see console above)"
+        return 1
+    fi
+    virsh_ undefine "$name" >/dev/null || fail "$name: virsh undefine"
+    return 0
+}
+
+# ---------------------------------------------------------------- host checks
+# expect_file DIR SIZE "BLOCK TAG"...: a raw file of SIZE bytes that holds
+# pattern TAG at 4 KiB block BLOCK and zeros elsewhere
+expect_file() {
+    local out=$1/expected.raw size=$2 spec
+    shift 2
+    rm -f "$out"; truncate -s "$size" "$out"
+    for spec in "$@"; do
+        pattern "${spec#* }" | dd of="$out" bs=4096 seek="${spec% *}" conv=notrunc status=none
+    done
+    echo "$out"
+}
+
+check_content() {   # check_content NAME IMG EXPECTED-RAW
+    local name=$1 img=$2 exp=$3 got=$1.got
+    got=$(dirname "$exp")/converted.raw
+    rm -f "$got"
+    if ! "$PCOW_IMG" convert -O raw "$img" "$got" >/dev/null 2>"$got.err"; then
+        cat "$got.err"; fail "$name: pcow-img convert -O raw $img"; return
+    fi
+    if cmp "$exp" "$got"; then
+        log "$name: image content is exactly what the guest wrote"
+    else
+        fail "$name: image content differs from what the guest wrote"
+    fi
+    rm -f "$got"
+}
+
+check_thin() {      # check_thin NAME IMG
+    local name=$1 img=$2 sizes virt actual
+    sizes=$("$PCOW_IMG" info --output=json "$img" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+if isinstance(j, list):
+    j = j[0]
+print(j["virtual-size"], j["actual-size"])') ||
+        { fail "$name: pcow-img info --output=json $img"; return; }
+    read -r virt actual <<<"$sizes"
+    log "$name: virtual-size $virt, actual-size $actual (du: $(du -k "$img" | cut -f1) KiB)"
+    [ "$virt" = "$VSIZE" ] || fail "$name: virtual-size $virt, expected $VSIZE"
+    # the guest wrote a few 4 KiB blocks: a few clusters + metadata
+    [ "$actual" -lt $((32 * 1024 * 1024)) ] ||
+        fail "$name: image is not thin (actual-size $actual of $virt): prealloc filled it?"
+}
+
+check_owner() {     # check_owner NAME FILE...: libvirt gave them back to root
+    local name=$1 f o
+    shift
+    for f in "$@"; do
+        o=$(stat -c %U:%G "$f")
+        [ "$o" = root:root ] || fail "$name: $f is owned by $o after shutdown, expected root:root"
+    done
+}
+
+show_nvdimm_cmdline() {     # the -object/-device lines libvirt generated
+    [ -f "$1/cmdline" ] && grep -E 'memory-backend-file|"nvdimm"' "$1/cmdline" | sed 's/^/    /'
+}
+
+# ---------------------------------------------------------------- cases
+case_root() {
+    local dir=$W/root img
+    mkdir -p "$dir"; img=$dir/nv.pcow
+    "$PCOW_IMG" create -q -f pcow "$img" "$VSIZE" || { fail "root: pcow-img create"; return; }
+    local last=$((VSIZE / 4096 - 1))
+    boot pcow-lv-root "$dir" "$img" "$VSIZE" "$GUEST_LIB
+w 0 r0; w 1 r1; w 4097 r4097; w 100000 r100000; w $last rlast
+sync
+echo GUEST-WROTE" || return
+    show_nvdimm_cmdline "$dir"
+    check_content root "$img" "$(expect_file "$dir" "$VSIZE" "0 r0" "1 r1" "4097 r4097" \
+        "100000 r100000" "$last rlast")"
+    check_thin root "$img"
+    check_owner root "$img"
+}
+
+case_qemu_user() {
+    local dir=$W/qemu-user base img
+    mkdir -p "$dir"; base=$dir/base.pcow; img=$dir/nv.pcow
+    # base: data at blocks 50 and 200000; root-owned, world-readable
+    expect_file "$dir" "$VSIZE" "50 b50" "200000 b200000" >/dev/null
+    "$PCOW_IMG" convert -f raw -O pcow "$dir/expected.raw" "$base" ||
+        { fail "qemu-user: making the base image"; return; }
+    chmod 0644 "$base"
+    "$PCOW_IMG" create -q -f pcow -b base.pcow -F pcow "$img" ||
+        { fail "qemu-user: create overlay"; return; }
+    cp "$base" "$dir/base.before"
+    uffd_grant
+    boot pcow-lv-qemu "$dir" "$img" "$VSIZE" "$GUEST_LIB"'
+[ "$(r 50)" = "$(e b50)" ] || { echo "GUEST: base data at block 50 not visible"; exit 3; }
+[ "$(r 200000)" = "$(e b200000)" ] || { echo "GUEST: base data at block 200000 not visible"; exit 3; }
+[ "$(r 7)" = "$(z)" ] || { echo "GUEST: a hole does not read as zeros"; exit 3; }
+echo GUEST-BASE-OK
+w 51 q51; w 3 q3; w 200001 q200001
+sync
+echo GUEST-WROTE' || { uffd_restore; return; }
+    uffd_restore
+    show_nvdimm_cmdline "$dir"
+    check_content qemu-user "$img" "$(expect_file "$dir" "$VSIZE" "50 b50" "51 q51" "3 q3" \
+        "200000 b200000" "200001 q200001")"
+    check_thin qemu-user "$img"
+    cmp -s "$base" "$dir/base.before" || fail "qemu-user: the base image changed"
+    check_owner qemu-user "$img" "$base"
+}
+
+case_raw() {
+    local dir=$W/raw img
+    mkdir -p "$dir"; img=$dir/nv.img
+    truncate -s "$RAWSIZE" "$img"
+    uffd_grant      # not needed for raw; same host setup as the pcow case
+    boot pcow-lv-raw "$dir" "$img" "$RAWSIZE" "$GUEST_LIB
+w 5 raw5
+sync" || { uffd_restore; return; }
+    uffd_restore
+    show_nvdimm_cmdline "$dir"
+    expect_file "$dir" "$RAWSIZE" "5 raw5" >/dev/null
+    cmp "$dir/expected.raw" "$img" || fail "raw: content differs"
+    check_owner raw "$img"
+}
+
+# start_must_fail NAME DIR IMG SIZE REGEX: QEMU refuses; its message matches
+start_must_fail() {
+    local name=$1 dir=$2 img=$3 size=$4 rx=$5
+    make_initrd "$dir" "exit 1"
+    domain_xml "$name" "$dir" "$(nvdimm_xml "$img" "$size")" >"$dir/domain.xml"
+    virsh_ define "$dir/domain.xml" >/dev/null || { fail "$name: virsh define"; return; }
+    DOMAINS+=("$dir $name")
+    if virsh_ start "$name" >"$dir/start.out" 2>&1; then
+        virsh_ destroy "$name" >/dev/null 2>&1
+        fail "$name: virsh start succeeded, expected QEMU to refuse"
+    elif grep -q -E "$rx" "$dir/start.out"; then
+        log "$name: refused as expected: $(grep -o -E ".{0,60}($rx).{0,80}" "$dir/start.out" | head -1)"
+    else
+        cat "$dir/start.out"
+        fail "$name: refused, but the message does not match /$rx/"
+    fi
+    virsh_ undefine "$name" >/dev/null 2>&1
+}
+
+case_refusals_root() {      # runs with the root daemon
+    local dir=$W/refuse-name
+    mkdir -p "$dir"
+    truncate -s "$VSIZE" "$dir/raw.pcow"
+    start_must_fail pcow-lv-name "$dir" "$dir/raw.pcow" "$VSIZE" 'format=raw|not a pcow|pcow'
+}
+
+case_refusals_user() {      # runs with the libvirt-qemu daemon, no uffd access
+    local dir=$W/refuse-uffd
+    mkdir -p "$dir"
+    "$PCOW_IMG" create -q -f pcow "$dir/nv.pcow" "$VSIZE" || { fail "refuse-uffd: create"; return; }
+    uffd_restore
+    if [ "$(stat -c '%a' /dev/userfaultfd)" != 600 ] ||
+       [ "$(sysctl -n vm.unprivileged_userfaultfd 2>/dev/null)" != 0 ]; then
+        log "refuse-uffd: not checked (this host already gives userfaultfd to everyone)"
+        return
+    fi
+    start_must_fail pcow-lv-nouffd "$dir" "$dir/nv.pcow" "$VSIZE" 'userfaultfd'
+}
+
+want() { [[ " $CASES " == *" $1 "* ]]; }
+
+log "QEMU=$QEMU PCOW_IMG=$PCOW_IMG work=$W"
+if want root || want refusals; then
+    daemon_start root root
+    log "libvirtd (QEMU as root) pid $DAEMON_PID"
+    want root && case_root
+    want refusals && case_refusals_root
+    daemon_stop
+fi
+if want qemu-user || want raw || want refusals; then
+    # libvirt 9.0 gives QEMU a private /dev (namespaces = ["mount"]) and a
+    # devices cgroup that both lack /dev/userfaultfd: list it here.
+    daemon_start "$QUSER" "$QGROUP" 'cgroup_device_acl = [
+    "/dev/null", "/dev/full", "/dev/zero", "/dev/random", "/dev/urandom",
+    "/dev/ptmx", "/dev/kvm", "/dev/userfaultfd"
+]'
+    log "libvirtd (QEMU as $QUSER) pid $DAEMON_PID"
+    want qemu-user && case_qemu_user
+    want raw && case_raw
+    want refusals && case_refusals_user
+    daemon_stop
+fi
+
+if [ "$failures" -gt 0 ]; then
+    echo "test-libvirt: $failures failure(s)"
+    exit 1
+fi
+echo "test-libvirt: all checks passed"
+exit 0
