@@ -1,0 +1,196 @@
+/*
+ * libpcow consistency check: corruptions (the reference rules are broken)
+ * versus leaks (clusters that hold blocks but no data), and repair
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pcow-int.h"
+
+/* Clusters in [start, end) that still hold blocks (a few lseeks per run) */
+static uint64_t count_allocated(pcow_image *img, uint64_t start,
+                                uint64_t end)
+{
+    uint64_t cs = img->cluster_size, n = 0;
+    off_t pos = start;
+
+    while ((uint64_t)pos < end) {
+        off_t data = lseek(img->fd, pos, SEEK_DATA);
+        off_t hole;
+
+        if (data < 0 || (uint64_t)data >= end) {
+            break;
+        }
+        hole = lseek(img->fd, data, SEEK_HOLE);
+        if (hole < 0 || (uint64_t)hole > end) {
+            hole = end;
+        }
+        /* Every cluster the data range touches */
+        n += (pcow_round_up(hole, cs) - ((uint64_t)data & ~(cs - 1))) / cs;
+        pos = pcow_round_up(hole, cs);
+    }
+    return n;
+}
+
+static uint64_t count_leaks(pcow_image *img, const PcowWalk *w)
+{
+    uint64_t cs = img->cluster_size, i = 1, start, leaks = 0;
+    uint64_t frontier = pcow_frontier(img);
+    struct stat st;
+
+    while (i < w->nclusters) {
+        if ((w->cls[i] & (PCOW_C_KIND | PCOW_C_RING)) != PCOW_C_FREE) {
+            i++;
+            continue;
+        }
+        start = i;
+        while (i < w->nclusters &&
+               (w->cls[i] & (PCOW_C_KIND | PCOW_C_RING)) == PCOW_C_FREE) {
+            i++;
+        }
+        leaks += count_allocated(img, start * cs, i * cs);
+    }
+    if (fstat(img->fd, &st) == 0 && (uint64_t)st.st_size > frontier) {
+        leaks += count_allocated(img, frontier, st.st_size);
+    }
+    return leaks;
+}
+
+/* WRITABLE on a cluster a snapshot or a source shares: COW would be lost */
+static uint64_t count_bad_writable(pcow_image *img, const PcowWalk *w,
+                                   PcowProblems *pr)
+{
+    uint64_t n = 0;
+    uint32_t i, j;
+
+    for (i = 0; i < img->hdr.l1_size; i++) {
+        uint64_t *t = img->l2[i];
+
+        if (!t || !img->l1[i]) {
+            continue;
+        }
+        for (j = 0; j < img->l2_entries; j++) {
+            uint64_t map = pcow_word(t + j * 4);
+            uint64_t idx = map >> img->cluster_bits;
+
+            if ((map & PCOW_F_WRITABLE) && idx < w->nclusters &&
+                (w->cls[idx] & (PCOW_C_SNAP | PCOW_C_SOURCE))) {
+                pcow_problem(pr, -EINVAL, "L2 entry for guest offset 0x%llx "
+                             "is WRITABLE but cluster 0x%llx is shared",
+                             (unsigned long long)(((uint64_t)i *
+                                                   img->l2_entries + j) *
+                                                  img->cluster_size),
+                             (unsigned long long)(idx << img->cluster_bits));
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+static uint64_t scan(pcow_image *img, PcowWalk *w, PcowProblems *pr)
+{
+    uint32_t i;
+
+    pcow_walk_free(w);
+    memset(pr, 0, sizeof(*pr));
+    pr->collect = true;
+    /* L1 entries open refused to map count as corruptions too */
+    for (i = 0; i < img->hdr.l1_size; i++) {
+        if (img->l1[i] && !img->l2[i]) {
+            pcow_problem(pr, -EINVAL, "L1 entry %u is invalid: 0x%llx", i,
+                         (unsigned long long)pcow_le64(img->l1[i]));
+        }
+    }
+    if (pcow_walk(img, w, pr, false) < 0) {
+        return pr->count ? pr->count : 1;
+    }
+    count_bad_writable(img, w, pr);
+    return pr->count;
+}
+
+int pcow_check(const char *path, unsigned repair, bool force_share,
+               pcow_check_result *res, pcow_error *err)
+{
+    PcowProblems pr = { .collect = true };
+    PcowWalk w = { 0 };
+    pcow_image *img;
+    unsigned flags = PCOW_OPEN_NO_BACKING | PCOW_OPEN_CHECK;
+    uint64_t found;
+    uint32_t i;
+    int ret;
+
+    memset(res, 0, sizeof(*res));
+    if (err) {
+        err->code = 0;
+        err->msg[0] = '\0';
+    }
+    if (repair) {
+        flags |= PCOW_OPEN_RDWR | PCOW_OPEN_NO_RECOVER;
+    }
+    if (force_share) {
+        flags |= PCOW_OPEN_NO_LOCK;
+    }
+    ret = pcow_open_internal(path, flags, NULL, NULL, NULL, 0, &pr, &img,
+                             err);
+    if (ret < 0) {
+        if (ret == -EINVAL || ret == -ENOTSUP || ret == -EFBIG ||
+            ret == -EBADMSG) {
+            /* The structure itself is broken: nothing more to count */
+            res->corruptions = pr.count ? pr.count : 1;
+            snprintf(res->first_problem, sizeof(res->first_problem), "%s",
+                     err ? err->msg : "image is corrupt");
+            return 0;
+        }
+        return ret;
+    }
+    found = scan(img, &w, &pr);
+    res->corruptions = found;
+    if (found) {
+        snprintf(res->first_problem, sizeof(res->first_problem), "%s: %.400s",
+                 path, pr.first);
+    }
+    if (found && (repair & PCOW_REPAIR_ERRORS)) {
+        PcowWalk fw;
+        PcowProblems fpr = { .collect = true };
+
+        for (i = 0; i < img->hdr.l1_size; i++) {
+            if (img->l1[i] && !img->l2[i]) {
+                pcow_persist_store64(img, &img->l1[i],
+                                     img->hdr.l1_table_offset + i * 8ull, 0);
+            }
+        }
+        /* Clear the entries that break the rules, then fix WRITABLE bits */
+        pcow_walk(img, &fw, &fpr, true);
+        pcow_walk_free(&fw);
+        found = scan(img, &w, &pr);
+        if (found && pcow_alloc_recover(img, false, NULL) == 0) {
+            found = scan(img, &w, &pr);
+        }
+        res->corruptions_fixed = res->corruptions - found;
+        res->corruptions = found;
+    }
+    res->leaks = count_leaks(img, &w);
+    if (res->leaks && (repair & PCOW_REPAIR_LEAKS) && res->corruptions == 0) {
+        ret = pcow_alloc_recover(img, true, err);
+        if (ret == 0) {
+            scan(img, &w, &pr);
+            found = count_leaks(img, &w);
+            res->leaks_fixed = res->leaks - found;
+            res->leaks = found;
+        }
+    }
+    res->allocated_clusters = w.data_clusters;
+    res->total_clusters = pcow_div_round_up(img->hdr.virtual_size,
+                                            img->cluster_size);
+    res->fragmented_clusters = w.fragmented;
+    res->image_end_offset = pcow_frontier(img);
+    pcow_walk_free(&w);
+    ret = pcow_close(img, NULL);
+    return 0;
+}

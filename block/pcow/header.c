@@ -1,0 +1,932 @@
+/*
+ * libpcow header: slots A/B, CRC-32C, hot line, validation, create,
+ * open/close, feature bits and locking
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pcow-int.h"
+
+/* CRC-32C (Castagnoli), reflected polynomial 0x82f63b78 */
+static uint32_t crc32c_entry(uint32_t i)
+{
+    uint32_t c = i;
+    int k;
+
+    for (k = 0; k < 8; k++) {
+        c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+    }
+    return c;
+}
+
+uint32_t pcow_crc32c(uint32_t crc, const void *buf, size_t len)
+{
+    /*
+     * The table is computed on first use; the computation is idempotent so
+     * concurrent first users at worst compute it twice.  Not global state in
+     * the sense that matters: it is a constant.
+     */
+    static uint32_t table[256];
+    static int ready;
+    const uint8_t *p = buf;
+
+    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
+        uint32_t i;
+
+        for (i = 0; i < 256; i++) {
+            __atomic_store_n(&table[i], crc32c_entry(i), __ATOMIC_RELAXED);
+        }
+        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+    }
+    crc = ~crc;
+    while (len--) {
+        crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
+uint64_t pcow_l1_size_for(uint64_t virtual_size, uint32_t cluster_bits)
+{
+    uint64_t per_l2 = (1ull << cluster_bits) *
+                      ((1ull << cluster_bits) / PCOW_L2_ENTRY_SIZE);
+
+    return pcow_div_round_up(virtual_size, per_l2);
+}
+
+static uint32_t header_length_for(uint32_t name_len)
+{
+    return PCOW_HEADER_FIXED + pcow_round_up(name_len, 8);
+}
+
+void pcow_header_encode(const PcowHeader *h, uint8_t *slot)
+{
+    uint32_t len = header_length_for(h->backing_name_length);
+
+    memset(slot, 0, PCOW_SLOT_SIZE);
+    pcow_st32(slot + 0, PCOW_MAGIC);
+    pcow_st32(slot + 4, h->version);
+    pcow_st32(slot + 8, len);
+    pcow_st64(slot + 16, h->generation);
+    pcow_st64(slot + 24, h->incompatible_features);
+    pcow_st64(slot + 32, h->compatible_features);
+    pcow_st64(slot + 40, h->autoclear_features);
+    pcow_st32(slot + 48, h->cluster_bits);
+    pcow_st32(slot + 52, h->cow_unit_bits);
+    pcow_st64(slot + 56, h->virtual_size);
+    pcow_st64(slot + 64, h->l1_table_offset);
+    pcow_st32(slot + 72, h->l1_size);
+    pcow_st32(slot + 76, h->nb_snapshots);
+    pcow_st64(slot + 80, h->snapshots_offset);
+    pcow_st32(slot + 88, h->snapshots_size);
+    pcow_st32(slot + 92, h->snapshots_crc32c);
+    pcow_st64(slot + 96, h->next_snapshot_id);
+    pcow_st32(slot + 104, h->backing_format);
+    pcow_st32(slot + 108, h->backing_name_length);
+    memcpy(slot + 128, h->backing_name, h->backing_name_length);
+    pcow_st32(slot + 12, pcow_crc32c(0, slot, len));
+}
+
+/* 0: valid; -EINVAL bad magic; -ENOTSUP bad version; -EBADMSG otherwise */
+static int header_decode(const uint8_t *slot, PcowHeader *h)
+{
+    uint8_t tmp[PCOW_SLOT_SIZE];
+    uint32_t len;
+
+    if (pcow_ld32(slot) != PCOW_MAGIC) {
+        return -EINVAL;
+    }
+    h->version = pcow_ld32(slot + 4);
+    if (h->version != PCOW_VERSION) {
+        return -ENOTSUP;
+    }
+    len = pcow_ld32(slot + 8);
+    if (len < PCOW_HEADER_FIXED || len > PCOW_SLOT_SIZE || len % 8) {
+        return -EBADMSG;
+    }
+    memcpy(tmp, slot, len);
+    memset(tmp + 12, 0, 4);
+    if (pcow_crc32c(0, tmp, len) != pcow_ld32(slot + 12)) {
+        return -EBADMSG;
+    }
+    h->header_length = len;
+    h->generation = pcow_ld64(slot + 16);
+    h->incompatible_features = pcow_ld64(slot + 24);
+    h->compatible_features = pcow_ld64(slot + 32);
+    h->autoclear_features = pcow_ld64(slot + 40);
+    h->cluster_bits = pcow_ld32(slot + 48);
+    h->cow_unit_bits = pcow_ld32(slot + 52);
+    h->virtual_size = pcow_ld64(slot + 56);
+    h->l1_table_offset = pcow_ld64(slot + 64);
+    h->l1_size = pcow_ld32(slot + 72);
+    h->nb_snapshots = pcow_ld32(slot + 76);
+    h->snapshots_offset = pcow_ld64(slot + 80);
+    h->snapshots_size = pcow_ld32(slot + 88);
+    h->snapshots_crc32c = pcow_ld32(slot + 92);
+    h->next_snapshot_id = pcow_ld64(slot + 96);
+    h->backing_format = pcow_ld32(slot + 104);
+    h->backing_name_length = pcow_ld32(slot + 108);
+    memset(h->backing_name, 0, sizeof(h->backing_name));
+    if (h->backing_name_length <= PCOW_MAX_BACKING_NAME &&
+        PCOW_HEADER_FIXED + h->backing_name_length <= len) {
+        memcpy(h->backing_name, slot + 128, h->backing_name_length);
+    }
+    return 0;
+}
+
+/* Field checks of a decoded header; message without the file name */
+static int header_check(const PcowHeader *h, char *msg, size_t msglen)
+{
+    uint64_t need;
+    int bit;
+
+    if (h->incompatible_features & ~PCOW_INCOMPAT_KNOWN) {
+        bit = __builtin_ctzll(h->incompatible_features &
+                              ~PCOW_INCOMPAT_KNOWN);
+        snprintf(msg, msglen, "unknown incompatible feature bit %d", bit);
+        return -ENOTSUP;
+    }
+    if (h->cluster_bits < PCOW_MIN_CLUSTER_BITS ||
+        h->cluster_bits > PCOW_MAX_CLUSTER_BITS) {
+        snprintf(msg, msglen, "invalid cluster_bits %u (must be 12..21)",
+                 h->cluster_bits);
+        return -EINVAL;
+    }
+    if (h->cow_unit_bits < PCOW_MIN_COW_UNIT_BITS ||
+        h->cow_unit_bits > h->cluster_bits ||
+        h->cluster_bits - h->cow_unit_bits > 6) {
+        snprintf(msg, msglen, "invalid cow_unit_bits %u for cluster_bits %u",
+                 h->cow_unit_bits, h->cluster_bits);
+        return -EINVAL;
+    }
+    if (h->virtual_size == 0 || h->virtual_size % 4096) {
+        snprintf(msg, msglen, "invalid virtual size %llu (must be a "
+                 "non-zero multiple of 4096)",
+                 (unsigned long long)h->virtual_size);
+        return -EINVAL;
+    }
+    need = pcow_l1_size_for(h->virtual_size, h->cluster_bits);
+    if (need > PCOW_MAX_L1_SIZE) {
+        snprintf(msg, msglen, "virtual size %llu too large for cluster "
+                 "size %llu", (unsigned long long)h->virtual_size,
+                 1ull << h->cluster_bits);
+        return -EFBIG;
+    }
+    if (h->l1_size < need || h->l1_size > PCOW_MAX_L1_SIZE) {
+        snprintf(msg, msglen, "L1 size %u out of range (%llu..%u)",
+                 h->l1_size, (unsigned long long)need, PCOW_MAX_L1_SIZE);
+        return -EINVAL;
+    }
+    if (h->backing_name_length > PCOW_MAX_BACKING_NAME ||
+        PCOW_HEADER_FIXED + pcow_round_up(h->backing_name_length, 8) >
+        h->header_length) {
+        snprintf(msg, msglen, "invalid backing name length %u",
+                 h->backing_name_length);
+        return -EINVAL;
+    }
+    if (h->backing_format > PCOW_FMT_RAW ||
+        (h->backing_format == PCOW_FMT_NONE) !=
+        (h->backing_name_length == 0)) {
+        snprintf(msg, msglen, "invalid backing format %u (name length %u)",
+                 h->backing_format, h->backing_name_length);
+        return -EINVAL;
+    }
+    if (memchr(h->backing_name, '\0', h->backing_name_length)) {
+        snprintf(msg, msglen, "backing name contains a NUL byte");
+        return -EINVAL;
+    }
+    if ((h->nb_snapshots == 0) != (h->snapshots_offset == 0) ||
+        (h->nb_snapshots == 0) != (h->snapshots_size == 0)) {
+        snprintf(msg, msglen, "inconsistent snapshot table (%u snapshots "
+                 "at 0x%llx, %u bytes)", h->nb_snapshots,
+                 (unsigned long long)h->snapshots_offset,
+                 h->snapshots_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Structural change: write the whole new header into the other slot */
+int pcow_header_commit(pcow_image *img, const PcowHeader *h,
+                       pcow_error *err)
+{
+    uint8_t slot[PCOW_SLOT_SIZE];
+    PcowHeader nh = *h;
+    int other = !img->cur_slot;
+    int ret;
+
+    nh.version = PCOW_VERSION;
+    nh.generation = img->hdr.generation + 1;
+    nh.header_length = header_length_for(nh.backing_name_length);
+    /* A writer clears autoclear bits it does not know */
+    nh.autoclear_features &= PCOW_AUTOCLEAR_KNOWN;
+    pcow_header_encode(&nh, slot);
+    ret = pcow_persist_pwrite(img, other ? PCOW_SLOT_B : PCOW_SLOT_A,
+                              slot, PCOW_SLOT_SIZE);
+    if (ret == 0) {
+        ret = pcow_persist_sync_range(img, 0, 4096);
+    }
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "header commit failed: %s",
+                              strerror(-ret));
+    }
+    img->hdr = nh;
+    img->cur_slot = other;
+    return 0;
+}
+
+uint64_t pcow_frontier(pcow_image *img)
+{
+    if (img->c0) {
+        return pcow_word((uint64_t *)(img->c0 + PCOW_HOT_FRONTIER));
+    }
+    return img->frontier_ro;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pread(fd, p + done, len - done, off + done);
+
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (n == 0) {
+            break;
+        }
+        done += n;
+    }
+    return done;
+}
+
+bool pcow_probe(const char *path)
+{
+    uint8_t buf[PCOW_SLOT_B + 4];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int n;
+
+    if (fd < 0) {
+        return false;
+    }
+    n = read_full(fd, buf, sizeof(buf), 0);
+    close(fd);
+    if (n >= 4 && pcow_ld32(buf) == PCOW_MAGIC) {
+        return true;
+    }
+    return n == (int)sizeof(buf) && pcow_ld32(buf + PCOW_SLOT_B) == PCOW_MAGIC;
+}
+
+static int parse_cluster_opts(const pcow_create_opts *o, uint32_t *cbits,
+                              uint32_t *ubits, pcow_error *err,
+                              const char *path)
+{
+    uint32_t cs = o->cluster_size ? o->cluster_size :
+                  1u << PCOW_DEFAULT_CLUSTER_BITS;
+    uint32_t cu;
+
+    if (cs & (cs - 1) || cs < (1u << PCOW_MIN_CLUSTER_BITS) ||
+        cs > (1u << PCOW_MAX_CLUSTER_BITS)) {
+        return pcow_set_error(err, -EINVAL, "%s: invalid cluster size %u "
+                              "(must be a power of two, 4K..2M)", path, cs);
+    }
+    *cbits = __builtin_ctz(cs);
+    cu = o->cow_unit;
+    if (!cu) {
+        cu = cs / PCOW_MAX_COW_UNITS;
+        if (cu < (1u << PCOW_MIN_COW_UNIT_BITS)) {
+            cu = 1u << PCOW_MIN_COW_UNIT_BITS;
+        }
+    }
+    if (cu & (cu - 1) || cu < (1u << PCOW_MIN_COW_UNIT_BITS) || cu > cs ||
+        cs / cu > PCOW_MAX_COW_UNITS) {
+        return pcow_set_error(err, -EINVAL, "%s: invalid COW unit %u for "
+                              "cluster size %u", path, cu, cs);
+    }
+    *ubits = __builtin_ctz(cu);
+    return 0;
+}
+
+/* Format and size of a base for create (probe, size_from_backing) */
+static int probe_base(const char *path, const char *name,
+                      pcow_backing_format *fmt, uint64_t *size,
+                      pcow_error *err)
+{
+    char dir[4096], resolved[4096];
+    char *tmp = strdup(path);
+    pcow_image *base;
+    struct stat st;
+    int ret;
+
+    if (!tmp) {
+        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+    }
+    snprintf(dir, sizeof(dir), "%s", dirname(tmp));
+    free(tmp);
+    if (pcow_resolve_backing(dir, name, resolved, sizeof(resolved)) < 0) {
+        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
+                              "too long", path);
+    }
+    if (stat(resolved, &st) < 0) {
+        return pcow_set_error(err, -errno, "%s: cannot open backing file "
+                              "'%s': %s", path, resolved, strerror(errno));
+    }
+    if (*fmt == PCOW_BACKING_NONE) {
+        *fmt = pcow_probe(resolved) ? PCOW_BACKING_PCOW : PCOW_BACKING_RAW;
+    }
+    if (*fmt == PCOW_BACKING_RAW) {
+        *size = pcow_round_up(st.st_size, 4096);
+        return 0;
+    }
+    ret = pcow_open_internal(resolved, PCOW_OPEN_NO_LOCK |
+                             PCOW_OPEN_NO_BACKING | PCOW_OPEN_BASE,
+                             NULL, NULL, NULL, 1, NULL, &base, err);
+    if (ret < 0) {
+        return ret;
+    }
+    *size = base->hdr.virtual_size;
+    pcow_image_free(base);
+    return 0;
+}
+
+int pcow_create(const char *path, const pcow_create_opts *opts,
+                pcow_error *err)
+{
+    pcow_image tmp;
+    PcowHeader h;
+    uint8_t *c0;
+    uint32_t cbits = 0, ubits = 0;
+    uint64_t vsize, l1_size, l1_bytes, frontier, cs;
+    pcow_backing_format fmt = PCOW_BACKING_NONE;
+    size_t name_len = 0;
+    int fd, ret;
+
+    if (!path || !opts) {
+        return pcow_set_error(err, -EINVAL, "invalid arguments");
+    }
+    ret = parse_cluster_opts(opts, &cbits, &ubits, err, path);
+    if (ret < 0) {
+        return ret;
+    }
+    cs = 1ull << cbits;
+    vsize = opts->virtual_size;
+    if (opts->backing_file) {
+        name_len = strlen(opts->backing_file);
+        if (name_len == 0 || name_len > PCOW_MAX_BACKING_NAME) {
+            return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
+                                  "must be 1..%d bytes", path,
+                                  PCOW_MAX_BACKING_NAME);
+        }
+        fmt = opts->backing_format;
+        if (fmt > PCOW_BACKING_RAW) {
+            return pcow_set_error(err, -EINVAL, "%s: invalid backing format",
+                                  path);
+        }
+        if (fmt == PCOW_BACKING_NONE ||
+            (vsize == 0 && opts->size_from_backing)) {
+            uint64_t bsize = 0;
+
+            ret = probe_base(path, opts->backing_file, &fmt, &bsize, err);
+            if (ret < 0) {
+                return ret;
+            }
+            if (vsize == 0 && opts->size_from_backing) {
+                vsize = bsize;
+            }
+        }
+    } else if (opts->backing_format != PCOW_BACKING_NONE) {
+        return pcow_set_error(err, -EINVAL, "%s: backing format given "
+                              "without a backing file", path);
+    }
+    if (vsize == 0 || vsize % 4096) {
+        return pcow_set_error(err, -EINVAL, "%s: invalid virtual size %llu "
+                              "(must be a non-zero multiple of 4096)", path,
+                              (unsigned long long)vsize);
+    }
+    l1_size = pcow_l1_size_for(vsize, cbits);
+    if (l1_size > PCOW_MAX_L1_SIZE) {
+        return pcow_set_error(err, -EFBIG, "%s: virtual size %llu too large "
+                              "for cluster size %llu", path,
+                              (unsigned long long)vsize,
+                              (unsigned long long)cs);
+    }
+    l1_bytes = pcow_round_up(l1_size * 8, cs);
+    frontier = cs + l1_bytes;
+
+    memset(&h, 0, sizeof(h));
+    h.version = PCOW_VERSION;
+    h.generation = 1;
+    h.cluster_bits = cbits;
+    h.cow_unit_bits = ubits;
+    h.virtual_size = vsize;
+    h.l1_table_offset = cs;
+    h.l1_size = l1_size;
+    h.next_snapshot_id = 1;
+    h.backing_format = fmt;
+    h.backing_name_length = name_len;
+    if (name_len) {
+        memcpy(h.backing_name, opts->backing_file, name_len);
+    }
+
+    c0 = calloc(1, 4096);
+    if (!c0) {
+        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+    }
+    pcow_header_encode(&h, c0 + PCOW_SLOT_A);
+    pcow_st64(c0 + PCOW_HOT_FRONTIER, frontier);
+
+    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ret = -errno;
+        free(c0);
+        return pcow_set_error(err, ret, "%s: cannot create: %s", path,
+                              strerror(-ret));
+    }
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.fd = fd;
+    tmp.hook = opts->hook;
+    tmp.hook_opaque = opts->hook_opaque;
+    /* P-CREATE-BODY */
+    ret = pcow_persist_pwrite(&tmp, 0, c0, 4096);
+    if (ret == 0) {
+        ret = pcow_persist_truncate(&tmp, frontier);
+    }
+    if (ret == 0) {
+        ret = pcow_persist_barrier(&tmp);
+    }
+    free(c0);
+    close(fd);
+    if (ret < 0) {
+        unlink(path);
+        return pcow_set_error(err, ret, "%s: cannot write: %s", path,
+                              strerror(-ret));
+    }
+    return 0;
+}
+
+static int take_lock(pcow_image *img, pcow_error *err)
+{
+    struct flock fl = {
+        .l_type = img->read_only ? F_RDLCK : F_WRLCK,
+        .l_whence = SEEK_SET,
+        .l_start = 0,
+        .l_len = 1,
+    };
+
+    if (img->flags & PCOW_OPEN_NO_LOCK) {
+        return 0;
+    }
+    if (fcntl(img->fd, F_OFD_SETLK, &fl) < 0) {
+        if (errno == EAGAIN || errno == EACCES) {
+            return pcow_set_error(err, -EBUSY, "%s: image is in use by "
+                                  "another process (use -U to inspect it "
+                                  "read-only)", img->filename);
+        }
+        return pcow_img_error(img, err, -errno, "cannot lock: %s",
+                              strerror(errno));
+    }
+    return 0;
+}
+
+static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
+{
+    uint8_t buf[4096];
+    PcowHeader a, b;
+    int ra, rb, n;
+    char msg[300];
+
+    memset(buf, 0, sizeof(buf));
+    n = read_full(img->fd, buf, sizeof(buf), 0);
+    if (n < 0) {
+        return pcow_img_error(img, err, n, "cannot read header: %s",
+                              strerror(-n));
+    }
+    ra = header_decode(buf + PCOW_SLOT_A, &a);
+    rb = header_decode(buf + PCOW_SLOT_B, &b);
+    if (ra == -EINVAL && rb == -EINVAL) {
+        return pcow_img_error(img, err, -EINVAL, "not a pcow image "
+                              "(bad magic)");
+    }
+    if (file_size < PCOW_HOT_OFFSET + PCOW_HOT_SIZE) {
+        return pcow_img_error(img, err, -EINVAL, "file is truncated "
+                              "(%llu bytes)", (unsigned long long)file_size);
+    }
+    if (ra && rb) {
+        if (ra == -ENOTSUP || rb == -ENOTSUP) {
+            return pcow_img_error(img, err, -ENOTSUP, "unsupported version "
+                                  "%u", ra == -ENOTSUP ? a.version :
+                                  b.version);
+        }
+        return pcow_img_error(img, err, -EINVAL, "header corrupt (no slot "
+                              "with a valid checksum)");
+    }
+    if (ra == 0 && (rb != 0 || a.generation >= b.generation)) {
+        img->hdr = a;
+        img->cur_slot = 0;
+    } else {
+        img->hdr = b;
+        img->cur_slot = 1;
+    }
+    n = header_check(&img->hdr, msg, sizeof(msg));
+    if (n < 0) {
+        return pcow_img_error(img, err, n, "%s", msg);
+    }
+    img->cluster_bits = img->hdr.cluster_bits;
+    img->cluster_size = 1ull << img->cluster_bits;
+    img->cow_unit_bits = img->hdr.cow_unit_bits;
+    img->units = 1u << (img->cluster_bits - img->cow_unit_bits);
+    img->units_mask = img->units == 64 ? ~0ull : (1ull << img->units) - 1;
+    img->l2_entries = img->cluster_size / PCOW_L2_ENTRY_SIZE;
+    img->l2_words = img->cluster_size / 8;
+    img->frontier_ro = pcow_ld64(buf + PCOW_HOT_FRONTIER);
+    img->was_dirty = pcow_ld64(buf + PCOW_HOT_IN_USE) != 0;
+    return 0;
+}
+
+static int check_frontier(pcow_image *img, uint64_t file_size,
+                          pcow_error *err)
+{
+    uint64_t f = img->frontier_ro;
+    uint64_t l1_end = img->hdr.l1_table_offset +
+                      pcow_round_up((uint64_t)img->hdr.l1_size * 8,
+                                    img->cluster_size);
+
+    if (f % img->cluster_size || f < img->cluster_size) {
+        return pcow_img_error(img, err, -EINVAL, "frontier 0x%llx is not a "
+                              "multiple of the cluster size",
+                              (unsigned long long)f);
+    }
+    if (f > pcow_round_up(file_size, img->cluster_size)) {
+        return pcow_img_error(img, err, -EINVAL, "frontier 0x%llx beyond "
+                              "the end of the file (0x%llx): file truncated?",
+                              (unsigned long long)f,
+                              (unsigned long long)file_size);
+    }
+    if (img->hdr.l1_table_offset == 0 ||
+        img->hdr.l1_table_offset % img->cluster_size ||
+        l1_end > f || l1_end < img->hdr.l1_table_offset) {
+        return pcow_img_error(img, err, -EINVAL, "L1 table at 0x%llx (%u "
+                              "entries) lies outside the image (frontier "
+                              "0x%llx)",
+                              (unsigned long long)img->hdr.l1_table_offset,
+                              img->hdr.l1_size, (unsigned long long)f);
+    }
+    return 0;
+}
+
+static char *dup_dirname(const char *path)
+{
+    char *tmp = strdup(path);
+    char *d;
+
+    if (!tmp) {
+        return NULL;
+    }
+    d = strdup(dirname(tmp));
+    free(tmp);
+    return d;
+}
+
+void pcow_image_free(pcow_image *img)
+{
+    if (!img) {
+        return;
+    }
+    pcow_backing_close(img);
+    pcow_tables_unload(img);
+    pcow_alloc_fini(img);
+    pcow_persist_fini(img);
+    free(img->snaps);
+    if (img->fd >= 0) {
+        close(img->fd);     /* also drops the OFD lock */
+    }
+    free(img->filename);
+    free(img->dirname);
+    free(img);
+}
+
+static int finish_rdwr_open(pcow_image *img, const PcowWalk *w,
+                            pcow_error *err)
+{
+    struct timespec ts;
+    uint64_t token;
+    int ret;
+
+    ret = pcow_alloc_init(img, w);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot set up allocation: %s",
+                              strerror(-ret));
+    }
+    if (!(img->flags & PCOW_OPEN_NO_RECOVER)) {
+        ret = pcow_alloc_recover(img, img->was_dirty, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (img->hdr.autoclear_features) {
+        ret = pcow_header_commit(img, &img->hdr, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    /* P-OPEN-INUSE */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    token = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^
+            ((uint64_t)ts.tv_sec << 20);
+    img->in_use_token = token | 1;
+    ret = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, img->in_use_token);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot mark image in use: %s",
+                              strerror(-ret));
+    }
+    return 0;
+}
+
+int pcow_open_internal(const char *path, unsigned flags,
+                       pcow_persist_hook hook, void *opaque,
+                       PcowChain *chain, unsigned depth,
+                       PcowProblems *pr, pcow_image **out,
+                       pcow_error *err)
+{
+    PcowProblems local = { 0 };
+    PcowWalk w = { 0 };
+    pcow_image *img;
+    struct stat st;
+    int ret;
+
+    *out = NULL;
+    if (!pr) {
+        pr = &local;
+    }
+    img = calloc(1, sizeof(*img));
+    if (!img) {
+        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+    }
+    atomic_flag_clear(&img->lock);
+    img->fd = -1;
+    img->backing_raw_fd = -1;
+    img->flags = flags;
+    img->read_only = !(flags & PCOW_OPEN_RDWR);
+    img->hook = hook;
+    img->hook_opaque = opaque;
+    img->depth = depth;
+    img->filename = strdup(path);
+    img->dirname = dup_dirname(path);
+    if (!img->filename || !img->dirname) {
+        ret = pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    img->fd = open(path, (img->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (img->fd < 0) {
+        ret = -errno;
+        pcow_set_error(err, ret, "%s: cannot open: %s", path, strerror(-ret));
+        goto fail;
+    }
+    if (fstat(img->fd, &st) < 0) {
+        ret = pcow_img_error(img, err, -errno, "cannot stat: %s",
+                             strerror(errno));
+        goto fail;
+    }
+    if (chain) {
+        chain->dev[chain->n] = st.st_dev;
+        chain->ino[chain->n] = st.st_ino;
+        chain->n++;
+    }
+    ret = take_lock(img, err);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = read_header(img, st.st_size, err);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = check_frontier(img, st.st_size, err);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (!img->read_only) {
+        ret = pcow_persist_init(img);
+        if (ret < 0) {
+            ret = pcow_img_error(img, err, ret, "cannot map header: %s",
+                                 strerror(-ret));
+            goto fail;
+        }
+        /* The last cluster must be backed by the file before it is mapped */
+        if ((uint64_t)st.st_size < img->frontier_ro) {
+            ret = pcow_persist_truncate(img, img->frontier_ro);
+            if (ret < 0) {
+                ret = pcow_img_error(img, err, ret, "cannot extend: %s",
+                                     strerror(-ret));
+                goto fail;
+            }
+        }
+    }
+    ret = pcow_snapshots_load(img, pr);
+    if (ret < 0) {
+        pcow_set_error(err, ret, "%s: %s", path, pr->first);
+        goto fail;
+    }
+    ret = pcow_tables_load(img, pr);
+    if (ret < 0) {
+        pcow_set_error(err, ret, "%s: %s", path, pr->first);
+        goto fail;
+    }
+    ret = pcow_walk(img, &w, pr, false);
+    if (ret < 0) {
+        pcow_set_error(err, ret, "%s: %s", path, pr->first);
+        goto fail;
+    }
+    if (pr->count && !pr->collect) {
+        ret = pcow_set_error(err, pr->first_code, "%s: %s", path, pr->first);
+        goto fail;
+    }
+    if (!(flags & PCOW_OPEN_NO_BACKING) && img->hdr.backing_format) {
+        PcowChain local_chain = { .n = 0 };
+
+        if (!chain) {
+            local_chain.dev[0] = st.st_dev;
+            local_chain.ino[0] = st.st_ino;
+            local_chain.n = 1;
+            chain = &local_chain;
+        }
+        ret = pcow_backing_open(img, chain, err);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    if (!img->read_only) {
+        if (pr->count) {
+            /* Check mode found corruption: leave fixing to check */
+            ret = pcow_alloc_init(img, &w);
+            if (ret < 0) {
+                goto fail;
+            }
+        } else {
+            ret = finish_rdwr_open(img, &w, err);
+            if (ret < 0) {
+                goto fail;
+            }
+        }
+    }
+    pcow_walk_free(&w);
+    *out = img;
+    return 0;
+
+fail:
+    pcow_walk_free(&w);
+    pcow_image_free(img);
+    return ret;
+}
+
+int pcow_open(const char *path, const pcow_open_opts *opts,
+              pcow_image **out, pcow_error *err)
+{
+    unsigned flags = opts ? opts->flags : 0;
+
+    if (err) {
+        err->code = 0;
+        err->msg[0] = '\0';
+    }
+    if (!path || !out) {
+        return pcow_set_error(err, -EINVAL, "invalid arguments");
+    }
+    flags &= PCOW_OPEN_RDWR | PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING |
+             PCOW_OPEN_NO_RECOVER;
+    return pcow_open_internal(path, flags, opts ? opts->hook : NULL,
+                              opts ? opts->hook_opaque : NULL, NULL, 0,
+                              NULL, out, err);
+}
+
+int pcow_close(pcow_image *img, pcow_error *err)
+{
+    int ret = 0, r;
+
+    if (!img) {
+        return 0;
+    }
+    if (!img->read_only && img->c0) {
+        r = pcow_ring_drain(img);
+        if (r < 0 && ret == 0) {
+            ret = pcow_img_error(img, err, r, "cannot release reserved "
+                                 "clusters: %s", strerror(-r));
+        }
+        if (!(img->flags & PCOW_OPEN_NO_RECOVER) && ret == 0) {
+            /* Give back what COW completions and the reserve orphaned */
+            r = pcow_alloc_recover(img, false, err);
+            if (r < 0) {
+                ret = r;
+            }
+        }
+        r = pcow_persist_barrier(img);
+        if (r < 0 && ret == 0) {
+            ret = pcow_img_error(img, err, r, "flush failed: %s",
+                                 strerror(-r));
+        }
+        /* P-CLOSE-CLEAN, only when everything before is durable */
+        if (ret == 0) {
+            r = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, 0);
+            if (r < 0) {
+                ret = pcow_img_error(img, err, r, "cannot mark image clean: "
+                                     "%s", strerror(-r));
+            }
+        }
+    }
+    pcow_image_free(img);
+    return ret;
+}
+
+const char *pcow_filename(pcow_image *img)
+{
+    return img->filename;
+}
+
+uint64_t pcow_virtual_size(pcow_image *img)
+{
+    return img->hdr.virtual_size;
+}
+
+uint32_t pcow_cluster_size(pcow_image *img)
+{
+    return img->cluster_size;
+}
+
+uint32_t pcow_cow_unit(pcow_image *img)
+{
+    return 1u << img->cow_unit_bits;
+}
+
+int pcow_fd(pcow_image *img)
+{
+    return img->fd;
+}
+
+pcow_image *pcow_backing(pcow_image *img)
+{
+    return img->backing;
+}
+
+int pcow_backing_raw_fd(pcow_image *img)
+{
+    return img->backing_raw_fd;
+}
+
+void pcow_get_info(pcow_image *img, pcow_info *info)
+{
+    PcowProblems pr = { .collect = true };
+    PcowWalk w = { 0 };
+    struct stat st;
+
+    memset(info, 0, sizeof(*info));
+    info->version = img->hdr.version;
+    info->virtual_size = img->hdr.virtual_size;
+    info->cluster_size = img->cluster_size;
+    info->cow_unit = 1u << img->cow_unit_bits;
+    info->incompatible_features = img->hdr.incompatible_features;
+    info->compatible_features = img->hdr.compatible_features;
+    info->autoclear_features = img->hdr.autoclear_features;
+    info->generation = img->hdr.generation;
+    memcpy(info->backing_file, img->hdr.backing_name,
+           img->hdr.backing_name_length);
+    info->backing_file[img->hdr.backing_name_length] = '\0';
+    if (img->hdr.backing_format) {
+        if (img->backing_path[0]) {
+            snprintf(info->backing_path, sizeof(info->backing_path), "%s",
+                     img->backing_path);
+        } else {
+            pcow_resolve_backing(img->dirname, info->backing_file,
+                                 info->backing_path,
+                                 sizeof(info->backing_path));
+        }
+    }
+    info->backing_format = img->hdr.backing_format;
+    if (fstat(img->fd, &st) == 0) {
+        info->file_size = st.st_size;
+        info->disk_size = (uint64_t)st.st_blocks * 512;
+    }
+    pcow_lock(img);
+    info->frontier = pcow_frontier(img);
+    if (pcow_walk(img, &w, &pr, false) == 0) {
+        info->allocated_clusters = w.data_clusters;
+        info->active_clusters = w.active_clusters;
+        info->metadata_clusters = w.meta_clusters;
+    }
+    pcow_unlock(img);
+    pcow_walk_free(&w);
+    info->nb_snapshots = img->hdr.nb_snapshots;
+    info->was_dirty = img->was_dirty;
+    info->read_only = img->read_only;
+    info->persist_method = img->method;
+}

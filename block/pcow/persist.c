@@ -1,0 +1,262 @@
+/*
+ * libpcow persistence: the only code that writes image files
+ *
+ * Every change is reported to the image's persistence hook before it is
+ * made, so that a crash-point harness can replay any prefix of the stream.
+ * A "barrier" is reported after each persist (data durable and ordered).
+ *
+ * Two methods: on real PM (MAP_SYNC works and libpmem agrees) mapped stores
+ * are made durable with pmem_persist(); elsewhere with msync(MS_SYNC) of the
+ * touched pages, and pwrite()s with fdatasync().
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libpmem.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "pcow-int.h"
+
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MAP_SYNC
+#define MAP_SYNC 0x80000
+#endif
+
+#define PAGE_SIZE_MIN 4096ul
+
+static inline void hook(pcow_image *img, pcow_persist_op op, uint64_t off,
+                        const void *data, uint64_t len)
+{
+    if (img->hook) {
+        img->hook(img->hook_opaque, op, off, data, len);
+    }
+}
+
+static long page_size(void)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+
+    return ps > 0 ? ps : (long)PAGE_SIZE_MIN;
+}
+
+int pcow_persist_init(pcow_image *img)
+{
+    void *p;
+
+    img->method = PCOW_PERSIST_MSYNC;
+    if (img->read_only) {
+        return 0;
+    }
+    /* Cluster 0's first page holds both header slots and the hot line */
+    p = mmap(NULL, PAGE_SIZE_MIN, PROT_READ | PROT_WRITE,
+             MAP_SHARED_VALIDATE | MAP_SYNC, img->fd, 0);
+    if (p != MAP_FAILED) {
+        if (pmem_is_pmem(p, PAGE_SIZE_MIN)) {
+            img->method = PCOW_PERSIST_PMEM;
+            img->c0 = p;
+            return 0;
+        }
+        munmap(p, PAGE_SIZE_MIN);
+    }
+    p = mmap(NULL, PAGE_SIZE_MIN, PROT_READ | PROT_WRITE, MAP_SHARED,
+             img->fd, 0);
+    if (p == MAP_FAILED) {
+        return -errno;
+    }
+    img->c0 = p;
+    return 0;
+}
+
+void pcow_persist_fini(pcow_image *img)
+{
+    if (img->c0) {
+        munmap(img->c0, PAGE_SIZE_MIN);
+        img->c0 = NULL;
+    }
+}
+
+/* Map file range [off, off+len) (page aligned) read-write, for tables */
+void *pcow_persist_map(pcow_image *img, uint64_t off, uint64_t len)
+{
+    void *p;
+
+    if (img->method == PCOW_PERSIST_PMEM) {
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                 MAP_SHARED_VALIDATE | MAP_SYNC, img->fd, off);
+        if (p != MAP_FAILED) {
+            return p;
+        }
+    }
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, img->fd, off);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void pcow_persist_unmap(pcow_image *img, void *addr, uint64_t len)
+{
+    if (addr) {
+        munmap(addr, len);
+    }
+}
+
+int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
+                        uint64_t len)
+{
+    const uint8_t *p = buf;
+
+    hook(img, PCOW_OP_WRITE, off, buf, len);
+    while (len > 0) {
+        ssize_t n = pwrite(img->fd, p, len, off);
+
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (n == 0) {
+            return -EIO;
+        }
+        p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int pcow_persist_barrier(pcow_image *img)
+{
+    if (fdatasync(img->fd) < 0) {
+        return -errno;
+    }
+    hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
+    return 0;
+}
+
+/*
+ * Make a file range written with pwrite durable without flushing the rest
+ * of the file (the guest's dirty pages): msync of a temporary mapping is a
+ * ranged fdatasync.
+ */
+int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
+{
+    uint64_t ps = page_size();
+    uint64_t start = off & ~(ps - 1);
+    uint64_t mlen = pcow_round_up(off + len, ps) - start;
+    void *p;
+    int ret = 0;
+
+    if (img->method == PCOW_PERSIST_PMEM) {
+        /* DAX writes bypass the page cache; only fs metadata remains */
+        return pcow_persist_barrier(img);
+    }
+    p = mmap(NULL, mlen, PROT_READ, MAP_SHARED, img->fd, start);
+    if (p == MAP_FAILED) {
+        return pcow_persist_barrier(img);
+    }
+    if (msync(p, mlen, MS_SYNC) < 0) {
+        ret = -errno;
+    }
+    munmap(p, mlen);
+    if (ret == 0) {
+        hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
+    }
+    return ret;
+}
+
+/* Persist a range of one of our MAP_SHARED mappings */
+int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t len)
+{
+    uintptr_t ps = page_size();
+    uintptr_t start = (uintptr_t)addr & ~(ps - 1);
+    uintptr_t end = pcow_round_up((uintptr_t)addr + len, ps);
+
+    if (img->method == PCOW_PERSIST_PMEM) {
+        pmem_persist(addr, len);
+    } else if (msync((void *)start, end - start, MS_SYNC) < 0) {
+        return -errno;
+    }
+    hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
+    return 0;
+}
+
+void pcow_persist_store64_nosync(pcow_image *img, uint64_t *p,
+                                 uint64_t file_off, uint64_t val)
+{
+    uint64_t le = pcow_le64(val);
+
+    hook(img, PCOW_OP_WRITE, file_off, &le, 8);
+    __atomic_store_n(p, le, __ATOMIC_RELEASE);
+}
+
+/* The hot path's commit: one aligned 8-byte store, made durable */
+int pcow_persist_store64(pcow_image *img, uint64_t *p, uint64_t file_off,
+                         uint64_t val)
+{
+    pcow_persist_store64_nosync(img, p, file_off, val);
+    return pcow_persist_mapped(img, p, 8);
+}
+
+int pcow_persist_hot_store(pcow_image *img, unsigned hot_off, uint64_t val)
+{
+    return pcow_persist_store64(img, (uint64_t *)(img->c0 + hot_off),
+                                hot_off, val);
+}
+
+int pcow_persist_allocate(pcow_image *img, uint64_t off, uint64_t len)
+{
+    hook(img, PCOW_OP_ALLOCATE, off, NULL, len);
+    if (fallocate(img->fd, 0, off, len) < 0) {
+        int e = errno;
+        off_t size;
+
+        if (e != EOPNOTSUPP) {
+            return -e;
+        }
+        /* No fallocate: the range still reads as zeros if we extend */
+        size = lseek(img->fd, 0, SEEK_END);
+        if (size >= 0 && (uint64_t)size < off + len &&
+            ftruncate(img->fd, off + len) < 0) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
+int pcow_persist_punch(pcow_image *img, uint64_t off, uint64_t len)
+{
+    hook(img, PCOW_OP_PUNCH, off, NULL, len);
+    if (fallocate(img->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  off, len) < 0) {
+        int e = errno;
+        static const uint8_t zero[4096];
+
+        if (e != EOPNOTSUPP) {
+            return -e;
+        }
+        /* Cannot deallocate here: at least make it read as zeros */
+        while (len > 0) {
+            uint64_t n = len < sizeof(zero) ? len : sizeof(zero);
+
+            if (pwrite(img->fd, zero, n, off) != (ssize_t)n) {
+                return -EIO;
+            }
+            off += n;
+            len -= n;
+        }
+    }
+    return 0;
+}
+
+int pcow_persist_truncate(pcow_image *img, uint64_t size)
+{
+    hook(img, PCOW_OP_TRUNCATE, size, NULL, 0);
+    if (ftruncate(img->fd, size) < 0) {
+        return -errno;
+    }
+    return 0;
+}

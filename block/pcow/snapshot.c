@@ -1,0 +1,575 @@
+/*
+ * libpcow snapshots: table parsing, create, list, revert, delete
+ *
+ * Each operation writes new tables into new clusters, persists them, and
+ * commits with a header write (docs/pcow.rst, persist points P-SNAP-*,
+ * P-REVERT-*, P-DELETE-*).  Old clusters are reclaimed afterwards by the
+ * reference walk, so a crash at any point leaves old or new state plus
+ * leaks.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pcow-int.h"
+
+static uint32_t record_len(uint32_t name_len)
+{
+    return PCOW_SNAP_FIXED + pcow_round_up(name_len, 8);
+}
+
+int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
+{
+    PcowHeader *h = &img->hdr;
+    uint64_t cs = img->cluster_size;
+    uint64_t frontier = pcow_frontier(img);
+    uint8_t *buf;
+    uint32_t pos = 0, k, j;
+    int ret;
+
+    free(img->snaps);
+    img->snaps = NULL;
+    if (h->nb_snapshots == 0) {
+        return 0;
+    }
+    if (h->snapshots_offset % cs || h->snapshots_offset < cs ||
+        h->snapshots_size > PCOW_MAX_SNAP_TABLE ||
+        h->snapshots_offset + pcow_round_up(h->snapshots_size, cs) >
+        frontier ||
+        (uint64_t)h->nb_snapshots * PCOW_SNAP_FIXED > h->snapshots_size) {
+        pcow_problem(pr, -EINVAL, "snapshot table at 0x%llx (%u bytes, %u "
+                     "snapshots) is out of range",
+                     (unsigned long long)h->snapshots_offset,
+                     h->snapshots_size, h->nb_snapshots);
+        return -EINVAL;
+    }
+    buf = malloc(h->snapshots_size);
+    img->snaps = calloc(h->nb_snapshots, sizeof(*img->snaps));
+    if (!buf || !img->snaps) {
+        free(buf);
+        pcow_problem(pr, -ENOMEM, "out of memory for the snapshot table");
+        return -ENOMEM;
+    }
+    ret = pcow_read_table(img, h->snapshots_offset, buf, h->snapshots_size);
+    if (ret < 0) {
+        pcow_problem(pr, ret, "cannot read the snapshot table");
+        goto out;
+    }
+    ret = -EINVAL;
+    if (pcow_crc32c(0, buf, h->snapshots_size) != h->snapshots_crc32c) {
+        pcow_problem(pr, -EINVAL, "snapshot table checksum mismatch");
+        goto out;
+    }
+    for (k = 0; k < h->nb_snapshots; k++) {
+        PcowSnapshot *sn = &img->snaps[k];
+        const uint8_t *r = buf + pos;
+        uint32_t nl, need;
+
+        if (pos + PCOW_SNAP_FIXED > h->snapshots_size) {
+            pcow_problem(pr, -EINVAL, "snapshot table truncated at record "
+                         "%u", k);
+            goto out;
+        }
+        nl = pcow_ld32(r + 20);
+        if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME ||
+            pos + record_len(nl) > h->snapshots_size) {
+            pcow_problem(pr, -EINVAL, "snapshot record %u has an invalid "
+                         "name length %u", k, nl);
+            goto out;
+        }
+        sn->id = pcow_ld64(r);
+        sn->l1_table_offset = pcow_ld64(r + 8);
+        sn->l1_size = pcow_ld32(r + 16);
+        sn->virtual_size = pcow_ld64(r + 24);
+        sn->date_sec = pcow_ld64(r + 32);
+        sn->date_nsec = pcow_ld32(r + 40);
+        memcpy(sn->name, r + PCOW_SNAP_FIXED, nl);
+        sn->name[nl] = '\0';
+        if (memchr(sn->name, '\0', nl)) {
+            pcow_problem(pr, -EINVAL, "snapshot record %u: name contains a "
+                         "NUL byte", k);
+            goto out;
+        }
+        if (sn->id == 0 || sn->id >= h->next_snapshot_id) {
+            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid id %llu",
+                         sn->name, (unsigned long long)sn->id);
+            goto out;
+        }
+        if (sn->virtual_size == 0 || sn->virtual_size % 4096) {
+            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid virtual "
+                         "size %llu", sn->name,
+                         (unsigned long long)sn->virtual_size);
+            goto out;
+        }
+        need = pcow_l1_size_for(sn->virtual_size, img->cluster_bits) >
+               PCOW_MAX_L1_SIZE ? UINT32_MAX :
+               pcow_l1_size_for(sn->virtual_size, img->cluster_bits);
+        if (sn->l1_size < need || sn->l1_size > PCOW_MAX_L1_SIZE) {
+            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid L1 size "
+                         "%u", sn->name, sn->l1_size);
+            goto out;
+        }
+        for (j = 0; j < k; j++) {
+            if (img->snaps[j].id == sn->id) {
+                pcow_problem(pr, -EINVAL, "duplicate snapshot id %llu",
+                             (unsigned long long)sn->id);
+                goto out;
+            }
+            if (!strcmp(img->snaps[j].name, sn->name)) {
+                pcow_problem(pr, -EINVAL, "duplicate snapshot name '%s'",
+                             sn->name);
+                goto out;
+            }
+        }
+        pos += record_len(nl);
+    }
+    if (pos != h->snapshots_size) {
+        pcow_problem(pr, -EINVAL, "snapshot table has %u trailing bytes",
+                     h->snapshots_size - pos);
+        goto out;
+    }
+    ret = 0;
+out:
+    free(buf);
+    return ret;
+}
+
+int pcow_snapshot_find(pcow_image *img, const char *name_or_id)
+{
+    char *end;
+    unsigned long long id;
+    uint32_t k;
+
+    for (k = 0; k < img->hdr.nb_snapshots; k++) {
+        if (!strcmp(img->snaps[k].name, name_or_id)) {
+            return k;
+        }
+    }
+    id = strtoull(name_or_id, &end, 10);
+    if (*name_or_id && !*end) {
+        for (k = 0; k < img->hdr.nb_snapshots; k++) {
+            if (img->snaps[k].id == id) {
+                return k;
+            }
+        }
+    }
+    return -ENOENT;
+}
+
+/* Serialise @snaps into a new table, allocated and persisted (P-*-LIST) */
+static int write_table(pcow_image *img, const PcowSnapshot *snaps,
+                       uint32_t n, PcowHeader *h)
+{
+    uint64_t cs = img->cluster_size;
+    uint32_t size = 0, pos = 0, k;
+    uint64_t off;
+    uint8_t *buf;
+    int ret;
+
+    for (k = 0; k < n; k++) {
+        size += record_len(strlen(snaps[k].name));
+    }
+    h->nb_snapshots = n;
+    h->snapshots_size = size;
+    h->snapshots_offset = 0;
+    h->snapshots_crc32c = 0;
+    if (n == 0) {
+        return 0;
+    }
+    if (size > PCOW_MAX_SNAP_TABLE) {
+        return -EFBIG;
+    }
+    buf = calloc(1, size);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    for (k = 0; k < n; k++) {
+        uint8_t *r = buf + pos;
+        uint32_t nl = strlen(snaps[k].name);
+
+        pcow_st64(r, snaps[k].id);
+        pcow_st64(r + 8, snaps[k].l1_table_offset);
+        pcow_st32(r + 16, snaps[k].l1_size);
+        pcow_st32(r + 20, nl);
+        pcow_st64(r + 24, snaps[k].virtual_size);
+        pcow_st64(r + 32, snaps[k].date_sec);
+        pcow_st32(r + 40, snaps[k].date_nsec);
+        memcpy(r + PCOW_SNAP_FIXED, snaps[k].name, nl);
+        pos += record_len(nl);
+    }
+    ret = pcow_alloc_clusters(img, pcow_div_round_up(size, cs), &off);
+    if (ret == 0) {
+        ret = pcow_persist_pwrite(img, off, buf, size);
+    }
+    if (ret == 0) {
+        ret = pcow_persist_barrier(img);
+    }
+    if (ret == 0) {
+        h->snapshots_offset = off;
+        h->snapshots_crc32c = pcow_crc32c(0, buf, size);
+    }
+    free(buf);
+    return ret;
+}
+
+/* Write the non-zero 4K chunks of an L1 table into fresh (zero) clusters */
+static int write_l1(pcow_image *img, uint64_t off, const uint64_t *l1,
+                    uint32_t l1_size)
+{
+    uint64_t bytes = (uint64_t)l1_size * 8, pos;
+    const uint8_t *b = (const uint8_t *)l1;
+    int ret;
+
+    for (pos = 0; pos < bytes; pos += 4096) {
+        uint64_t chunk = bytes - pos < 4096 ? bytes - pos : 4096;
+        uint64_t k;
+
+        for (k = 0; k < chunk / 8; k++) {
+            if (l1[pos / 8 + k]) {
+                break;
+            }
+        }
+        if (k == chunk / 8) {
+            continue;
+        }
+        ret = pcow_persist_pwrite(img, off + pos, b + pos, chunk);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Copy a set of tables (given as L1 array + a way to read each L2) into
+ * newly allocated clusters, clearing WRITABLE.  Returns the new L1 offset.
+ */
+static int copy_tables(pcow_image *img, const uint64_t *src_l1,
+                       uint32_t l1_size, uint64_t **src_l2,
+                       uint64_t *new_l1_off)
+{
+    uint64_t cs = img->cluster_size;
+    uint64_t *nl1 = calloc(l1_size ? l1_size : 1, 8);
+    uint64_t *buf = malloc(cs);
+    uint32_t i, j;
+    int ret = -ENOMEM;
+
+    if (!nl1 || !buf) {
+        goto out;
+    }
+    for (i = 0; i < l1_size; i++) {
+        uint64_t e = pcow_le64(src_l1[i]), off;
+
+        if (!e || (src_l2 && !src_l2[i])) {
+            continue;
+        }
+        if (src_l2) {
+            memcpy(buf, src_l2[i], cs);
+        } else {
+            ret = pcow_read_table(img, e, buf, cs);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+        for (j = 0; j < img->l2_entries; j++) {
+            buf[j * 4] = pcow_le64(pcow_le64(buf[j * 4]) & ~PCOW_F_WRITABLE);
+        }
+        ret = pcow_alloc_one(img, &off);
+        if (ret == 0) {
+            ret = pcow_persist_pwrite(img, off, buf, cs);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+        nl1[i] = pcow_le64(off);
+    }
+    ret = pcow_alloc_clusters(img, pcow_div_round_up((uint64_t)l1_size * 8,
+                                                     cs), new_l1_off);
+    if (ret == 0) {
+        ret = write_l1(img, *new_l1_off, nl1, l1_size);
+    }
+    if (ret == 0) {
+        ret = pcow_persist_barrier(img);
+    }
+out:
+    free(nl1);
+    free(buf);
+    return ret;
+}
+
+static int check_rw(pcow_image *img, pcow_error *err)
+{
+    if (img->read_only) {
+        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    }
+    return 0;
+}
+
+int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    PcowSnapshot *ns;
+    struct timespec ts;
+    uint64_t old_off = h.snapshots_offset, cs = img->cluster_size;
+    uint64_t old_n = pcow_div_round_up(h.snapshots_size, cs);
+    uint64_t l1_off;
+    uint32_t n = h.nb_snapshots, i, j;
+    size_t nl = name ? strlen(name) : 0;
+    int ret;
+
+    ret = check_rw(img, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME) {
+        return pcow_img_error(img, err, -EINVAL, "snapshot name must be "
+                              "1..%d bytes", PCOW_MAX_SNAPSHOT_NAME);
+    }
+    for (i = 0; i < n; i++) {
+        if (!strcmp(img->snaps[i].name, name)) {
+            return pcow_img_error(img, err, -EEXIST, "snapshot '%s' already "
+                                  "exists", name);
+        }
+    }
+    ns = calloc(n + 1, sizeof(*ns));
+    if (!ns) {
+        return pcow_img_error(img, err, -ENOMEM, "out of memory");
+    }
+    if (n) {
+        memcpy(ns, img->snaps, n * sizeof(*ns));
+    }
+    /* P-SNAP-TABLES */
+    ret = copy_tables(img, img->l1, img->hdr.l1_size, img->l2, &l1_off);
+    if (ret < 0) {
+        goto fail;
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ns[n].id = h.next_snapshot_id;
+    ns[n].l1_table_offset = l1_off;
+    ns[n].l1_size = h.l1_size;
+    ns[n].virtual_size = h.virtual_size;
+    ns[n].date_sec = ts.tv_sec;
+    ns[n].date_nsec = ts.tv_nsec;
+    memcpy(ns[n].name, name, nl + 1);
+    /* P-SNAP-LIST */
+    ret = write_table(img, ns, n + 1, &h);
+    if (ret < 0) {
+        goto fail;
+    }
+    /* P-SNAP-FREEZE: the active layer now shares every data cluster */
+    for (i = 0; i < h.l1_size; i++) {
+        uint64_t *t = img->l2[i];
+        bool any = false;
+
+        if (!t || !img->l1[i]) {
+            continue;
+        }
+        for (j = 0; j < img->l2_entries; j++) {
+            uint64_t map = pcow_word(t + j * 4);
+
+            if (map & PCOW_F_WRITABLE) {
+                pcow_persist_store64_nosync(img, t + j * 4,
+                                            (pcow_le64(img->l1[i]) &
+                                             ~(cs - 1)) + j * 32ull,
+                                            map & ~PCOW_F_WRITABLE);
+                any = true;
+            }
+        }
+        if (any) {
+            ret = pcow_persist_mapped(img, t, cs);
+            if (ret < 0) {
+                goto fail;
+            }
+        }
+    }
+    h.next_snapshot_id++;
+    ret = pcow_header_commit(img, &h, err);     /* P-SNAP-COMMIT */
+    if (ret < 0) {
+        free(ns);
+        return ret;
+    }
+    free(img->snaps);
+    img->snaps = ns;
+    if (old_off) {
+        ret = pcow_free_clusters(img, old_off, old_n);
+        if (ret < 0) {
+            return pcow_img_error(img, err, ret, "cannot free the old "
+                                  "snapshot table: %s", strerror(-ret));
+        }
+    }
+    return 0;
+
+fail:
+    free(ns);
+    /* Give back what was written, and undo needless freezing */
+    pcow_alloc_recover(img, false, NULL);
+    return pcow_img_error(img, err, ret, "cannot create snapshot '%s': %s",
+                          name, strerror(-ret));
+}
+
+static int find_or_fail(pcow_image *img, const char *name_or_id,
+                        pcow_error *err)
+{
+    int k = name_or_id ? pcow_snapshot_find(img, name_or_id) : -ENOENT;
+
+    if (k < 0) {
+        return pcow_img_error(img, err, -ENOENT, "snapshot '%s' not found",
+                              name_or_id ? name_or_id : "");
+    }
+    return k;
+}
+
+int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
+                         pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    PcowProblems pr = { 0 };
+    PcowSnapshot sn;
+    uint64_t *l1 = NULL, l1_off;
+    int k, ret;
+
+    ret = check_rw(img, err);
+    if (ret < 0) {
+        return ret;
+    }
+    k = find_or_fail(img, name_or_id, err);
+    if (k < 0) {
+        return k;
+    }
+    sn = img->snaps[k];
+    l1 = calloc(sn.l1_size ? sn.l1_size : 1, 8);
+    if (!l1) {
+        return pcow_img_error(img, err, -ENOMEM, "out of memory");
+    }
+    ret = pcow_read_table(img, sn.l1_table_offset, l1, sn.l1_size * 8ull);
+    if (ret == 0) {
+        /* P-REVERT-TABLES */
+        ret = copy_tables(img, l1, sn.l1_size, NULL, &l1_off);
+    }
+    free(l1);
+    if (ret < 0) {
+        pcow_alloc_recover(img, false, NULL);
+        return pcow_img_error(img, err, ret, "cannot revert to snapshot "
+                              "'%s': %s", sn.name, strerror(-ret));
+    }
+    h.l1_table_offset = l1_off;
+    h.l1_size = sn.l1_size;
+    h.virtual_size = sn.virtual_size;
+    ret = pcow_header_commit(img, &h, err);     /* P-REVERT-COMMIT */
+    if (ret < 0) {
+        return ret;
+    }
+    pcow_lock(img);
+    pcow_tables_unload(img);
+    ret = pcow_tables_load(img, &pr);
+    pcow_unlock(img);
+    if (ret < 0 || pr.count) {
+        return pcow_img_error(img, err, ret < 0 ? ret : -EINVAL, "%s",
+                              pr.first);
+    }
+    /* Free the old active tables and what only they referenced */
+    return pcow_alloc_recover(img, false, err);
+}
+
+int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
+                         pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    PcowSnapshot *ns;
+    uint32_t n = h.nb_snapshots, i, m = 0;
+    int k, ret;
+
+    ret = check_rw(img, err);
+    if (ret < 0) {
+        return ret;
+    }
+    k = find_or_fail(img, name_or_id, err);
+    if (k < 0) {
+        return k;
+    }
+    ns = calloc(n, sizeof(*ns));
+    if (!ns) {
+        return pcow_img_error(img, err, -ENOMEM, "out of memory");
+    }
+    for (i = 0; i < n; i++) {
+        if ((int)i != k) {
+            ns[m++] = img->snaps[i];
+        }
+    }
+    ret = write_table(img, ns, m, &h);          /* P-DELETE-LIST */
+    if (ret < 0) {
+        free(ns);
+        pcow_alloc_recover(img, false, NULL);
+        return pcow_img_error(img, err, ret, "cannot delete snapshot: %s",
+                              strerror(-ret));
+    }
+    ret = pcow_header_commit(img, &h, err);     /* P-DELETE-COMMIT */
+    if (ret < 0) {
+        free(ns);
+        return ret;
+    }
+    free(img->snaps);
+    img->snaps = m ? ns : NULL;
+    if (!m) {
+        free(ns);
+    }
+    /* Free tables, data and the old list; P-DELETE-UNFREEZE */
+    return pcow_alloc_recover(img, false, err);
+}
+
+static uint64_t count_clusters(pcow_image *img, const PcowSnapshot *sn)
+{
+    uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
+    uint64_t *buf = malloc(img->cluster_size);
+    uint64_t n = 0;
+    uint32_t i, j;
+
+    if (l1 && buf &&
+        pcow_read_table(img, sn->l1_table_offset, l1,
+                        sn->l1_size * 8ull) == 0) {
+        for (i = 0; i < sn->l1_size; i++) {
+            uint64_t e = pcow_le64(l1[i]);
+
+            if (!e || pcow_read_table(img, e, buf, img->cluster_size) < 0) {
+                continue;
+            }
+            for (j = 0; j < img->l2_entries; j++) {
+                if (pcow_le64(buf[j * 4]) & PCOW_F_PRESENT) {
+                    n++;
+                }
+            }
+        }
+    }
+    free(l1);
+    free(buf);
+    return n;
+}
+
+int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
+                       pcow_error *err)
+{
+    uint32_t n = img->hdr.nb_snapshots, k;
+    pcow_snapshot_info *l;
+
+    *list = NULL;
+    l = calloc(n ? n : 1, sizeof(*l));
+    if (!l) {
+        return pcow_img_error(img, err, -ENOMEM, "out of memory");
+    }
+    for (k = 0; k < n; k++) {
+        const PcowSnapshot *sn = &img->snaps[k];
+
+        l[k].id = sn->id;
+        snprintf(l[k].name, sizeof(l[k].name), "%s", sn->name);
+        l[k].virtual_size = sn->virtual_size;
+        l[k].date_sec = sn->date_sec;
+        l[k].date_nsec = sn->date_nsec;
+        l[k].clusters = count_clusters(img, sn);
+    }
+    *list = l;
+    return n;
+}
