@@ -211,7 +211,7 @@ class QMP:
 class GuestResult:
     rc: int | None                 # script exit code; None = no EXIT marker
     lines: list[str]               # console lines
-    log: Path | None               # console log file
+    log: Path | None               # console log file (None: deleted, see wait())
     boot_time: float | None        # seconds from QEMU start to PCOW-GUEST-START
     total_time: float              # seconds from QEMU start to QEMU exit
     killed: bool = False           # we killed QEMU (kill()/kill_on)
@@ -298,6 +298,7 @@ class Guest:
 
     def start(self) -> "Guest":
         if not (os.path.isfile(self.qemu) and os.access(self.qemu, os.X_OK)):
+            shutil.rmtree(self._tmp, ignore_errors=True)
             raise GuestError(f"QEMU binary {self.qemu} not found "
                              "(build it, or set QEMU= / pass qemu=)")
         d = build_initramfs(self.outdir, self.pcow_img)
@@ -417,13 +418,17 @@ class Guest:
             qemu_rc=self.proc.returncode,
             qemu_stderr=b"".join(self._stderr).decode("utf-8", "replace"),
             errors=errors)
-        # the private temp dir goes, unless it holds the console log
-        if Path(self._tmp) in self.log.parents:
+        # The private temp dir goes; if it holds the console log (no log=
+        # given), it stays only when the run failed (rc != 0 and not killed).
+        failed = rc != 0 and not self.killed
+        if Path(self._tmp) in self.log.parents and failed:
             try:
                 os.unlink(os.path.join(self._tmp, "initrd"))
             except OSError:
                 pass
         else:
+            if Path(self._tmp) in self.log.parents:
+                self._result.log = None
             shutil.rmtree(self._tmp, ignore_errors=True)
         return self._result
 
