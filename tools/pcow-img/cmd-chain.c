@@ -317,7 +317,7 @@ int img_commit(int argc, char **argv)
     GArray *ranges = NULL;
     ImgBlk img, base;
     bool have_base = false;
-    uint64_t off = 0, size, total = 0;
+    uint64_t off = 0, size, cs, total = 0;
     int c, ret;
 
     optind = 0;
@@ -377,6 +377,7 @@ int img_commit(int argc, char **argv)
     have_base = true;
 
     size = img.size;
+    cs = pcow_cluster_size(img.img);
     if (base.size < size) {
         /* The base grows to the overlay's size (qemu-img does the same). */
         if (base.fmt == IMG_FMT_PCOW) {
@@ -413,13 +414,23 @@ int img_commit(int argc, char **argv)
         }
         end = off + MIN(ext.length, size - off);
         if (ext.kind == PCOW_EXTENT_DATA && ext.depth == 0) {
-            Range r = { off, end - off };
+            /*
+             * Empty whole clusters afterwards: once this data is in the
+             * base, the rest of each touched cluster (data of FILE, also
+             * committed, or what FILE reads from the base) reads the same
+             * from the base.  FILE is open without its chain, so zeroing a
+             * whole cluster unmaps it instead of hiding the base.
+             */
+            Range r;
             Range *last = ranges->len ?
                           &g_array_index(ranges, Range, ranges->len - 1) :
                           NULL;
 
-            if (last && last->off + last->len == off) {
-                last->len += r.len;
+            r.off = off & ~(cs - 1);
+            r.len = MIN(DIV_ROUND_UP(end, cs) * cs, size) - r.off;
+            if (last && last->off + last->len >= r.off) {
+                last->len = MAX(last->off + last->len, r.off + r.len) -
+                            last->off;
             } else {
                 g_array_append_val(ranges, r);
             }

@@ -192,7 +192,7 @@ int img_convert(int argc, char **argv)
     bool no_create = false, progress = false, force_share = false;
     bool out_fmt_given = false, created = false;
     bool have_src = false, have_dst = false, have_base = false;
-    const char *base = NULL, *src_name, *dst_name;
+    const char *base = NULL, *src_name = NULL, *dst_name = NULL;
     g_autofree char *resolved = NULL;
     ImgBlk src, dst, base_blk;
     Convert s = { 0 };
@@ -461,7 +461,7 @@ int img_compare(int argc, char **argv)
     bool strict = false, force_share = false, quiet = false;
     g_autofree uint8_t *ba = NULL, *bb = NULL;
     ImgBlk a, b;
-    uint64_t off = 0, common, where;
+    uint64_t off = 0, common, where = 0;
     unsigned flags;
     int c, ret = CMP_ERR;
 

@@ -8,6 +8,7 @@ expect 0 "$IMG" create -q base.pcow 8M
 expect 0 "$IMG" create -q -b base.pcow -F pcow top.pcow
 "$HELPER" write top.pcow 1M 64K 0x02
 "$HELPER" write top.pcow 3M 4K 0x03
+"$HELPER" write top.pcow $((512 * 1024 + 4096)) 4K 0x09   # inside base data
 "$HELPER" write top.pcow $((8 * 1048576 - 4096)) 4K 0x04
 expect 0 "$IMG" convert -O raw top.pcow want.raw
 ok "base and overlay set up"
@@ -18,8 +19,14 @@ expect 0 "$IMG" compare want.raw base.pcow
 expect 0 "$IMG" compare want.raw top.pcow
 "$HELPER" verify base.pcow 1M 64K 0x02
 "$HELPER" verify base.pcow 3M 4K 0x03
-"$HELPER" verify base.pcow 0 1M 0x01
-ok "commit: the base holds the overlay's data"
+"$HELPER" verify base.pcow 0 512K 0x01
+"$HELPER" verify base.pcow 512K 4K 0x01
+"$HELPER" verify base.pcow $((512 * 1024 + 4096)) 4K 0x09
+"$HELPER" verify base.pcow $((512 * 1024 + 8192)) 4K 0x01
+"$HELPER" verify top.pcow 512K 4K 0x01
+"$HELPER" verify top.pcow $((512 * 1024 + 4096)) 4K 0x09
+"$HELPER" verify top.pcow $((512 * 1024 + 8192)) 4K 0x01
+ok "commit: the base holds the overlay's data (also partial clusters)"
 
 expect 0 "$IMG" map --output=json top.pcow
 equal "$(json_get "$OUT" 'sum(1 for e in d if e["depth"] == 0 and e["data"])')" \

@@ -64,14 +64,17 @@ not_contains "$OUT" "first" "first deleted"
 contains "$OUT" "second" "second kept"
 ok "snapshot -d by id"
 
-before=$(disk_usage s.pcow)
 expect 0 "$IMG" snapshot -a second s.pcow
+"$HELPER" write s.pcow 32M 64K 0x78
 "$HELPER" write s.pcow 0 4M 0x77
+before=$(disk_usage s.pcow)
 expect 0 "$IMG" snapshot -d second s.pcow
 expect 0 "$IMG" check s.pcow
 after=$(disk_usage s.pcow)
 "$HELPER" verify s.pcow 0 4M 0x77
-ok "snapshot -d second by name; space $before -> $after bytes"
+"$HELPER" verify s.pcow 32M 64K 0x78
+[ "$after" -lt "$before" ] || fail "delete gave no space back"
+ok "snapshot -d second by name gives space back ($before -> $after bytes)"
 
 expect 0 "$IMG" snapshot -l s.pcow
 not_contains "$OUT" "second" "second deleted"
