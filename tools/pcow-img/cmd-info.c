@@ -511,9 +511,9 @@ int img_check(int argc, char **argv)
         img_pcow_error(file, &err, ret);
         return EXIT_ERR;
     }
-    corruptions = res.corruptions - MIN(res.corruptions,
-                                        res.corruptions_fixed);
-    leaks = res.leaks - MIN(res.leaks, res.leaks_fixed);
+    /* After a repair, corruptions and leaks are what is left. */
+    corruptions = res.corruptions;
+    leaks = res.leaks;
 
     if (json) {
         ImgJson j;

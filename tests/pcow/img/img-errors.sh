@@ -30,7 +30,10 @@ expect_error "$IMG" create 64 0 a.pcow
 [ ! -e a.pcow ] || fail "a failed create left a.pcow behind"
 ok "size 0, junk, too big, unaligned, missing: refused, nothing created"
 
-expect_error "$IMG" create -o cluster_size=1M a.pcow 2000T
+# 4 KiB clusters: at most 2^22 L1 entries * 128 L2 entries * 4 KiB = 2 TiB.
+expect_error "$IMG" create -o cluster_size=4K a.pcow 4T
+contains "$ERR" "a.pcow" "too big names the file"
+expect_error "$IMG" create a.pcow 1024T
 [ ! -e a.pcow ] || fail "too-big create left a file"
 ok "virtual size beyond the format's limit is refused"
 

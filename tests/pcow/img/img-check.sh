@@ -1,0 +1,70 @@
+#!/bin/bash
+# check: clean images exit 0, leaks 3 (repaired by -r leaks), corruptions 2;
+# human and JSON output in qemu-img's style.
+. "$(dirname "$0")/common.sh"
+
+expect 0 "$IMG" create -q l.pcow 64M
+"$HELPER" write l.pcow 0 64K 0x01
+expect 0 "$IMG" check l.pcow
+contains "$OUT" "No errors were found on the image." "clean"
+contains "$OUT" "Image end offset: " "end offset"
+contains "$OUT" "allocated, " "allocation line"
+expect 0 "$IMG" check --output=json l.pcow
+equal "$(json_get "$OUT" 'd["filename"]')" l.pcow "json filename"
+equal "$(json_get "$OUT" 'd["format"]')" pcow "json format"
+equal "$(json_get "$OUT" 'd["allocated-clusters"]')" 1 "json allocated"
+equal "$(json_get "$OUT" 'd["total-clusters"]')" 1024 "json total"
+equal "$(json_get "$OUT" 'd["image-end-offset"]')" "$(file_size l.pcow)" \
+    "json end offset"
+ok "clean image: exit 0, human and json output"
+
+expect_error "$IMG" check -r bogus l.pcow
+expect_error "$IMG" check -r all -U l.pcow
+ok "check option errors"
+
+# A data cluster nobody references: a leak (exit 3), repaired by -r leaks.
+"$HELPER" write l.pcow 8M 64K 0x08
+unref_cluster l.pcow 128
+expect 3 "$IMG" check l.pcow
+contains "$OUT" "leaked clusters were found" "leaks reported"
+expect 3 "$IMG" check --output=json l.pcow
+equal "$(json_get "$OUT" 'd["leaks"] > 0 and d["corruptions"] == 0')" True \
+    "json leaks"
+expect 0 "$IMG" check --output=json -r leaks l.pcow
+equal "$(json_get "$OUT" 'd["leaks-fixed"] > 0 and d["leaks"] == 0')" True \
+    "leaks fixed"
+expect 0 "$IMG" check l.pcow
+"$HELPER" verify l.pcow 0 64K 0x01
+"$HELPER" verify l.pcow 8M 64K 0
+ok "leaked cluster: check exits 3, check -r leaks repairs it"
+
+# A data cluster referenced twice: a corruption (exit 2).
+"$HELPER" write l.pcow 16M 64K 0x10
+"$HELPER" write l.pcow 20M 64K 0x20
+python3 - <<'PY'
+import struct
+path = "l.pcow"
+with open(path, "r+b") as f:
+    hdr = f.read(1536)
+    f.seek(1536)
+    hb = f.read(1536)
+    if hb[:4] == b"PCOW" and struct.unpack_from("<Q", hb, 16)[0] > \
+            struct.unpack_from("<Q", hdr, 16)[0]:
+        hdr = hb
+    cs = 1 << struct.unpack_from("<I", hdr, 48)[0]
+    l1 = struct.unpack_from("<Q", hdr, 64)[0]
+    f.seek(l1)
+    l2 = struct.unpack("<Q", f.read(8))[0] & ~(cs - 1)
+    f.seek(l2 + 256 * 32)
+    e = f.read(8)
+    f.seek(l2 + 320 * 32)
+    f.write(e)
+PY
+expect 2 "$IMG" check l.pcow
+contains "$OUT" "errors were found on the image" "corruption reported"
+expect 2 "$IMG" check --output=json l.pcow
+equal "$(json_get "$OUT" 'd["corruptions"] > 0')" True "json corruptions"
+expect_error "$IMG" snapshot -c x l.pcow
+ok "cluster mapped twice: check exits 2, writers refuse the image"
+
+finish
