@@ -275,7 +275,7 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
                               "be a non-zero multiple of 4096)",
                               (unsigned long long)new_size);
     }
-    if (need > PCOW_MAX_L1_SIZE) {
+    if (need > PCOW_MAX_L1_SIZE || new_size > PCOW_MAX_VIRTUAL_SIZE) {
         return pcow_img_error(img, err, -EFBIG, "size %llu too large for "
                               "cluster size %llu",
                               (unsigned long long)new_size,

@@ -174,7 +174,7 @@ static int header_check(const PcowHeader *h, char *msg, size_t msglen)
         return -EINVAL;
     }
     need = pcow_l1_size_for(h->virtual_size, h->cluster_bits);
-    if (need > PCOW_MAX_L1_SIZE) {
+    if (need > PCOW_MAX_L1_SIZE || h->virtual_size > PCOW_MAX_VIRTUAL_SIZE) {
         snprintf(msg, msglen, "virtual size %llu too large for cluster "
                  "size %llu", (unsigned long long)h->virtual_size,
                  1ull << h->cluster_bits);
@@ -417,7 +417,7 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
                               (unsigned long long)vsize);
     }
     l1_size = pcow_l1_size_for(vsize, cbits);
-    if (l1_size > PCOW_MAX_L1_SIZE) {
+    if (l1_size > PCOW_MAX_L1_SIZE || vsize > PCOW_MAX_VIRTUAL_SIZE) {
         return pcow_set_error(err, -EFBIG, "%s: virtual size %llu too large "
                               "for cluster size %llu", path,
                               (unsigned long long)vsize,

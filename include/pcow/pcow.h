@@ -38,6 +38,7 @@ extern "C" {
 #define PCOW_MAX_BACKING_NAME 1023
 #define PCOW_MAX_SNAPSHOT_NAME 255
 #define PCOW_MAX_CHAIN_DEPTH 64
+#define PCOW_MAX_VIRTUAL_SIZE (1ull << 50) /* 1 PiB */
 
 typedef struct pcow_error {
     int code;           /* negative errno, 0 if no error */
