@@ -369,6 +369,11 @@ int img_commit(int argc, char **argv)
         img_error(file, "image has no backing file to commit into");
         goto fail;
     }
+    if (access(info->backing_path, F_OK) < 0) {
+        img_error(file, "cannot open backing file '%s': %s",
+                  info->backing_path, strerror(errno));
+        goto fail;
+    }
     if (img_blk_open(&base, info->backing_path,
                      info->backing_format == PCOW_BACKING_RAW ?
                      IMG_FMT_RAW : IMG_FMT_PCOW, IMG_OPEN_RDWR) < 0) {

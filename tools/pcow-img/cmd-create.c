@@ -64,6 +64,12 @@ static int check_geometry(const char *file, uint32_t cluster_size,
     return 0;
 }
 
+/* Largest virtual size: 2^22 L1 entries, each covering one L2 table. */
+static uint64_t max_virtual_size(uint32_t cluster_size)
+{
+    return (1ULL << 22) * (cluster_size / 32) * (uint64_t)cluster_size;
+}
+
 /* Where would @file live: the file itself if it exists, else its dir. */
 static int probe_storage(const char *file, pcow_storage_info *si)
 {
@@ -321,6 +327,16 @@ int img_create(int argc, char **argv)
         o.cluster_size = 1u << PCOW_DEFAULT_CLUSTER_BITS;
     }
     if (check_geometry(file, o.cluster_size, o.cow_unit) < 0) {
+        goto out;
+    }
+    if (size > max_virtual_size(o.cluster_size)) {
+        g_autofree char *want = img_size_to_str(size);
+        g_autofree char *max = img_size_to_str(
+            max_virtual_size(o.cluster_size));
+
+        img_error(file, "image size %s is too large for %u-byte clusters "
+                  "(at most %s; use a larger cluster_size)", want,
+                  o.cluster_size, max);
         goto out;
     }
 

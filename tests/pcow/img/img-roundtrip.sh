@@ -73,6 +73,21 @@ expect 0 "$IMG" compare -F pcow src.raw small.pcow
 expect 0 "$IMG" check small.pcow
 ok "convert with -o cluster_size=4K"
 
+# -B: the new image holds only what differs from its base.
+cp --sparse=always src.raw src2.raw
+put_random src2.raw 4096 12288
+put_byte src2.raw 0 100 0          # zeros over the base's data
+expect 0 "$IMG" convert -O pcow -B mid.pcow src2.raw delta.pcow
+expect 0 "$IMG" info --output=json delta.pcow
+equal "$(json_get "$OUT" 'd["backing-filename"]')" mid.pcow "-B base"
+expect 0 "$IMG" compare src2.raw delta.pcow
+expect 0 "$IMG" map --output=json delta.pcow
+equal "$(json_get "$OUT" 'sum(e["length"] for e in d if e["depth"] == 0 and e["data"])')" \
+    16384 "only the differing blocks are in the new image"
+expect 0 "$IMG" convert -O raw delta.pcow flat.raw
+cmp src2.raw flat.raw || fail "flattened chain differs"
+ok "convert -B: only differences stored; converting the chain flattens it"
+
 # Odd-sized raw source: the pcow image is rounded up to 4 KiB, the extra
 # bytes read as zeros.
 head -c 10000 /dev/urandom > odd.raw
