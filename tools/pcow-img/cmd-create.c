@@ -64,10 +64,20 @@ static int check_geometry(const char *file, uint32_t cluster_size,
     return 0;
 }
 
-/* Largest virtual size: 2^22 L1 entries, each covering one L2 table. */
+/*
+ * Largest virtual size: 2^22 L1 entries, each covering one L2 table, and
+ * the format's overall limit.
+ */
 static uint64_t max_virtual_size(uint32_t cluster_size)
 {
-    return (1ULL << 22) * (cluster_size / 32) * (uint64_t)cluster_size;
+    uint64_t by_l1 = (1ULL << 22) * (cluster_size / 32) *
+                     (uint64_t)cluster_size;
+
+#ifdef PCOW_MAX_VIRTUAL_SIZE
+    return MIN(by_l1, PCOW_MAX_VIRTUAL_SIZE);
+#else
+    return by_l1;
+#endif
 }
 
 /* Where would @file live: the file itself if it exists, else its dir. */
@@ -334,9 +344,17 @@ int img_create(int argc, char **argv)
         g_autofree char *max = img_size_to_str(
             max_virtual_size(o.cluster_size));
 
-        img_error(file, "image size %s is too large for %u-byte clusters "
-                  "(at most %s; use a larger cluster_size)", want,
-                  o.cluster_size, max);
+        if (size > max_virtual_size(1u << PCOW_MAX_CLUSTER_BITS)) {
+            g_autofree char *limit = img_size_to_str(
+                max_virtual_size(1u << PCOW_MAX_CLUSTER_BITS));
+
+            img_error(file, "image size %s is larger than the format's "
+                      "limit (%s)", want, limit);
+        } else {
+            img_error(file, "image size %s is too large for %u-byte "
+                      "clusters (at most %s; use a larger cluster_size)",
+                      want, o.cluster_size, max);
+        }
         goto out;
     }
 
