@@ -1,0 +1,397 @@
+/*
+ * libpcow unit tests: allocation, reserve ring, expansion, COW runtime ops,
+ * concurrency, performance of the hot path and of open
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <pthread.h>
+
+#include "unit-common.h"
+
+static TestDir td;
+static char path[512];
+
+static int setup(void **state)
+{
+    td_init(&td, NULL);
+    td_path(&td, "a.pcow", path, sizeof(path));
+    return 0;
+}
+
+static int setup_shm(void **state)
+{
+    td_init(&td, "/dev/shm");
+    td_path(&td, "a.pcow", path, sizeof(path));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    td_cleanup(&td);
+    return 0;
+}
+
+typedef struct Racer {
+    pcow_image *img;
+    pthread_barrier_t *bar;
+    uint64_t vcluster;
+    int ret;
+    uint64_t off;
+} Racer;
+
+static void *race_expand(void *opaque)
+{
+    Racer *r = opaque;
+
+    pthread_barrier_wait(r->bar);
+    r->ret = pcow_expand_cluster(r->img, r->vcluster, &r->off);
+    return NULL;
+}
+
+static void run_racers(pcow_image *img, Racer *r, int n)
+{
+    pthread_t th[64];
+    pthread_barrier_t bar;
+    int i;
+
+    pthread_barrier_init(&bar, NULL, n);
+    for (i = 0; i < n; i++) {
+        r[i].img = img;
+        r[i].bar = &bar;
+        assert_int_equal(pthread_create(&th[i], NULL, race_expand, &r[i]),
+                         0);
+    }
+    for (i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+    }
+    pthread_barrier_destroy(&bar);
+}
+
+static void test_concurrent_expand(void **state)
+{
+    Racer r[16];
+    pcow_image *img;
+    pcow_info info;
+    int i, won = 0, round;
+
+    mk_image(path, 4 * GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    for (round = 0; round < 2; round++) {
+        /* Round 0 with an empty reserve (synchronous), round 1 with one */
+        if (round == 1) {
+            assert_true(pcow_reserve_clusters(img, 8, NULL) >= 8);
+        }
+        memset(r, 0, sizeof(r));
+        for (i = 0; i < 16; i++) {
+            r[i].vcluster = 100 + round;
+        }
+        run_racers(img, r, 16);
+        won = 0;
+        for (i = 0; i < 16; i++) {
+            if (r[i].ret == 0) {
+                won++;
+            } else {
+                assert_int_equal(r[i].ret, -EEXIST);
+            }
+            assert_int_equal(r[i].off, r[0].off);
+        }
+        assert_int_equal(won, 1);
+    }
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, 2);
+
+    /* 16 threads, 16 different clusters, 4 of them sharing an L2 range */
+    memset(r, 0, sizeof(r));
+    for (i = 0; i < 16; i++) {
+        r[i].vcluster = i < 4 ? 5000 + i : i * 2048 + 7;
+    }
+    run_racers(img, r, 16);
+    for (i = 0; i < 16; i++) {
+        int j;
+
+        assert_int_equal(r[i].ret, 0);
+        for (j = 0; j < i; j++) {
+            assert_int_not_equal(r[i].off, r[j].off);
+        }
+    }
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, 18);
+    for (i = 0; i < 16; i++) {
+        pcow_extent ext;
+
+        assert_int_equal(pcow_get_extent(img, r[i].vcluster * 65536, 65536,
+                                         &ext), 0);
+        assert_int_equal(ext.kind, PCOW_EXTENT_DATA);
+        assert_true(ext.writable);
+        assert_int_equal(ext.file_offset, r[i].off);
+    }
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+    img = open_image(path, 0);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, 18);
+    close_image(img);
+}
+
+typedef struct CowRacer {
+    pcow_image *img;
+    pthread_barrier_t *bar;
+    uint64_t offset;
+    bool whole;
+    int ret;
+    pcow_extent ext;
+} CowRacer;
+
+static void *race_cow(void *opaque)
+{
+    CowRacer *r = opaque;
+
+    pthread_barrier_wait(r->bar);
+    r->ret = pcow_cow(r->img, r->offset, r->whole, &r->ext);
+    return NULL;
+}
+
+static void test_concurrent_cow(void **state)
+{
+    CowRacer r[16];
+    pthread_t th[16];
+    pthread_barrier_t bar;
+    pcow_image *img;
+    pcow_info info;
+    int i, won = 0;
+
+    mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 4 * 65536, 0x11);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL), 0);
+    /* All 16 threads COW the same unit: one copy */
+    pthread_barrier_init(&bar, NULL, 16);
+    for (i = 0; i < 16; i++) {
+        r[i] = (CowRacer) { .img = img, .bar = &bar, .offset = 65536 + 8192 };
+        pthread_create(&th[i], NULL, race_cow, &r[i]);
+    }
+    for (i = 0; i < 16; i++) {
+        pthread_join(th[i], NULL);
+        if (r[i].ret == 0) {
+            won++;
+        } else {
+            assert_int_equal(r[i].ret, -EEXIST);
+        }
+        assert_int_equal(r[i].ext.offset, 65536 + 8192);
+        assert_int_equal(r[i].ext.length, 4096);
+        assert_true(r[i].ext.writable);
+    }
+    assert_int_equal(won, 1);
+    assert_int_equal(pcow_cow_units_copied(img, 65536), 1);
+    /* 16 threads COW 16 different units of cluster 2 */
+    for (i = 0; i < 16; i++) {
+        r[i] = (CowRacer) { .img = img, .bar = &bar,
+                            .offset = 2 * 65536 + i * 4096 };
+        pthread_create(&th[i], NULL, race_cow, &r[i]);
+    }
+    for (i = 0; i < 16; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(r[i].ret, 0);
+    }
+    pthread_barrier_destroy(&bar);
+    assert_int_equal(pcow_cow_units_copied(img, 2 * 65536), 16);
+    /* All units copied: the entry is a plain writable cluster again */
+    {
+        pcow_extent ext;
+
+        assert_int_equal(pcow_get_extent(img, 2 * 65536, 65536, &ext), 0);
+        assert_true(ext.writable);
+        assert_int_equal(ext.length, 65536);
+    }
+    expect_bytes(img, 0, 4 * 65536, 0x11);
+    pcow_get_info(img, &info);
+    /* 4 frozen clusters + 2 new homes */
+    assert_int_equal(info.allocated_clusters, 6);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+}
+
+static void test_reserve_and_reuse(void **state)
+{
+    pcow_image *img;
+    uint64_t off, first, frontier0;
+    pcow_info info;
+    uint32_t n;
+
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    pcow_get_info(img, &info);
+    frontier0 = info.frontier;
+    n = pcow_reserve_clusters(img, 10, NULL);
+    assert_int_equal(n, 10);
+    assert_int_equal(pcow_reserve_count(img), 10);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.frontier, frontier0 + 10 * 65536);
+    /* The hot line holds the new frontier durably */
+    assert_int_equal(peek64(path, PCOW_HOT_FRONTIER), frontier0 + 10 * 65536);
+    assert_int_equal(pcow_expand_cluster(img, 0, &first), 0);
+    /* L2 table and data cluster come from the reserve */
+    assert_int_equal(pcow_reserve_count(img), 8);
+    assert_int_equal(first, frontier0 + 65536);
+    assert_int_equal(pcow_expand_cluster(img, 0, &off), -EEXIST);
+    assert_int_equal(off, first);
+    close_image(img);
+    /* Unused reserve is given back at close */
+    assert_int_equal(check_clean(path), 0);
+
+    /* Freed clusters are reused lowest first */
+    img = open_image(path, PCOW_OPEN_RDWR);
+    write_bytes(img, 65536, 65536, 1);
+    write_bytes(img, 2 * 65536, 65536, 2);
+    write_bytes(img, 3 * 65536, 65536, 3);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, 4);
+    assert_int_equal(pcow_zero_range(img, 65536, 2 * 65536, NULL), 0);
+    expect_bytes(img, 65536, 2 * 65536, 0);
+    expect_bytes(img, 3 * 65536, 65536, 3);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, 2);
+    assert_int_equal(pcow_expand_cluster(img, 500, &off), 0);
+    assert_true(off < info.frontier);
+    {
+        uint64_t off2;
+
+        assert_int_equal(pcow_expand_cluster(img, 501, &off2), 0);
+        assert_int_equal(off2, off + 65536);
+    }
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+}
+
+static void test_runtime_errors(void **state)
+{
+    pcow_image *img;
+    uint64_t off;
+    pcow_extent ext;
+    pcow_error err = { 0 };
+
+    mk_image(path, 16 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, 0);
+    assert_int_equal(pcow_expand_cluster(img, 0, &off), -EROFS);
+    assert_int_equal(pcow_cow(img, 0, false, &ext), -EROFS);
+    assert_int_equal(pcow_reserve_clusters(img, 4, &err), 0);
+    assert_true(err.code < 0);
+    close_image(img);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    assert_int_equal(pcow_expand_cluster(img, 256, &off), -EINVAL);
+    assert_int_equal(pcow_cow(img, 16 * MiB, false, &ext), -EINVAL);
+    assert_int_equal(pcow_get_extent(img, 16 * MiB, 4096, &ext), -EINVAL);
+    /* COW of a hole without a base copies zeros; then -EEXIST */
+    assert_int_equal(pcow_cow(img, 4096, false, &ext), 0);
+    assert_int_equal(ext.length, 4096);
+    assert_int_equal(pcow_cow(img, 4096, false, &ext), -EEXIST);
+    expect_bytes(img, 0, 65536, 0);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+}
+
+/* The hot path: an 8-byte store + msync of one page, a few microseconds */
+static void test_expand_cost(void **state)
+{
+    pcow_image *img;
+    uint64_t off;
+    double t0, per;
+    int i, n = 200;
+
+    mk_image(path, 64 * GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    /* Pre-create the L2 table, fill the reserve */
+    assert_int_equal(pcow_expand_cluster(img, 0, &off), 0);
+    assert_true(pcow_reserve_clusters(img, 64, NULL) >= 64);
+    while (pcow_reserve_count(img) < (uint32_t)n) {
+        uint32_t before = pcow_reserve_count(img);
+
+        assert_true(pcow_reserve_clusters(img, 64, NULL) > before);
+    }
+    t0 = now_sec();
+    for (i = 1; i <= n; i++) {
+        assert_int_equal(pcow_expand_cluster(img, i, &off), 0);
+    }
+    per = (now_sec() - t0) / n;
+    fprintf(stderr, "expand with reserve on tmpfs: %.2f us\n", per * 1e6);
+    assert_true(per < 50e-6);
+    close_image(img);
+}
+
+/*
+ * Open of an image with 1M allocated clusters: tables are crafted with
+ * pwrite (64 GiB of 64K clusters, sparse), then opened and timed.
+ */
+static void test_open_1m_clusters(void **state)
+{
+    const uint64_t cs = 65536, nclusters = 1ull << 20;
+    const uint64_t l2e = cs / 32, nl2 = nclusters / l2e;
+    uint64_t l1_off = cs, l1_bytes, meta_start, data_start, frontier;
+    uint64_t *l1, *l2;
+    pcow_image *img;
+    pcow_info info;
+    double t;
+    uint64_t i, j;
+    int fd;
+
+    mk_image(path, nclusters * cs, cs, NULL, PCOW_BACKING_NONE);
+    l1_bytes = pcow_round_up(pcow_l1_size_for(nclusters * cs, 16) * 8, cs);
+    meta_start = l1_off + l1_bytes;
+    data_start = meta_start + nl2 * cs;
+    frontier = data_start + nclusters * cs;
+    fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    l1 = calloc(nl2, 8);
+    l2 = calloc(l2e * 4, 8);
+    for (i = 0; i < nl2; i++) {
+        l1[i] = meta_start + i * cs;
+        for (j = 0; j < l2e; j++) {
+            l2[j * 4] = (data_start + (i * l2e + j) * cs) | PCOW_F_PRESENT |
+                        PCOW_F_WRITABLE;
+        }
+        assert_int_equal(pwrite(fd, l2, cs, meta_start + i * cs),
+                         (ssize_t)cs);
+    }
+    assert_int_equal(pwrite(fd, l1, nl2 * 8, l1_off), (ssize_t)(nl2 * 8));
+    assert_int_equal(ftruncate(fd, frontier), 0);
+    close(fd);
+    poke64(path, PCOW_HOT_FRONTIER, frontier);
+    free(l1);
+    free(l2);
+
+    t = now_sec();
+    img = open_image(path, 0);
+    t = now_sec() - t;
+    fprintf(stderr, "read-only open, 1M clusters: %.3f s\n", t);
+    assert_true(t < 0.5);
+    close_image(img);
+    t = now_sec();
+    img = open_image(path, PCOW_OPEN_RDWR);
+    t = now_sec() - t;
+    fprintf(stderr, "read-write open, 1M clusters: %.3f s\n", t);
+    assert_true(t < 0.5);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, nclusters);
+    assert_int_equal(info.metadata_clusters, nl2 + l1_bytes / cs);
+    close_image(img);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_concurrent_expand, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_cow, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_and_reuse, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_runtime_errors, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_expand_cost, setup_shm,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_open_1m_clusters, setup_shm,
+                                        teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
