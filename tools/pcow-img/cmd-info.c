@@ -51,14 +51,14 @@ void img_print_snapshot_table(const pcow_snapshot_info *sn, int n);
 
 void img_print_snapshot_table(const pcow_snapshot_info *sn, int n)
 {
-    printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+    printf("%-9s %-16s %8s%20s%16s%8s\n", "ID", "TAG", "VM SIZE", "DATE",
            "VM CLOCK", "ICOUNT");
     for (int i = 0; i < n; i++) {
         char date[32], id[24];
 
         img_format_date(date, sizeof(date), sn[i].date_sec);
         snprintf(id, sizeof(id), "%" PRIu64, sn[i].id);
-        printf("%-9s %-16s %8s%20s%13s%11s\n", id, sn[i].name, "0 B", date,
+        printf("%-9s %-16s %8s%20s%16s%8s\n", id, sn[i].name, "0 B", date,
                "0000:00:00.000", "--");
     }
 }
