@@ -305,7 +305,8 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
         ext->length = len < max ? len : max;
         ext->valid_length = ext->length;
         ext->file_offset = data + in;
-        ext->writable = depth == 0 && (map & PCOW_F_WRITABLE);
+        ext->writable = depth == 0 && !img->read_only &&
+                        (map & PCOW_F_WRITABLE);
         return 0;
     } else {
         uint64_t *e = pcow_l2_entry(img, v);
@@ -326,7 +327,8 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
             ext->length = len;
             ext->valid_length = len;
             ext->file_offset = data + in;
-            ext->writable = depth == 0 && (map & PCOW_F_WRITABLE);
+            ext->writable = depth == 0 && !img->read_only &&
+                            (map & PCOW_F_WRITABLE);
             return 0;
         }
         if (source & PCOW_F_PRESENT) {

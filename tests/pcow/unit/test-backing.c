@@ -1,0 +1,341 @@
+/*
+ * libpcow unit tests: backing chains (depth 8, raw bases, relative and
+ * absolute names, loops, missing bases, depth limit), set_backing, resize
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include "unit-common.h"
+
+static TestDir td;
+
+static int setup(void **state)
+{
+    td_init(&td, NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    td_cleanup(&td);
+    return 0;
+}
+
+/*
+ * Chain of depth 8: level k writes byte 0x10+k into cluster k and into the
+ * first unit of cluster 20; every level then sees its own and all lower
+ * levels' clusters.
+ */
+static void test_chain_depth8(void **state)
+{
+    char p[9][512], name[16];
+    pcow_image *img;
+    pcow_extent ext;
+    int k, j;
+
+    for (k = 0; k <= 8; k++) {
+        snprintf(name, sizeof(name), "l%d.pcow", k);
+        td_path(&td, name, p[k], sizeof(p[k]));
+        if (k == 0) {
+            mk_image(p[k], 32 * MiB, 0, NULL, PCOW_BACKING_NONE);
+        } else {
+            char base[16];
+
+            snprintf(base, sizeof(base), "l%d.pcow", k - 1);
+            mk_image(p[k], 32 * MiB, 0, base, PCOW_BACKING_PCOW);
+        }
+        img = open_image(p[k], PCOW_OPEN_RDWR);
+        write_bytes(img, k * 65536ull, 65536, 0x10 + k);
+        write_bytes(img, 20 * 65536ull + k * 4096, 4096, 0x10 + k);
+        close_image(img);
+    }
+    for (k = 0; k <= 8; k++) {
+        img = open_image(p[k], 0);
+        for (j = 0; j <= 8; j++) {
+            expect_bytes(img, j * 65536ull, 65536, j <= k ? 0x10 + j : 0);
+            expect_bytes(img, 20 * 65536ull + j * 4096, 4096,
+                         j <= k ? 0x10 + j : 0);
+            if (j <= k) {
+                assert_int_equal(pcow_get_extent(img, j * 65536ull, 65536,
+                                                 &ext), 0);
+                assert_int_equal(ext.kind, PCOW_EXTENT_DATA);
+                assert_int_equal(ext.depth, k - j);
+                assert_int_equal(ext.writable, false);
+            }
+        }
+        expect_bytes(img, 9 * 65536ull, 65536, 0);
+        close_image(img);
+    }
+    /* A writer on the top: COW of base data, the base untouched */
+    img = open_image(p[8], PCOW_OPEN_RDWR);
+    assert_int_equal(pcow_get_extent(img, 0, 65536, &ext), 0);
+    assert_int_equal(ext.depth, 8);
+    write_bytes(img, 4096, 100, 0x77);
+    expect_bytes(img, 0, 4096, 0x10);
+    expect_bytes(img, 4096, 100, 0x77);
+    expect_bytes(img, 4196, 65536 - 4196, 0x10);
+    assert_int_equal(pcow_cow_units_copied(img, 0), 1);
+    /* The base cannot be opened for writing while the chain holds it */
+    {
+        char msg[512];
+
+        open_fails(p[0], PCOW_OPEN_RDWR, msg, sizeof(msg));
+        assert_true(contains(msg, "in use"));
+    }
+    close_image(img);
+    img = open_image(p[0], 0);
+    expect_bytes(img, 0, 65536, 0x10);
+    close_image(img);
+    assert_int_equal(check_clean(p[8]), 0);
+}
+
+static void test_raw_base(void **state)
+{
+    char raw[512], ov[512];
+    uint8_t *buf = malloc(MiB), *got = malloc(MiB);
+    pcow_image *img;
+    pcow_extent ext;
+    pcow_error err = { 0 };
+    int fd;
+
+    td_path(&td, "base.raw", raw, sizeof(raw));
+    td_path(&td, "ov.pcow", ov, sizeof(ov));
+    fill_pattern(buf, MiB, 7);
+    fd = open(raw, O_CREAT | O_RDWR, 0644);
+    /* Not a multiple of 4096: the tail reads as zeros */
+    assert_int_equal(write(fd, buf, MiB - 100), (ssize_t)(MiB - 100));
+    close(fd);
+    {
+        pcow_create_opts o = {
+            .backing_file = "base.raw",
+            .size_from_backing = true,
+        };
+
+        assert_int_equal(pcow_create(ov, &o, &err), 0);
+    }
+    img = open_image(ov, PCOW_OPEN_RDWR);
+    assert_int_equal(pcow_virtual_size(img), MiB);
+    assert_true(pcow_backing_raw_fd(img) >= 0);
+    assert_null(pcow_backing(img));
+    assert_int_equal(pcow_get_extent(img, 0, MiB, &ext), 0);
+    assert_int_equal(ext.kind, PCOW_EXTENT_DATA);
+    assert_int_equal(ext.fd, pcow_backing_raw_fd(img));
+    assert_int_equal(ext.depth, 1);
+    assert_int_equal(ext.length, MiB);
+    assert_int_equal(ext.valid_length, MiB - 100);
+    memset(buf + MiB - 100, 0, 100);
+    assert_int_equal(pcow_pread(img, 0, got, MiB, &err), (int64_t)MiB);
+    assert_memory_equal(got, buf, MiB);
+    /* COW from the raw base, unit and whole cluster */
+    write_bytes(img, 65536 + 4096, 10, 0xee);
+    memset(buf + 65536 + 4096, 0xee, 10);
+    write_bytes(img, MiB - 65536, 65536, 0xdd);
+    memset(buf + MiB - 65536, 0xdd, 65536);
+    close_image(img);
+    img = open_image(ov, 0);
+    assert_int_equal(pcow_pread(img, 0, got, MiB, &err), (int64_t)MiB);
+    assert_memory_equal(got, buf, MiB);
+    close_image(img);
+    /* The raw base was never written */
+    fd = open(raw, O_RDONLY);
+    assert_int_equal(pread(fd, got, 10, 65536 + 4096), 10);
+    close(fd);
+    assert_int_not_equal(got[0], 0xee);
+    /* Wrong declared format */
+    {
+        char msg[512], ov2[512];
+
+        td_path(&td, "ov2.pcow", ov2, sizeof(ov2));
+        mk_image(ov2, MiB, 0, "ov.pcow", PCOW_BACKING_RAW);
+        open_fails(ov2, 0, msg, sizeof(msg));
+        assert_true(contains(msg, "backing format is raw"));
+        unlink(ov2);
+        mk_image(ov2, MiB, 0, "base.raw", PCOW_BACKING_PCOW);
+        open_fails(ov2, 0, msg, sizeof(msg));
+        assert_true(contains(msg, "not a pcow image"));
+    }
+    free(buf);
+    free(got);
+}
+
+static void test_names(void **state)
+{
+    char sub[512], base[512], ov[512], ov2[512], abs_name[600], msg[512];
+    pcow_image *img;
+    pcow_info info;
+
+    td_path(&td, "sub", sub, sizeof(sub));
+    assert_int_equal(mkdir(sub, 0755), 0);
+    td_path(&td, "base.pcow", base, sizeof(base));
+    td_path(&td, "sub/ov.pcow", ov, sizeof(ov));
+    td_path(&td, "sub/ov2.pcow", ov2, sizeof(ov2));
+    mk_image(base, 8 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(base, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 4096, 0x42);
+    close_image(img);
+    /* Relative to the overlay's directory, with ".." */
+    mk_image(ov, 8 * MiB, 0, "../base.pcow", PCOW_BACKING_PCOW);
+    img = open_image(ov, 0);
+    expect_bytes(img, 0, 4096, 0x42);
+    pcow_get_info(img, &info);
+    assert_string_equal(info.backing_file, "../base.pcow");
+    assert_true(contains(info.backing_path, "sub/../base.pcow"));
+    assert_int_equal(info.backing_format, PCOW_BACKING_PCOW);
+    close_image(img);
+    /* Absolute */
+    snprintf(abs_name, sizeof(abs_name), "%s", base);
+    mk_image(ov2, 8 * MiB, 0, abs_name, PCOW_BACKING_NONE);    /* probed */
+    img = open_image(ov2, 0);
+    expect_bytes(img, 0, 4096, 0x42);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.backing_format, PCOW_BACKING_PCOW);
+    close_image(img);
+    /* NO_BACKING: the base is not opened, unallocated reads as zeros */
+    img = open_image(ov2, PCOW_OPEN_NO_BACKING);
+    assert_null(pcow_backing(img));
+    expect_bytes(img, 0, 4096, 0);
+    close_image(img);
+    /* Missing base */
+    assert_int_equal(unlink(base), 0);
+    open_fails(ov, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "ov.pcow"));
+    assert_true(contains(msg, "../base.pcow"));
+    open_fails(ov2, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "base.pcow"));
+}
+
+static void test_loops_and_depth(void **state)
+{
+    char a[512], b[512], msg[512], name[32], prev[32];
+    pcow_image *img;
+    pcow_error err = { 0 };
+    int k;
+
+    td_path(&td, "a.pcow", a, sizeof(a));
+    td_path(&td, "b.pcow", b, sizeof(b));
+    mk_image(a, 8 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    mk_image(b, 8 * MiB, 0, "a.pcow", PCOW_BACKING_PCOW);
+    /* Self loop refused by set_backing */
+    img = open_image(a, PCOW_OPEN_RDWR);
+    assert_true(pcow_set_backing(img, "a.pcow", PCOW_BACKING_PCOW,
+                                 &err) < 0);
+    assert_true(contains(err.msg, "loop"));
+    close_image(img);
+    /* A -> B -> A: written with NO_BACKING (rebase -u does not check) */
+    img = open_image(a, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
+    assert_int_equal(pcow_set_backing(img, "b.pcow", PCOW_BACKING_PCOW,
+                                      &err), 0);
+    close_image(img);
+    open_fails(a, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "loop"));
+    open_fails(b, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "loop"));
+    /* Remove the base again */
+    img = open_image(a, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
+    assert_int_equal(pcow_set_backing(img, NULL, PCOW_BACKING_NONE, &err),
+                     0);
+    close_image(img);
+    img = open_image(b, 0);
+    close_image(img);
+
+    /* Depth 64 opens, 65 does not */
+    snprintf(prev, sizeof(prev), "c0.pcow");
+    td_path(&td, prev, a, sizeof(a));
+    mk_image(a, MiB, 4096, NULL, PCOW_BACKING_NONE);
+    for (k = 1; k <= 65; k++) {
+        snprintf(name, sizeof(name), "c%d.pcow", k);
+        td_path(&td, name, a, sizeof(a));
+        mk_image(a, MiB, 4096, prev, PCOW_BACKING_PCOW);
+        snprintf(prev, sizeof(prev), "%s", name);
+    }
+    td_path(&td, "c64.pcow", a, sizeof(a));
+    img = open_image(a, 0);
+    expect_bytes(img, 0, 4096, 0);
+    close_image(img);
+    td_path(&td, "c65.pcow", a, sizeof(a));
+    open_fails(a, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "deeper than 64"));
+}
+
+static void test_set_backing(void **state)
+{
+    char a[512], b[512], ov[512];
+    pcow_image *img;
+    pcow_error err = { 0 };
+
+    td_path(&td, "a.pcow", a, sizeof(a));
+    td_path(&td, "b.pcow", b, sizeof(b));
+    td_path(&td, "ov.pcow", ov, sizeof(ov));
+    mk_image(a, 8 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    mk_image(b, 8 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(a, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 4096, 0xaa);
+    close_image(img);
+    img = open_image(b, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 4096, 0xbb);
+    close_image(img);
+    mk_image(ov, 8 * MiB, 0, "a.pcow", PCOW_BACKING_PCOW);
+    img = open_image(ov, PCOW_OPEN_RDWR);
+    expect_bytes(img, 0, 4096, 0xaa);
+    assert_true(pcow_set_backing(img, "nope.pcow", PCOW_BACKING_PCOW,
+                                 &err) < 0);
+    expect_bytes(img, 0, 4096, 0xaa);
+    assert_int_equal(pcow_set_backing(img, "b.pcow", PCOW_BACKING_PCOW,
+                                      &err), 0);
+    expect_bytes(img, 0, 4096, 0xbb);
+    close_image(img);
+    img = open_image(ov, 0);
+    expect_bytes(img, 0, 4096, 0xbb);
+    close_image(img);
+}
+
+static void test_resize(void **state)
+{
+    char a[512];
+    pcow_image *img;
+    pcow_error err = { 0 };
+    pcow_info info;
+
+    td_path(&td, "a.pcow", a, sizeof(a));
+    mk_image(a, 8 * MiB + 8192, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(a, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 8 * MiB + 8192, 0x33);
+    /* Growing past one L2 table's reach moves the L1 table */
+    assert_int_equal(pcow_resize(img, 4 * GiB, false, &err), 0);
+    assert_int_equal(pcow_virtual_size(img), 4 * GiB);
+    expect_bytes(img, 0, 8 * MiB + 8192, 0x33);
+    /* The rest of the old last cluster reads as zeros */
+    expect_bytes(img, 8 * MiB + 8192, 65536 - 8192, 0);
+    write_bytes(img, 4 * GiB - 4096, 4096, 0x44);
+    assert_int_equal(pcow_resize(img, 2 * GiB, false, &err), -EINVAL);
+    assert_true(contains(err.msg, "shrink"));
+    assert_int_equal(pcow_resize(img, 4 * MiB, true, &err), 0);
+    expect_bytes(img, 0, 4 * MiB, 0x33);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, 64);
+    assert_int_equal(pcow_resize(img, 16 * MiB, false, &err), 0);
+    expect_bytes(img, 4 * MiB, 12 * MiB, 0);
+    assert_int_equal(pcow_resize(img, 100, false, &err), -EINVAL);
+    assert_int_equal(pcow_resize(img, 2 * PCOW_MAX_VIRTUAL_SIZE, false,
+                                 &err), -EFBIG);
+    close_image(img);
+    assert_int_equal(check_clean(a), 0);
+    img = open_image(a, 0);
+    assert_int_equal(pcow_virtual_size(img), 16 * MiB);
+    expect_bytes(img, 0, 4 * MiB, 0x33);
+    close_image(img);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_chain_depth8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raw_base, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loops_and_depth, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_set_backing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resize, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
