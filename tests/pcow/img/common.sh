@@ -112,6 +112,25 @@ json_get() {
         <<<"$1"
 }
 
+# Helpers over "map --output=json" output.
+# map_ext JSON I: "start length depth data zero" of extent I
+map_ext() {
+    json_get "$1" '" ".join(str(d['"$2"'][k]) for k in
+                   ("start", "length", "depth", "data", "zero"))'
+}
+# own_data JSON: bytes / extents of data the image holds itself (depth 0)
+own_data_bytes() {
+    json_get "$1" 'sum(e["length"] for e in d
+                       if e["depth"] == 0 and e["data"])'
+}
+own_data_extents() {
+    json_get "$1" 'sum(1 for e in d if e["depth"] == 0 and e["data"])'
+}
+# depth_at JSON START: depth of the extent starting at START
+depth_at() {
+    json_get "$1" '[e["depth"] for e in d if e["start"] == '"$2"'][0]'
+}
+
 file_size() {
     stat -c %s "$1"
 }

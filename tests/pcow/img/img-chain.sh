@@ -45,8 +45,8 @@ contains "$OUT" "backing file: l6.pcow" "backing file line"
 ok "info --backing-chain (human)"
 
 expect 0 "$IMG" map --output=json l7.pcow
-equal "$(json_get "$OUT" '[e["depth"] for e in d if e["start"] == 3145728][0]')" \
-    4 "map depth of MiB 3 (written by l3, seen from l7)"
+equal "$(depth_at "$OUT" 3145728)" 4 \
+    "map depth of MiB 3 (written by l3, seen from l7)"
 ok "map shows the depth of each extent"
 
 for k in $(seq 0 7); do

@@ -29,8 +29,7 @@ expect 0 "$IMG" compare want.raw top.pcow
 ok "commit: the base holds the overlay's data (also partial clusters)"
 
 expect 0 "$IMG" map --output=json top.pcow
-equal "$(json_get "$OUT" 'sum(1 for e in d if e["depth"] == 0 and e["data"])')" \
-    0 "overlay has no data of its own"
+equal "$(own_data_extents "$OUT")" 0 "overlay has no data of its own"
 expect 0 "$IMG" check top.pcow
 expect 0 "$IMG" check base.pcow
 ok "commit empties the overlay; both check clean"
@@ -40,8 +39,7 @@ ok "commit empties the overlay; both check clean"
 expect 0 "$IMG" commit -d top.pcow
 "$HELPER" verify base.pcow 5M 64K 0x05
 expect 0 "$IMG" map --output=json top.pcow
-equal "$(json_get "$OUT" 'sum(1 for e in d if e["depth"] == 0 and e["data"])')" \
-    1 "overlay keeps its data with -d"
+equal "$(own_data_extents "$OUT")" 1 "overlay keeps its data with -d"
 ok "commit -d keeps the overlay"
 
 # A raw base.

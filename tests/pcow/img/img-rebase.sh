@@ -30,8 +30,7 @@ ok "safe rebase keeps the content byte for byte"
 
 # Only the differing ranges were copied: MiB 0 still comes from the base.
 expect 0 "$IMG" map --output=json top.pcow
-equal "$(json_get "$OUT" '[e["depth"] for e in d if e["start"] == 0][0]')" \
-    1 "MiB 0 read from the new base"
+equal "$(depth_at "$OUT" 0)" 1 "MiB 0 read from the new base"
 ok "safe rebase copies only what differs"
 
 expect 0 "$IMG" rebase -u -b new.pcow top-u.pcow
