@@ -134,7 +134,8 @@ int img_snapshot(int argc, char **argv)
         pcow_snapshot_info *sn = NULL;
 
         ret = pcow_snapshot_list(img, &sn, &err);
-        if (ret >= 0 && !quiet) {
+        /* Like qemu-img: nothing at all when there are no snapshots. */
+        if (ret > 0 && !quiet) {
             printf("Snapshot list:\n");
             img_print_snapshot_table(sn, ret);
         }

@@ -4,6 +4,8 @@
 . "$(dirname "$0")/common.sh"
 
 expect 0 "$IMG" create -q s.pcow 64M
+expect 0 "$IMG" snapshot -l s.pcow
+equal "$OUT" "" "no snapshots: no output"
 "$HELPER" write s.pcow 0 128K 0x11
 "$HELPER" write s.pcow 32M 64K 0x22
 expect 0 "$IMG" snapshot -c first s.pcow
