@@ -59,4 +59,19 @@ run "$IMG" check mnt/keep.pcow
 [ "$RC" -eq 0 ] || [ "$RC" -eq 3 ] || fail "check after full: $RC"
 ok "create and snapshot on a full disk fail cleanly"
 
+# An empty image on a completely full file system: its tables are holes
+# in the file, and a mapping that touches them must not die of SIGBUS.
+rm -f mnt/fill mnt/keep.pcow
+expect 0 "$IMG" create -q mnt/empty.pcow 1G
+dd if=/dev/zero of=mnt/fill bs=4K status=none 2>/dev/null || true
+expect 0 "$IMG" info mnt/empty.pcow
+run "$IMG" snapshot -c s mnt/empty.pcow
+[ "$RC" -le 1 ] || fail "snapshot -c on a full disk died (exit $RC): $ERR"
+[ "$RC" -eq 0 ] || expect_one_line_error "snapshot -c on a full disk"
+run "$HELPER" write mnt/empty.pcow 0 4K 0x01
+[ "$RC" -le 1 ] || fail "a write on a full disk died (exit $RC): $ERR"
+run "$IMG" check mnt/empty.pcow
+[ "$RC" -eq 0 ] || [ "$RC" -eq 3 ] || fail "check after full: $RC"
+ok "empty image on a full disk: clean errors, no crash"
+
 finish
