@@ -154,8 +154,9 @@ static const char rebase_help[] =
 "Change the base image of FILE to BASE (a name relative to FILE's\n"
 "directory; '' removes the base).  Without -u the guest-visible content\n"
 "is kept: every range FILE does not hold itself and that differs between\n"
-"the old and the new base is first copied into FILE.  With -u (unsafe)\n"
-"only the reference changes; the old base need not exist.\n";
+"the old and the new base is first copied into FILE (refused when FILE\n"
+"has snapshots, whose content could not be kept).  With -u (unsafe) only\n"
+"the reference changes; the old base need not exist.\n";
 
 int img_rebase(int argc, char **argv)
 {
@@ -254,6 +255,23 @@ int img_rebase(int argc, char **argv)
         return EXIT_ERR;
     }
     if (!unsafe) {
+        pcow_info *info = g_new0(pcow_info, 1);
+        uint32_t nsn;
+
+        /*
+         * Snapshots read what they do not hold through the base too, and
+         * their tables cannot be given copies: a safe rebase could not
+         * keep their content.
+         */
+        pcow_get_info(img.img, info);
+        nsn = info->nb_snapshots;
+        g_free(info);
+        if (nsn) {
+            img_error(file, "has %u snapshot%s whose content would change; "
+                      "delete %s or use -u", nsn, nsn > 1 ? "s" : "",
+                      nsn > 1 ? "them" : "it");
+            goto fail;
+        }
         if (resolved) {
             if (img_blk_open(&nb, resolved, base_fmt,
                              force_share ? IMG_OPEN_FORCE_SHARE : 0) < 0) {
@@ -302,7 +320,9 @@ static const char commit_help[] =
 "\n"
 "Write the data FILE holds itself (its active layer) into its base image,\n"
 "then empty FILE so that it reads through to the base again.  With -d FILE\n"
-"is left as it is.  The base is opened read-write for the duration.\n";
+"is left as it is.  The base is opened read-write for the duration.\n"
+"Other images based on the same base, and snapshots of FILE, see the\n"
+"base's new content where they do not hold data themselves.\n";
 
 int img_commit(int argc, char **argv)
 {

@@ -72,6 +72,15 @@ expect 0 "$IMG" info --output=json top.pcow
 equal "$(json_get "$OUT" 'd["backing-filename-format"]')" raw "raw base"
 ok "safe rebase onto a raw base"
 
+# Snapshots would read through the new base: safe rebase refuses.
+expect 0 "$IMG" create -q -b old.pcow -F pcow snap.pcow
+expect 0 "$IMG" snapshot -c s snap.pcow
+expect_error "$IMG" rebase -b new.pcow snap.pcow
+contains "$ERR" "snapshot" "names the snapshots"
+expect 0 "$IMG" info --output=json snap.pcow
+equal "$(json_get "$OUT" 'd["backing-filename"]')" old.pcow "untouched"
+ok "safe rebase of an image with snapshots is refused"
+
 expect_error "$IMG" rebase top.pcow
 expect_error "$IMG" rebase -b new.pcow -F qcow2 top.pcow
 ok "rebase argument errors"
