@@ -67,4 +67,14 @@ equal "$(json_get "$OUT" 'd["corruptions"] > 0')" True "json corruptions"
 expect_error "$IMG" snapshot -c x l.pcow
 ok "cluster mapped twice: check exits 2, writers refuse the image"
 
+expect 2 "$IMG" check -r leaks l.pcow
+expect 0 "$IMG" check -r all l.pcow
+contains "$OUT" "The following inconsistencies were found and repaired" \
+    "repair report"
+contains "$OUT" "No errors were found on the image." "double check"
+expect 0 "$IMG" check l.pcow
+"$HELPER" verify l.pcow 0 64K 0x01
+expect 0 "$IMG" snapshot -c x l.pcow
+ok "check -r all repairs the corruption; the image is usable again"
+
 finish
