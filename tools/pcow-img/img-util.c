@@ -4,6 +4,7 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -432,7 +433,6 @@ void json_bool(ImgJson *j, const char *key, bool val)
 
 void img_bad_option(const char *cmd, char **argv, int c)
 {
-    extern int optopt, optind;
     const char *arg = argv[optind - 1];
 
     if (c == ':') {
