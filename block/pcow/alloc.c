@@ -951,8 +951,23 @@ uint32_t pcow_reserve_clusters(pcow_image *img, uint32_t count,
 
 /* ---- runtime operations ------------------------------------------------ */
 
+/*
+ * Store a table word: persisted at once on the runtime path; the tools'
+ * bulk writes (@sync false) leave it to the next barrier (flush, close or
+ * any structural operation), which fdatasync/msync covers.
+ */
+static int store_word(pcow_image *img, uint64_t *p, uint64_t file_off,
+                      uint64_t val, bool sync)
+{
+    if (sync) {
+        return pcow_persist_store64(img, p, file_off, val);
+    }
+    pcow_persist_store64_nosync(img, p, file_off, val);
+    return 0;
+}
+
 /* New empty L2 table for L1 index @i; P-EXPAND-L1.  Lock held. */
-int pcow_new_l2_locked(pcow_image *img, uint32_t i)
+int pcow_new_l2_locked(pcow_image *img, uint32_t i, bool sync)
 {
     uint64_t off;
     int ret;
@@ -967,9 +982,13 @@ int pcow_new_l2_locked(pcow_image *img, uint32_t i)
         pcow_free_clusters_locked(img, off, 1);
         return ret;
     }
-    ret = pcow_persist_store64(img, &img->l1[i],
-                               img->hdr.l1_table_offset + i * 8ull, off);
+    ret = store_word(img, &img->l1[i], img->hdr.l1_table_offset + i * 8ull,
+                     off, sync);
     if (ret < 0) {
+        uint64_t *t = img->l2[i];
+
+        __atomic_store_n(&img->l2[i], NULL, __ATOMIC_RELEASE);
+        pcow_persist_unmap(img, t, img->cluster_size);
         return ret;
     }
     return 0;
@@ -993,8 +1012,8 @@ int pcow_set_map_locked(pcow_image *img, uint64_t v, uint64_t map)
     return pcow_persist_store64(img, e, entry_file_off(img, v, 0), map);
 }
 
-int pcow_expand_cluster(pcow_image *img, uint64_t vcluster,
-                        uint64_t *file_offset)
+int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
+                         uint64_t *file_offset, bool sync)
 {
     uint64_t nclusters, map, off;
     uint64_t *e;
@@ -1019,7 +1038,7 @@ int pcow_expand_cluster(pcow_image *img, uint64_t vcluster,
         return -EEXIST;
     }
     if (!e) {
-        ret = pcow_new_l2_locked(img, i);
+        ret = pcow_new_l2_locked(img, i, sync);
         if (ret < 0) {
             pcow_unlock(img);
             return ret;
@@ -1032,14 +1051,20 @@ int pcow_expand_cluster(pcow_image *img, uint64_t vcluster,
         return ret;
     }
     /* P-EXPAND-COMMIT */
-    ret = pcow_persist_store64(img, e, entry_file_off(img, vcluster, 0),
-                               off | PCOW_F_PRESENT | PCOW_F_WRITABLE);
+    ret = store_word(img, e, entry_file_off(img, vcluster, 0),
+                     off | PCOW_F_PRESENT | PCOW_F_WRITABLE, sync);
     pcow_unlock(img);
     if (ret < 0) {
         return ret;
     }
     *file_offset = off;
     return 0;
+}
+
+int pcow_expand_cluster(pcow_image *img, uint64_t vcluster,
+                        uint64_t *file_offset)
+{
+    return pcow_expand_internal(img, vcluster, file_offset, true);
 }
 
 static bool all_zero(const uint8_t *p, size_t len)
@@ -1175,7 +1200,7 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
         whole = true;
     }
     if (!e) {
-        ret = pcow_new_l2_locked(img, v / img->l2_entries);
+        ret = pcow_new_l2_locked(img, v / img->l2_entries, true);
         if (ret < 0) {
             return ret;
         }

@@ -78,12 +78,17 @@ static int make_writable(pcow_image *img, uint64_t off, uint64_t len)
     pcow_extent ext;
     int ret;
 
+    /* Reserve in batches: one fallocate and fdatasync for many clusters */
+    if (pcow_reserve_count(img) < 4) {
+        pcow_reserve_clusters(img, 64, NULL);
+    }
     pcow_lock(img);
     e = pcow_l2_entry(img, v);
     map = e ? pcow_word(e) : 0;
     pcow_unlock(img);
     if (map == 0 && below_is_hole(img, v)) {
-        ret = pcow_expand_cluster(img, v, &fo);
+        /* Bulk writes: the commits are made durable by the next barrier */
+        ret = pcow_expand_internal(img, v, &fo, false);
         return ret == -EEXIST ? 0 : ret;
     }
     /* The whole cluster is rewritten: copying it first is still correct */
@@ -205,7 +210,7 @@ static int zero_cluster(pcow_image *img, uint64_t v)
     }
     pcow_lock(img);
     if (!e) {
-        ret = pcow_new_l2_locked(img, v / img->l2_entries);
+        ret = pcow_new_l2_locked(img, v / img->l2_entries, true);
     }
     if (ret == 0) {
         ret = pcow_set_map_locked(img, v, n | PCOW_F_PRESENT |

@@ -296,7 +296,9 @@ int pcow_alloc_one(pcow_image *img, uint64_t *off);
 void pcow_free_clusters_locked(pcow_image *img, uint64_t off, uint64_t n);
 int pcow_free_clusters(pcow_image *img, uint64_t off, uint64_t n);
 int pcow_ring_drain(pcow_image *img);
-int pcow_new_l2_locked(pcow_image *img, uint32_t l1_idx);
+int pcow_new_l2_locked(pcow_image *img, uint32_t l1_idx, bool sync);
+int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
+                         uint64_t *file_offset, bool sync);
 int pcow_set_map_locked(pcow_image *img, uint64_t vcluster, uint64_t map);
 
 /* snapshot.c */

@@ -79,7 +79,7 @@ static bool block_device_of(dev_t dev, char *out, size_t outlen)
         }
     }
     base = strrchr(target, '/');
-    snprintf(out, outlen, "%s", base ? base + 1 : target);
+    snprintf(out, outlen, "%.63s", base ? base + 1 : target);
     return true;
 }
 

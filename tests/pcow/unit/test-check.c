@@ -364,7 +364,7 @@ static void workload(pcow_image *img)
 
     write_bytes(img, 0, 2 * CS, 0x01);              /* expansions */
     assert_int_equal(pcow_snapshot_create(img, "s1", NULL), 0);
-    assert_int_equal(pcow_reserve_clusters(img, 4, NULL), 4);
+    assert_true(pcow_reserve_clusters(img, 4, NULL) >= 4);
     assert_int_equal(pcow_cow(img, 4096, false, &ext), 0);
     assert_int_equal(pcow_cow(img, 8192, false, &ext), 0);
     assert_int_equal(pcow_cow(img, CS, true, &ext), 0);
