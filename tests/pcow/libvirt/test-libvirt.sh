@@ -117,6 +117,13 @@ uffd_grant() {      # what the udev rule in docs/pcow.rst does
     chgrp kvm /dev/userfaultfd && chmod 0660 /dev/userfaultfd
 }
 
+alive() {   # alive PID: running and not a zombie (kill -0 succeeds on zombies)
+    local st
+    st=$(cat /proc/"$1"/stat 2>/dev/null) || return 1
+    st=${st##*) }
+    [ "${st%% *}" != Z ]
+}
+
 virsh_() { timeout 120 virsh -q -c "qemu:///system?socket=$DAEMON_DIR/run/libvirt-sock" "$@"; }
 
 daemon_stop() {
@@ -128,7 +135,7 @@ daemon_stop() {
         virsh_ undefine "$name" >/dev/null 2>&1
     done
     kill -TERM "$DAEMON_PID" 2>/dev/null
-    for i in $(seq 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+    for i in $(seq 100); do alive "$DAEMON_PID" || break; sleep 0.1; done
     kill -KILL "$DAEMON_PID" 2>/dev/null
     wait "$DAEMON_PID" 2>/dev/null
     # A QEMU that survived (libvirtd does not kill its guests when it exits):
@@ -198,7 +205,7 @@ EOF
     ' libvirtd-ns "$d" >"$d/libvirtd.out" 2>&1 </dev/null &
     DAEMON_PID=$!
     for i in $(seq 300); do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+        if ! alive "$DAEMON_PID"; then
             cat "$d/libvirtd.out"; grep -E ' error ' "$d/libvirtd.log" 2>/dev/null | tail -5
             DAEMON_PID=
             die "libvirtd ($user) exited at startup"
