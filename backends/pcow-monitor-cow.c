@@ -127,7 +127,7 @@ static bool cow_fault(pcow_monitor *mon, uint64_t off)
     }
     mon_kick_pool(mon);
     if (r == 0) {
-        if (ext.length >= mon->cluster_size) {
+        if (whole) {
             atomic_fetch_add(&mon->st.cow_cluster_faults, 1);
         } else {
             atomic_fetch_add(&mon->st.cow_unit_faults, 1);

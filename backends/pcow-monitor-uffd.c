@@ -83,6 +83,18 @@ struct mon_pm_scan_arg {
 #define MON_PAGE_IS_PRESENT (1 << 3)
 #define MON_PAGE_IS_PFNZERO (1 << 5)
 
+static int cluster_written(pcow_monitor *mon, char *addr, uint64_t len,
+                           struct mon_page_region *vec, int nvec);
+
+/* The last cluster may be shorter (virtual size is 4 KiB aligned). */
+static inline uint64_t cluster_len(pcow_monitor *mon, uint64_t vc)
+{
+    uint64_t start = vc << mon->cluster_bits;
+
+    return mon->size - start < mon->cluster_size ? mon->size - start
+                                                 : mon->cluster_size;
+}
+
 static inline bool test_bit64(const uint64_t *map, uint64_t i)
 {
     return map[i / 64] & (1ull << (i % 64));
@@ -149,8 +161,16 @@ int mon_uffd_setup(pcow_monitor *mon, pcow_error *err)
         errno = ENOTSUP;
         goto fail;
     }
-    /* Optional: without it a racing write is still caught, more slowly. */
+    /* PAGEMAP_SCAN detects the ZEROPAGE/WRITEPROTECT race; probe it. */
     mon->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (mon->pagemap_fd >= 0) {
+        struct mon_page_region vec[1];
+
+        if (cluster_written(mon, mon->base, 4096, vec, 1) < 0) {
+            close(mon->pagemap_fd);
+            mon->pagemap_fd = -1;
+        }
+    }
     return 0;
 
 fail:
@@ -181,26 +201,29 @@ static void fail_hole(pcow_monitor *mon, char *addr, uint64_t vc, int r)
 {
     atomic_fetch_add(&mon->st.errors, 1);
     mon_report(mon, "cannot expand the hole at", vc << mon->cluster_bits, r);
-    mmap(addr, mon->cluster_size, PROT_READ,
+    mmap(addr, cluster_len(mon, vc), PROT_READ,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-    wake_range(mon, addr, mon->cluster_size);
+    wake_range(mon, addr, cluster_len(mon, vc));
 }
 
 /*
  * Give virtual cluster @vc its data cluster and map it read-write.
- * With @copy, the anonymous pages currently there hold data that a racing
- * writer put into a zero page: copy them into the new cluster first.
+ * @copy (@ncopy regions) are anonymous pages that a racing writer put into
+ * a zero page: copy them into the new cluster first.  Only those: touching
+ * a missing page of the range here would wait for this very thread.
  */
-static void expand(pcow_monitor *mon, uint64_t vc, bool copy)
+static void expand(pcow_monitor *mon, uint64_t vc,
+                   const struct mon_page_region *copy, int ncopy)
 {
     char *addr = mon->base + (vc << mon->cluster_bits);
+    uint64_t len = cluster_len(mon, vc);
     uint64_t t0 = mon_now_ns();
     uint64_t foff;
     void *p;
     int r;
 
     if (test_bit64(mon->mapped_map, vc)) {
-        wake_range(mon, addr, mon->cluster_size);
+        wake_range(mon, addr, len);
         return;
     }
     if (!mon_vma_budget(mon, 2)) {
@@ -218,76 +241,111 @@ static void expand(pcow_monitor *mon, uint64_t vc, bool copy)
         return;
     }
     mon_kick_pool(mon);
-    if (copy) {
-        p = mmap(NULL, mon->cluster_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+    if (ncopy > 0) {
+        int i;
+
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
                  pcow_fd(mon->img), foff);
         if (p == MAP_FAILED) {
             fail_hole(mon, addr, vc, -errno);
             return;
         }
-        memcpy(p, addr, mon->cluster_size);
-        munmap(p, mon->cluster_size);
+        for (i = 0; i < ncopy; i++) {
+            uint64_t start = copy[i].start - (uintptr_t)addr;
+
+            memcpy((char *)p + start, addr + start,
+                   copy[i].end - copy[i].start);
+        }
+        munmap(p, len);
     }
-    p = mmap(addr, mon->cluster_size, PROT_READ | PROT_WRITE,
+    p = mmap(addr, len, PROT_READ | PROT_WRITE,
              MAP_SHARED | MAP_FIXED | MAP_POPULATE, pcow_fd(mon->img), foff);
     if (p == MAP_FAILED) {
         fail_hole(mon, addr, vc, -errno);
         return;
     }
     set_bit64(mon->mapped_map, vc);
-    wake_range(mon, addr, mon->cluster_size);
+    /* Count before the wake, so the woken thread sees its own fault. */
     if (r == 0) {
         atomic_fetch_add(&mon->st.expansions, 1);
         mon_latency_add(&mon->st.expansion_latency, mon_now_ns() - t0);
     }
+    wake_range(mon, addr, len);
 }
 
-/* Did anything write a zero page of the cluster before it was WP'd? */
-static bool cluster_written(pcow_monitor *mon, char *addr)
+/*
+ * Pages of the cluster that are present and not the zero page: written
+ * by a racing thread before the WRITEPROTECT.  Returns the number of
+ * regions in @vec (0: none), or -errno.
+ */
+static int cluster_written(pcow_monitor *mon, char *addr, uint64_t len,
+                           struct mon_page_region *vec, int nvec)
 {
-    struct mon_page_region vec[4];
     struct mon_pm_scan_arg arg = {
         .size = sizeof(arg),
         .start = (uintptr_t)addr,
-        .end = (uintptr_t)addr + mon->cluster_size,
+        .end = (uintptr_t)addr + len,
         .vec = (uintptr_t)vec,
-        .vec_len = 4,
+        .vec_len = nvec,
         .category_inverted = MON_PAGE_IS_PFNZERO,
         .category_mask = MON_PAGE_IS_PRESENT | MON_PAGE_IS_PFNZERO,
         .return_mask = MON_PAGE_IS_PRESENT | MON_PAGE_IS_PFNZERO,
     };
-    int n;
+    int n = ioctl(mon->pagemap_fd, MON_PAGEMAP_SCAN, &arg);
 
-    if (mon->pagemap_fd < 0) {
-        /* Cannot tell: copying is always correct, just slower. */
-        return true;
-    }
-    n = ioctl(mon->pagemap_fd, MON_PAGEMAP_SCAN, &arg);
-    return n != 0;
+    return n < 0 ? -errno : n;
 }
 
-static void hole_read(pcow_monitor *mon, uint64_t vc)
+/*
+ * Fallback without PAGEMAP_SCAN (kernels before 6.7): install the faulting
+ * page as a private zero page already write-protected (UFFDIO_COPY
+ * MODE_WP, atomic, so there is no race), at the cost of a host page per
+ * page read.
+ */
+static void hole_read_copy(pcow_monitor *mon, uint64_t addr)
+{
+    static const char zero[4096] __attribute__((aligned(4096)));
+    struct uffdio_copy cp = {
+        .dst = addr & ~4095ull,
+        .src = (uintptr_t)zero,
+        .len = 4096,
+        .mode = UFFDIO_COPY_MODE_WP,
+    };
+
+    if (ioctl(mon->uffd, UFFDIO_COPY, &cp) < 0) {
+        /* EEXIST: another event populated it; wake the waiters. */
+        wake_range(mon, (char *)(uintptr_t)(addr & ~4095ull), 4096);
+    }
+}
+
+static void hole_read(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr)
 {
     char *addr = mon->base + (vc << mon->cluster_bits);
+    uint64_t len = cluster_len(mon, vc);
     uint64_t t0 = mon_now_ns();
     struct uffdio_zeropage zp = {
-        .range = { .start = (uintptr_t)addr, .len = mon->cluster_size },
         .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
     };
     struct uffdio_writeprotect wp = {
-        .range = { .start = (uintptr_t)addr, .len = mon->cluster_size },
+        .range = { .start = (uintptr_t)addr, .len = len },
         .mode = UFFDIO_WRITEPROTECT_MODE_WP,
     };
+    struct mon_page_region written[16];
     uint64_t done = 0;
+    int n;
 
     if (test_bit64(mon->mapped_map, vc) || test_bit64(mon->zero_map, vc)) {
-        wake_range(mon, addr, mon->cluster_size);
+        wake_range(mon, addr, len);
         return;
     }
+    if (mon->pagemap_fd < 0) {
+        hole_read_copy(mon, fault_addr);
+        goto out;
+    }
     /* Pages already present (EEXIST) are skipped page by page. */
-    while (done < mon->cluster_size) {
+    while (done < len) {
         zp.range.start = (uintptr_t)addr + done;
-        zp.range.len = mon->cluster_size - done;
+        zp.range.len = len - done;
         zp.zeropage = 0;
         if (ioctl(mon->uffd, UFFDIO_ZEROPAGE, &zp) == 0) {
             break;
@@ -295,20 +353,23 @@ static void hole_read(pcow_monitor *mon, uint64_t vc)
         if (errno == EAGAIN && zp.zeropage > 0) {
             done += zp.zeropage;
         } else if (errno == EEXIST || errno == EAGAIN) {
-            done += (zp.zeropage > 0 ? zp.zeropage : 0) + 4096;
+            done += 4096;
         } else {
             break;
         }
     }
     ioctl(mon->uffd, UFFDIO_WRITEPROTECT, &wp);
     set_bit64(mon->zero_map, vc);
-    if (cluster_written(mon, addr)) {
-        expand(mon, vc, true);
+    n = cluster_written(mon, addr, len, written, 16);
+    if (n != 0) {
+        /* n < 0 cannot happen (probed at setup); expanding is safe. */
+        expand(mon, vc, written, n > 0 ? n : 0);
         return;
     }
-    wake_range(mon, addr, mon->cluster_size);
+out:
     atomic_fetch_add(&mon->st.hole_read_faults, 1);
     mon_latency_add(&mon->st.hole_read_latency, mon_now_ns() - t0);
+    wake_range(mon, addr, len);
 }
 
 static void handle_fault(pcow_monitor *mon, const struct uffd_msg *msg)
@@ -323,9 +384,9 @@ static void handle_fault(pcow_monitor *mon, const struct uffd_msg *msg)
     vc = off >> mon->cluster_bits;
     if (msg->arg.pagefault.flags &
         (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) {
-        expand(mon, vc, false);
+        expand(mon, vc, NULL, 0);
     } else {
-        hole_read(mon, vc);
+        hole_read(mon, vc, addr);
     }
 }
 

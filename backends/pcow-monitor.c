@@ -216,10 +216,45 @@ static int64_t map_range(pcow_monitor *mon, uint64_t off, uint64_t len,
             return r < 0 ? r : -EIO;
         }
         if (ext.kind == PCOW_EXTENT_HOLE) {
-            /* The reservation is already the hole (uffd-registered). */
-            maps += !prev_hole;
-            prev_hole = true;
-            off += ext.length;
+            uint64_t cs = mon->cluster_size;
+            uint64_t e = off + ext.length;
+            uint64_t hs = (off + cs - 1) & ~(cs - 1);
+            uint64_t he = e == mon->size ? e : e & ~(cs - 1);
+
+            /*
+             * Only whole clusters stay uffd holes (the reservation is
+             * registered).  A cluster that is partly base data (a raw
+             * base ending inside it) is base data as a whole: its hole
+             * part reads zeros read-only and a write copies on write.
+             */
+            if (hs >= he) {
+                hs = he = e;
+            }
+            if (hs > off) {
+                maps++;
+                prev_hole = false;
+                if (!count_only && !mon->read_only &&
+                    mmap(mon->base + off, hs - off, PROT_READ,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
+                         MAP_NORESERVE, -1, 0) == MAP_FAILED) {
+                    goto fail;
+                }
+            }
+            if (he > hs) {
+                maps += !prev_hole;
+                prev_hole = true;
+            }
+            if (e > he) {
+                maps++;
+                prev_hole = false;
+                if (!count_only && !mon->read_only &&
+                    mmap(mon->base + he, e - he, PROT_READ,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
+                         MAP_NORESERVE, -1, 0) == MAP_FAILED) {
+                    goto fail;
+                }
+            }
+            off = e;
             continue;
         }
         prev_hole = false;

@@ -91,6 +91,7 @@ static int t_hole_read(void)
     }
     CHECK_EQ(sum, 0);
     stats(mon, &s);
+    printf("hole reads %" PRIu64 " expansions %" PRIu64 " errors %" PRIu64 " p50 %" PRIu64 "\n", s.hole_read_faults, s.expansions, s.errors, pcow_latency_percentile(&s.hole_read_latency, 50));
     CHECK_EQ(s.hole_read_faults, size / CL);
     CHECK_EQ(s.expansions, 0);
     pcow_get_info(pcow_monitor_image(mon), &after);
@@ -414,8 +415,12 @@ static int t_threads(void)
             CHECK_EQ(s.expansions, 64 + NTHREADS * 64);
         }
         /* Next round: everyone COWs the same frozen clusters. */
-        CHECK_OK(pcow_monitor_snapshot_create(mon, round ? "r2" : "r1", &err),
-                 &err);
+        {
+            char name[16];
+
+            snprintf(name, sizeof(name), "r%d", round);
+            CHECK_OK(pcow_monitor_snapshot_create(mon, name, &err), &err);
+        }
     }
     stats(mon, &s);
     CHECK_EQ(s.errors, 0);
@@ -613,7 +618,7 @@ static int t_crash(void)
         int pfd[2];
         pid_t pid;
         uint32_t last = UINT32_MAX, v;
-        struct timespec ts = { 0, (iter % 5 + 1) * 3000000 };
+        struct timespec ts = { 0, (iter % 5) * 100000 };
         pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
         pcow_image *img;
         pcow_error err = { 0 };
@@ -651,6 +656,13 @@ static int t_crash(void)
             }
         }
         close(pfd[1]);
+        /* Kill after a varying number of completed faults, mid-stream. */
+        for (seq = 0; seq < 100 + (uint32_t)iter * 97 % 1500; seq++) {
+            if (read(pfd[0], &v, 4) != 4) {
+                break;
+            }
+            last = v;
+        }
         nanosleep(&ts, NULL);
         kill(pid, SIGKILL);
         while (read(pfd[0], &v, 4) == 4) {
