@@ -29,10 +29,11 @@
 #define CHECK_OK(expr, errp)                                               \
     do {                                                                   \
         int r_ = (expr);                                                   \
+        const pcow_error *e_ = (errp);                                     \
         if (r_ < 0) {                                                      \
             fprintf(stderr, "%s:%d: %s = %d (%s): %s\n", __FILE__,         \
                     __LINE__, #expr, r_, strerror(-r_),                    \
-                    (errp) ? (errp)->msg : "");                            \
+                    e_ ? e_->msg : "");                                    \
             exit(1);                                                       \
         }                                                                  \
     } while (0)

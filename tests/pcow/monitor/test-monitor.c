@@ -657,7 +657,7 @@ static int t_crash(void)
         }
         close(pfd[1]);
         /* Kill after a varying number of completed faults, mid-stream. */
-        for (seq = 0; seq < 100 + (uint32_t)iter * 97 % 1500; seq++) {
+        for (seq = 0; seq < 50 + (uint32_t)iter * 37 % 400; seq++) {
             if (read(pfd[0], &v, 4) != 4) {
                 break;
             }
