@@ -1,0 +1,112 @@
+# qemu-pcow: thin wrapper over ./configure, meson/ninja and the QEMU build.
+#
+#   make                 build (runs ./configure first if needed)
+#   make check           install deps, build, run tests/pcow/run-tests.sh
+#   make demo            build, run tests/pcow/demo.sh
+#   make bench           build, run tests/pcow/bench/run.sh
+#   make bench-quick     build, run tests/pcow/bench/run.sh --quick
+#   make bench-monitor   build, run tests/pcow/bench/monitor.sh
+#   make install         install into the configured prefix (DESTDIR works)
+#   make clean           remove build products, keep configuration and the
+#                        fetched QEMU source
+#   make distclean       remove build/ entirely
+#
+# The scripts run by check, demo and bench get the paths in the environment:
+# BUILD (build directory), QEMU, QEMU_IMG, PCOW_IMG.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+.DEFAULT_GOAL := all
+
+BUILD := build
+QEMU_BUILD := $(BUILD)/qemu-build
+QEMU_TARGETS := qemu-system-x86_64 qemu-img
+NINJA ?= ninja
+NINJAFLAGS ?=
+
+# All the work happens inside ninja, which runs jobs in parallel itself.
+.NOTPARALLEL:
+
+# build/config.mk is written by ./configure.  Make remakes it (running
+# ./configure with the options it was last run with, or none) when it is
+# missing or older than configure.  Not for the cleaning targets, nor for
+# check and demo, which install the dependencies first and then build in a
+# sub-make.
+ifeq ($(filter clean distclean help deps check demo,$(MAKECMDGOALS)),)
+-include $(BUILD)/config.mk
+endif
+
+$(BUILD)/config.mk: configure
+	./configure $(CONFIGURE_ARGS)
+
+export BUILD := $(BUILD)
+export QEMU := $(CURDIR)/$(BUILD)/qemu-system-x86_64
+export QEMU_IMG := $(CURDIR)/$(BUILD)/qemu-img
+export PCOW_IMG := $(CURDIR)/$(BUILD)/pcow-img
+
+.PHONY: all build-standalone build-qemu check demo bench bench-quick \
+        bench-monitor install clean distclean help deps
+
+all: build-standalone build-qemu
+
+help:
+	@sed -n '3,15s/^# \{0,1\}//p' Makefile
+
+# The standalone parts (./meson.build): libpcow, monitor, pcow-img, tests.
+build-standalone: $(BUILD)/config.mk
+	@if [ ! -f meson.build ]; then \
+	    echo "make: no meson.build: standalone build skipped"; \
+	else \
+	    if [ ! -f $(BUILD)/build.ninja ]; then \
+	        $(if $(MESON_CC),CC=$(MESON_CC)) meson setup $(BUILD) $(MESON_ARGS); \
+	    fi; \
+	    $(NINJA) -C $(BUILD) $(NINJAFLAGS); \
+	fi
+
+# QEMU: refresh the work tree (our files, patches), build, link binaries.
+build-qemu: $(BUILD)/config.mk
+ifeq ($(WITH_QEMU),yes)
+	scripts/prepare-qemu.sh
+	$(NINJA) -C $(QEMU_BUILD) $(NINJAFLAGS) $(QEMU_TARGETS)
+	ln -sfn qemu-build/qemu-system-x86_64 $(BUILD)/qemu-system-x86_64
+	ln -sfn qemu-build/qemu-img $(BUILD)/qemu-img
+else
+	@echo "make: configured with --disable-qemu: QEMU not built"
+endif
+
+deps:
+	scripts/install-deps.sh
+
+check: deps
+	$(MAKE) all
+	@test -x tests/pcow/run-tests.sh || \
+	    { echo "make check: tests/pcow/run-tests.sh is missing" >&2; exit 1; }
+	tests/pcow/run-tests.sh
+
+demo: deps
+	$(MAKE) all
+	@test -x tests/pcow/demo.sh || \
+	    { echo "make demo: tests/pcow/demo.sh is missing" >&2; exit 1; }
+	tests/pcow/demo.sh
+
+bench bench-quick bench-monitor: all
+	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),monitor.sh,run.sh); \
+	test -x $$script || { echo "make $@: $$script is missing" >&2; exit 1; }; \
+	$$script $(if $(filter bench-quick,$@),--quick)
+
+install: all
+	if [ -f meson.build ]; then meson install -C $(BUILD) --no-rebuild; fi
+ifeq ($(WITH_QEMU),yes)
+	$(NINJA) -C $(QEMU_BUILD) $(NINJAFLAGS)
+	meson install -C $(QEMU_BUILD) --no-rebuild
+endif
+
+clean:
+	if [ -f $(BUILD)/build.ninja ]; then $(NINJA) -C $(BUILD) clean; fi
+	if [ -f $(QEMU_BUILD)/build.ninja ]; then $(NINJA) -C $(QEMU_BUILD) clean; fi
+	rm -f $(BUILD)/qemu-system-x86_64 $(BUILD)/qemu-img
+
+distclean:
+	rm -rf $(BUILD)
