@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""Charts of a bench-guest.py results.json (Debian's python3-matplotlib).
+
+Usage: bench-guest-plot.py RESULTS.json OUTDIR...
+
+Writes into every OUTDIR: bench-iops-4k.png, bench-bw-1m.png,
+bench-iops-4k-N.png, bench-latency-cdf.png, bench-cow.png,
+bench-firsttouch.png, bench-redis.png.
+
+This work is licensed under the terms of the GNU GPL, version 2 or later.
+"""
+import json
+import sys
+from pathlib import Path
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("bench-guest-plot: python3-matplotlib missing: no charts", file=sys.stderr)
+    sys.exit(0)
+
+CONFIGS = ["host-dax", "raw-dax", "pcow-dax", "pcow-blk", "qcow2-blk"]
+COLORS = {"host-dax": "#7f7f7f", "raw-dax": "#1f77b4", "pcow-dax": "#2ca02c",
+          "pcow-blk": "#98df8a", "qcow2-blk": "#d62728"}
+
+
+def val(R, fs, cfg, job, key="iops"):
+    try:
+        return R["fs"][fs][cfg]["fio"][job][key] or 0
+    except (KeyError, TypeError):
+        return 0
+
+
+def title(R, what):
+    m = R["meta"]
+    return (f"{what}\n{m['accel'].upper()}, {m['params']['vcpus']} vCPUs, "
+            f"{m['machine']['cpu'][:40]}{' (quick)' if m['quick'] else ''}")
+
+
+def grouped(R, jobs, key, ylabel, what, fname, outs, log=True):
+    fss = list(R["fs"])
+    fig, axes = plt.subplots(1, len(fss), figsize=(5.5 * len(fss), 4.2), squeeze=False)
+    for ax, fs in zip(axes[0], fss):
+        cfgs = [c for c in CONFIGS if any(val(R, fs, c, j, key) for j, _ in jobs)]
+        w = 0.8 / max(len(cfgs), 1)
+        for i, c in enumerate(cfgs):
+            ys = [val(R, fs, c, j, key) for j, _ in jobs]
+            xs = [k + i * w for k in range(len(jobs))]
+            bars = ax.bar(xs, ys, w, label=c, color=COLORS[c])
+            for b, y in zip(bars, ys):
+                if y:
+                    ax.text(b.get_x() + b.get_width() / 2, y, f"{y:,.0f}", ha="center",
+                            va="bottom", fontsize=6, rotation=90)
+        ax.set_xticks([k + 0.4 - w / 2 for k in range(len(jobs))])
+        ax.set_xticklabels([lbl for _, lbl in jobs])
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(f"images on {fs}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title(R, what), fontsize=10)
+    fig.tight_layout()
+    for o in outs:
+        fig.savefig(o / fname, dpi=110)
+    plt.close(fig)
+
+
+def cdf(R, outs):
+    fss = list(R["fs"])
+    jobs = [("randread-4k-1", "4 KiB random read, 1 thread"),
+            ("randwrite-4k-1", "4 KiB random write, 1 thread")]
+    fig, axes = plt.subplots(len(fss), 2, figsize=(11, 3.8 * len(fss)), squeeze=False)
+    for r, fs in enumerate(fss):
+        for c_, (job, lbl) in enumerate(jobs):
+            ax = axes[r][c_]
+            for c in CONFIGS:
+                try:
+                    p = R["fs"][fs][c]["fio"][job]["pcts_us"]
+                except (KeyError, TypeError):
+                    continue
+                xs = [v for _, v in p]
+                ys = [k / 100 for k, _ in p]
+                ax.plot(xs, ys, marker=".", label=c, color=COLORS[c])
+            ax.set_xscale("log")
+            ax.set_xlabel("completion latency (us, log)")
+            ax.set_ylabel("fraction of I/Os")
+            ax.set_title(f"{lbl}, images on {fs}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(title(R, "Latency CDF (fio clat percentiles)"), fontsize=10)
+    fig.tight_layout()
+    for o in outs:
+        fig.savefig(o / "bench-latency-cdf.png", dpi=110)
+    plt.close(fig)
+
+
+def cow(R, outs):
+    fss = list(R["fs"])
+    fig, axes = plt.subplots(1, len(fss), figsize=(5.5 * len(fss), 4), squeeze=False)
+    for ax, fs in zip(axes[0], fss):
+        items = [("pcow-dax", "cow-4k", "pcow-dax\n4 KiB COW"),
+                 ("pcow-dax", "cow-cluster", "pcow-dax\ncluster COW"),
+                 ("pcow-blk", "cow-4k", "pcow-blk\n4 KiB COW"),
+                 ("pcow-blk", "cow-cluster", "pcow-blk\ncluster COW"),
+                 ("qcow2-blk", "cow-qcow2", "qcow2-blk\nint. snapshot")]
+        items = [i for i in items if val(R, fs, i[0], i[1])]
+        ys = [val(R, fs, c, j) for c, j, _ in items]
+        bars = ax.bar(range(len(items)), ys, color=[COLORS[c] for c, _, _ in items])
+        for b, y in zip(bars, ys):
+            ax.text(b.get_x() + b.get_width() / 2, y, f"{y:,.0f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(items)))
+        ax.set_xticklabels([lbl for _, _, lbl in items], fontsize=7)
+        ax.set_ylabel("IOPS (first writes after a snapshot)")
+        ax.set_title(f"images on {fs}", fontsize=9)
+    fig.suptitle(title(R, "Copy-on-write: 4 KiB random writes over snapshotted data"), fontsize=10)
+    fig.tight_layout()
+    for o in outs:
+        fig.savefig(o / "bench-cow.png", dpi=110)
+    plt.close(fig)
+
+
+def redis(R, outs):
+    fss = list(R["fs"])
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    cfgs = ["raw-dax", "pcow-dax", "qcow2-blk"]
+    w = 0.8 / len(fss)
+    any_ = False
+    for i, fs in enumerate(fss):
+        ys = []
+        for c in cfgs:
+            try:
+                ys.append(float(R["fs"][fs][c]["redis"]["set"]))
+            except (KeyError, ValueError, TypeError):
+                ys.append(0)
+        any_ |= any(ys)
+        bars = ax.bar([k + i * w for k in range(len(cfgs))], ys, w, label=f"images on {fs}",
+                      color=[COLORS[c] for c in cfgs], alpha=1 - 0.4 * i, edgecolor="k")
+        for b, y in zip(bars, ys):
+            ax.text(b.get_x() + b.get_width() / 2, y, f"{y:,.0f}", ha="center", va="bottom", fontsize=7)
+    if not any_:
+        plt.close(fig)
+        return
+    ax.set_xticks([k + w * (len(fss) - 1) / 2 for k in range(len(cfgs))])
+    ax.set_xticklabels(["AOF on raw-dax", "AOF on pcow-dax", "AOF on qcow2-blk"])
+    ax.set_ylabel("SET requests/s")
+    ax.legend(fontsize=7)
+    fig.suptitle(title(R, "Redis in the guest, appendfsync always"), fontsize=10)
+    fig.tight_layout()
+    for o in outs:
+        fig.savefig(o / "bench-redis.png", dpi=110)
+    plt.close(fig)
+
+
+def main():
+    R = json.loads(Path(sys.argv[1]).read_text())
+    outs = [Path(o) for o in sys.argv[2:]]
+    for o in outs:
+        o.mkdir(parents=True, exist_ok=True)
+    grouped(R, [("randread-4k-1", "4K rand read"), ("randwrite-4k-1", "4K rand write")],
+            "IOPS (log)", "4 KiB random I/O, 1 thread", "bench-iops-4k.png", outs)
+    grouped(R, [("read-1m-N", "1M seq read"), ("write-1m-N", "1M seq write")],
+            "MB/s (log)", "1 MiB sequential, N threads (N = vCPUs)", "bench-bw-1m.png", outs)
+    grouped(R, [("randread-4k-N", "4K rand read"), ("randwrite-4k-N", "4K rand write")],
+            "IOPS (log)", "4 KiB random, N threads", "bench-iops-4k-N.png", outs)
+    grouped(R, [("firsttouch-4k-1", "first-touch 4K write")],
+            "IOPS (log)", "Writes into never-written space (expansion)",
+            "bench-firsttouch.png", outs)
+    cdf(R, outs)
+    cow(R, outs)
+    redis(R, outs)
+
+
+if __name__ == "__main__":
+    main()
