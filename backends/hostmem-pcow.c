@@ -1,0 +1,304 @@
+/*
+ * QEMU host memory backend glue for pcow images
+ *
+ * -object memory-backend-file,id=pm,mem-path=IMG,format=pcow,share=on
+ *
+ * The pcow Image Monitor maps the image into one contiguous range of host
+ * virtual memory of the image's virtual size: allocated clusters are file
+ * mappings, holes are anonymous memory served by userfaultfd, frozen data is
+ * read-only and copied on write from a SIGSEGV handler.  QEMU gets that
+ * range as an ordinary RAM block with a host pointer
+ * (memory_region_init_ram_ptr), so the guest's loads and stores go straight
+ * to it through the MMU (EPT or the TCG softmmu TLB) with no emulation.
+ * QEMU's RAM code never allocates or unmaps a host-pointer block; the
+ * monitor owns the mapping from open to close.
+ *
+ * The image is closed (everything durable, in-use flag cleared) when the
+ * backend is finalized (object-del) or, since QEMU does not finalize
+ * memory backends that devices use, from an exit notifier: quit, guest
+ * poweroff, SIGTERM/SIGINT/SIGHUP and exit() on an error path all return
+ * through exit() and so run it.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#include "qemu/osdep.h"
+#include <sys/mman.h>
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qemu/queue.h"
+#include "qemu/notify.h"
+#include "exec/memory.h"
+#include "exec/address-spaces.h"
+#include "sysemu/sysemu.h"
+#include "sysemu/hostmem.h"
+#include "backends/hostmem-pcow.h"
+#include "pcow/monitor.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+struct HostMemPcow {
+    HostMemoryBackend *backend;
+    pcow_monitor *mon;          /* NULL once closed */
+    char *path;
+    uint8_t *base;
+    uint64_t size;
+    bool readonly;
+    Notifier exit_notifier;
+    QLIST_ENTRY(HostMemPcow) next;
+};
+
+/* Every open pcow backend, for naming the image in KVM error messages. */
+static QLIST_HEAD(, HostMemPcow) hostmem_pcow_list =
+    QLIST_HEAD_INITIALIZER(hostmem_pcow_list);
+
+bool hostmem_pcow_name_selects_pcow(const char *mem_path)
+{
+    return mem_path && g_str_has_suffix(mem_path, ".pcow");
+}
+
+static const char *pcow_error_msg(const pcow_error *perr, int ret)
+{
+    return perr->msg[0] ? perr->msg : strerror(-ret);
+}
+
+static void hostmem_pcow_close(HostMemPcow *pc)
+{
+    pcow_error perr = { 0 };
+    int ret;
+
+    if (!pc->mon) {
+        return;
+    }
+    ret = pcow_monitor_close(pc->mon, &perr);
+    pc->mon = NULL;
+    if (ret < 0) {
+        error_report("pcow: closing image '%s' failed: %s", pc->path,
+                     pcow_error_msg(&perr, ret));
+    }
+}
+
+static void hostmem_pcow_exit_notify(Notifier *n, void *data)
+{
+    HostMemPcow *pc = container_of(n, HostMemPcow, exit_notifier);
+
+    hostmem_pcow_close(pc);
+}
+
+HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
+                                const HostMemPcowOptions *opts,
+                                Error **errp)
+{
+    const char *path = opts->mem_path;
+    uint64_t align = opts->align;
+    pcow_monitor_opts mopts = { 0 };
+    pcow_monitor *mon = NULL;
+    pcow_error perr = { 0 };
+    HostMemPcow *pc;
+    uint64_t size;
+    char *name;
+    int ret;
+
+    if (!backend->share) {
+        error_setg(errp, "pcow image '%s' needs share=on: with share=off "
+                   "guest writes would never reach the image", path);
+        return NULL;
+    }
+    if (opts->discard_data) {
+        error_setg(errp, "discard-data=on is not supported with a pcow "
+                   "image ('%s'): it would zero image data behind the "
+                   "image's back", path);
+        return NULL;
+    }
+    /* Same rules as file_ram_alloc() for raw files. */
+    if (align % qemu_real_host_page_size()) {
+        error_setg(errp, "alignment 0x%" PRIx64
+                   " must be multiples of page size 0x%zx",
+                   align, (size_t)qemu_real_host_page_size());
+        return NULL;
+    }
+    if (align && !is_power_of_2(align)) {
+        error_setg(errp, "alignment 0x%" PRIx64 " must be a power of two",
+                   align);
+        return NULL;
+    }
+    align = MAX(align, qemu_real_host_page_size());
+
+    if (opts->readonly) {
+        mopts.flags |= PCOW_MONITOR_READONLY;
+    }
+    ret = pcow_monitor_open(path, &mopts, &mon, &perr);
+    if (ret < 0) {
+        if (opts->format_from_name && ret != -ENOENT && !pcow_probe(path)) {
+            error_setg(errp, "%s (format=pcow was chosen because the name "
+                       "ends in .pcow; use format=raw for a raw file)",
+                       pcow_error_msg(&perr, ret));
+        } else {
+            error_setg(errp, "%s", pcow_error_msg(&perr, ret));
+        }
+        return NULL;
+    }
+
+    size = pcow_monitor_size(mon);
+    if (backend->size && backend->size != size) {
+        error_setg(errp, "size=%" PRIu64 " does not match the virtual size "
+                   "%" PRIu64 " of pcow image '%s' (omit size to take it "
+                   "from the image)", backend->size, size, path);
+        pcow_monitor_close(mon, NULL);
+        return NULL;
+    }
+    if (size % qemu_real_host_page_size()) {
+        /* libpcow guarantees this; a RAM block needs whole pages. */
+        error_setg(errp, "pcow image '%s': virtual size %" PRIu64
+                   " is not a multiple of the page size", path, size);
+        pcow_monitor_close(mon, NULL);
+        return NULL;
+    }
+
+    pc = g_new0(HostMemPcow, 1);
+    pc->backend = backend;
+    pc->mon = mon;
+    pc->path = g_strdup(path);
+    pc->base = pcow_monitor_base(mon);
+    pc->size = size;
+    pc->readonly = opts->readonly;
+
+    backend->size = size;
+    name = host_memory_backend_get_name(backend);
+    memory_region_init_ram_ptr(&backend->mr, OBJECT(backend), name, size,
+                               pc->base);
+    g_free(name);
+    backend->mr.align = align;
+    if (opts->readonly) {
+        /* Guest writes are dropped (TCG) or exit to QEMU (KVM read-only
+         * memslot) and never reach the read-only mapping. */
+        memory_region_set_readonly(&backend->mr, true);
+    }
+
+    pc->exit_notifier.notify = hostmem_pcow_exit_notify;
+    qemu_add_exit_notifier(&pc->exit_notifier);
+    QLIST_INSERT_HEAD(&hostmem_pcow_list, pc, next);
+    return pc;
+}
+
+/* Is @fd the file of a raw base somewhere in @img's backing chain? */
+static bool fd_is_raw_base(pcow_image *img, int fd)
+{
+    for (; img; img = pcow_backing(img)) {
+        if (pcow_backing_raw_fd(img) == fd) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp)
+{
+    pcow_image *img;
+    uint64_t off = 0;
+    size_t page = qemu_real_host_page_size();
+
+    if (!pc->mon) {
+        return;
+    }
+    img = pcow_monitor_image(pc->mon);
+
+    /*
+     * Prefault for reading only: writing would expand every hole (the image
+     * would stop being thin) and copy every frozen cluster.  Allocated data
+     * is already allocated on the host, so this only loads page tables.
+     */
+    while (off < pc->size) {
+        pcow_extent ext;
+        uint64_t len;
+        int ret;
+
+        ret = pcow_get_extent(img, off, pc->size - off, &ext);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "pcow image '%s': cannot read its "
+                             "mapping at offset 0x%" PRIx64, pc->path, off);
+            return;
+        }
+        if (!ext.length) {
+            break;
+        }
+        len = ext.length;
+        if (ext.kind == PCOW_EXTENT_DATA && fd_is_raw_base(img, ext.fd)) {
+            /* Past a raw base's end there is no page to fault in. */
+            len = MIN(len, ROUND_UP(ext.valid_length, page));
+        }
+        if (ext.kind == PCOW_EXTENT_DATA && len &&
+            madvise(pc->base + ext.offset, len, MADV_POPULATE_READ)) {
+            if (errno != EINVAL) {
+                warn_report("pcow image '%s': prealloc: prefaulting offset "
+                            "0x%" PRIx64 " failed: %s; continuing without",
+                            pc->path, ext.offset, strerror(errno));
+            }
+            /* EINVAL: kernel older than 5.14; prealloc is only a hint. */
+            return;
+        }
+        off = ext.offset + ext.length;
+    }
+}
+
+void hostmem_pcow_free(HostMemPcow *pc)
+{
+    if (!pc) {
+        return;
+    }
+    hostmem_pcow_close(pc);
+    qemu_remove_exit_notifier(&pc->exit_notifier);
+    QLIST_REMOVE(pc, next);
+    g_free(pc->path);
+    g_free(pc);
+}
+
+void hostmem_pcow_report_kvm_efault(bool gpa_valid, uint64_t gpa)
+{
+    HostMemPcow *pc;
+    GString *images;
+
+    if (QLIST_EMPTY(&hostmem_pcow_list)) {
+        return;
+    }
+
+    if (gpa_valid) {
+        MemoryRegionSection sec = memory_region_find(get_system_memory(),
+                                                     gpa, 1);
+        HostMemPcow *found = NULL;
+
+        if (sec.mr) {
+            QLIST_FOREACH(pc, &hostmem_pcow_list, next) {
+                if (sec.mr == &pc->backend->mr) {
+                    found = pc;
+                    break;
+                }
+            }
+            if (found) {
+                error_report("pcow: KVM could not fault in guest physical "
+                             "address 0x%" PRIx64 " (offset 0x%" PRIx64
+                             " of pcow image '%s'): this host kernel does "
+                             "not let KVM map pcow-managed memory; run this "
+                             "guest with accel=tcg", gpa,
+                             (uint64_t)sec.offset_within_region,
+                             found->path);
+            }
+            memory_region_unref(sec.mr);
+        }
+        return;
+    }
+
+    images = g_string_new(NULL);
+    QLIST_FOREACH(pc, &hostmem_pcow_list, next) {
+        g_string_append_printf(images, "%s'%s'", images->len ? ", " : "",
+                               pc->path);
+    }
+    error_report("pcow: KVM_RUN failed with EFAULT (address not reported by "
+                 "this kernel); this guest's memory includes pcow image(s) "
+                 "%s, which this host kernel may not let KVM fault in; run "
+                 "this guest with accel=tcg", images->str);
+    g_string_free(images, true);
+}

@@ -1,0 +1,63 @@
+/*
+ * QEMU host memory backend glue for pcow images
+ *
+ * memory-backend-file with format=pcow maps a pcow image through the pcow
+ * Image Monitor (include/pcow/monitor.h) and hands the monitor's range to
+ * QEMU as a RAM block with a host pointer.  hostmem-file.c and kvm-all.c call these
+ * functions; everything pcow-specific lives in backends/hostmem-pcow.c.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#ifndef BACKENDS_HOSTMEM_PCOW_H
+#define BACKENDS_HOSTMEM_PCOW_H
+
+#include "sysemu/hostmem.h"
+
+typedef struct HostMemPcow HostMemPcow;
+
+/* memory-backend-file properties that matter to the pcow glue */
+typedef struct HostMemPcowOptions {
+    const char *mem_path;
+    uint64_t align;         /* 0: host page size */
+    bool readonly;
+    bool discard_data;
+    bool format_from_name;  /* format= not given, chosen by the .pcow name */
+} HostMemPcowOptions;
+
+/*
+ * Does @mem_path name a pcow image by its name alone (ends in ".pcow")?
+ * Used when the format property is not given: libvirt's domain XML has no
+ * way to pass format=pcow, so the file name selects the format.
+ */
+bool hostmem_pcow_name_selects_pcow(const char *mem_path);
+
+/*
+ * Open the image, check the backend's properties against it and initialise
+ * @backend->mr as RAM at the monitor's host address.  Sets backend->size to
+ * the image's virtual size.  Returns NULL with @errp set on failure.
+ */
+HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
+                                const HostMemPcowOptions *opts,
+                                Error **errp);
+
+/*
+ * prealloc=on for a pcow image: prefault the page tables of allocated data
+ * only.  Holes stay holes (touching them would allocate every cluster of a
+ * thin image); frozen data is prefaulted for reading, never written.
+ */
+void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp);
+
+/* Close the image (flush, clear its in-use flag) and free @pc. */
+void hostmem_pcow_free(HostMemPcow *pc);
+
+/*
+ * KVM_RUN failed with EFAULT.  If @gpa_valid, @gpa is the guest physical
+ * address KVM could not fault in.  Prints an error naming the pcow image
+ * when the address (or, without an address, any memory of the guest) is
+ * pcow-managed; prints nothing otherwise.  Called with the BQL held.
+ */
+void hostmem_pcow_report_kvm_efault(bool gpa_valid, uint64_t gpa);
+
+#endif
