@@ -132,6 +132,15 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     }
     ret = pcow_monitor_open(path, &mopts, &mon, &perr);
     if (ret < 0) {
+        static const char pcow_img_hint[] = " (use -U to inspect it read-only)";
+
+        /* libpcow's lock message ends with advice for pcow-img users. */
+        if (ret == -EBUSY && g_str_has_suffix(perr.msg, pcow_img_hint)) {
+            perr.msg[strlen(perr.msg) - strlen(pcow_img_hint)] = '\0';
+            error_setg(errp, "%s (another QEMU, or pcow-img writing it)",
+                       perr.msg);
+            return NULL;
+        }
         if (opts->format_from_name && ret != -ENOENT && !pcow_probe(path)) {
             error_setg(errp, "%s (format=pcow was chosen because the name "
                        "ends in .pcow; use format=raw for a raw file)",
