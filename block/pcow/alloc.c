@@ -663,7 +663,35 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
             bm_set(img, i);
         }
     }
-    /* Blocks beyond the frontier are leaks of an interrupted reservation */
+    /*
+     * Nothing in flight: lower the frontier to the end of the highest used
+     * cluster (it is an upper bound, so lowering it first is safe) and cut
+     * the file there; blocks beyond it are unused reserve or leaks of an
+     * interrupted reservation.
+     */
+    if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
+        img->ring_count == 0) {
+        uint64_t h = w.nclusters - 1;
+
+        while (h > 0 && (w.cls[h] & (PCOW_C_KIND | PCOW_C_RING)) ==
+               PCOW_C_FREE) {
+            h--;
+        }
+        if (((h + 1) << img->cluster_bits) < pcow_frontier(img)) {
+            ret = pcow_persist_hot_store(img, PCOW_HOT_FRONTIER,
+                                         (h + 1) << img->cluster_bits);
+            if (ret < 0) {
+                goto out;
+            }
+            for (i = h + 1; i < w.nclusters; i++) {
+                bm_clear(img, i);
+            }
+            if (img->free_hint > h + 1) {
+                img->free_hint = h + 1;
+            }
+            img->alloc_end = pcow_frontier(img);
+        }
+    }
     if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
         fstat(img->fd, &st) == 0 &&
         (uint64_t)st.st_size > pcow_frontier(img)) {
@@ -1220,11 +1248,11 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
             }
             ret = pcow_persist_sync_range(img, data, cs);  /* P-COW-DATA */
         } else {
+            uint64_t unit = 1ull << img->cow_unit_bits;
+
             ret = copy_unit(img, v, u, source, data);
             if (ret == 0) {
-                ret = pcow_persist_sync_range(img, data +
-                                              ((uint64_t)u << img->cow_unit_bits),
-                                              1ull << img->cow_unit_bits);
+                ret = pcow_persist_sync_range(img, data + u * unit, unit);
             }
             if (ret == 0) {
                 copied |= 1ull << u;

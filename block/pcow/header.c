@@ -734,6 +734,21 @@ int pcow_open_internal(const char *path, unsigned flags,
             }
         }
     }
+    if (!img->read_only) {
+        /*
+         * The L1 table may be a sparse region; it is mapped shared, and a
+         * fault on a hole needs a block (SIGBUS on a full disk).  Allocate
+         * it now, when running out of space is still a clean error.
+         */
+        ret = pcow_persist_allocate(img, img->hdr.l1_table_offset,
+                                    pcow_round_up((uint64_t)img->hdr.l1_size
+                                                  * 8, img->cluster_size));
+        if (ret < 0) {
+            ret = pcow_img_error(img, err, ret, "cannot allocate the L1 "
+                                 "table: %s", strerror(-ret));
+            goto fail;
+        }
+    }
     ret = pcow_snapshots_load(img, pr);
     if (ret < 0) {
         pcow_set_error(err, ret, "%s: %s", path, pr->first);
