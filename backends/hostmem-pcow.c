@@ -29,6 +29,7 @@
 #include "qemu/error-report.h"
 #include "qemu/queue.h"
 #include "qemu/notify.h"
+#include "qemu/thread.h"
 #include "exec/memory.h"
 #include "exec/address-spaces.h"
 #include "sysemu/sysemu.h"
@@ -47,6 +48,7 @@ struct HostMemPcow {
     uint8_t *base;
     uint64_t size;
     bool readonly;
+    QemuMutex lock;             /* flush (thread pool) against close */
     Notifier exit_notifier;
     QLIST_ENTRY(HostMemPcow) next;
 };
@@ -70,11 +72,14 @@ static void hostmem_pcow_close(HostMemPcow *pc)
     pcow_error perr = { 0 };
     int ret;
 
+    qemu_mutex_lock(&pc->lock);
     if (!pc->mon) {
+        qemu_mutex_unlock(&pc->lock);
         return;
     }
     ret = pcow_monitor_close(pc->mon, &perr);
     pc->mon = NULL;
+    qemu_mutex_unlock(&pc->lock);
     if (ret < 0) {
         error_report("pcow: closing image '%s' failed: %s", pc->path,
                      pcow_error_msg(&perr, ret));
@@ -174,6 +179,7 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     pc->base = pcow_monitor_base(mon);
     pc->size = size;
     pc->readonly = opts->readonly;
+    qemu_mutex_init(&pc->lock);
 
     backend->size = size;
     name = host_memory_backend_get_name(backend);
@@ -253,6 +259,36 @@ void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp)
     }
 }
 
+HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend)
+{
+    HostMemPcow *pc;
+
+    QLIST_FOREACH(pc, &hostmem_pcow_list, next) {
+        if (pc->backend == backend) {
+            return pc;
+        }
+    }
+    return NULL;
+}
+
+int hostmem_pcow_flush(HostMemPcow *pc)
+{
+    pcow_error perr = { 0 };
+    int ret = -EBADF;
+
+    qemu_mutex_lock(&pc->lock);
+    if (pc->mon) {
+        ret = pcow_monitor_flush(pc->mon, &perr);
+    }
+    qemu_mutex_unlock(&pc->lock);
+    if (ret < 0) {
+        error_report_once("pcow image '%s': flush failed: %s", pc->path,
+                          pc->mon ? pcow_error_msg(&perr, ret)
+                                  : "image is closed");
+    }
+    return ret;
+}
+
 void hostmem_pcow_free(HostMemPcow *pc)
 {
     if (!pc) {
@@ -261,6 +297,7 @@ void hostmem_pcow_free(HostMemPcow *pc)
     hostmem_pcow_close(pc);
     qemu_remove_exit_notifier(&pc->exit_notifier);
     QLIST_REMOVE(pc, next);
+    qemu_mutex_destroy(&pc->lock);
     g_free(pc->path);
     g_free(pc);
 }

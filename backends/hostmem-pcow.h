@@ -49,6 +49,15 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
  */
 void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp);
 
+/* The pcow state of @backend, or NULL if it is not a pcow backend. */
+HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);
+
+/*
+ * Make the guest's writes to the image durable (virtio-pmem flush).  May be
+ * called from any thread, without the BQL.  Returns 0 or -errno.
+ */
+int hostmem_pcow_flush(HostMemPcow *pc);
+
 /* Close the image (flush, clear its in-use flag) and free @pc. */
 void hostmem_pcow_free(HostMemPcow *pc);
 

@@ -50,6 +50,11 @@ struct pcow_monitor {
     uint32_t pool_size;
     uint32_t cow_escalate;
     bool read_only;
+    /*
+     * Too many extents to map at open (each mmap costs 7-12 us here):
+     * data clusters are mapped on first touch by the uffd thread.
+     */
+    bool lazy;
 
     /* Estimated VMAs in our range (upper bound) and the budget. */
     _Atomic uint64_t vmas;
@@ -93,6 +98,10 @@ void mon_report(pcow_monitor *mon, const char *what, uint64_t offset,
                 int err);
 /* Account VMAs a new mapping may create; false when over budget. */
 bool mon_vma_budget(pcow_monitor *mon, uint64_t add);
+
+/* Map [off, off + len) as the image says (pcow-monitor.c). */
+int64_t mon_map_range(pcow_monitor *mon, uint64_t off, uint64_t len,
+                      bool count_only, pcow_error *err);
 
 /* pcow-monitor-uffd.c */
 int mon_uffd_open(pcow_error *err);

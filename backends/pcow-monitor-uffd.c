@@ -212,7 +212,7 @@ static void fail_hole(pcow_monitor *mon, char *addr, uint64_t vc, int r)
  * a zero page: copy them into the new cluster first.  Only those: touching
  * a missing page of the range here would wait for this very thread.
  */
-static void expand(pcow_monitor *mon, uint64_t vc,
+static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
                    const struct mon_page_region *copy, int ncopy)
 {
     char *addr = mon->base + (vc << mon->cluster_bits);
@@ -240,7 +240,6 @@ static void expand(pcow_monitor *mon, uint64_t vc,
         fail_hole(mon, addr, vc, r);
         return;
     }
-    mon_kick_pool(mon);
     if (ncopy > 0) {
         int i;
 
@@ -258,11 +257,16 @@ static void expand(pcow_monitor *mon, uint64_t vc,
         }
         munmap(p, len);
     }
-    p = mmap(addr, len, PROT_READ | PROT_WRITE,
-             MAP_SHARED | MAP_FIXED | MAP_POPULATE, pcow_fd(mon->img), foff);
+    p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+             pcow_fd(mon->img), foff);
     if (p == MAP_FAILED) {
         fail_hole(mon, addr, vc, -errno);
         return;
+    }
+    /* The faulting page now, the rest of the cluster after the wake. */
+    if (fault_addr) {
+        madvise((void *)(uintptr_t)(fault_addr & ~4095ull), 4096,
+                MADV_POPULATE_WRITE);
     }
     set_bit64(mon->mapped_map, vc);
     /* Count before the wake, so the woken thread sees its own fault. */
@@ -271,6 +275,13 @@ static void expand(pcow_monitor *mon, uint64_t vc,
         mon_latency_add(&mon->st.expansion_latency, mon_now_ns() - t0);
     }
     wake_range(mon, addr, len);
+    /*
+     * Page tables for the rest of the cluster, so the guest does not take
+     * a fault per page; racing the woken thread is harmless.
+     */
+    madvise(addr, len, MADV_POPULATE_WRITE);
+    /* Refill after the wake: its mmap/msync would contend with ours. */
+    mon_kick_pool(mon);
 }
 
 /*
@@ -363,13 +374,44 @@ static void hole_read(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr)
     n = cluster_written(mon, addr, len, written, 16);
     if (n != 0) {
         /* n < 0 cannot happen (probed at setup); expanding is safe. */
-        expand(mon, vc, written, n > 0 ? n : 0);
+        expand(mon, vc, 0, written, n > 0 ? n : 0);
         return;
     }
 out:
     atomic_fetch_add(&mon->st.hole_read_faults, 1);
     mon_latency_add(&mon->st.hole_read_latency, mon_now_ns() - t0);
     wake_range(mon, addr, len);
+}
+
+/*
+ * Lazy monitors: the first touch of a cluster that is not a pure hole
+ * maps it as the image says (data read-write or read-only, base zeros).
+ * Returns false for a hole, which the normal paths handle.
+ */
+static bool map_lazy(pcow_monitor *mon, uint64_t vc)
+{
+    char *addr = mon->base + (vc << mon->cluster_bits);
+    uint64_t len = cluster_len(mon, vc);
+    pcow_extent ext;
+
+    if (pcow_get_extent(mon->img, vc << mon->cluster_bits, len, &ext) < 0 ||
+        (ext.kind == PCOW_EXTENT_HOLE && ext.length >= len)) {
+        return false;
+    }
+    if (!mon_vma_budget(mon, 3) ||
+        mon_map_range(mon, vc << mon->cluster_bits, len, false, NULL) < 0) {
+        /* Inaccessible, never zeros over data: the access gets SIGSEGV. */
+        atomic_fetch_add(&mon->st.errors, 1);
+        mon_report(mon, "cannot map the data at", vc << mon->cluster_bits,
+                   -ENOMEM);
+        mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
+             MAP_NORESERVE, -1, 0);
+        wake_range(mon, addr, len);
+        return true;
+    }
+    set_bit64(mon->mapped_map, vc);
+    wake_range(mon, addr, len);
+    return true;
 }
 
 static void handle_fault(pcow_monitor *mon, const struct uffd_msg *msg)
@@ -382,9 +424,13 @@ static void handle_fault(pcow_monitor *mon, const struct uffd_msg *msg)
         return;
     }
     vc = off >> mon->cluster_bits;
+    if (mon->lazy && !test_bit64(mon->mapped_map, vc) &&
+        !test_bit64(mon->zero_map, vc) && map_lazy(mon, vc)) {
+        return;
+    }
     if (msg->arg.pagefault.flags &
         (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) {
-        expand(mon, vc, NULL, 0);
+        expand(mon, vc, addr, NULL, 0);
     } else {
         hole_read(mon, vc, addr);
     }

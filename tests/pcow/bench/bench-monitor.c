@@ -413,20 +413,38 @@ static void bench_1m(const char *dir, bool random_order, double *secs,
     unlink(path);
 }
 
+/* PCOW_BENCH_ONLY=expansion,cow,hole,steady,1m runs a subset. */
+static bool want(const char *what)
+{
+    const char *only = getenv("PCOW_BENCH_ONLY");
+
+    return !only || strstr(only, what);
+}
+
 static void run_dir(const char *dir, result *res, bool do_1m)
 {
     memset(res, 0, sizeof(*res));
+    if (!want("expansion")) {
+        goto cow;
+    }
     fprintf(stderr, "[%s] expansion...\n", dir);
     bench_expansion(dir, true, &res->exp_pool_p50, &res->exp_pool_p99, res);
     bench_expansion(dir, false, &res->exp_nopool_p50, &res->exp_nopool_p99,
                     res);
-    fprintf(stderr, "[%s] cow...\n", dir);
-    bench_cow(dir, res);
-    fprintf(stderr, "[%s] hole reads...\n", dir);
-    bench_hole_read(dir, res);
-    fprintf(stderr, "[%s] steady state...\n", dir);
-    bench_steady(dir, res);
-    if (do_1m) {
+cow:
+    if (want("cow")) {
+        fprintf(stderr, "[%s] cow...\n", dir);
+        bench_cow(dir, res);
+    }
+    if (want("hole")) {
+        fprintf(stderr, "[%s] hole reads...\n", dir);
+        bench_hole_read(dir, res);
+    }
+    if (want("steady")) {
+        fprintf(stderr, "[%s] steady state...\n", dir);
+        bench_steady(dir, res);
+    }
+    if (do_1m && want("1m")) {
         fprintf(stderr, "[%s] 1M clusters (random)...\n", dir);
         bench_1m(dir, true, &res->open_rand_s, &res->vmas_rand);
         fprintf(stderr, "[%s] 1M clusters (sequential)...\n", dir);
