@@ -30,6 +30,7 @@
 #include "qemu/queue.h"
 #include "qemu/notify.h"
 #include "qemu/thread.h"
+#include "qemu/madvise.h"
 #include "exec/memory.h"
 #include "exec/address-spaces.h"
 #include "sysemu/sysemu.h"
@@ -186,6 +187,15 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     memory_region_init_ram_ptr(&backend->mr, OBJECT(backend), name, size,
                                pc->base);
     g_free(name);
+    /*
+     * ram_block_add() has just madvise(MADV_HUGEPAGE)d the whole range; the
+     * monitor wants its anonymous (hole) mappings served with 4 KiB pages,
+     * so that no huge zero page can stand in for what userfaultfd should
+     * see.  This also covers the data mappings present now: DAX PMD
+     * mappings would need 2 MiB runs, which 64 KiB clusters rarely give.
+     * Mappings the monitor makes later start without either flag.
+     */
+    qemu_madvise(pc->base, size, QEMU_MADV_NOHUGEPAGE);
     backend->mr.align = align;
     if (opts->readonly) {
         /* Guest writes are dropped (TCG) or exit to QEMU (KVM read-only
