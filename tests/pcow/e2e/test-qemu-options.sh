@@ -310,6 +310,42 @@ else
 fi
 exec 9>&-
 
+# object_add opens the image, object_del closes it (in-use flag cleared,
+# lock released) while QEMU keeps running.
+hot=$tmp/hot.pcow
+"$PCOW_IMG" create -q -f pcow "$hot" 64M
+hmp=$tmp/hmp2
+mkfifo "$hmp"
+"$QEMU" "${machine[@]}" -monitor stdio <"$hmp" >"$tmp/hot.out" 2>"$tmp/hot.err" &
+hotq=$!
+bg_pids+=("$hotq")
+exec 8>"$hmp"
+echo "object_add memory-backend-file,id=pm2,mem-path=$hot,format=pcow,share=on" >&8
+for _ in $(seq 50); do
+    [ "$(json_field "$hot" dirty-flag)" = True ] && break
+    sleep 0.1
+done
+if [ "$(json_field "$hot" dirty-flag)" = True ]; then
+    ok "object_add opens the image (in-use flag set)"
+else
+    fail "object_add: image not in use: $(cat "$tmp/hot.out" "$tmp/hot.err")"
+fi
+echo "object_del pm2" >&8
+for _ in $(seq 50); do
+    [ "$(json_field "$hot" dirty-flag)" = False ] && break
+    sleep 0.1
+done
+if [ "$(json_field "$hot" dirty-flag)" = False ] &&
+   "$PCOW_IMG" snapshot -c after-del "$hot" >"$tmp/snap2.out" 2>&1; then
+    ok "object_del closes the image (clean, lock released)"
+else
+    fail "object_del: image still in use: $(cat "$tmp/snap2.out")"
+fi
+echo quit >&8
+exec 8>&-
+wait "$hotq"
+[ $? -eq 0 ] || fail "QEMU with object_add/object_del did not quit cleanly"
+
 # An image pcow-img holds for writing is refused by QEMU: hold a write lock
 # the way libpcow does (an OFD write lock on byte 0) with python.
 python3 - "$img" >"$tmp/lock.out" 2>&1 <<'EOF' &
