@@ -700,7 +700,6 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
             goto out;
         }
     }
-    img->orphans = false;
     ret = pcow_persist_barrier(img);
 out:
     pcow_unlock(img);
@@ -1270,7 +1269,6 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
             ret = pcow_persist_store64(img, e, entry_file_off(img, v, 0),
                                        data | PCOW_F_PRESENT |
                                        PCOW_F_WRITABLE);
-            img->orphans = true;
             if (ret == 0) {
                 cow_extent(img, v, data, -1, ext);
             }
@@ -1302,9 +1300,6 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
                                    n | PCOW_F_PRESENT | PCOW_F_WRITABLE);
         if (ret < 0) {
             return ret;
-        }
-        if (map) {
-            img->orphans = true;
         }
         cow_extent(img, v, n, -1, ext);
         return 0;

@@ -181,9 +181,6 @@ static int zero_cluster(pcow_image *img, uint64_t v)
                     pcow_free_clusters_locked(img, data, 1);
                 }
             }
-            if (map & PCOW_F_PARTIAL) {
-                img->orphans = true;
-            }
         } else {
             ret = 0;
         }
@@ -221,9 +218,6 @@ static int zero_cluster(pcow_image *img, uint64_t v)
         if (ret == 0) {
             pcow_free_clusters_locked(img, data, 1);
         }
-    }
-    if (map) {
-        img->orphans = true;
     }
     pcow_unlock(img);
     return ret;

@@ -145,7 +145,6 @@ struct pcow_image {
     uint32_t inflight_n;
     uint32_t ring_head;
     uint32_t ring_count;
-    bool orphans;           /* a COW completion may have left a leak */
 
     /* backing chain */
     pcow_image *backing;

@@ -379,25 +379,57 @@ static void workload(pcow_image *img)
     assert_int_equal(pcow_snapshot_delete(img, "s2", NULL), 0);
 }
 
-static void test_crash_prefixes(void **state)
+static void workload_base(pcow_image *img)
 {
-    char orig[512], copy[512];
+    pcow_extent ext;
+    int k;
+
+    /* Unit COWs of base data into holes, then completing a cluster */
+    for (k = 0; k < 16; k++) {
+        assert_int_equal(pcow_cow(img, 3 * CS + k * 4096, false, &ext), 0);
+    }
+    assert_int_equal(pcow_cow(img, 5 * CS + 4096, false, &ext), 0);
+    assert_int_equal(pcow_cow(img, 5 * CS, true, &ext), 0);
+    write_bytes(img, 7 * CS + 100, 10, 0x07);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL), 0);
+    write_bytes(img, 7 * CS + 9000, 10, 0x08);
+    assert_int_equal(pcow_zero_range(img, 3 * CS, CS, NULL), 0);
+}
+
+static void run_crash_prefixes(void (*work)(pcow_image *), bool with_base)
+{
+    char orig[512], copy[512], base[512];
     Stream s = { 0 };
     pcow_open_opts o = { .flags = PCOW_OPEN_RDWR, .hook = record };
     pcow_image *img;
-    size_t p, barriers = 0;
+    uint8_t *final = malloc(16 * CS), *got = malloc(16 * CS);
+    size_t p;
 
     td_path(&td, "orig.pcow", orig, sizeof(orig));
     td_path(&td, "copy.pcow", copy, sizeof(copy));
-    mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
-    (void)barriers;
+    if (with_base) {
+        uint8_t *b = malloc(MiB);
+        int fd;
+
+        td_path(&td, "base.raw", base, sizeof(base));
+        fill_pattern(b, MiB, 99);
+        fd = open(base, O_CREAT | O_RDWR, 0644);
+        assert_int_equal(write(fd, b, MiB), (ssize_t)MiB);
+        close(fd);
+        free(b);
+        mk_image(path, 64 * MiB, 0, "base.raw", PCOW_BACKING_RAW);
+    } else {
+        mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    }
     copy_file(path, orig);
     o.hook_opaque = &s;
     assert_int_equal(pcow_open(path, &o, &img, NULL), 0);
-    workload(img);
+    work(img);
+    assert_int_equal(pcow_pread(img, 0, final, 16 * CS, NULL),
+                     (int64_t)(16 * CS));
     close_image(img);
     assert_int_equal(check_clean(path), 0);
-    assert_true(s.n > 50);
+    assert_true(s.n > 20);
     fprintf(stderr, "replaying %zu prefixes\n", s.n + 1);
 
     for (p = 0; p <= s.n; p++) {
@@ -414,6 +446,12 @@ static void test_crash_prefixes(void **state)
         }
         close_image(c);
         c = open_image(copy, PCOW_OPEN_RDWR);
+        if (p == s.n) {
+            /* The whole stream gives the final content */
+            assert_int_equal(pcow_pread(c, 0, got, 16 * CS, NULL),
+                             (int64_t)(16 * CS));
+            assert_memory_equal(got, final, 16 * CS);
+        }
         close_image(c);
         if (check_clean(copy)) {
             fprintf(stderr, "prefix %zu/%zu not clean after recovery\n", p,
@@ -425,6 +463,18 @@ static void test_crash_prefixes(void **state)
         free(s.r[p].data);
     }
     free(s.r);
+    free(final);
+    free(got);
+}
+
+static void test_crash_prefixes(void **state)
+{
+    run_crash_prefixes(workload, false);
+}
+
+static void test_crash_prefixes_base(void **state)
+{
+    run_crash_prefixes(workload_base, true);
 }
 
 int main(void)
@@ -438,6 +488,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leaks_and_repair, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_crash_prefixes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_crash_prefixes_base, setup,
                                         teardown),
     };
 
