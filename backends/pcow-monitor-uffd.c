@@ -26,13 +26,18 @@
  *   read of a marker as MISSING.
  * - Write to a hole (MISSING|WRITE, or WP after a read): pcow_expand_cluster
  *   (takes a reserved cluster, commits the entry durably), mmap the cluster
- *   MAP_SHARED|MAP_FIXED|MAP_POPULATE read-write over the hole, UFFDIO_WAKE.
- *   Population: none 6.0/10.8 us (p50/p99) but the guest then takes a
- *   fault per page; MAP_POPULATE 9.1/21.6 us; MADV_POPULATE_WRITE 13.4/212
- *   us: MAP_POPULATE it is.  These numbers need the reserved cluster's
- *   pages to be resident already: on fallocated but never touched tmpfs
- *   pages MAP_POPULATE took 82 us (the kernel zeroes the pages on first
- *   touch), so the pool thread pre-faults what it reserves.
+ *   MAP_SHARED|MAP_FIXED read-write over the hole, populate, UFFDIO_WAKE.
+ *   Population, measured in a standalone experiment on resident pages:
+ *   none 6.0/10.8 us (p50/p99) but then a fault per page; MAP_POPULATE
+ *   9.1/21.6 us; MADV_POPULATE_WRITE 13.4/212 us.  But the reserve's
+ *   clusters are fallocated, not resident, and populating 16 such pages
+ *   costs ~40 us (page allocation and zeroing, under memory pressure), so
+ *   in the monitor MAP_POPULATE gave 49 us p50.  Chosen: populate only the
+ *   faulting page (MADV_POPULATE_WRITE, 4 KiB), wake, then populate the
+ *   rest of the cluster (racing the woken thread is harmless): 13.7 us
+ *   p50, 36 us p99 end to end with the pool, 24/68 us without it.
+ *   The pool thread is kicked after the wake: its fallocate/msync
+ *   contended with the fault path for mmap_lock (p50 96 us before).
  *
  * One thread per monitor reads the uffd and handles events in order, so a
  * cluster is expanded once however many threads fault on it; duplicate and

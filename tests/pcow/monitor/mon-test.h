@@ -93,7 +93,8 @@ static inline void image_info(const char *path, pcow_info *info)
 /* Deterministic content for (tag, byte offset). */
 static inline uint8_t pattern(uint32_t tag, uint64_t off)
 {
-    uint64_t x = (off / 8) * 0x9e3779b97f4a7c15ull + tag * 0xbf58476d1ce4e5b9ull;
+    uint64_t x = (off / 8) * 0x9e3779b97f4a7c15ull +
+                 tag * 0xbf58476d1ce4e5b9ull;
 
     x ^= x >> 31;
     return (uint8_t)(x >> (8 * (off % 8)));

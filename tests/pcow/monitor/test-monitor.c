@@ -91,7 +91,9 @@ static int t_hole_read(void)
     }
     CHECK_EQ(sum, 0);
     stats(mon, &s);
-    printf("hole reads %" PRIu64 " expansions %" PRIu64 " errors %" PRIu64 " p50 %" PRIu64 "\n", s.hole_read_faults, s.expansions, s.errors, pcow_latency_percentile(&s.hole_read_latency, 50));
+    printf("hole reads %" PRIu64 " expansions %" PRIu64 " errors %"
+           PRIu64 " p50 %" PRIu64 " ns\n", s.hole_read_faults, s.expansions,
+           s.errors, pcow_latency_percentile(&s.hole_read_latency, 50));
     CHECK_EQ(s.hole_read_faults, size / CL);
     CHECK_EQ(s.expansions, 0);
     pcow_get_info(pcow_monitor_image(mon), &after);
