@@ -139,6 +139,18 @@ if expect_start "nvdimm memory device" "$base_opts" nvdimm,id=nv0,memdev=pm \
 fi
 expect_start "size= equal to the image" "$base_opts,size=64M" &&
     ok "size= equal to the image is accepted"
+if expect_start "virtio-pmem" "$base_opts" virtio-pmem-pci,id=vp0,memdev=pm \
+        'info memory-devices'; then
+    if grep -q 'virtio-pmem' <<< "$out" && grep -Eq 'size: +67108864' <<< "$out"; then
+        ok "virtio-pmem-pci on a pcow backend: listed with size 67108864"
+    else
+        fail "virtio-pmem-pci: not listed as expected: $out"
+    fi
+fi
+expect_start "align=2M" "$base_opts,align=2M" &&
+    ok "align=2M is accepted"
+expect_refusal "align not a power of two" "$base_opts,align=12K" \
+    "power of two"
 
 # Clean close: after quit the in-use flag is clear and a writer can open it.
 if [ "$(json_field "$img" dirty-flag)" = False ]; then
