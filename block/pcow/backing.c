@@ -290,6 +290,24 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     if (new_size == old_size) {
         return 0;
     }
+    if (new_size > old_size && old_size % cs) {
+        /*
+         * Whatever lay beyond the old end in its cluster (left there by a
+         * shrink) must read 0 once the header commit makes it visible, so
+         * zero it durably first.  It is invisible until then; the tables
+         * are still the old ones, so this comes before the L1 copy below.
+         */
+        uint64_t end = pcow_round_up(old_size, cs);
+
+        img->hdr.virtual_size = new_size;
+        ret = pcow_zero_range(img, old_size,
+                              (end < new_size ? end : new_size) - old_size,
+                              err);
+        img->hdr.virtual_size = old_size;
+        if (ret < 0) {
+            return ret;
+        }
+    }
     if (need > h.l1_size) {
         uint8_t *buf;
         uint64_t chunk, pos, bytes = (uint64_t)h.l1_size * 8;
@@ -347,16 +365,6 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
         if (ret < 0) {
             return pcow_img_error(img, err, ret, "cannot free clusters beyond"
                                   " the new end: %s", strerror(-ret));
-        }
-    } else if (old_size % cs) {
-        /* Whatever lay beyond the old end in its cluster must read 0 */
-        uint64_t end = pcow_round_up(old_size, cs);
-
-        ret = pcow_zero_range(img, old_size,
-                              (end < new_size ? end : new_size) - old_size,
-                              err);
-        if (ret < 0) {
-            return ret;
         }
     }
     return pcow_persist_barrier(img);
