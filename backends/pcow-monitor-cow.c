@@ -95,6 +95,11 @@ static bool cow_fault(pcow_monitor *mon, uint64_t off)
     }
     whole = mon->cow_escalate != UINT32_MAX &&
             pcow_cow_units_copied(mon->img, off) >= mon->cow_escalate;
+    if (pcow_reserve_count(mon->img) > 0) {
+        atomic_fetch_add(&mon->st.pool_hits, 1);
+    } else {
+        atomic_fetch_add(&mon->st.pool_misses, 1);
+    }
     memset(&ext, 0, sizeof(ext));
     r = pcow_cow(mon->img, off, whole, &ext);
     if (r == -EEXIST && ext.length == 0) {
