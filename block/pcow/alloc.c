@@ -824,6 +824,17 @@ static int take_locked(pcow_image *img, uint64_t *off)
     return alloc_locked(img, 1, off);
 }
 
+/* Put a ready cluster back at the front of the reserve */
+static void untake_locked(pcow_image *img, uint64_t off)
+{
+    if (img->ring_count == PCOW_RING_CAP) {
+        return;     /* cannot happen right after a take; a leak at worst */
+    }
+    img->ring_head = (img->ring_head + PCOW_RING_CAP - 1) % PCOW_RING_CAP;
+    img->ring[img->ring_head] = off;
+    img->ring_count++;
+}
+
 int pcow_alloc_one(pcow_image *img, uint64_t *off)
 {
     int ret;
@@ -993,20 +1004,15 @@ static int store_word(pcow_image *img, uint64_t *p, uint64_t file_off,
     return 0;
 }
 
-/* New empty L2 table for L1 index @i; P-EXPAND-L1.  Lock held. */
-int pcow_new_l2_locked(pcow_image *img, uint32_t i, bool sync)
+/* Empty L2 table at ready cluster @off for L1 index @i; P-EXPAND-L1 */
+static int install_l2_locked(pcow_image *img, uint32_t i, uint64_t off,
+                             bool sync)
 {
-    uint64_t off;
     int ret;
 
-    ret = take_locked(img, &off);
-    if (ret < 0) {
-        return ret;
-    }
     /* Map before publishing, so the entry is usable once it is durable */
     ret = pcow_map_l2(img, i, off);
     if (ret < 0) {
-        pcow_free_clusters_locked(img, off, 1);
         return ret;
     }
     ret = store_word(img, &img->l1[i], img->hdr.l1_table_offset + i * 8ull,
@@ -1016,9 +1022,48 @@ int pcow_new_l2_locked(pcow_image *img, uint32_t i, bool sync)
 
         __atomic_store_n(&img->l2[i], NULL, __ATOMIC_RELEASE);
         pcow_persist_unmap(img, t, img->cluster_size);
+    }
+    return ret;
+}
+
+/* New empty L2 table for L1 index @i.  Lock held. */
+int pcow_new_l2_locked(pcow_image *img, uint32_t i, bool sync)
+{
+    uint64_t off;
+    int ret;
+
+    ret = take_locked(img, &off);
+    if (ret < 0) {
         return ret;
     }
-    return 0;
+    ret = install_l2_locked(img, i, off, sync);
+    if (ret < 0) {
+        untake_locked(img, off);
+    }
+    return ret;
+}
+
+/*
+ * Ready clusters for a data cluster and, when @need_l2, its L2 table
+ * (taken first, so that consecutive expansions stay contiguous).  All or
+ * nothing: on ENOSPC nothing has changed.
+ */
+static int take_pair_locked(pcow_image *img, bool need_l2, uint64_t *l2,
+                            uint64_t *data)
+{
+    int ret;
+
+    if (need_l2) {
+        ret = take_locked(img, l2);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = take_locked(img, data);
+    if (ret < 0 && need_l2) {
+        untake_locked(img, *l2);
+    }
+    return ret;
 }
 
 static uint64_t entry_file_off(pcow_image *img, uint64_t v, unsigned word)
@@ -1042,7 +1087,7 @@ int pcow_set_map_locked(pcow_image *img, uint64_t v, uint64_t map)
 int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
                          uint64_t *file_offset, bool sync)
 {
-    uint64_t nclusters, map, off;
+    uint64_t nclusters, map, off, l2off = 0;
     uint64_t *e;
     uint32_t i;
     int ret;
@@ -1064,18 +1109,20 @@ int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
         pcow_unlock(img);
         return -EEXIST;
     }
+    ret = take_pair_locked(img, !e, &l2off, &off);
+    if (ret < 0) {
+        pcow_unlock(img);
+        return ret;
+    }
     if (!e) {
-        ret = pcow_new_l2_locked(img, i, sync);
+        ret = install_l2_locked(img, i, l2off, sync);
         if (ret < 0) {
+            untake_locked(img, off);
+            untake_locked(img, l2off);
             pcow_unlock(img);
             return ret;
         }
         e = pcow_l2_entry(img, vcluster);
-    }
-    ret = take_locked(img, &off);
-    if (ret < 0) {
-        pcow_unlock(img);
-        return ret;
     }
     /* P-EXPAND-COMMIT */
     ret = store_word(img, e, entry_file_off(img, vcluster, 0),
@@ -1205,7 +1252,7 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
 {
     uint64_t cs = img->cluster_size;
     uint64_t *e = pcow_l2_entry(img, v);
-    uint64_t map, copied = 0, source = 0, n, data;
+    uint64_t map, copied = 0, source = 0, n, data, l2off = 0;
     unsigned k;
     int ret;
 
@@ -1226,14 +1273,6 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
     if (img->units == 1) {
         whole = true;
     }
-    if (!e) {
-        ret = pcow_new_l2_locked(img, v / img->l2_entries, true);
-        if (ret < 0) {
-            return ret;
-        }
-        e = pcow_l2_entry(img, v);
-    }
-
     if (map & PCOW_F_WRITABLE) {
         /* PARTIAL and ours: fill in units from the source */
         if (whole) {
@@ -1279,9 +1318,19 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
     }
 
     /* Frozen, hole or backing: the cluster gets a new home N */
-    ret = take_locked(img, &n);
+    ret = take_pair_locked(img, !e, &l2off, &n);
     if (ret < 0) {
         return ret;
+    }
+    if (!e) {
+        /* A hole without an L2 table: P-EXPAND-L1 first */
+        ret = install_l2_locked(img, v / img->l2_entries, l2off, true);
+        if (ret < 0) {
+            untake_locked(img, n);
+            untake_locked(img, l2off);
+            return ret;
+        }
+        e = pcow_l2_entry(img, v);
     }
     if (whole || (map & PCOW_F_PARTIAL)) {
         for (k = 0; k < img->units; k++) {

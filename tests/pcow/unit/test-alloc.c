@@ -27,6 +27,13 @@ static int setup_shm(void **state)
 
 static int teardown(void **state)
 {
+    char cmd[400];
+
+    /* test_enospc's mount, if it failed before unmounting */
+    snprintf(cmd, sizeof(cmd), "umount '%s/mnt' 2>/dev/null", td.dir);
+    if (system(cmd)) {
+        /* not mounted: the usual case */
+    }
     td_cleanup(&td);
     return 0;
 }
@@ -376,6 +383,44 @@ static void test_open_1m_clusters(void **state)
     close_image(img);
 }
 
+/* A full disk: expansion fails with -ENOSPC and changes nothing */
+static void test_enospc(void **state)
+{
+    char mnt[400], cmd[700];
+    pcow_image *img;
+    pcow_info before, after;
+    uint64_t off, v;
+    int ret = 0;
+
+    td_path(&td, "mnt", mnt, sizeof(mnt));
+    assert_int_equal(mkdir(mnt, 0755), 0);
+    snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=1M tmpfs '%s' "
+             "2>/dev/null", mnt);
+    if (geteuid() != 0 || system(cmd) != 0) {
+        skip();
+    }
+    snprintf(path, sizeof(path), "%s/a.pcow", mnt);
+    mk_image(path, 4 * GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    /* Spread over L2 ranges so some expansions also need an L2 table */
+    for (v = 0; v < 64; v++) {
+        pcow_get_info(img, &before);
+        ret = pcow_expand_cluster(img, (v % 2) ? v : v * 2048, &off);
+        if (ret < 0) {
+            break;
+        }
+    }
+    assert_int_equal(ret, -ENOSPC);
+    pcow_get_info(img, &after);
+    assert_int_equal(after.active_clusters, before.active_clusters);
+    assert_int_equal(after.metadata_clusters, before.metadata_clusters);
+    assert_int_equal(pcow_reserve_clusters(img, 4, NULL), 0);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+    snprintf(cmd, sizeof(cmd), "umount '%s'", mnt);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -387,6 +432,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_runtime_errors, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_enospc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expand_cost, setup_shm,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_1m_clusters, setup_shm,
