@@ -100,11 +100,12 @@ def cow(R, outs):
     fss = list(R["fs"])
     fig, axes = plt.subplots(1, len(fss), figsize=(5.5 * len(fss), 4), squeeze=False)
     for ax, fs in zip(axes[0], fss):
-        items = [("pcow-dax", "cow-4k", "pcow-dax\n4 KiB COW"),
+        items = [("raw-dax", "cow", "raw-dax\noverwrite\n(no snapshot)"),
+                 ("pcow-dax", "cow", "pcow-dax\n4 KiB COW"),
                  ("pcow-dax", "cow-cluster", "pcow-dax\ncluster COW"),
-                 ("pcow-blk", "cow-4k", "pcow-blk\n4 KiB COW"),
+                 ("pcow-blk", "cow", "pcow-blk\n4 KiB COW"),
                  ("pcow-blk", "cow-cluster", "pcow-blk\ncluster COW"),
-                 ("qcow2-blk", "cow-qcow2", "qcow2-blk\nint. snapshot")]
+                 ("qcow2-blk", "cow", "qcow2-blk\nint. snapshot")]
         items = [i for i in items if val(R, fs, i[0], i[1])]
         ys = [val(R, fs, c, j) for c, j, _ in items]
         bars = ax.bar(range(len(items)), ys, color=[COLORS[c] for c, _, _ in items])
@@ -159,13 +160,13 @@ def main():
     for o in outs:
         o.mkdir(parents=True, exist_ok=True)
     grouped(R, [("randread-4k-1", "4K rand read"), ("randwrite-4k-1", "4K rand write")],
-            "IOPS (log)", "4 KiB random I/O, 1 thread", "bench-iops-4k.png", outs)
+            "iops", "IOPS (log)", "4 KiB random I/O, 1 thread", "bench-iops-4k.png", outs)
     grouped(R, [("read-1m-N", "1M seq read"), ("write-1m-N", "1M seq write")],
-            "MB/s (log)", "1 MiB sequential, N threads (N = vCPUs)", "bench-bw-1m.png", outs)
+            "bw_MBps", "MB/s (log)", "1 MiB sequential, N threads (N = vCPUs)", "bench-bw-1m.png", outs)
     grouped(R, [("randread-4k-N", "4K rand read"), ("randwrite-4k-N", "4K rand write")],
-            "IOPS (log)", "4 KiB random, N threads", "bench-iops-4k-N.png", outs)
+            "iops", "IOPS (log)", "4 KiB random, N threads", "bench-iops-4k-N.png", outs)
     grouped(R, [("firsttouch-4k-1", "first-touch 4K write")],
-            "IOPS (log)", "Writes into never-written space (expansion)",
+            "iops", "IOPS (log)", "Writes into never-written space (expansion)",
             "bench-firsttouch.png", outs)
     cdf(R, outs)
     cow(R, outs)

@@ -76,12 +76,16 @@ class BenchGuest(guest.Guest):
 PCTS = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9]
 
 
+FIO_GLOBAL = ["--output-format=json", "--percentile_list=" + ":".join(str(p) for p in PCTS)]
+
+
 def fio_args(name, *, rw, bs, filename, size, offset=0, engine, jobs=1,
              runtime=None, io_size=None, direct=False, extra=()):
+    """Options of one job section (fio runs the sections one after the
+    other: stonewall)."""
     a = [f"--name={name}", f"--filename={filename}", f"--rw={rw}",
          f"--bs={bs}", f"--ioengine={engine}", f"--numjobs={jobs}",
-         "--group_reporting", "--output-format=json", "--randrepeat=0",
-         "--percentile_list=" + ":".join(str(p) for p in PCTS)]
+         "--group_reporting", "--randrepeat=0", "--stonewall"]
     if jobs > 1 and rw in ("read", "write"):
         # sequential: each thread streams its own slice
         a += [f"--size={size // jobs}", f"--offset={offset}",
@@ -97,6 +101,13 @@ def fio_args(name, *, rw, bs, filename, size, offset=0, engine, jobs=1,
     if direct:
         a.append("--direct=1")
     return a + list(extra)
+
+
+def fio_cmd(jobs):
+    a = list(FIO_GLOBAL)
+    for name, kw in jobs:
+        a += fio_args(name, **kw)
+    return a
 
 
 def steady_jobs(p, target, engine, direct, size, offset=0):
@@ -126,27 +137,31 @@ def first_touch_job(target, engine, direct, size, offset=0):
                                     direct=direct, io_size=size // 16))
 
 
-def cow_job(name, target, engine, direct, size, offset=0):
-    # After a snapshot: 4 KiB random writes over written data, about one
-    # write per 64 KiB cluster, so (almost) every write is a first write to
-    # a frozen cluster.
-    return (name, dict(rw="randwrite", bs="4k", filename=target, size=size,
-                       offset=offset, engine=engine, direct=direct,
-                       io_size=size // 16))
-
-
 def sh_fio(jobs):
-    out = []
-    for name, kw in jobs:
-        args = " ".join(fio_args(name, **kw))
-        out.append(f'echo "BENCH-BEGIN {name} $(cat /proc/uptime)"\n'
-                   f"fio {args} 2>&1 | sed 's/^/@J /'\n"
-                   f'echo "BENCH-END {name} $(cat /proc/uptime)"')
-    return "\n".join(out) + "\n"
+    """One fio process runs all jobs in order (fio's start-up under TCG
+    costs seconds); its JSON goes to the console prefixed with '@J '."""
+    tag = jobs[0][0]
+    return (f'echo "BENCH-BEGIN {tag} $(cat /proc/uptime)"\n'
+            f"fio {' '.join(fio_cmd(jobs))} 2>&1 | sed 's/^/@J /'\n"
+            f'echo "BENCH-END {tag} $(cat /proc/uptime)"\n')
+
+
+def parse_fio_json(txt):
+    res = {}
+    try:
+        j = json.loads(txt[txt.index("{"):txt.rindex("}") + 1])
+    except ValueError as e:
+        return {"_error": f"{e}: {txt[-400:]}"}
+    for job in j.get("jobs", []):
+        try:
+            res[job["jobname"]] = summarize(job)
+        except (KeyError, TypeError) as e:
+            res[job.get("jobname", "?")] = {"error": str(e)}
+    return res
 
 
 def parse_fio(lines):
-    """{job name: fio json} from console lines."""
+    """{"cfg@job": summary} from console lines."""
     res, cur, buf = {}, None, []
     for ln in lines:
         m = re.search(r"BENCH-BEGIN (\S+)", ln)
@@ -155,12 +170,7 @@ def parse_fio(lines):
             continue
         m = re.search(r"BENCH-END (\S+)", ln)
         if m and cur:
-            txt = "\n".join(buf)
-            try:
-                j = json.loads(txt[txt.index("{"):txt.rindex("}") + 1])
-                res[cur] = summarize(j)
-            except (ValueError, KeyError, IndexError) as e:
-                res[cur] = {"error": f"{e}: {txt[-400:]}"}
+            res.update(parse_fio_json("\n".join(buf)))
             cur = None
             continue
         if cur is not None and ln.startswith("@J "):
@@ -168,8 +178,7 @@ def parse_fio(lines):
     return res
 
 
-def summarize(j):
-    job = j["jobs"][0]
+def summarize(job):
     d = job["write"] if job["write"]["io_bytes"] > job["read"]["io_bytes"] else job["read"]
     pct = d.get("clat_ns", {}).get("percentile", {})
     pcts = {float(k): v / 1000.0 for k, v in pct.items()}
@@ -194,121 +203,190 @@ def parse_kv(lines, key):
 
 # ----------------------------------------------------------------------------
 # guest scripts
+#
+# One guest holds every guest configuration at once, so that they share the
+# boot, the kernel, the vCPUs and the moment (this machine's load changes
+# by the minute): NVDIMM 1 = raw image (raw-dax), NVDIMM 2 = pcow image
+# (pcow-dax), NVDIMM 3 = pcow image used as a block device (pcow-blk),
+# virtio-blk disks = qcow2 (qcow2-blk, plus a small one for Redis).  The
+# NVDIMMs differ in size so that the guest can tell them apart.  fio runs
+# each workload on every configuration back to back (order alternating)
+# before it moves on to the next workload.
 
-DAX_SETUP = """
-set -u
-loadavg() { echo "BENCH-INFO $1 $(cat /proc/uptime)"; }
-ndctl create-namespace -f -e namespace0.0 -m fsdax >/dev/null || echo "BENCH-FAIL ndctl"
-mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0,nodiscard /dev/pmem0 || echo "BENCH-FAIL mkfs"
-mount -o dax /dev/pmem0 /mnt || echo "BENCH-FAIL mount"
-grep -q ' /mnt .*dax' /proc/mounts && echo "BENCH-INFO dax-mounted" || echo "BENCH-FAIL not-dax"
-"""
+GUEST_CFGS = ["raw-dax", "pcow-dax", "pcow-blk", "qcow2-blk"]
+SIZES = {"raw-dax": 2048 * MiB, "pcow-dax": 2176 * MiB, "pcow-blk": 1920 * MiB,
+         "qcow2-blk": 2048 * MiB, "redis-blk": 1024 * MiB}
+TARGET = {"raw-dax": "/mnt/raw", "pcow-dax": "/mnt/pcow", "pcow-blk": "$PBLK",
+          "qcow2-blk": "$QBLK"}
 
-DAX_REMOUNT = """
-set -u
-mount -o dax /dev/pmem0 /mnt || echo "BENCH-FAIL mount"
-grep -q ' /mnt .*dax' /proc/mounts || echo "BENCH-FAIL not-dax"
-"""
+
+def layout(p):
+    """Regions (offset, size) on the block devices (files on DAX)."""
+    ds, fs, cs = p["data"], p["ft"], p["cow"]
+    return {"data": (0, ds), "ft": (ds, fs), "cow": (ds + fs, cs),
+            "cowcl": (ds + fs + cs, cs)}
+
+
+def target(cfg, region, p):
+    """fio target kwargs of a config's region."""
+    off, sz = layout(p)[region]
+    if cfg.endswith("-dax"):
+        return dict(filename=f"{TARGET[cfg]}/{region}", size=sz, offset=0,
+                    engine="mmap", direct=False)
+    return dict(filename=TARGET[cfg], size=sz, offset=off, engine="psync", direct=True)
+
+
+def main_jobs(p, cfgs):
+    T, N = p["runtime"], p["vcpus"]
+    wl = [("randread-4k-1", dict(rw="randread", bs="4k")),
+          ("randwrite-4k-1", dict(rw="randwrite", bs="4k")),
+          ("read-1m-N", dict(rw="read", bs="1m", jobs=N)),
+          ("write-1m-N", dict(rw="write", bs="1m", jobs=N)),
+          ("randread-4k-N", dict(rw="randread", bs="4k", jobs=N)),
+          ("randwrite-4k-N", dict(rw="randwrite", bs="4k", jobs=N)),
+          ("randread-4k-1-aio16", dict(rw="randread", bs="4k", extra=("--iodepth=16",))),
+          ("randwrite-4k-1-aio16", dict(rw="randwrite", bs="4k", extra=("--iodepth=16",))),
+          ("firsttouch-4k-1", None)]
+    jobs = []
+    for rnd in range(p["rounds"]):
+        for i, (name, kw) in enumerate(wl):
+            order = cfgs if (i + rnd) % 2 == 0 else cfgs[::-1]
+            for cfg in order:
+                if name == "firsttouch-4k-1":
+                    if rnd:
+                        continue  # fresh space only once
+                    # 4 KiB random writes into never-written space: one
+                    # write per 64 KiB on average, no block written twice.
+                    t = target(cfg, "ft", p)
+                    jobs.append((f"{cfg}@{name}", dict(rw="randwrite", bs="4k",
+                                                        io_size=t["size"] // 16, **t)))
+                    continue
+                t = target(cfg, "data", p)
+                if "aio" in name:
+                    if t["engine"] != "psync":
+                        continue
+                    t["engine"] = "libaio"
+                jobs.append((f"{cfg}@{name}#{rnd}", dict(runtime=T, **kw, **t)))
+    return jobs
+
+
+def cow_jobs(p, cfgs, region, name):
+    """After a snapshot: 4 KiB random writes over written data, about one
+    write per 64 KiB cluster, so (almost) every write is a first write to a
+    frozen cluster.  raw-dax has no snapshot: plain overwrites (baseline)."""
+    jobs = []
+    for cfg in cfgs:
+        t = target(cfg, region, p)
+        jobs.append((f"{cfg}@{name}", dict(rw="randwrite", bs="4k",
+                                            io_size=t["size"] // 16, **t)))
+    return jobs
+
+
+def sh_devices(cfgs, fresh):
+    """Find the devices (by size), set up or mount the DAX file systems."""
+    s = "set -u\n"
+    if "qcow2-blk" in cfgs:
+        s += """for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+    insmod /bench/$m.ko 2>/dev/null
+done
+i=0; while [ ! -e /sys/block/vdb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done
+for b in /sys/block/vd*; do
+    case $(cat $b/size) in
+        %d) QBLK=/dev/${b##*/} ;;
+        %d) RBLK=/dev/${b##*/} ;;
+    esac
+done
+""" % (SIZES["qcow2-blk"] // 512, SIZES["redis-blk"] // 512)
+    s += "for r in /sys/bus/nd/devices/region*; do\n    case $(cat $r/size) in\n"
+    for cfg, var in (("raw-dax", "RAWNS"), ("pcow-dax", "PCOWNS"), ("pcow-blk", "PBLKNS")):
+        if cfg in cfgs:
+            s += f"        {SIZES[cfg]}) {var}=namespace${{r##*region}}.0 ;;\n"
+    s += "    esac\ndone\n"
+    if "pcow-blk" in cfgs:
+        s += "PBLK=/dev/$(ls /sys/bus/nd/devices/$PBLKNS/block)\n"
+    for cfg, var, label in (("raw-dax", "RAWNS", "rawdax"), ("pcow-dax", "PCOWNS", "pcowdax")):
+        if cfg not in cfgs:
+            continue
+        mnt = TARGET[cfg]
+        if fresh:
+            s += (f'dev=$(ndctl create-namespace -f -e ${var} -m fsdax | '
+                  "sed -n 's/.*\"blockdev\":\"\\([^\"]*\\)\".*/\\1/p')\n"
+                  f"mkfs.ext4 -q -F -b 4096 -L {label} "
+                  "-E lazy_itable_init=0,lazy_journal_init=0,nodiscard /dev/$dev "
+                  f'|| echo "BENCH-FAIL mkfs {cfg}"\n')
+        else:
+            s += f"dev=$(findfs LABEL={label}); dev=${{dev#/dev/}}\n"
+        s += (f"mkdir -p {mnt} && mount -o dax /dev/$dev {mnt} || echo \"BENCH-FAIL mount {cfg}\"\n"
+              f"grep -q ' {mnt} .*dax' /proc/mounts || echo \"BENCH-FAIL not-dax {cfg}\"\n"
+              f'echo "BENCH-INFO {cfg} /dev/$dev"\n')
+    return s
+
+
+def sh_fill(cfg, region, p, timed=None):
+    """Write a region once (data, or frozen data for the COW boots)."""
+    off, sz = layout(p)[region]
+    if cfg.endswith("-dax"):
+        cmd = (f"dd if=/dev/zero of={TARGET[cfg]}/{region} bs=1M count={sz // MiB} "
+               "conv=fsync 2>/dev/null")
+    else:
+        cmd = (f"dd if=/dev/zero of={TARGET[cfg]} bs=1M seek={off // MiB} "
+               f"count={sz // MiB} oflag=direct 2>/dev/null")
+    if timed:
+        return sh_timed(f"{cfg}@{timed}", cmd)
+    return cmd + "\n"
 
 
 def sh_timed(name, cmd):
-    """Run cmd, print BENCH-TIME name seconds (guest clock)."""
+    """Run cmd, print BENCH-TIME name t0 t1 (guest uptime)."""
     return (f't0=$(cut -d" " -f1 /proc/uptime)\n{cmd}\n'
             f't1=$(cut -d" " -f1 /proc/uptime)\n'
             f'echo "BENCH-TIME {name} $t0 $t1"\n')
 
 
-def sh_redis(p, where):
+def sh_redis(p, cfg, where):
     n = p["redis_n"]
     return f"""
-ip link set lo up
+echo "BENCH-INFO redis {cfg} start $(cat /proc/uptime)"
 mkdir -p {where}/redis
 redis-server --dir {where}/redis --appendonly yes --appendfsync always \\
     --save '' --bind 127.0.0.1 --port 6379 --daemonize yes \\
-    --logfile /tmp/redis.log --protected-mode no >/dev/null
+    --logfile /tmp/redis-{cfg}.log --protected-mode no >/dev/null
 i=0; while ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; do
-    i=$((i+1)); [ $i -gt 100 ] && {{ echo "BENCH-FAIL redis"; tail /tmp/redis.log; break; }}
+    i=$((i+1)); [ $i -gt 100 ] && {{ echo "BENCH-FAIL redis {cfg}"; tail /tmp/redis-{cfg}.log; break; }}
     usleep 100000; done
 r=$(redis-benchmark -h 127.0.0.1 -t set -n {n} -c 8 -d 256 -r 100000 -q --csv 2>&1 | grep '"SET"' | cut -d, -f2 | tr -d '"')
-echo "BENCH-REDIS set ${{r:-0}}"
-echo "BENCH-REDIS aof_bytes $(wc -c < {where}/redis/appendonlydir/*.incr.aof 2>/dev/null || wc -c < {where}/redis/appendonly.aof 2>/dev/null || echo 0)"
+echo "BENCH-REDIS {cfg} ${{r:-0}}"
 redis-cli -h 127.0.0.1 shutdown nosave >/dev/null 2>&1
+echo "BENCH-INFO redis {cfg} end $(cat /proc/uptime) aof_bytes $(cat {where}/redis/appendonlydir/* 2>/dev/null | wc -c)"
 """
 
 
-def layout(p):
-    """Regions (offset, size) on the NVDIMM/virtio disk or files on DAX."""
-    ds, fs, cs = p["data"], p["ft"], p["cow"]
-    return {"data": (0, ds), "ft": (ds, fs), "cow": (ds + fs, cs),
-            "cowcl": (ds + fs + cs, cs), "end": ds + fs + 2 * cs}
-
-
-def script_dax_main(p, redis):
-    L = layout(p)
-    ds, cs = L["data"][1], L["cow"][1]
-    s = DAX_SETUP
-    s += sh_timed("layout-write-1m", f"dd if=/dev/zero of=/mnt/data bs=1M count={ds // MiB} conv=fsync 2>/dev/null")
-    s += sh_fio(steady_jobs(p, "/mnt/data", "mmap", False, ds))
-    s += sh_fio([first_touch_job("/mnt/fresh", "mmap", False, L["ft"][1])])
-    # data for the copy-on-write boots
-    for f in ("cow", "cowcl"):
-        s += f"dd if=/dev/urandom of=/mnt/{f} bs=1M count={cs // MiB} conv=fsync 2>/dev/null\n"
+def script_main(p, cfgs, redis):
+    s = sh_devices(cfgs, fresh=True)
+    for cfg in cfgs:
+        s += sh_fill(cfg, "data", p, timed="layout-write-1m")
+    s += sh_fio(main_jobs(p, cfgs))
+    for cfg in cfgs:
+        s += sh_fill(cfg, "cow", p) + sh_fill(cfg, "cowcl", p)
     if redis:
-        s += sh_redis(p, "/mnt")
-    s += "sync; umount /mnt\n"
+        s += "ip link set lo up\n"
+        for cfg in cfgs:
+            if cfg.endswith("-dax"):
+                s += sh_redis(p, cfg, TARGET[cfg])
+            elif cfg == "qcow2-blk":
+                s += ("mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0,nodiscard $RBLK"
+                      " || echo 'BENCH-FAIL mkfs redis'\nmkdir -p /r && mount $RBLK /r || "
+                      "echo 'BENCH-FAIL mount redis'\n")
+                s += sh_redis(p, cfg, "/r") + "umount /r\n"
+    s += "sync\n" + "".join(f"umount {TARGET[c]}\n" for c in cfgs if c.endswith("-dax"))
     return s
 
 
-def script_dax_cow(p, name, f):
-    cs = layout(p)["cow"][1]
-    return DAX_REMOUNT + sh_fio([cow_job(name, f"/mnt/{f}", "mmap", False, cs)]) + "umount /mnt\n"
-
-
-def find_dev_sh(kind, size):
-    if kind == "pmem":
-        return "DEV=/dev/pmem0\n"
-    return ("""DEV=
-for b in /sys/block/vd*; do
-    [ "$(cat $b/size)" = "%d" ] && DEV=/dev/${b##*/}
-done
-[ -n "$DEV" ] || echo "BENCH-FAIL no virtio disk of %d sectors"
-""" % (size // 512, size // 512))
-
-
-VIRTIO_SETUP = """
-for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
-    insmod /bench/$m.ko 2>/dev/null
-done
-i=0; while [ ! -e /sys/block/vda ] && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done
-"""
-
-
-def script_blk_main(p, kind, redis):
-    L = layout(p)
-    ds = L["data"][1]
-    s = "set -u\n" + (VIRTIO_SETUP if kind == "virtio" else "")
-    s += find_dev_sh(kind, p["img"])
-    s += sh_timed("layout-write-1m", f"dd if=/dev/zero of=$DEV bs=1M count={ds // MiB} oflag=direct 2>/dev/null")
-    s += sh_fio(steady_jobs(p, "$DEV", "psync", True, ds))
-    s += sh_fio([first_touch_job("$DEV", "psync", True, L["ft"][1], L["ft"][0])])
-    for r in ("cow", "cowcl"):
-        off, sz = L[r]
-        s += (f"dd if=/dev/urandom of=$DEV bs=1M seek={off // MiB} count={sz // MiB} "
-              "oflag=direct 2>/dev/null\n")
-    if redis:
-        s += find_dev_sh(kind, p["redis_img"]).replace("DEV=", "RDEV=").replace("$DEV", "$RDEV")
-        s += ("mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0,nodiscard $RDEV"
-              " || echo BENCH-FAIL mkfs\nmkdir -p /r && mount $RDEV /r || echo BENCH-FAIL mount\n")
-        s += sh_redis(p, "/r") + "umount /r\n"
-    s += "sync\n"
+def script_cow(p, cfgs, region, name):
+    s = sh_devices(cfgs, fresh=False)
+    s += sh_fio(cow_jobs(p, cfgs, region, name))
+    s += "sync\n" + "".join(f"umount {TARGET[c]}\n" for c in cfgs if c.endswith("-dax"))
     return s
-
-
-def script_blk_cow(p, kind, name, region):
-    off, sz = layout(p)[region]
-    s = "set -u\n" + (VIRTIO_SETUP if kind == "virtio" else "")
-    s += find_dev_sh(kind, p["img"])
-    return s + sh_fio([cow_job(name, "$DEV", "psync", True, sz, off)])
 
 
 # ----------------------------------------------------------------------------
@@ -327,13 +405,13 @@ class Runner:
         self.out = Path(a.out)
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         vcpus = a.vcpus or min(os.cpu_count() or 1, 4)
-        self.p = {"vcpus": vcpus, "runtime": a.runtime or (4 if a.quick else 8),
-                  "img": 2 * GiB, "redis_img": 1 * GiB,
+        self.p = {"vcpus": vcpus, "runtime": a.runtime or (2 if a.quick else 5),
+                  "rounds": a.rounds or (2 if a.quick else 3),
                   "data": (256 if a.quick else 512) * MiB,
                   "ft": (256 if a.quick else 512) * MiB,
                   "cow": (128 if a.quick else 256) * MiB,
-                  "redis_n": 20000 if a.quick else 50000,
-                  "mem": "1G", "libaio": True}
+                  "redis_n": 3000 if a.quick else 10000,
+                  "mem": "1G", "sizes": SIZES}
         self.results = {"meta": {}, "fs": {}}
         self.escalate = self.detect_escalate()
         self.files = self.guest_files()
@@ -341,7 +419,9 @@ class Runner:
 
     # -- environment --
     def detect_escalate(self):
-        """How this QEMU lets us choose whole-cluster COW, if it does."""
+        """How this QEMU lets us choose whole-cluster COW, if it does: a
+        memory-backend-file property cow-escalate, or env PCOW_COW_ESCALATE
+        (number of 4 KiB units copied before the whole cluster is)."""
         try:
             h = subprocess.run([self.qemu, "-object", "memory-backend-file,help"],
                                capture_output=True, text=True, timeout=20).stdout
@@ -349,14 +429,11 @@ class Runner:
             h = ""
         m = re.search(r"^\s*(cow-?escalate)\b", h, re.M)
         if m:
-            return ("prop", m.group(1))
-        try:
-            s = subprocess.run(["grep", "-c", "PCOW_COW_ESCALATE", self.qemu],
-                               capture_output=True, text=True).stdout.strip()
-        except OSError:
-            s = "0"
-        if s and s != "0":
-            return ("env", "PCOW_COW_ESCALATE")
+            return ["prop", m.group(1)]
+        r = subprocess.run(["grep", "-c", "PCOW_COW_ESCALATE", self.qemu],
+                           capture_output=True, text=True)
+        if r.stdout.strip() not in ("", "0"):
+            return ["env", "PCOW_COW_ESCALATE"]
         return None
 
     def guest_files(self):
@@ -372,19 +449,17 @@ class Runner:
         bins = {"usr/bin/redis-server": "/usr/bin/redis-check-rdb",
                 "usr/bin/redis-benchmark": "/usr/bin/redis-benchmark",
                 "usr/bin/redis-cli": "/usr/bin/redis-cli"}
-        if all(os.path.exists(v) for v in bins.values()):
-            for g, h in bins.items():
-                files[g] = Path(h)
+        self.redis = all(os.path.exists(v) for v in bins.values())
+        if self.redis:
             libs = set()
-            for h in bins.values():
+            for gp, h in bins.items():
+                files[gp] = Path(h)
                 out = subprocess.run(["ldd", h], capture_output=True, text=True).stdout
                 libs |= set(re.findall(r"=> (/\S+)", out))
             for lib in libs:
                 files[lib.lstrip("/")] = Path(os.path.realpath(lib))
-            self.redis = True
         else:
             log("redis-tools not installed: no Redis rows")
-            self.redis = False
         return files
 
     def machine(self):
@@ -402,19 +477,16 @@ class Runner:
                 "git": sh(f"git -C {TOP} rev-parse --short HEAD")}
 
     # -- running guests --
-    def boot(self, tag, script, qemu_args, env=None, files=None):
+    def boot(self, tag, script, qemu_args, env=None):
         logf = self.out / "logs" / f"{tag}.log"
         la0 = os.getloadavg()[0]
         t0 = time.monotonic()
-        old = {}
-        for k, v in (env or {}).items():
-            old[k] = os.environ.get(k)
-            os.environ[k] = v
+        old = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
         try:
-            g = BenchGuest(script, qemu_args, qemu=self.qemu, fio=True,
-                           files={**self.files, **(files or {})}, mem=self.p["mem"],
-                           smp=self.p["vcpus"], timeout=1800, log=logf,
-                           accel=self.accel)
+            g = BenchGuest(script, qemu_args, qemu=self.qemu, fio=True, files=self.files,
+                           mem=self.p["mem"], maxmem="12G", smp=self.p["vcpus"],
+                           timeout=3600, log=logf, accel=self.accel)
             g.start()
             r = g.wait()
         finally:
@@ -424,134 +496,135 @@ class Runner:
                 else:
                     os.environ[k] = v
         dt = time.monotonic() - t0
-        self.boot_times.append((tag, round(dt, 1), r.boot_time))
+        self.boot_times.append([tag, round(dt, 1), r.boot_time and round(r.boot_time, 1)])
         fails = [ln for ln in r.lines if "BENCH-FAIL" in ln] + r.errors
         log(f"{tag}: {dt:.0f} s (boot {r.boot_time and round(r.boot_time, 1)} s, "
             f"load {la0:.1f}->{os.getloadavg()[0]:.1f}) rc={r.rc}"
             + (f" FAIL: {fails[:3]}" if fails else ""))
         if r.rc != 0:
             log(f"{tag}: guest rc={r.rc}; qemu stderr: {r.qemu_stderr.strip()[-500:]}; log {logf}")
-        res = {"fio": parse_fio(r.lines), "redis": parse_kv(r.lines, "BENCH-REDIS"),
-               "time": {k: round(float(v.split()[1]) - float(v.split()[0]), 2)
-                        for k, v in parse_kv(r.lines, "BENCH-TIME").items()},
-               "rc": r.rc, "fails": fails, "load": [la0, os.getloadavg()[0]],
-               "wall_s": round(dt, 1)}
+        return {"fio": parse_fio(r.lines), "redis": parse_kv(r.lines, "BENCH-REDIS"),
+                "time": {k: round(float(v.split()[1]) - float(v.split()[0]), 2)
+                         for k, v in parse_kv(r.lines, "BENCH-TIME").items()},
+                "rc": r.rc, "fails": fails, "load": [round(la0, 1), round(os.getloadavg()[0], 1)],
+                "wall_s": round(dt, 1), "boot_s": r.boot_time}
+
+    def qemu_args(self, imgs, cluster_cow=False):
+        a = []
+        for i, cfg in enumerate(("raw-dax", "pcow-dax", "pcow-blk")):
+            if cfg not in imgs:
+                continue
+            if cfg == "raw-dax":
+                obj = f"memory-backend-file,id=pm{i},mem-path={imgs[cfg]},size={SIZES[cfg]},share=on"
+            else:
+                obj = f"memory-backend-file,id=pm{i},mem-path={imgs[cfg]},format=pcow,share=on"
+                if cluster_cow and self.escalate and self.escalate[0] == "prop":
+                    obj += f",{self.escalate[1]}=1"
+            a += ["-object", obj, "-device", f"nvdimm,memdev=pm{i},id=nv{i}"]
+        for i, cfg in enumerate(("qcow2-blk", "redis-blk")):
+            if cfg in imgs:
+                a += ["-drive", f"file={imgs[cfg]},format=qcow2,if=none,id=d{i},"
+                      "cache=writeback,aio=threads",
+                      "-device", f"virtio-blk-pci,drive=d{i}"]
+        return a
+
+    def create(self, d, cfgs):
+        imgs = {}
+        for cfg in cfgs + (["redis-blk"] if "qcow2-blk" in cfgs and self.redis else []):
+            sz = SIZES[cfg]
+            if cfg == "raw-dax":
+                f = d / "raw-dax.img"
+                with open(f, "wb") as fh:
+                    fh.truncate(sz)
+            elif cfg.startswith("pcow"):
+                f = d / f"{cfg}.pcow"
+                subprocess.run([self.pcow_img, "create", "-f", "pcow", str(f), str(sz)],
+                               check=True, capture_output=True)
+            else:
+                f = d / f"{cfg}.qcow2"
+                subprocess.run([self.qemu_img, "create", "-q", "-f", "qcow2", str(f), str(sz)],
+                               check=True)
+            imgs[cfg] = str(f)
+        return imgs
+
+    def snapshot(self, imgs):
+        for cfg, f in imgs.items():
+            if cfg.startswith("pcow"):
+                subprocess.run([self.pcow_img, "snapshot", "-c", "s1", f], check=True,
+                               capture_output=True)
+            elif cfg == "qcow2-blk":
+                subprocess.run([self.qemu_img, "snapshot", "-c", "s1", f], check=True)
+
+    def run_guests(self, d, cfgs):
+        """Main boot, offline snapshots, COW boot(s).  Returns {cfg: res}."""
+        fs = self.fsname
+        if "qcow2-blk" in cfgs and not self.qemu_img:
+            log("no qemu-img: qcow2-blk skipped")
+            cfgs = [c for c in cfgs if c != "qcow2-blk"]
+        imgs = self.create(d, cfgs)
+        res = {c: {"fio": {}, "redis": {}} for c in cfgs}
+
+        def merge(r, boot):
+            for k, v in r["fio"].items():
+                cfg, _, job = k.partition("@")
+                job, _, rnd = job.partition("#")
+                if cfg not in res:
+                    continue
+                # rounds: keep the best (interference from other load on
+                # this machine only ever slows a job down) and all values
+                old = res[cfg]["fio"].get(job)
+                allr = (old or {}).get("rounds", []) + [round(v.get("iops", 0), 1)]
+                if not old or v.get("iops", 0) > old.get("iops", 0):
+                    res[cfg]["fio"][job] = v
+                res[cfg]["fio"][job]["rounds"] = allr
+            for k, v in r["redis"].items():
+                if k in res:
+                    res[k]["redis"]["set"] = v
+            for k, v in r["time"].items():
+                cfg, _, job = k.partition("@")
+                if cfg in res:
+                    res[cfg].setdefault("time", {})[job] = v
+            self.results.setdefault("boots", {})[f"{fs}-{boot}"] = {
+                k: r[k] for k in ("rc", "fails", "load", "wall_s", "boot_s")}
+
+        r = self.boot(f"{fs}-main", script_main(self.p, cfgs, self.redis), self.qemu_args(imgs))
+        merge(r, "main")
+        for cfg, f in imgs.items():
+            if cfg in res:
+                res[cfg]["image_bytes_after_main"] = os.stat(f).st_blocks * 512
+        self.snapshot(imgs)
+        env = {"PCOW_COW_ESCALATE": "never"} if self.escalate and self.escalate[0] == "env" else None
+        r = self.boot(f"{fs}-cow", script_cow(self.p, cfgs, "cow", "cow"), self.qemu_args(imgs), env)
+        merge(r, "cow")
+        pc = [c for c in cfgs if c.startswith("pcow")]
+        if self.escalate and pc:
+            env = {"PCOW_COW_ESCALATE": "1"} if self.escalate[0] == "env" else None
+            r = self.boot(f"{fs}-cowcl", script_cow(self.p, pc, "cowcl", "cow-cluster"),
+                          self.qemu_args({c: imgs[c] for c in pc}, cluster_cow=True), env)
+            merge(r, "cowcl")
+        for cfg, f in imgs.items():
+            if cfg in res and cfg.startswith("pcow"):
+                r = subprocess.run([self.pcow_img, "info", "--output=json", "-U", f],
+                                   capture_output=True, text=True)
+                try:
+                    res[cfg]["info"] = json.loads(r.stdout)
+                except ValueError:
+                    pass
+            os.unlink(f)
         return res
 
-    def nvdimm(self, path, fmt):
-        if fmt == "raw":
-            return ["-object", f"memory-backend-file,id=pm,mem-path={path},size={self.p['img']},share=on",
-                    "-device", "nvdimm,memdev=pm,id=nv0"]
-        opts = ""
-        if fmt == "pcow-cluster" and self.escalate and self.escalate[0] == "prop":
-            opts = f",{self.escalate[1]}=1"
-        return ["-object", f"memory-backend-file,id=pm,mem-path={path},format=pcow,share=on{opts}",
-                "-device", "nvdimm,memdev=pm,id=nv0"]
-
-    def virtio(self, path, i, fmt="qcow2"):
-        return ["-drive", f"file={path},format={fmt},if=none,id=d{i},cache=writeback,aio=threads",
-                "-device", f"virtio-blk-pci,drive=d{i}"]
-
-    def pcow_create(self, path):
-        if os.path.exists(path):
-            os.unlink(path)
-        subprocess.run([self.pcow_img, "create", "-f", "pcow", path, str(self.p["img"])],
-                       check=True, capture_output=True)
-
-    def pcow_info(self, path):
-        r = subprocess.run([self.pcow_img, "info", "--output=json", "-U", path],
-                           capture_output=True, text=True)
-        try:
-            return json.loads(r.stdout)
-        except ValueError:
-            return {}
-
-    def whole_cluster_env(self):
-        if self.escalate and self.escalate[0] == "env":
-            return {self.escalate[1]: "1"}
-        return {}
-
-    # -- configurations --
-    def run_raw_dax(self, d):
-        img = d / "raw.img"
-        with open(img, "wb") as f:
-            f.truncate(self.p["img"])
-        r = self.boot(f"{self.fsname}-raw-dax", script_dax_main(self.p, self.redis),
-                      self.nvdimm(img, "raw"))
-        r["image_bytes"] = os.stat(img).st_blocks * 512
-        img.unlink()
-        return r
-
-    def run_pcow(self, d, kind):
-        img = str(d / f"{kind}.pcow")
-        self.pcow_create(img)
-        tag = f"{self.fsname}-{kind}"
-        if kind == "pcow-dax":
-            r = self.boot(tag, script_dax_main(self.p, self.redis), self.nvdimm(img, "pcow"))
-        else:
-            r = self.boot(tag, script_blk_main(self.p, "pmem", False), self.nvdimm(img, "pcow"))
-        r["image_bytes"] = os.stat(img).st_blocks * 512
-        subprocess.run([self.pcow_img, "snapshot", "-c", "s1", img], check=True,
-                       capture_output=True)
-        t = time.monotonic()
-        if kind == "pcow-dax":
-            c = self.boot(tag + "-cow", script_dax_cow(self.p, "cow-4k", "cow"),
-                          self.nvdimm(img, "pcow"), env={"PCOW_COW_ESCALATE": "never"}
-                          if self.escalate and self.escalate[0] == "env" else None)
-        else:
-            c = self.boot(tag + "-cow", script_blk_cow(self.p, "pmem", "cow-4k", "cow"),
-                          self.nvdimm(img, "pcow"))
-        r["fio"].update(c["fio"])
-        r["cow_boot_wall_s"] = round(time.monotonic() - t, 1)
-        if self.escalate:
-            if kind == "pcow-dax":
-                c = self.boot(tag + "-cowcl", script_dax_cow(self.p, "cow-cluster", "cowcl"),
-                              self.nvdimm(img, "pcow-cluster"), env=self.whole_cluster_env())
-            else:
-                c = self.boot(tag + "-cowcl", script_blk_cow(self.p, "pmem", "cow-cluster", "cowcl"),
-                              self.nvdimm(img, "pcow-cluster"), env=self.whole_cluster_env())
-            r["fio"].update(c["fio"])
-        r["info"] = self.pcow_info(img)
-        os.unlink(img)
-        return r
-
-    def run_qcow2(self, d):
-        if not self.qemu_img:
-            log("no qemu-img: qcow2-blk skipped")
-            return None
-        img, rimg = str(d / "q.qcow2"), str(d / "redis.qcow2")
-        for f, s in ((img, self.p["img"]), (rimg, self.p["redis_img"])):
-            if os.path.exists(f):
-                os.unlink(f)
-            subprocess.run([self.qemu_img, "create", "-q", "-f", "qcow2", f, str(s)], check=True)
-        args = self.virtio(img, 0) + (self.virtio(rimg, 1) if self.redis else [])
-        tag = f"{self.fsname}-qcow2-blk"
-        r = self.boot(tag, script_blk_main(self.p, "virtio", self.redis), args)
-        r["image_bytes"] = os.stat(img).st_blocks * 512
-        subprocess.run([self.qemu_img, "snapshot", "-c", "s1", img], check=True)
-        c = self.boot(tag + "-cow", script_blk_cow(self.p, "virtio", "cow-qcow2", "cow"),
-                      self.virtio(img, 0))
-        r["fio"].update(c["fio"])
-        for f in (img, rimg):
-            os.unlink(f)
-        return r
-
     def run_host(self, d):
-        N, T = self.p["vcpus"], self.p["runtime"]
-        f = d / "host.data"
-        res = {"fio": {}}
         t0 = time.monotonic()
+        f = d / "host.data"
         subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=1M",
                         f"count={self.p['data'] // MiB}", "conv=fsync"],
                        check=True, capture_output=True)
         jobs = steady_jobs(self.p, str(f), "mmap", False, self.p["data"])
         jobs.append(first_touch_job(str(d / "host.fresh"), "mmap", False, self.p["ft"]))
-        for name, kw in jobs:
-            out = subprocess.run(["fio"] + fio_args(name, **kw), capture_output=True, text=True)
-            try:
-                res["fio"][name] = summarize(json.loads(out.stdout[out.stdout.index("{"):]))
-            except (ValueError, KeyError) as e:
-                res["fio"][name] = {"error": str(e) + out.stderr[-300:]}
+        out = subprocess.run(["fio"] + fio_cmd(jobs), capture_output=True, text=True)
+        res = {"fio": parse_fio_json(out.stdout)}
+        if "_error" in res["fio"]:
+            log(f"host fio: {res['fio']['_error']} {out.stderr[-300:]}")
         for x in (f, d / "host.fresh"):
             if x.exists():
                 x.unlink()
@@ -568,11 +641,13 @@ class Runner:
         (self.out / "logs" / "bench-monitor.log").write_text(r.stdout + r.stderr)
         log(f"bench-monitor: {time.monotonic() - t0:.0f} s rc={r.returncode}")
         lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-        res = {"rc": r.returncode, "table": "\n".join(lines[:-1])}
+        res = {"rc": r.returncode, "table": "\n".join(lines[:-1]),
+               "stderr": r.stderr[-500:]}
         try:
             res["json"] = json.loads(lines[-1])
         except (ValueError, IndexError):
             res["json"] = None
+            res["table"] = "\n".join(lines) + "\n" + r.stderr[-500:]
         return res
 
     def run(self):
@@ -581,7 +656,8 @@ class Runner:
         self.results["meta"] = {"machine": self.machine(), "params": self.p,
                                 "accel": self.accel, "quick": self.quick,
                                 "cow_whole_cluster": self.escalate,
-                                "qcow2_cache": "cache=writeback,aio=threads (virtio-blk-pci)"}
+                                "qcow2_cache": "virtio-blk-pci, cache=writeback, aio=threads",
+                                "loadavg_start": os.getloadavg()}
         fss = a.fs.split(",") if a.fs else (["tmpfs"] if self.quick else ["tmpfs", "build"])
         self.dirs = []
         for fs in fss:
@@ -598,17 +674,12 @@ class Runner:
             for fs, d in self.dirs:
                 self.fsname = fs
                 R = self.results["fs"].setdefault(fs, {})
-                for c in only:
-                    log(f"== {fs}: {c}")
-                    if c == "host-dax":
-                        R[c] = self.run_host(d)
-                    elif c == "raw-dax":
-                        R[c] = self.run_raw_dax(d)
-                    elif c in ("pcow-dax", "pcow-blk"):
-                        R[c] = self.run_pcow(d, c)
-                    elif c == "qcow2-blk":
-                        R[c] = self.run_qcow2(d)
-                    self.save()
+                if "host-dax" in only:
+                    R["host-dax"] = self.run_host(d)
+                gc = [c for c in GUEST_CFGS if c in only]
+                if gc:
+                    R.update(self.run_guests(d, gc))
+                self.save()
             if not a.no_monitor:
                 self.results["monitor"] = self.run_monitor()
         finally:
@@ -662,11 +733,13 @@ def report(R):
                 continue
             row += "".join(f"{v:>12.1f}" if v else f"{'-':>12}" for v in vals)
             lines.append(row)
-        for c in ("pcow-dax", "pcow-blk", "qcow2-blk"):
-            for job in ("cow-4k", "cow-cluster", "cow-qcow2"):
+        for c in ("raw-dax", "pcow-dax", "pcow-blk", "qcow2-blk"):
+            for job in ("cow", "cow-cluster"):
                 v = g(R, fs, c, job)
                 if v:
-                    lines.append(f"{'COW ' + c + ' ' + job:<28}{v:>12.1f} IOPS  p50 "
+                    what = {"raw-dax": "overwrite (no snapshot)", "qcow2-blk": "qcow2 internal snap"}.get(
+                        c, "4 KiB COW" if job == "cow" else "whole-cluster COW")
+                    lines.append(f"{'COW ' + c:<14}{what:<26}{v:>10.1f} IOPS  p50 "
                                  f"{g(R, fs, c, job, 'p50_us') or 0:.1f} us  p99 "
                                  f"{g(R, fs, c, job, 'p99_us') or 0:.1f} us")
         for c in ("raw-dax", "pcow-dax", "qcow2-blk"):
@@ -690,11 +763,12 @@ def report(R):
         rt[f"pcowblk_over_qcow2blk_{key}"] = ratio(g(R, fs, "pcow-blk", job, k), g(R, fs, "qcow2-blk", job, k))
     for key, job, k in wl[:2]:
         rt[f"rawdax_over_hostdax_{key}"] = ratio(g(R, fs, "raw-dax", job, k), g(R, fs, "host-dax", job, k))
-    qc = g(R, fs, "qcow2-blk", "cow-qcow2")
-    rt["pcow_cow_over_qcow2_cow"] = ratio(g(R, fs, "pcow-dax", "cow-4k"), qc)
-    rt["pcowblk_cow_over_qcow2_cow"] = ratio(g(R, fs, "pcow-blk", "cow-4k"), qc)
+    qc = g(R, fs, "qcow2-blk", "cow")
+    rt["pcow_cow_over_qcow2_cow"] = ratio(g(R, fs, "pcow-dax", "cow"), qc)
+    rt["pcowblk_cow_over_qcow2_cow"] = ratio(g(R, fs, "pcow-blk", "cow"), qc)
     rt["pcow_cowcluster_over_qcow2_cow"] = ratio(g(R, fs, "pcow-dax", "cow-cluster"), qc)
-    rt["pcow_cow4k_over_cowcluster"] = ratio(g(R, fs, "pcow-dax", "cow-4k"), g(R, fs, "pcow-dax", "cow-cluster"))
+    rt["pcow_cow4k_over_cowcluster"] = ratio(g(R, fs, "pcow-dax", "cow"), g(R, fs, "pcow-dax", "cow-cluster"))
+    rt["pcow_cow_over_rawdax_overwrite"] = ratio(g(R, fs, "pcow-dax", "cow"), g(R, fs, "raw-dax", "cow"))
     try:
         rt["redis_pcowdax_over_rawdax"] = ratio(float(R["fs"][fs]["pcow-dax"]["redis"]["set"]),
                                                 float(R["fs"][fs]["raw-dax"]["redis"]["set"]))
@@ -707,7 +781,7 @@ def report(R):
         for key, job, k in wl[:2]:
             rt[f"{f2}_pcowdax_over_rawdax_{key}"] = ratio(g(R, f2, "pcow-dax", job, k), g(R, f2, "raw-dax", job, k))
             rt[f"{f2}_pcowdax_over_qcow2blk_{key}"] = ratio(g(R, f2, "pcow-dax", job, k), g(R, f2, "qcow2-blk", job, k))
-        rt[f"{f2}_pcow_cow_over_qcow2_cow"] = ratio(g(R, f2, "pcow-dax", "cow-4k"), g(R, f2, "qcow2-blk", "cow-qcow2"))
+        rt[f"{f2}_pcow_cow_over_qcow2_cow"] = ratio(g(R, f2, "pcow-dax", "cow"), g(R, f2, "qcow2-blk", "cow"))
     lines.append(f"\nRatios (same run, images on {fs}; >1 = pcow faster)")
     for k, v in rt.items():
         lines.append(f"  {k:<44} {v if v is not None else '-'}")
@@ -730,6 +804,8 @@ def main():
     ap.add_argument("--only", default=None, help="comma list of " + ",".join(CONFIGS))
     ap.add_argument("--runtime", type=int, default=None, help="seconds per time-based job")
     ap.add_argument("--vcpus", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="repetitions of each time-based job (best one reported)")
     ap.add_argument("--publish", action="store_true", help="charts also into docs/figures")
     ap.add_argument("--no-monitor", action="store_true")
     ap.add_argument("--report", default=None, help="only re-print the report of results.json")
