@@ -198,8 +198,10 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     qemu_madvise(pc->base, size, QEMU_MADV_NOHUGEPAGE);
     backend->mr.align = align;
     if (opts->readonly) {
-        /* Guest writes are dropped (TCG) or exit to QEMU (KVM read-only
-         * memslot) and never reach the read-only mapping. */
+        /*
+         * Guest writes are dropped (TCG) or exit to QEMU (KVM read-only
+         * memslot) and never reach the read-only mapping.
+         */
         memory_region_set_readonly(&backend->mr, true);
     }
 

@@ -3,8 +3,9 @@
  *
  * memory-backend-file with format=pcow maps a pcow image through the pcow
  * Image Monitor (include/pcow/monitor.h) and hands the monitor's range to
- * QEMU as a RAM block with a host pointer.  hostmem-file.c and kvm-all.c call these
- * functions; everything pcow-specific lives in backends/hostmem-pcow.c.
+ * QEMU as a RAM block with a host pointer.  hostmem-file.c, virtio-pmem.c
+ * and kvm-all.c call these functions (see patches/); everything
+ * pcow-specific lives in backends/hostmem-pcow.c.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.

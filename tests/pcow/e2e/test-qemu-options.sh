@@ -47,6 +47,7 @@ ok()   { count=$((count + 1)); echo "ok   $*"; }
 fail() { count=$((count + 1)); fails=$((fails + 1)); echo "FAIL $*"; }
 
 # Common machine: an NVDIMM slot, TCG, paused, no display.
+# shellcheck disable=SC2054  # commas belong to the option values
 machine=(-machine pc,nvdimm=on,accel=tcg -m 128M,slots=2,maxmem=4G
          -display none -nodefaults -S)
 
