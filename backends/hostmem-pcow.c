@@ -283,6 +283,16 @@ HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend)
     return NULL;
 }
 
+pcow_monitor *hostmem_pcow_monitor(HostMemPcow *pc)
+{
+    return pc->mon;
+}
+
+const char *hostmem_pcow_path(HostMemPcow *pc)
+{
+    return pc->path;
+}
+
 int hostmem_pcow_flush(HostMemPcow *pc)
 {
     pcow_error perr = { 0 };

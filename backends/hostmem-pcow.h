@@ -54,6 +54,14 @@ void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp);
 HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);
 
 /*
+ * The Image Monitor of @pc (NULL once the image is closed) and the image's
+ * path, for the QMP/HMP commands of hw/mem/pcow-qmp.c, which run in the
+ * main thread with the BQL held, as object-del and exit (which close it) do.
+ */
+struct pcow_monitor *hostmem_pcow_monitor(HostMemPcow *pc);
+const char *hostmem_pcow_path(HostMemPcow *pc);
+
+/*
  * Make the guest's writes to the image durable (virtio-pmem flush).  May be
  * called from any thread, without the BQL.  Returns 0 or -errno.
  */
