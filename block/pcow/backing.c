@@ -310,7 +310,7 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     }
     if (need > h.l1_size) {
         uint8_t *buf;
-        uint64_t chunk, pos, bytes = (uint64_t)h.l1_size * 8;
+        uint64_t chunk, pos, k, bytes = (uint64_t)h.l1_size * 8;
 
         new_l1c = pcow_div_round_up(need * 8, cs);
         ret = pcow_alloc_clusters(img, new_l1c, &new_l1);
@@ -322,7 +322,7 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
         /* New clusters read as zeros: copy only the non-zero parts */
         for (pos = 0; pos < bytes; pos += chunk) {
             chunk = bytes - pos < 4096 ? bytes - pos : 4096;
-            for (uint64_t k = 0; k < chunk; k++) {
+            for (k = 0; k < chunk; k++) {
                 if (buf[pos + k]) {
                     ret = pcow_persist_pwrite(img, new_l1 + pos, buf + pos,
                                               chunk);
