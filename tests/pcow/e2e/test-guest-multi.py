@@ -8,8 +8,10 @@ Boot: QMP query-memory-devices lists three nvdimms with the images' sizes;
     c's pattern; c is read-only for the guest (/sys/block/*/ro = 1) and a dd
     to it fails; then the guest forces it (blockdev --setrw) and writes
     again, drops its caches and reads c back: it must still see the
-    original pattern (QEMU discards the stores or refuses them; it must not
-    crash).
+    original pattern.  Then, past the guest kernel: c's namespace disabled,
+    CPU stores with busybox devmem (kernel iomem=relaxed) into c's physical
+    range, at the pattern and in a hole: QEMU discards them (ROM-like), the
+    guest reads the old values, QEMU does not crash.
 Host: a and b hold their data and nothing else; c.pcow is byte-identical
     (md5, mtime) and checks clean; all three clean.
 """
@@ -28,6 +30,7 @@ guest = common.guest
 N = 64 * KiB
 SIZES = {"a": 64 * MiB, "b": 96 * MiB, "c": 128 * MiB}
 OFF = {"a": 1 * MiB, "b": 2 * MiB + 8 * KiB, "c": 3 * MiB}
+HOLE = 100 * MiB        # a hole of c.pcow
 
 
 def main():
@@ -64,9 +67,21 @@ dd if=/data/Px of=/dev/$C bs=4096 seek={OFF['c'] // 4096} conv=notrunc,fsync 2>/
 echo "C-FORCED-WRITE-RC $?"; sed 's/^/C-WRITE-ERR /' /tmp/e
 echo 3 > /proc/sys/vm/drop_caches
 readc C-AFTER
+# Past the guest kernel: disable C's namespace and store to its physical
+# range with the CPU (busybox devmem, iomem=relaxed): at the pattern and in
+# a hole.  QEMU must discard the stores (or stop the guest), never write.
+ns=$(basename "$(readlink -f /sys/block/$C/device)")
+base=$(cat /sys/bus/nd/devices/$ns/resource)
+ndctl disable-namespace $ns >/dev/null 2>&1 || fail "disable $ns"
+echo "C-PHYS $ns $base"
+pa=$(( base + {OFF['c']} )); ph=$(( base + {HOLE} ))
+echo "DEVMEM-BEFORE $(devmem $pa 32) $(devmem $ph 32)"
+devmem $pa 32 0xdeadbeef; echo "DEVMEM-W1 $?"
+devmem $ph 32 0x12345678; echo "DEVMEM-W2 $?"
+echo "DEVMEM-AFTER $(devmem $pa 32) $(devmem $ph 32)"
 """
     images = [img["a"], img["b"], (img["c"], "readonly=on", "unarmed=on")]
-    g = guest.Guest(script, common.nvdimm_args(images), **common.GUEST_KW,
+    g = guest.Guest(script, common.nvdimm_args(images), **dict(common.GUEST_KW, append="no_timer_check iomem=relaxed"),
                     files=files, qmp=True)
     devs = None
     with g:
@@ -98,6 +113,13 @@ readc C-AFTER
            + ("dd succeeded (the stores reached QEMU)" if forced else "dd failed"))
     t.check("C-AFTER OK" in out, "after the forced write and a cache drop the "
             "guest still reads the original pattern from the readonly image")
+    word = "0x%08X" % int.from_bytes(pat["c"][:4], "little")
+    want = f"DEVMEM-AFTER {word} 0x00000000"
+    t.check(f"DEVMEM-BEFORE {word} 0x00000000".lower() in out.lower(),
+            f"devmem reads the readonly NVDIMM's pattern word {word} and a hole's 0")
+    t.check("DEVMEM-W1 0" in out and want.lower() in out.lower(),
+            "CPU stores (devmem) to the readonly NVDIMM's data and hole are "
+            "discarded: the guest reads the old values back")
     t.check(r.qemu_rc == 0, f"QEMU exited normally (status {r.qemu_rc})")
 
     for k in ("a", "b"):

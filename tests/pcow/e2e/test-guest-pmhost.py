@@ -17,7 +17,9 @@ Asserted (what libpcow's storage probe must find):
     cache flush path; if it says no, msync/fdatasync.  The probe also
     prints what pmem_is_pmem() returns for a plain mmap(MAP_SYNC) of the
     file (what libpcow's probe does), which shows the cause when the two
-    disagree;
+    disagree, and for every namespace what libndctl returns from
+    ndctl_namespace_get_block_device() and ndctl_pfn_get_block_device()
+    (an fsdax namespace's block device belongs to its pfn device);
   - with PMEM_IS_PMEM_FORCE=1 (libpmem's override) pcow-img reports the
     CPU cache flush path, and an image created and written that way checks
     clean.
@@ -45,6 +47,7 @@ PROBE_C = r"""
 #include <sys/mman.h>
 #include <unistd.h>
 #include <libpmem.h>
+#include <ndctl/libndctl.h>
 #ifndef MAP_SHARED_VALIDATE
 #define MAP_SHARED_VALIDATE 0x03
 #endif
@@ -58,7 +61,28 @@ int main(int argc, char **argv)
     size_t len;
     int is_pmem = -1;
 
+    struct ndctl_ctx *ctx;
+    struct ndctl_bus *bus;
+    struct ndctl_region *region;
+    struct ndctl_namespace *ns;
+
     if (fd < 0) { perror(argv[1]); return 1; }
+    if (ndctl_new(&ctx) == 0) {
+        ndctl_bus_foreach(ctx, bus) {
+            ndctl_region_foreach(bus, region) {
+                ndctl_namespace_foreach(region, ns) {
+                    struct ndctl_pfn *pfn = ndctl_namespace_get_pfn(ns);
+                    const char *b = ndctl_namespace_get_block_device(ns);
+
+                    printf("PROBE libndctl %s: namespace_get_block_device=\"%s\" "
+                           "pfn_get_block_device=\"%s\"\n",
+                           ndctl_namespace_get_devname(ns), b ? b : "(null)",
+                           pfn ? ndctl_pfn_get_block_device(pfn) : "(no pfn)");
+                }
+            }
+        }
+        ndctl_unref(ctx);
+    }
     p = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
              MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
     if (p == MAP_FAILED) {
@@ -122,7 +146,7 @@ def main():
     files = {}
     probe = t.tmp / "probe"
     cc = subprocess.run(["gcc", "-O2", "-o", str(probe), "-x", "c", "-",
-                         "-lpmem"], input=PROBE_C, text=True,
+                         "-lpmem", "-lndctl"], input=PROBE_C, text=True,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT) \
         if os.path.exists("/usr/include/libpmem.h") else None
     if cc is not None and cc.returncode == 0:
