@@ -89,6 +89,13 @@ void img_pcow_error(const char *file, const pcow_error *err, int ret)
     } else {
         img_error(file, "%s", one_line);
     }
+    if (ret == -EBUSY && strstr(one_line, "in use")) {
+        /* Locked, most likely by the QEMU that runs a guest on it. */
+        fprintf(stderr, "pcow-img: for a running VM, use QMP "
+                "pcow-snapshot-create/pcow-snapshot-delete/query-pcow (HMP "
+                "pcow_snapshot_create, info pcow); revert (snapshot -a) "
+                "with the VM stopped\n");
+    }
 }
 
 /* ----------------------------------------------------------- formatting */
