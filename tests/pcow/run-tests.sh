@@ -77,7 +77,7 @@ fi
 if want e2e; then
     export QEMU=${QEMU:-$top/$build/qemu-system-x86_64}
     export PCOW_IMG=${PCOW_IMG:-$top/$build/pcow-img}
-    for t in tests/pcow/e2e/test-*.sh; do
+    for t in tests/pcow/e2e/test-*.sh tests/pcow/libvirt/test-*.sh; do
         [ -e "$t" ] || continue
         name=$(basename "$t" .sh)
         out=$(mktemp)
