@@ -405,7 +405,7 @@ class Runner:
         self.out = Path(a.out)
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         vcpus = a.vcpus or min(os.cpu_count() or 1, 4)
-        self.p = {"vcpus": vcpus, "runtime": a.runtime or (2 if a.quick else 5),
+        self.p = {"vcpus": vcpus, "runtime": a.runtime or (2 if a.quick else 4),
                   "rounds": a.rounds or (2 if a.quick else 3),
                   "data": (256 if a.quick else 512) * MiB,
                   "ft": (256 if a.quick else 512) * MiB,
