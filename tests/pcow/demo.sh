@@ -30,10 +30,11 @@ set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 BUILD=${BUILD:-build}
-QEMU=${QEMU:-$top/$BUILD/qemu-system-x86_64}
-PCOW_IMG=${PCOW_IMG:-$top/$BUILD/pcow-img}
+case $BUILD in /*) bdir=$BUILD ;; *) bdir=$top/$BUILD ;; esac
+QEMU=${QEMU:-$bdir/qemu-system-x86_64}
+PCOW_IMG=${PCOW_IMG:-$bdir/pcow-img}
 export QEMU PCOW_IMG
-case $BUILD in /*) demo=$BUILD/demo ;; *) demo=$top/$BUILD/demo ;; esac
+demo=$bdir/demo
 img=$demo/demo.pcow
 t_start=$(date +%s.%N)
 
