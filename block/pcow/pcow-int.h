@@ -235,6 +235,8 @@ void pcow_image_free(pcow_image *img);
 
 /* persist.c: the only code that writes image files */
 int pcow_persist_init(pcow_image *img);
+/* storage.c: a successful MAP_SYNC mapping means CPU flushes persist */
+bool pcow_map_sync_means_pmem(void);
 void pcow_persist_fini(pcow_image *img);
 int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
                         uint64_t len);

@@ -28,6 +28,20 @@
 #define MAP_SYNC 0x80000
 #endif
 
+/*
+ * A MAP_SYNC mapping succeeded: the file system is DAX and synchronous page
+ * faults keep its metadata consistent, so a CPU cache flush is enough to make
+ * stores durable.  libpmem's pmem_map_file() decides the same way;
+ * pmem_is_pmem() cannot be asked, it only knows mappings libpmem made.
+ * PMEM_IS_PMEM_FORCE (libpmem's own override) is honoured.
+ */
+bool pcow_map_sync_means_pmem(void)
+{
+    const char *force = getenv("PMEM_IS_PMEM_FORCE");
+
+    return force ? atoi(force) != 0 : true;
+}
+
 static const char *fs_name(long type)
 {
     switch ((unsigned long)type) {
@@ -113,7 +127,13 @@ static void find_namespace(pcow_storage_info *si)
         ndctl_region_foreach(bus, region) {
             ndctl_namespace_foreach(region, ns) {
                 const char *bdev = ndctl_namespace_get_block_device(ns);
+                struct ndctl_pfn *ns_pfn = ndctl_namespace_get_pfn(ns);
                 enum ndctl_namespace_mode mode;
+
+                /* An fsdax namespace's block device belongs to its pfn */
+                if ((!bdev || !*bdev) && ns_pfn) {
+                    bdev = ndctl_pfn_get_block_device(ns_pfn);
+                }
 
                 if (!bdev || strcmp(bdev, si->block_device)) {
                     continue;
@@ -186,7 +206,7 @@ int pcow_storage_probe(const char *path, pcow_storage_info *si,
 
         if (p != MAP_FAILED) {
             si->on_dax = true;
-            si->is_pmem = pmem_is_pmem(p, 4096);
+            si->is_pmem = pcow_map_sync_means_pmem();
             munmap(p, 4096);
         }
     }
