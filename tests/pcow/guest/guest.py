@@ -285,7 +285,7 @@ class Guest:
 
     # -- setup --
     def command(self, initrd: str, kernel: str) -> list[str]:
-        cmdline = f"console=ttyS0 quiet panic=-1 pcow.pmem={self.pmem} {self.append}".strip()
+        cmdline = f"console=ttyS0 quiet panic=-1 no_timer_check pcow.pmem={self.pmem} {self.append}".strip()
         cmd = [self.qemu, "-machine", "pc,nvdimm=on,accel=tcg", "-cpu", "max",
                "-m", f"{self.mem},slots=4,maxmem={self.maxmem}", "-smp", str(self.smp),
                "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
