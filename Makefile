@@ -3,9 +3,10 @@
 #   make                 build (runs ./configure first if needed)
 #   make check           install deps, build, run tests/pcow/run-tests.sh
 #   make demo            build, run tests/pcow/demo.sh
-#   make bench           build, run tests/pcow/bench/run.sh
-#   make bench-quick     build, run tests/pcow/bench/run.sh --quick
-#   make bench-monitor   build, run tests/pcow/bench/monitor.sh
+#   make bench           build, run tests/pcow/bench/run-bench.sh
+#   make bench-quick     build, run tests/pcow/bench/run-bench.sh --quick
+#   make bench-monitor   build, run tests/pcow/bench/bench-monitor.sh
+#                        (BENCH_ARGS="..." adds arguments to either)
 #   make install         install into the configured prefix (DESTDIR works)
 #   make clean           remove build products, keep configuration and the
 #                        fetched QEMU source
@@ -45,6 +46,7 @@ export BUILD := $(BUILD)
 export QEMU := $(CURDIR)/$(BUILD)/qemu-system-x86_64
 export QEMU_IMG := $(CURDIR)/$(BUILD)/qemu-img
 export PCOW_IMG := $(CURDIR)/$(BUILD)/pcow-img
+export DESTDIR
 
 .PHONY: all build-standalone build-qemu check demo bench bench-quick \
         bench-monitor install clean distclean help deps
@@ -52,7 +54,7 @@ export PCOW_IMG := $(CURDIR)/$(BUILD)/pcow-img
 all: build-standalone build-qemu
 
 help:
-	@sed -n '3,15s/^# \{0,1\}//p' Makefile
+	@sed -n '3,/^$$/s/^# \{0,1\}//p' Makefile
 
 # The standalone parts (./meson.build): libpcow, monitor, pcow-img, tests.
 build-standalone: $(BUILD)/config.mk
@@ -92,14 +94,19 @@ demo: deps
 	tests/pcow/demo.sh
 
 bench bench-quick bench-monitor: all
-	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),monitor.sh,run.sh); \
+	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),bench-monitor.sh,run-bench.sh); \
 	test -x $$script || { echo "make $@: $$script is missing" >&2; exit 1; }; \
-	$$script $(if $(filter bench-quick,$@),--quick)
+	echo "$$script $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)"; \
+	$$script $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)
 
 install: all
 	if [ -f meson.build ]; then meson install -C $(BUILD) --no-rebuild; fi
 ifeq ($(WITH_QEMU),yes)
-	$(NINJA) -C $(QEMU_BUILD) $(NINJAFLAGS)
+	# Build what QEMU installs (not its own test programs), then install.
+	$(NINJA) -C $(QEMU_BUILD) $(NINJAFLAGS) $$(meson introspect --targets \
+	    $(QEMU_BUILD) | python3 -c 'import json, os, sys; print(" ".join( \
+	    os.path.relpath(f, sys.argv[1]) for t in json.load(sys.stdin) \
+	    if t["installed"] for f in t["filename"]))' $(QEMU_BUILD))
 	meson install -C $(QEMU_BUILD) --no-rebuild
 endif
 
