@@ -55,11 +55,18 @@ void mon_latency_add(mon_latency *lat, uint64_t ns)
     }
 }
 
+/*
+ * Wake the pre-allocation thread once the reserve is down to half of
+ * pool_size, not after every fault: it then refills several clusters with
+ * one fallocate, one fdatasync and one frontier store, and its wake-ups
+ * (and the eventfd write here) compete with the faults a quarter as often.
+ */
 void mon_kick_pool(pcow_monitor *mon)
 {
     uint64_t one = 1;
 
-    if (mon->pool_efd >= 0) {
+    if (mon->pool_efd >= 0 &&
+        pcow_reserve_count(mon->img) <= mon->pool_size / 2) {
         if (write(mon->pool_efd, &one, sizeof(one)) < 0) {
             /* Counter saturated: the thread is awake anyway. */
         }

@@ -120,6 +120,9 @@ struct pcow_image {
     /* persistence */
     pcow_persist_method method;
     uint8_t *c0;            /* cluster 0 (first page) mapped, RDWR only */
+    bool volatile_fs;       /* tmpfs: the page cache is the medium */
+    void *sync_win;         /* PROT_NONE MAP_SHARED window for msync */
+    uint64_t sync_win_len;
     uint64_t frontier_ro;   /* frontier as read, when c0 is not mapped */
     uint64_t in_use_token;
 

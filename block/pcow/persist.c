@@ -7,7 +7,12 @@
  *
  * Two methods: on real PM (MAP_SYNC works and libpmem agrees) mapped stores
  * are made durable with pmem_persist(); elsewhere with msync(MS_SYNC) of the
- * touched pages, and pwrite()s with fdatasync().
+ * touched pages, and pwrite()s with a ranged msync() (through a standing
+ * PROT_NONE window over the file, so no mmap per call) or fdatasync().
+ * On tmpfs the page cache is the medium: a store or pwrite is as durable
+ * as it will ever be once made, msync/fdatasync are no-ops in the kernel
+ * (noop_fsync), so the runtime persists skip the system call and keep only
+ * a full fence (ordering) and the barrier report.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -16,6 +21,9 @@
 #include <libpmem.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "pcow-int.h"
@@ -27,7 +35,15 @@
 #define MAP_SYNC 0x80000
 #endif
 
+#ifndef TMPFS_MAGIC
+#define TMPFS_MAGIC 0x01021994
+#endif
+
 #define PAGE_SIZE_MIN 4096ul
+
+/* Bounds of the msync window (offsets beyond: a temporary mapping) */
+#define SYNC_WIN_MIN (16ull << 30)
+#define SYNC_WIN_MAX (1ull << 40)
 
 static inline void hook(pcow_image *img, pcow_persist_op op, uint64_t off,
                         const void *data, uint64_t len)
@@ -42,6 +58,41 @@ static long page_size(void)
     long ps = sysconf(_SC_PAGESIZE);
 
     return ps > 0 ? ps : (long)PAGE_SIZE_MIN;
+}
+
+/*
+ * msync(MS_SYNC) of a MAP_SHARED range is vfs_fsync_range(datasync): the
+ * ranged fdatasync that P-COW-DATA needs (it must not flush the guest's
+ * dirty pages of the rest of the file).  It only needs a shared VMA over
+ * the range, not access: one PROT_NONE window, mapped once, replaces an
+ * mmap+munmap (and two mmap_lock write sections) per copy-on-write.  Not
+ * with a finite RLIMIT_AS, which the address space would count against.
+ * Sized for the image growing to twice its virtual plus file size.
+ */
+static void sync_init(pcow_image *img)
+{
+    struct statfs sfs;
+    struct rlimit rl;
+    struct stat st;
+    uint64_t len;
+    void *p;
+
+    if (fstatfs(img->fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC) {
+        img->volatile_fs = true;
+        return;
+    }
+    if (sizeof(void *) < 8 || getrlimit(RLIMIT_AS, &rl) < 0 ||
+        rl.rlim_cur != RLIM_INFINITY || fstat(img->fd, &st) < 0) {
+        return;
+    }
+    len = 2 * (img->hdr.virtual_size + (uint64_t)st.st_size);
+    len = len < SYNC_WIN_MIN ? SYNC_WIN_MIN :
+          len > SYNC_WIN_MAX ? SYNC_WIN_MAX : pcow_round_up(len, 1ull << 30);
+    p = mmap(NULL, len, PROT_NONE, MAP_SHARED | MAP_NORESERVE, img->fd, 0);
+    if (p != MAP_FAILED) {
+        img->sync_win = p;
+        img->sync_win_len = len;
+    }
 }
 
 int pcow_persist_init(pcow_image *img)
@@ -69,11 +120,16 @@ int pcow_persist_init(pcow_image *img)
         return -errno;
     }
     img->c0 = p;
+    sync_init(img);
     return 0;
 }
 
 void pcow_persist_fini(pcow_image *img)
 {
+    if (img->sync_win) {
+        munmap(img->sync_win, img->sync_win_len);
+        img->sync_win = NULL;
+    }
     if (img->c0) {
         munmap(img->c0, PAGE_SIZE_MIN);
         img->c0 = NULL;
@@ -154,6 +210,19 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
         /* DAX writes bypass the page cache; only fs metadata remains */
         return pcow_persist_barrier(img);
     }
+    if (img->volatile_fs) {
+        /* tmpfs: written is persisted (fdatasync would be a no-op) */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
+        return 0;
+    }
+    if (img->sync_win && start + mlen <= img->sync_win_len) {
+        if (msync((uint8_t *)img->sync_win + start, mlen, MS_SYNC) < 0) {
+            return -errno;
+        }
+        hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
+        return 0;
+    }
     p = mmap(NULL, mlen, PROT_READ, MAP_SHARED, img->fd, start);
     if (p == MAP_FAILED) {
         return pcow_persist_barrier(img);
@@ -177,6 +246,9 @@ int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t len)
 
     if (img->method == PCOW_PERSIST_PMEM) {
         pmem_persist(addr, len);
+    } else if (img->volatile_fs) {
+        /* tmpfs: the store is in the medium; msync would be a no-op */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
     } else if (msync((void *)start, end - start, MS_SYNC) < 0) {
         return -errno;
     }
