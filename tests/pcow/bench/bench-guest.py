@@ -406,11 +406,11 @@ class Runner:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         vcpus = a.vcpus or min(os.cpu_count() or 1, 4)
         self.p = {"vcpus": vcpus, "runtime": a.runtime or (2 if a.quick else 4),
-                  "rounds": a.rounds or (2 if a.quick else 3),
+                  "rounds": a.rounds or 2,
                   "data": (256 if a.quick else 512) * MiB,
                   "ft": (256 if a.quick else 512) * MiB,
                   "cow": (128 if a.quick else 256) * MiB,
-                  "redis_n": 3000 if a.quick else 10000,
+                  "redis_n": 3000 if a.quick else 5000,
                   "mem": "1G", "sizes": SIZES}
         self.results = {"meta": {}, "fs": {}}
         self.escalate = self.detect_escalate()
@@ -438,7 +438,12 @@ class Runner:
 
     def guest_files(self):
         files = {}
-        kver = (Path(guest.build_initramfs()) / "kver").read_text().strip()
+        # our own initramfs directory: tests/pcow/guest/out is shared with
+        # (and cleaned by) other test runs
+        b = Path(os.environ.get("BUILD", "build"))
+        b = b if b.is_absolute() else TOP / b
+        self.initramfs = str(b / "bench-initramfs")
+        kver = (Path(guest.build_initramfs(self.initramfs)) / "kver").read_text().strip()
         mods = Path("/lib/modules") / kver / "kernel/drivers"
         for m in ("virtio/virtio", "virtio/virtio_ring", "virtio/virtio_pci_legacy_dev",
                   "virtio/virtio_pci_modern_dev", "virtio/virtio_pci", "block/virtio_blk"):
@@ -485,10 +490,15 @@ class Runner:
         os.environ.update(env or {})
         try:
             g = BenchGuest(script, qemu_args, qemu=self.qemu, fio=True, files=self.files,
+                           outdir=self.initramfs,
                            mem=self.p["mem"], maxmem="12G", smp=self.p["vcpus"],
                            timeout=3600, log=logf, accel=self.accel)
             g.start()
             r = g.wait()
+        except (guest.GuestError, OSError) as e:
+            log(f"{tag}: {e}")
+            return {"fio": {}, "redis": {}, "time": {}, "rc": None, "fails": [str(e)],
+                    "load": [la0, os.getloadavg()[0]], "wall_s": 0, "boot_s": None}
         finally:
             for k, v in old.items():
                 if v is None:
