@@ -73,6 +73,7 @@ static bool msg_has_file_prefix(const char *file, const char *msg)
 void img_pcow_error(const char *file, const pcow_error *err, int ret)
 {
     char one_line[sizeof(err->msg)];
+    const char *hint;
     char *nl;
 
     if (!err || !err->msg[0]) {
@@ -84,17 +85,14 @@ void img_pcow_error(const char *file, const pcow_error *err, int ret)
     if (nl) {
         *nl = '\0';
     }
+    /* Locked, most likely by the QEMU that runs a guest on it. */
+    hint = ret == -EBUSY && strstr(one_line, "in use") ?
+           "; for a running VM use QMP pcow-snapshot-create, "
+           "pcow-snapshot-delete or query-pcow" : "";
     if (msg_has_file_prefix(file, one_line)) {
-        img_error(NULL, "%s", one_line);
+        img_error(NULL, "%s%s", one_line, hint);
     } else {
-        img_error(file, "%s", one_line);
-    }
-    if (ret == -EBUSY && strstr(one_line, "in use")) {
-        /* Locked, most likely by the QEMU that runs a guest on it. */
-        fprintf(stderr, "pcow-img: for a running VM, use QMP "
-                "pcow-snapshot-create/pcow-snapshot-delete/query-pcow (HMP "
-                "pcow_snapshot_create, info pcow); revert (snapshot -a) "
-                "with the VM stopped\n");
+        img_error(file, "%s%s", one_line, hint);
     }
 }
 
