@@ -5,8 +5,9 @@
  * made, so that a crash-point harness can replay any prefix of the stream.
  * A "barrier" is reported after each persist (data durable and ordered).
  *
- * Two methods: on real PM (MAP_SYNC works and libpmem agrees) mapped stores
- * are made durable with pmem_persist(); elsewhere with msync(MS_SYNC) of the
+ * Two methods: on real PM (a MAP_SYNC mapping works, see
+ * pcow_map_sync_means_pmem) mapped stores are made durable with
+ * pmem_persist(); elsewhere with msync(MS_SYNC) of the
  * touched pages, and pwrite()s with a ranged msync() (through a standing
  * PROT_NONE window over the file, so no mmap per call) or fdatasync().
  * On tmpfs the page cache is the medium: a store or pwrite is as durable
@@ -107,7 +108,7 @@ int pcow_persist_init(pcow_image *img)
     p = mmap(NULL, PAGE_SIZE_MIN, PROT_READ | PROT_WRITE,
              MAP_SHARED_VALIDATE | MAP_SYNC, img->fd, 0);
     if (p != MAP_FAILED) {
-        if (pmem_is_pmem(p, PAGE_SIZE_MIN)) {
+        if (pcow_map_sync_means_pmem()) {
             img->method = PCOW_PERSIST_PMEM;
             img->c0 = p;
             return 0;
