@@ -42,7 +42,9 @@ def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build_path(name, env):
+def build_path(name, env, system_ok=False):
+    """$env, else $BUILD/name; a system binary only where that is fine
+    (qemu-img for qcow2; never a QEMU without format=pcow)."""
     p = os.environ.get(env)
     if p:
         return p
@@ -50,7 +52,7 @@ def build_path(name, env):
     b = Path(b) if os.path.isabs(b) else TOP / b
     if (b / name).exists():
         return str(b / name)
-    return shutil.which(name)
+    return shutil.which(name) if system_ok else None
 
 
 class BenchGuest(guest.Guest):
@@ -397,7 +399,7 @@ class Runner:
         self.quick = a.quick
         self.accel = a.accel
         self.qemu = build_path("qemu-system-x86_64", "QEMU")
-        self.qemu_img = build_path("qemu-img", "QEMU_IMG")
+        self.qemu_img = build_path("qemu-img", "QEMU_IMG", system_ok=True)
         self.pcow_img = build_path("pcow-img", "PCOW_IMG")
         for n, v in (("QEMU", self.qemu), ("pcow-img", self.pcow_img)):
             if not v or not os.access(v, os.X_OK):
