@@ -25,19 +25,6 @@ static pcow_backing_format to_backing_format(ImgFormat f)
     }
 }
 
-static int require_pcow(const char *file)
-{
-    if (access(file, F_OK) < 0) {
-        img_error(file, "cannot open: %s", strerror(errno));
-        return -errno;
-    }
-    if (!pcow_probe(file)) {
-        img_error(file, "not a pcow image (bad magic)");
-        return -EINVAL;
-    }
-    return 0;
-}
-
 /* ---------------------------------------------------------------- rebase */
 
 /*
@@ -225,7 +212,7 @@ int img_rebase(int argc, char **argv)
                   PCOW_MAX_BACKING_NAME);
         return EXIT_ERR;
     }
-    if (require_pcow(file) < 0) {
+    if (img_require_pcow(file) < 0) {
         return EXIT_ERR;
     }
 
@@ -371,7 +358,7 @@ int img_commit(int argc, char **argv)
         return img_usage_error("commit", "expecting one file name");
     }
     file = argv[optind];
-    if (require_pcow(file) < 0) {
+    if (img_require_pcow(file) < 0) {
         return EXIT_ERR;
     }
 

@@ -124,15 +124,12 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
     *next_fmt = IMG_FMT_NONE;
 
     if (fmt == IMG_FMT_NONE) {
-        if (access(path, F_OK) < 0) {
-            img_error(path, "cannot open: %s", strerror(errno));
-            return -errno;
+        int ret = img_require_pcow(path);
+
+        if (ret < 0) {
+            return ret;
         }
-        fmt = pcow_probe(path) ? IMG_FMT_PCOW : IMG_FMT_NONE;
-        if (fmt == IMG_FMT_NONE) {
-            img_error(path, "not a pcow image (bad magic)");
-            return -EINVAL;
-        }
+        fmt = IMG_FMT_PCOW;
     }
 
     if (fmt == IMG_FMT_RAW) {
@@ -496,12 +493,7 @@ int img_check(int argc, char **argv)
                   "image's write lock)");
         return EXIT_ERR;
     }
-    if (access(file, F_OK) < 0) {
-        img_error(file, "cannot open: %s", strerror(errno));
-        return EXIT_ERR;
-    }
-    if (!pcow_probe(file)) {
-        img_error(file, "not a pcow image (bad magic)");
+    if (img_require_pcow(file) < 0) {
         return EXIT_ERR;
     }
 
@@ -675,12 +667,7 @@ int img_map(int argc, char **argv)
         return img_usage_error("map", "expecting one file name");
     }
     file = argv[optind];
-    if (access(file, F_OK) < 0) {
-        img_error(file, "cannot open: %s", strerror(errno));
-        return EXIT_ERR;
-    }
-    if (!pcow_probe(file)) {
-        img_error(file, "not a pcow image (bad magic)");
+    if (img_require_pcow(file) < 0) {
         return EXIT_ERR;
     }
     oo.flags = force_share ? PCOW_OPEN_NO_LOCK : 0;

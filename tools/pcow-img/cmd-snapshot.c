@@ -108,12 +108,7 @@ int img_snapshot(int argc, char **argv)
                   PCOW_MAX_SNAPSHOT_NAME);
         return EXIT_ERR;
     }
-    if (access(file, F_OK) < 0) {
-        img_error(file, "cannot open: %s", strerror(errno));
-        return EXIT_ERR;
-    }
-    if (!pcow_probe(file)) {
-        img_error(file, "not a pcow image (bad magic)");
+    if (img_require_pcow(file) < 0) {
         return EXIT_ERR;
     }
 

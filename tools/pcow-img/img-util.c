@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pcow-img.h"
 
@@ -261,6 +262,21 @@ int img_format_arg(const char *opt_name, const char *value, ImgFormat *out)
         return -EINVAL;
     }
     *out = f;
+    return 0;
+}
+
+int img_require_pcow(const char *file)
+{
+    if (access(file, F_OK) < 0) {
+        int err = errno;
+
+        img_error(file, "cannot open: %s", strerror(err));
+        return -err;
+    }
+    if (!pcow_probe(file)) {
+        img_error(file, "not a pcow image (bad magic)");
+        return -EINVAL;
+    }
     return 0;
 }
 

@@ -115,6 +115,12 @@ int img_blk_status(ImgBlk *b, uint64_t off, uint64_t max, uint64_t *pnum);
 /* Is the buffer all zeros? */
 bool img_is_zero(const void *buf, size_t len);
 
+/*
+ * Check that @file exists and has pcow magic; errors are reported.
+ * Returns 0 or a negative errno.
+ */
+int img_require_pcow(const char *file);
+
 /* Resolve a backing name relative to the directory of @image. */
 char *img_resolve_backing(const char *image, const char *backing);
 
