@@ -26,6 +26,7 @@ typedef struct WalkCtx {
     PcowProblems *pr;
     bool repair;
     uint64_t frontier;
+    uint64_t vclusters;         /* active entries from here on are stale */
     uint64_t last_data;         /* for fragmentation */
     uint64_t *seen;             /* clusters marked SEEN in this snapshot */
     size_t nseen, seen_cap;
@@ -169,6 +170,9 @@ static void walk_l2(WalkCtx *c, const uint64_t *t, uint64_t l2_off,
         }
         if (map == 0) {
             continue;
+        }
+        if (!sn && first_v + j >= c->vclusters) {
+            c->w->stale++;
         }
         idx = check_word(c, map, gofs, sn, false);
         if (!idx) {
@@ -329,6 +333,7 @@ int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair)
 
     memset(w, 0, sizeof(*w));
     c.frontier = pcow_frontier(img);
+    c.vclusters = pcow_div_round_up(img->hdr.virtual_size, cs);
     w->nclusters = c.frontier >> img->cluster_bits;
     w->cls = calloc(w->nclusters ? w->nclusters : 1, 1);
     buf = malloc(cs);
@@ -1082,6 +1087,47 @@ int pcow_set_map_locked(pcow_image *img, uint64_t v, uint64_t map)
         return -EIO;
     }
     return pcow_persist_store64(img, e, entry_file_off(img, v, 0), map);
+}
+
+/*
+ * Clear every active L2 entry of a virtual cluster at or beyond @vsize,
+ * one persisted batch per L2 table.  Such entries are invisible, but a grow
+ * would show them again: a shrink leaves them until it clears them after
+ * its commit.  The clusters they held become unreferenced (reclaim frees
+ * them).  *cleared receives the number of entries cleared.
+ */
+int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared)
+{
+    uint64_t first = pcow_div_round_up(vsize, img->cluster_size);
+    uint64_t i = first / img->l2_entries;
+    int ret = 0;
+
+    *cleared = 0;
+    pcow_lock(img);
+    for (; i < img->hdr.l1_size && ret == 0; i++) {
+        uint64_t *t = img->l2[i];
+        uint32_t j = i == first / img->l2_entries ? first % img->l2_entries
+                                                  : 0;
+        bool stored = false;
+
+        if (!t || !img->l1[i]) {
+            continue;
+        }
+        for (; j < img->l2_entries; j++) {
+            if (pcow_word(t + j * 4)) {
+                pcow_persist_store64_nosync(img, t + j * 4,
+                                            entry_file_off(img, i *
+                                                img->l2_entries + j, 0), 0);
+                stored = true;
+                (*cleared)++;
+            }
+        }
+        if (stored) {
+            ret = pcow_persist_mapped(img, t, img->cluster_size);
+        }
+    }
+    pcow_unlock(img);
+    return ret;
 }
 
 int pcow_expand_internal(pcow_image *img, uint64_t vcluster,

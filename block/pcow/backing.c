@@ -218,40 +218,21 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     return 0;
 }
 
-/* Clear and free every cluster of the active layer at or beyond @from */
-static int drop_clusters_from(pcow_image *img, uint64_t from_v)
+/*
+ * Clear the active entries at or beyond @vsize (durably, P-RESIZE-CLEAR)
+ * and give back the clusters only they held.
+ */
+static int drop_beyond(pcow_image *img, uint64_t vsize, pcow_error *err)
 {
-    uint64_t cs = img->cluster_size;
-    uint64_t total = (uint64_t)img->hdr.l1_size * img->l2_entries;
-    uint64_t v;
-    int ret;
+    uint64_t n;
+    int ret = pcow_clear_beyond(img, vsize, &n);
 
-    for (v = from_v; v < total; v++) {
-        uint64_t *e, map;
-
-        if (v % img->l2_entries == 0 && !img->l2[v / img->l2_entries]) {
-            v += img->l2_entries - 1;
-            continue;
-        }
-        e = pcow_l2_entry(img, v);
-        map = e ? pcow_word(e) : 0;
-        if (!map) {
-            continue;
-        }
-        pcow_lock(img);
-        ret = pcow_set_map_locked(img, v, 0);
-        pcow_unlock(img);
-        if (ret < 0) {
-            return ret;
-        }
-        if ((map & PCOW_F_WRITABLE)) {
-            ret = pcow_free_clusters(img, map & ~(cs - 1), 1);
-            if (ret < 0) {
-                return ret;
-            }
-        }
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot clear the mappings "
+                              "beyond %llu bytes: %s",
+                              (unsigned long long)vsize, strerror(-ret));
     }
-    return 0;
+    return n ? pcow_alloc_recover(img, false, err) : 0;
 }
 
 int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
@@ -289,6 +270,18 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     }
     if (new_size == old_size) {
         return 0;
+    }
+    if (new_size > old_size) {
+        /*
+         * Nothing beyond the old end may show once the commit makes it
+         * visible: a shrink interrupted after its commit leaves entries
+         * there (open recovery clears them too; this grow must not rely
+         * on it).
+         */
+        ret = drop_beyond(img, old_size, err);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (new_size > old_size && old_size % cs) {
         /*
@@ -361,10 +354,10 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
         }
     }
     if (new_size < old_size) {
-        ret = drop_clusters_from(img, pcow_div_round_up(new_size, cs));
+        /* After the commit: a crash before it keeps the old size intact */
+        ret = drop_beyond(img, new_size, err);
         if (ret < 0) {
-            return pcow_img_error(img, err, ret, "cannot free clusters beyond"
-                                  " the new end: %s", strerror(-ret));
+            return ret;
         }
     }
     return pcow_persist_barrier(img);

@@ -231,14 +231,25 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
         res->corruptions_fixed = res->corruptions - found;
         res->corruptions = found;
     }
-    res->leaks = count_leaks(img, &w);
+    /*
+     * Entries beyond the virtual size (a shrink cut by a crash) are
+     * invisible but hold their clusters: leaks, not corruption.
+     */
+    res->stale_entries = w.stale;
+    res->leaks = count_leaks(img, &w) + w.stale;
     if (res->leaks && (repair & PCOW_REPAIR_LEAKS) && res->corruptions == 0) {
-        ret = pcow_alloc_recover(img, true, err);
+        uint64_t n;
+
+        ret = pcow_clear_beyond(img, img->hdr.virtual_size, &n);
+        if (ret == 0) {
+            ret = pcow_alloc_recover(img, true, err);
+        }
         if (ret == 0) {
             scan(img, &w, &pr);
-            found = count_leaks(img, &w);
+            found = count_leaks(img, &w) + w.stale;
             res->leaks_fixed = res->leaks - found;
             res->leaks = found;
+            res->stale_entries = w.stale;
         }
     }
     res->allocated_clusters = w.data_clusters;

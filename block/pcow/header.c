@@ -631,6 +631,15 @@ static int finish_rdwr_open(pcow_image *img, const PcowWalk *w,
                               strerror(-ret));
     }
     if (!(img->flags & PCOW_OPEN_NO_RECOVER)) {
+        uint64_t n;
+
+        /* P-OPEN-CLEAR: what a shrink cut by a crash left beyond the end */
+        ret = pcow_clear_beyond(img, img->hdr.virtual_size, &n);
+        if (ret < 0) {
+            return pcow_img_error(img, err, ret, "cannot clear the mappings "
+                                  "beyond the virtual size: %s",
+                                  strerror(-ret));
+        }
         ret = pcow_alloc_recover(img, img->was_dirty, err);
         if (ret < 0) {
             return ret;

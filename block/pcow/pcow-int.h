@@ -288,6 +288,7 @@ typedef struct PcowWalk {
     uint64_t meta_clusters;
     uint64_t fragmented;
     uint64_t fixed;             /* entries repaired */
+    uint64_t stale;             /* active entries beyond the virtual size */
 } PcowWalk;
 
 int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair);
@@ -304,6 +305,7 @@ int pcow_new_l2_locked(pcow_image *img, uint32_t l1_idx, bool sync);
 int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
                          uint64_t *file_offset, bool sync);
 int pcow_set_map_locked(pcow_image *img, uint64_t vcluster, uint64_t map);
+int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared);
 
 /* snapshot.c */
 int pcow_snapshots_load(pcow_image *img, PcowProblems *pr);

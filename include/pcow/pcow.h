@@ -240,6 +240,8 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
 typedef struct pcow_check_result {
     uint64_t corruptions;       /* errors that make data unreliable */
     uint64_t leaks;             /* clusters that hold space but no data */
+    uint64_t stale_entries;     /* of those: mappings beyond the virtual
+                                   size (a shrink cut short), in leaks */
     uint64_t corruptions_fixed;
     uint64_t leaks_fixed;
     uint64_t allocated_clusters;

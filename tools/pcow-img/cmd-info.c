@@ -522,6 +522,7 @@ int img_check(int argc, char **argv)
         json_u64(&j, "compressed-clusters", 0);
         json_u64(&j, "corruptions", corruptions);
         json_u64(&j, "leaks", leaks);
+        json_u64(&j, "stale-mappings", res.stale_entries);
         json_u64(&j, "corruptions-fixed", res.corruptions_fixed);
         json_u64(&j, "leaks-fixed", res.leaks_fixed);
         if (res.first_problem[0]) {
@@ -551,6 +552,12 @@ int img_check(int argc, char **argv)
             printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
                    "This means waste of disk space, but no harm to data.\n",
                    leaks);
+            if (res.stale_entries) {
+                printf("Of those, %" PRIu64 " are still mapped beyond the "
+                       "virtual size (a shrink was interrupted); they "
+                       "never show, and a repair or the next read-write "
+                       "open clears them.\n", res.stale_entries);
+            }
         }
         if (res.total_clusters) {
             printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% "

@@ -49,7 +49,10 @@
  *      0 leaks, and the view is exactly the one read before recovery;
  *   5. for snapshot scenarios: every snapshot still holds the content it was
  *      created with (checked by reverting a copy to it), in every state of
- *      a snapshot operation and in every SNAP_SAMPLE-th state otherwise.
+ *      a snapshot operation and in every SNAP_SAMPLE-th state otherwise;
+ *   6. for the resize scenario: the state, grown to GROW_CHECK_SIZE after a
+ *      read-write open and after one with PCOW_OPEN_NO_RECOVER, reads zeros
+ *      beyond its virtual size (nothing a cut shrink left comes back).
  * Before enumerating, the harness replays the whole stream onto the
  * before-image and compares the result with the real file byte for byte:
  * libpcow must report every change it makes through the hook.
@@ -453,6 +456,8 @@ typedef struct SnapExpect {
     uint64_t vsize;
 } SnapExpect;
 
+struct CState;
+
 typedef struct Scen {
     char name[48];
     char dir[256], work[300], before[300], state[300];
@@ -471,6 +476,8 @@ typedef struct Scen {
     uint64_t states, failures;
     uint64_t reverts_checked;
     View scratch[2];                /* views of crash states, reused */
+    /* optional scenario-specific check of each crash state (see t_resize) */
+    void (*extra)(struct Scen *s, const struct CState *cs, const View *v);
 } Scen;
 
 static char root[256];
@@ -1047,6 +1054,9 @@ static void check_state(Scen *s, const CState *cs, int lo, int hi,
     if (s->verify_snaps && (strstr(s->steps[hi].what, "snapshot") ||
                             s->states % SNAP_SAMPLE == 0)) {
         verify_snapshots(s, v, cs);
+    }
+    if (s->extra) {
+        s->extra(s, cs, v);
     }
 }
 
@@ -1690,7 +1700,63 @@ static void t_rebase(Scen *s)
     scen_finish(s);
 }
 
-/* Grow with a new L1 table, shrink into a cluster, grow again */
+#define GROW_CHECK_SIZE (24 * MiB)
+
+/*
+ * Whatever a crash left beyond the virtual size must never come back: grow
+ * the crash state (rebuilt, before any recovery) and read zeros past its old
+ * end.  Twice: after a normal read-write open (open recovery may clean up)
+ * and with PCOW_OPEN_NO_RECOVER (the grow alone must make it zeros).
+ */
+static void grow_reads_zeros(Scen *s, const CState *cs, const View *v)
+{
+    static const unsigned flags[2] = {
+        PCOW_OPEN_RDWR, PCOW_OPEN_RDWR | PCOW_OPEN_NO_RECOVER,
+    };
+    uint64_t len = GROW_CHECK_SIZE - v->vsize, c;
+    uint8_t *buf;
+    char p[512];
+    int k;
+
+    if (v->vsize >= GROW_CHECK_SIZE) {
+        die("grow check: view already %" PRIu64 " bytes", v->vsize);
+    }
+    buf = xmalloc(len);
+    path_join(p, sizeof(p), s->state, s->view);
+    for (k = 0; k < 2; k++) {
+        pcow_open_opts o = { .flags = flags[k] };
+        pcow_error err = { 0 };
+        pcow_image *img;
+
+        build_state(s, cs);
+        if (pcow_open(p, &o, &img, &err) < 0) {
+            fail(s, cs, "grow check: open failed: %s", err.msg);
+            break;
+        }
+        if (pcow_resize(img, GROW_CHECK_SIZE, false, &err) < 0 ||
+            pcow_pread(img, v->vsize, buf, len, &err) != (int64_t)len) {
+            fail(s, cs, "grow check: %s", err.msg);
+            pcow_close(img, NULL);
+            break;
+        }
+        pcow_close(img, NULL);
+        for (c = 0; c < len && !buf[c]; c++) {
+        }
+        if (c < len) {
+            fail(s, cs, "after a grow from %" PRIu64 " to %llu bytes%s, "
+                 "guest byte 0x%" PRIx64 " is 0x%02x, not 0: data from "
+                 "beyond the old end came back", v->vsize, GROW_CHECK_SIZE,
+                 k ? " (open without recovery)" : "", v->vsize + c, buf[c]);
+            break;
+        }
+    }
+    free(buf);
+}
+
+/*
+ * Grow with a new L1 table, shrink into a cluster, grow again; every crash
+ * state, grown further, must read zeros beyond its virtual size
+ */
 static void t_resize(Scen *s)
 {
     uint64_t cs = 16 * KiB;
@@ -1703,6 +1769,7 @@ static void t_resize(Scen *s)
     op_write(img, 0, 1 * MiB, 90);
     op_close(img);
     img = op_open(s, "img", PCOW_OPEN_RDWR);
+    s->extra = grow_reads_zeros;
     scen_start(s);
     if (pcow_resize(img, 20 * MiB, false, &err) < 0) {
         die("resize: %s", err.msg);

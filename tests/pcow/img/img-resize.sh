@@ -48,6 +48,33 @@ expect 0 "$IMG" resize r.pcow 16M
 "$HELPER" verify r.pcow 15M 1M 0
 ok "data beyond a shrink is gone after growing again"
 
+# A shrink killed right after its header commit leaves its old mappings
+# beyond the new end: check counts them as leaks, and neither a grow nor a
+# repair may let their data show again.
+expect 0 "$IMG" create -q k.pcow 16M
+"$HELPER" write k.pcow 0 64K 0x01
+"$HELPER" write k.pcow 15M 1M 0x02
+expect 137 "$HELPER" shrink-kill k.pcow 8M
+equal "$(vsize k.pcow)" 8388608 "the killed shrink committed"
+expect 3 "$IMG" check k.pcow
+contains "$OUT" "beyond the virtual size" "check names the stale mappings"
+expect 3 "$IMG" check --output=json k.pcow
+equal "$(json_get "$OUT" 'd["stale-mappings"]')" 16 "16 stale mappings"
+expect 0 "$IMG" resize k.pcow 16M
+"$HELPER" verify k.pcow 8M 8M 0
+"$HELPER" verify k.pcow 0 64K 0x01
+expect 0 "$IMG" check k.pcow
+ok "shrink killed after its commit: flagged as leaks, a grow reads zeros"
+
+"$HELPER" write k.pcow 15M 1M 0x03
+expect 137 "$HELPER" shrink-kill k.pcow 8M
+expect 0 "$IMG" check -r leaks k.pcow
+contains "$OUT" "repaired" "repair reported"
+expect 0 "$IMG" check k.pcow
+expect 0 "$IMG" resize k.pcow 16M
+"$HELPER" verify k.pcow 8M 8M 0
+ok "check -r leaks clears what a killed shrink left"
+
 expect 0 "$IMG" resize --shrink r.pcow -4M
 equal "$(vsize r.pcow)" 12582912 "-4M"
 ok "resize --shrink FILE -4M"

@@ -9,6 +9,9 @@
  *   pcow-io-helper leak   FILE COUNT                reserve COUNT clusters
  *                                                   and exit without closing
  *                                                   (a crash: leaks, dirty)
+ *   pcow-io-helper shrink-kill FILE SIZE            resize --shrink to SIZE
+ *                                                   and raise SIGKILL right
+ *                                                   after its header commit
  *
  * OFFSET and LENGTH take K/M/G suffixes; BYTE is 0..255 (0x.. allowed).
  * Exit status 0 on success, 1 on a mismatch or any error (one line on
@@ -177,11 +180,63 @@ static int do_leak(const char *file, const char *count_str)
     _exit(0);
 }
 
+/*
+ * Persistence hook of shrink-kill: the header commit is a whole-slot write
+ * then a barrier; die by SIGKILL before the next change reaches the file.
+ */
+typedef struct KillAfterCommit {
+    int stage;              /* 0 waiting, 1 slot written, 2 committed */
+} KillAfterCommit;
+
+static void kill_after_commit(void *opaque, pcow_persist_op op,
+                              uint64_t off, const void *data, uint64_t len)
+{
+    KillAfterCommit *k = opaque;
+
+    (void)data;
+    if (k->stage == 2) {
+        raise(SIGKILL);
+    }
+    if (op == PCOW_OP_WRITE && (off == 0 || off == 1536) && len == 1536) {
+        k->stage = 1;
+    } else if (op == PCOW_OP_BARRIER && k->stage == 1) {
+        k->stage = 2;
+    }
+}
+
+static int do_shrink_kill(const char *file, const char *size_str)
+{
+    KillAfterCommit k = { 0 };
+    pcow_open_opts oo = {
+        .flags = PCOW_OPEN_RDWR, .hook = kill_after_commit, .hook_opaque = &k,
+    };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    uint64_t size;
+
+    if (pcow_parse_size(size_str, &size) < 0) {
+        fprintf(stderr, "pcow-io-helper: bad size '%s'\n", size_str);
+        return 1;
+    }
+    if (pcow_open(file, &oo, &img, &err) < 0) {
+        fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
+        return 1;
+    }
+    if (pcow_resize(img, size, true, &err) < 0) {
+        fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "pcow-io-helper: the shrink finished without a header "
+            "commit\n");
+    return 1;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: pcow-io-helper write|verify FILE OFFSET LENGTH "
             "BYTE\n       pcow-io-helper hold FILE [ro]\n"
-            "       pcow-io-helper leak FILE COUNT\n");
+            "       pcow-io-helper leak FILE COUNT\n"
+            "       pcow-io-helper shrink-kill FILE SIZE\n");
 }
 
 int main(int argc, char **argv)
@@ -194,6 +249,9 @@ int main(int argc, char **argv)
     }
     if (argc == 4 && strcmp(argv[1], "leak") == 0) {
         return do_leak(argv[2], argv[3]);
+    }
+    if (argc == 4 && strcmp(argv[1], "shrink-kill") == 0) {
+        return do_shrink_kill(argv[2], argv[3]);
     }
     if (argc != 6 || (strcmp(argv[1], "write") && strcmp(argv[1], "verify"))) {
         usage();
