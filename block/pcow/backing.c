@@ -246,21 +246,16 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     uint64_t old_l1c = pcow_div_round_up((uint64_t)h.l1_size * 8, cs);
     uint64_t new_l1 = 0, new_l1c = 0;
     PcowProblems pr = { 0 };
+    pcow_error gerr;
     int ret;
 
     if (img->read_only) {
         return pcow_img_error(img, err, -EROFS, "image is read-only");
     }
-    if (new_size == 0 || new_size % 4096) {
-        return pcow_img_error(img, err, -EINVAL, "invalid size %llu (must "
-                              "be a non-zero multiple of 4096)",
-                              (unsigned long long)new_size);
-    }
-    if (need > PCOW_MAX_L1_SIZE || new_size > PCOW_MAX_VIRTUAL_SIZE) {
-        return pcow_img_error(img, err, -EFBIG, "size %llu too large for "
-                              "cluster size %llu",
-                              (unsigned long long)new_size,
-                              (unsigned long long)cs);
+    ret = pcow_geometry_for(new_size, cs, 1u << img->cow_unit_bits, NULL,
+                            &gerr);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "%s", gerr.msg);
     }
     if (new_size < old_size && !shrink) {
         return pcow_img_error(img, err, -EINVAL, "shrinking from %llu to "

@@ -290,21 +290,29 @@ bool pcow_probe(const char *path)
     return n == (int)sizeof(buf) && pcow_ld32(buf + PCOW_SLOT_B) == PCOW_MAGIC;
 }
 
-static int parse_cluster_opts(const pcow_create_opts *o, uint32_t *cbits,
-                              uint32_t *ubits, pcow_error *err,
-                              const char *path)
+/* Largest virtual size with clusters of 1 << @cbits */
+static uint64_t max_virtual_size(uint32_t cbits)
 {
-    uint32_t cs = o->cluster_size ? o->cluster_size :
+    uint64_t by_l1 = (uint64_t)PCOW_MAX_L1_SIZE << (cbits + cbits - 5);
+
+    return by_l1 < PCOW_MAX_VIRTUAL_SIZE ? by_l1 : PCOW_MAX_VIRTUAL_SIZE;
+}
+
+int pcow_geometry_for(uint64_t virtual_size, uint32_t cluster_size,
+                      uint32_t cow_unit, pcow_geometry *g, pcow_error *err)
+{
+    uint32_t cs = cluster_size ? cluster_size :
                   1u << PCOW_DEFAULT_CLUSTER_BITS;
-    uint32_t cu;
+    uint32_t cu = cow_unit;
+    uint32_t cbits;
+    uint64_t max;
 
     if (cs & (cs - 1) || cs < (1u << PCOW_MIN_CLUSTER_BITS) ||
         cs > (1u << PCOW_MAX_CLUSTER_BITS)) {
-        return pcow_set_error(err, -EINVAL, "%s: invalid cluster size %u "
-                              "(must be a power of two, 4K..2M)", path, cs);
+        return pcow_set_error(err, -EINVAL, "invalid cluster size %u (must "
+                              "be a power of two, 4K..2M)", cs);
     }
-    *cbits = __builtin_ctz(cs);
-    cu = o->cow_unit;
+    cbits = __builtin_ctz(cs);
     if (!cu) {
         cu = cs / PCOW_MAX_COW_UNITS;
         if (cu < (1u << PCOW_MIN_COW_UNIT_BITS)) {
@@ -313,10 +321,41 @@ static int parse_cluster_opts(const pcow_create_opts *o, uint32_t *cbits,
     }
     if (cu & (cu - 1) || cu < (1u << PCOW_MIN_COW_UNIT_BITS) || cu > cs ||
         cs / cu > PCOW_MAX_COW_UNITS) {
-        return pcow_set_error(err, -EINVAL, "%s: invalid COW unit %u for "
-                              "cluster size %u", path, cu, cs);
+        return pcow_set_error(err, -EINVAL, "invalid COW unit %u for "
+                              "cluster size %u (must be a power of two, at "
+                              "least 4K and 1/%d of the cluster)", cu, cs,
+                              PCOW_MAX_COW_UNITS);
     }
-    *ubits = __builtin_ctz(cu);
+    if (virtual_size == 0 || virtual_size % 4096) {
+        return pcow_set_error(err, -EINVAL, "invalid virtual size %llu "
+                              "(must be a non-zero multiple of 4096)",
+                              (unsigned long long)virtual_size);
+    }
+    max = max_virtual_size(cbits);
+    if (virtual_size > max_virtual_size(PCOW_MAX_CLUSTER_BITS)) {
+        return pcow_set_error(err, -EFBIG, "virtual size %llu too large: "
+                              "the format's limit is %llu",
+                              (unsigned long long)virtual_size,
+                              (unsigned long long)
+                              max_virtual_size(PCOW_MAX_CLUSTER_BITS));
+    }
+    if (virtual_size > max) {
+        return pcow_set_error(err, -EFBIG, "virtual size %llu too large for "
+                              "cluster size %u (at most %llu; larger "
+                              "clusters allow more)",
+                              (unsigned long long)virtual_size, cs,
+                              (unsigned long long)max);
+    }
+    if (g) {
+        g->virtual_size = virtual_size;
+        g->cluster_size = cs;
+        g->cow_unit = cu;
+        g->clusters = pcow_div_round_up(virtual_size, cs);
+        g->l2_entries = cs / PCOW_L2_ENTRY_SIZE;
+        g->l1_size = pcow_l1_size_for(virtual_size, cbits);
+        g->empty_size = cs + pcow_round_up(g->l1_size * 8, cs);
+        g->max_virtual_size = max;
+    }
     return 0;
 }
 
@@ -368,8 +407,10 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
     pcow_image tmp;
     PcowHeader h;
     uint8_t *c0;
+    pcow_geometry g;
+    pcow_error gerr;
     uint32_t cbits = 0, ubits = 0;
-    uint64_t vsize, l1_size, l1_bytes, frontier, cs;
+    uint64_t vsize, l1_size, frontier, cs;
     pcow_backing_format fmt = PCOW_BACKING_NONE;
     size_t name_len = 0;
     int fd, ret;
@@ -377,11 +418,12 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
     if (!path || !opts) {
         return pcow_set_error(err, -EINVAL, "invalid arguments");
     }
-    ret = parse_cluster_opts(opts, &cbits, &ubits, err, path);
+    /* The geometry alone first (the size may still come from the base) */
+    ret = pcow_geometry_for(4096, opts->cluster_size, opts->cow_unit, &g,
+                            &gerr);
     if (ret < 0) {
-        return ret;
+        return pcow_set_error(err, ret, "%s: %s", path, gerr.msg);
     }
-    cs = 1ull << cbits;
     vsize = opts->virtual_size;
     if (opts->backing_file) {
         name_len = strlen(opts->backing_file);
@@ -411,20 +453,16 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
         return pcow_set_error(err, -EINVAL, "%s: backing format given "
                               "without a backing file", path);
     }
-    if (vsize == 0 || vsize % 4096) {
-        return pcow_set_error(err, -EINVAL, "%s: invalid virtual size %llu "
-                              "(must be a non-zero multiple of 4096)", path,
-                              (unsigned long long)vsize);
+    ret = pcow_geometry_for(vsize, opts->cluster_size, opts->cow_unit, &g,
+                            &gerr);
+    if (ret < 0) {
+        return pcow_set_error(err, ret, "%s: %s", path, gerr.msg);
     }
-    l1_size = pcow_l1_size_for(vsize, cbits);
-    if (l1_size > PCOW_MAX_L1_SIZE || vsize > PCOW_MAX_VIRTUAL_SIZE) {
-        return pcow_set_error(err, -EFBIG, "%s: virtual size %llu too large "
-                              "for cluster size %llu", path,
-                              (unsigned long long)vsize,
-                              (unsigned long long)cs);
-    }
-    l1_bytes = pcow_round_up(l1_size * 8, cs);
-    frontier = cs + l1_bytes;
+    cbits = __builtin_ctz(g.cluster_size);
+    ubits = __builtin_ctz(g.cow_unit);
+    cs = g.cluster_size;
+    l1_size = g.l1_size;
+    frontier = g.empty_size;
 
     memset(&h, 0, sizeof(h));
     h.version = PCOW_VERSION;

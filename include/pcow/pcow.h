@@ -101,6 +101,28 @@ typedef struct pcow_open_opts {
 
 int pcow_create(const char *path, const pcow_create_opts *opts,
                 pcow_error *err);
+
+/*
+ * The geometry of a new image, checked exactly as pcow_create() and
+ * pcow_resize() check it: @cluster_size and @cow_unit 0 select the
+ * defaults; the virtual size must be a non-zero multiple of 4096 within
+ * what the cluster size can map.  -EINVAL or -EFBIG with a message that
+ * names no file.  Tools use it to refuse what create would refuse and to
+ * size images (measure).  @g may be NULL.
+ */
+typedef struct pcow_geometry {
+    uint64_t virtual_size;
+    uint32_t cluster_size;
+    uint32_t cow_unit;
+    uint64_t clusters;          /* virtual clusters */
+    uint64_t l2_entries;        /* virtual clusters one L2 table maps */
+    uint64_t l1_size;           /* L1 entries */
+    uint64_t empty_size;        /* file size of the new, empty image */
+    uint64_t max_virtual_size;  /* largest virtual size of this geometry */
+} pcow_geometry;
+
+int pcow_geometry_for(uint64_t virtual_size, uint32_t cluster_size,
+                      uint32_t cow_unit, pcow_geometry *g, pcow_error *err);
 int pcow_open(const char *path, const pcow_open_opts *opts,
               pcow_image **out, pcow_error *err);
 /* Makes everything durable, clears the in-use flag, releases locks. */

@@ -15,11 +15,6 @@
 #define KiB (1ULL << 10)
 #define GiB (1ULL << 30)
 
-static bool is_pow2(uint64_t n)
-{
-    return n && !(n & (n - 1));
-}
-
 static bool all_digits(const char *s)
 {
     if (!*s) {
@@ -31,53 +26,6 @@ static bool all_digits(const char *s)
         }
     }
     return true;
-}
-
-/* Default COW unit for a cluster size (see pcow_create_opts). */
-static uint32_t default_cow_unit(uint32_t cluster_size)
-{
-    uint32_t u = cluster_size / PCOW_MAX_COW_UNITS;
-
-    return MAX(u, 1u << PCOW_MIN_COW_UNIT_BITS);
-}
-
-/* Check a cluster size / COW unit pair; report problems naming @file. */
-static int check_geometry(const char *file, uint32_t cluster_size,
-                          uint32_t cow_unit)
-{
-    if (!is_pow2(cluster_size) ||
-        cluster_size < (1u << PCOW_MIN_CLUSTER_BITS) ||
-        cluster_size > (1u << PCOW_MAX_CLUSTER_BITS)) {
-        img_error(file, "invalid cluster size %u: must be a power of two "
-                  "between 4 KiB and 2 MiB", cluster_size);
-        return -EINVAL;
-    }
-    if (cow_unit && (!is_pow2(cow_unit) ||
-                     cow_unit < (1u << PCOW_MIN_COW_UNIT_BITS) ||
-                     cow_unit > cluster_size ||
-                     cluster_size / cow_unit > PCOW_MAX_COW_UNITS)) {
-        img_error(file, "invalid COW unit %u: must be a power of two, at "
-                  "least 4 KiB, at most the cluster size (%u) and at least "
-                  "1/%d of it", cow_unit, cluster_size, PCOW_MAX_COW_UNITS);
-        return -EINVAL;
-    }
-    return 0;
-}
-
-/*
- * Largest virtual size: 2^22 L1 entries, each covering one L2 table, and
- * the format's overall limit.
- */
-static uint64_t max_virtual_size(uint32_t cluster_size)
-{
-    uint64_t by_l1 = (1ULL << 22) * (cluster_size / 32) *
-                     (uint64_t)cluster_size;
-
-#ifdef PCOW_MAX_VIRTUAL_SIZE
-    return MIN(by_l1, PCOW_MAX_VIRTUAL_SIZE);
-#else
-    return by_l1;
-#endif
 }
 
 /* Where would @file live: the file itself if it exists, else its dir. */
@@ -125,7 +73,8 @@ static const char create_help[] =
 "Create a new image FILE of SIZE bytes (K, M, G, T suffixes).  With -b the\n"
 "image is an overlay of BASE (a name relative to FILE's directory) and SIZE\n"
 "defaults to the base's size.  The second form is the original tool's:\n"
-"'create 64 128 x.pcow' makes a 128 GiB image with 64 KiB clusters.\n"
+"'create 64 128 x.pcow' makes a 128 GiB image with 64 KiB clusters\n"
+"(CLUSTER_KIB: 4..2048, a power of two; it has no default).\n"
 "\n"
 "  -f FMT        format of FILE: pcow (default) or raw\n"
 "  -o OPTIONS    cluster_size=SIZE|auto, cow_unit=SIZE, backing_file=BASE,\n"
@@ -171,6 +120,7 @@ int img_create(int argc, char **argv)
     g_autofree char *resolved = NULL;
     pcow_create_opts co = { 0 };
     pcow_storage_info si;
+    pcow_geometry g;
     pcow_error err = { 0 };
     uint64_t size = 0;
     bool quiet = false;
@@ -233,6 +183,12 @@ int img_create(int argc, char **argv)
             pcow_parse_size(pos[1], &sgib) < 0 || sgib > (UINT64_MAX >> 30)) {
             img_error(file, "invalid legacy arguments '%s %s' (expected "
                       "cluster size in KiB and size in GiB)", pos[0], pos[1]);
+            goto out;
+        }
+        if (ckib == 0) {
+            /* 0 is not "the default" here: the form always names it */
+            img_error(file, "invalid cluster size 0 KiB in the legacy form "
+                      "(give 4..2048, a power of two)");
             goto out;
         }
         o.cluster_size = (uint32_t)(ckib * KiB);
@@ -320,12 +276,6 @@ int img_create(int argc, char **argv)
         goto out;
     }
 
-    if (size % 4096) {
-        img_error(file, "image size %" PRIu64 " is not a multiple of 4 KiB",
-                  size);
-        goto out;
-    }
-
     if (o.cluster_size_auto) {
         if (probe_storage(file, &si) == 0 && si.suggested_cluster_size) {
             o.cluster_size = si.suggested_cluster_size;
@@ -333,34 +283,16 @@ int img_create(int argc, char **argv)
             o.cluster_size = 1u << PCOW_DEFAULT_CLUSTER_BITS;
         }
     }
-    if (o.cluster_size == 0) {
-        o.cluster_size = 1u << PCOW_DEFAULT_CLUSTER_BITS;
-    }
-    if (check_geometry(file, o.cluster_size, o.cow_unit) < 0) {
-        goto out;
-    }
-    if (size > max_virtual_size(o.cluster_size)) {
-        g_autofree char *want = img_size_to_str(size);
-        g_autofree char *max = img_size_to_str(
-            max_virtual_size(o.cluster_size));
-
-        if (size > max_virtual_size(1u << PCOW_MAX_CLUSTER_BITS)) {
-            g_autofree char *limit = img_size_to_str(
-                max_virtual_size(1u << PCOW_MAX_CLUSTER_BITS));
-
-            img_error(file, "image size %s is larger than the format's "
-                      "limit (%s)", want, limit);
-        } else {
-            img_error(file, "image size %s is too large for %u-byte "
-                      "clusters (at most %s; use a larger cluster_size)",
-                      want, o.cluster_size, max);
-        }
+    /* Refuse here what pcow_create would refuse, before "Formatting" */
+    c = pcow_geometry_for(size, o.cluster_size, o.cow_unit, &g, &err);
+    if (c < 0) {
+        img_pcow_error(file, &err, c);
         goto out;
     }
 
     co.virtual_size = size;
-    co.cluster_size = o.cluster_size;
-    co.cow_unit = o.cow_unit;
+    co.cluster_size = g.cluster_size;
+    co.cow_unit = g.cow_unit;
     co.backing_file = base;
     co.backing_format = base_fmt == IMG_FMT_PCOW ? PCOW_BACKING_PCOW :
                         base_fmt == IMG_FMT_RAW ? PCOW_BACKING_RAW :
@@ -368,8 +300,8 @@ int img_create(int argc, char **argv)
 
     if (!quiet) {
         printf("Formatting '%s', fmt=pcow size=%" PRIu64
-               " cluster_size=%u cow_unit=%u", file, size, o.cluster_size,
-               o.cow_unit ? o.cow_unit : default_cow_unit(o.cluster_size));
+               " cluster_size=%u cow_unit=%u", file, size, g.cluster_size,
+               g.cow_unit);
         if (base) {
             printf(" backing_file=%s backing_fmt=%s", base,
                    img_format_name(base_fmt));
@@ -384,12 +316,12 @@ int img_create(int argc, char **argv)
     }
 
     if (probe_storage(file, &si) == 0 && si.on_dax && si.has_namespace &&
-        si.namespace_align && si.namespace_align != o.cluster_size) {
+        si.namespace_align && si.namespace_align != g.cluster_size) {
         printf("Hint: '%s' is on DAX namespace %s (mode %s) aligned to %"
                PRIu64 " bytes, but its cluster size is %u; -o "
                "cluster_size=auto matches the namespace\n", file,
                si.namespace_name, si.namespace_mode, si.namespace_align,
-               o.cluster_size);
+               g.cluster_size);
     }
     ret = EXIT_OK;
 
@@ -400,24 +332,17 @@ out:
 
 /* --------------------------------------------------------------- measure */
 
-typedef struct Geometry {
-    uint64_t cluster_size;
-    uint64_t l2_entries;
-    uint64_t vclusters;
-    uint64_t l1_size;
-    uint64_t l1_clusters;
-} Geometry;
-
-static void geometry(uint64_t size, uint32_t cluster_size, Geometry *g)
+/* The geometry of the pcow image measure describes, as create checks it */
+static int measure_geometry(const char *src, uint64_t size,
+                            const ImgCreateOpts *o, pcow_geometry *g)
 {
-    g->cluster_size = cluster_size;
-    g->l2_entries = cluster_size / 32;
-    g->vclusters = DIV_ROUND_UP(size, cluster_size);
-    g->l1_size = DIV_ROUND_UP(g->vclusters, g->l2_entries);
-    if (g->l1_size == 0) {
-        g->l1_size = 1;
+    pcow_error err = { 0 };
+    int ret = pcow_geometry_for(size, o->cluster_size, o->cow_unit, g, &err);
+
+    if (ret < 0) {
+        img_pcow_error(src, &err, ret);
     }
-    g->l1_clusters = DIV_ROUND_UP(g->l1_size * 8, cluster_size);
+    return ret;
 }
 
 static const char measure_help[] =
@@ -427,7 +352,7 @@ static const char measure_help[] =
 "\n"
 "Print the file size a new image needs: 'required size' for the data of\n"
 "SRC (or an empty image of SIZE), 'fully allocated size' when every\n"
-"cluster is written.\n";
+"cluster is written.  A size or geometry create would refuse is refused.\n";
 
 int img_measure(int argc, char **argv)
 {
@@ -445,7 +370,7 @@ int img_measure(int argc, char **argv)
     bool json = false, force_share = false;
     uint64_t size = 0, required, fully;
     uint64_t data_clusters = 0, l2_tables = 0;
-    Geometry g;
+    pcow_geometry g = { 0 };
     int c, ret = EXIT_ERR;
 
     optind = 0;
@@ -514,24 +439,32 @@ int img_measure(int argc, char **argv)
             goto out;
         }
     }
-    if (o.cluster_size_auto || o.cluster_size == 0) {
-        o.cluster_size = 1u << PCOW_DEFAULT_CLUSTER_BITS;
+    if (o.cluster_size_auto) {
+        o.cluster_size = 0;     /* the default: no file to probe yet */
     }
-    if (check_geometry(src, o.cluster_size, o.cow_unit) < 0) {
+    /* Whatever create would refuse, measure refuses too */
+    if (out_fmt == IMG_FMT_PCOW && size_str &&
+        measure_geometry(NULL, size, &o, &g) < 0) {
         goto out;
     }
 
     if (src) {
         ImgBlk b;
         g_autofree uint8_t *buf = NULL;
-        uint64_t cs = o.cluster_size, off = 0, last_l2 = UINT64_MAX;
+        uint64_t cs, off = 0, last_l2 = UINT64_MAX;
 
         if (img_blk_open(&b, src, in_fmt, force_share ?
                          IMG_OPEN_FORCE_SHARE : 0) < 0) {
             goto out;
         }
+        /* convert makes an image of the source's size in whole pages */
         size = (b.size + 4095) & ~4095ULL;
-        geometry(size, o.cluster_size, &g);
+        if (out_fmt == IMG_FMT_PCOW &&
+            measure_geometry(src, size, &o, &g) < 0) {
+            img_blk_close(&b);
+            goto out;
+        }
+        cs = g.cluster_size;
         buf = g_malloc(cs);
         /* A cluster is needed when it holds any non-zero 4 KiB block. */
         while (off < b.size) {
@@ -564,18 +497,15 @@ int img_measure(int argc, char **argv)
             }
         }
         img_blk_close(&b);
-    } else {
-        geometry(size, o.cluster_size, &g);
     }
 
     if (out_fmt == IMG_FMT_RAW) {
         required = size;
         fully = size;
     } else {
-        uint64_t base = g.cluster_size * (1 + g.l1_clusters);
-
-        required = base + (l2_tables + data_clusters) * g.cluster_size;
-        fully = base + (g.l1_size + g.vclusters) * g.cluster_size;
+        required = g.empty_size +
+                   (l2_tables + data_clusters) * g.cluster_size;
+        fully = g.empty_size + (g.l1_size + g.clusters) * g.cluster_size;
     }
 
     if (json) {

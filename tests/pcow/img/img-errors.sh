@@ -42,6 +42,9 @@ for cs in 3K 2K 4M 65535 0 abc; do
     expect_error "$IMG" create -o cluster_size=$cs a.pcow 1G
 done
 expect_error "$IMG" create 3 1 a.pcow
+# The legacy form always names the cluster size: 0 is not "the default".
+expect_error "$IMG" create 0 1 a.pcow
+contains "$ERR" "cluster size 0" "legacy cluster size 0 named"
 expect_error "$IMG" create -o cluster_size=64K,cow_unit=2K a.pcow 1G
 expect_error "$IMG" create -o cluster_size=64K,cow_unit=128K a.pcow 1G
 expect_error "$IMG" create -o cluster_size=2M,cow_unit=4K a.pcow 1G

@@ -69,6 +69,29 @@ ok "measure of a source: $req bytes; converted image is $fs"
 expect 0 "$IMG" measure m.pcow
 ok "measure of a pcow image"
 
+# measure refuses exactly what create refuses (both ask libpcow).
+while read -r want size opts; do
+    # shellcheck disable=SC2086  # $opts is a list of words
+    run "$IMG" create -q $opts cm.pcow "$size"
+    crc=$RC
+    rm -f cm.pcow
+    # shellcheck disable=SC2086
+    run "$IMG" measure $opts --size "$size"
+    equal "$RC/$crc" "$want/$want" "measure/create exit for '$opts $size'"
+    [ "$want" -eq 0 ] || expect_one_line_error "measure $opts --size $size"
+done <<'EOF'
+1 3P
+1 5000
+1 1P
+1 3T -o cluster_size=4K
+1 1G -o cluster_size=3K
+1 1G -o cow_unit=1K
+0 2T -o cluster_size=4K
+0 512T
+0 1P -o cluster_size=2M
+EOF
+ok "measure refuses the sizes and geometries create refuses"
+
 expect_error "$IMG" measure
 expect_error "$IMG" measure --size 1G src.raw
 expect_error "$IMG" measure --size 0

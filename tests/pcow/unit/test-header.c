@@ -429,6 +429,50 @@ static void test_accessors(void **state)
     close_image(img);
 }
 
+/* pcow_geometry_for refuses exactly what pcow_create refuses */
+static void test_geometry(void **state)
+{
+    static const struct {
+        uint64_t size;
+        uint32_t cs, cu;
+    } cases[] = {
+        { GiB, 0, 0 }, { 0, 0, 0 }, { 5000, 0, 0 }, { 512 * TiB, 0, 0 },
+        { 513 * TiB, 0, 0 }, { 1024 * TiB, 2 * MiB, 0 },
+        { 1025 * TiB, 2 * MiB, 0 }, { 2 * TiB, 4096, 0 },
+        { 2 * TiB + 4096, 4096, 0 }, { GiB, 3072, 0 }, { GiB, 4 * MiB, 0 },
+        { GiB, 2 * MiB, 4096 }, { GiB, 64 * KiB, 2048 },
+        { GiB, 64 * KiB, 16 * KiB }, { 4096, 4096, 4096 },
+    };
+    size_t k;
+
+    for (k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        pcow_create_opts o = {
+            .virtual_size = cases[k].size, .cluster_size = cases[k].cs,
+            .cow_unit = cases[k].cu,
+        };
+        pcow_error err = { 0 };
+        pcow_geometry g;
+        struct stat st;
+        int want = pcow_create(path, &o, &err);
+
+        assert_int_equal(pcow_geometry_for(o.virtual_size, o.cluster_size,
+                                           o.cow_unit, &g, &err), want);
+        if (want == 0) {
+            pcow_image *img = open_image(path, 0);
+
+            assert_int_equal(stat(path, &st), 0);
+            assert_int_equal(g.empty_size, st.st_size);
+            assert_int_equal(g.cluster_size, pcow_cluster_size(img));
+            assert_int_equal(g.cow_unit, pcow_cow_unit(img));
+            assert_true(g.max_virtual_size >= o.virtual_size);
+            close_image(img);
+            unlink(path);
+        } else {
+            assert_true(err.msg[0] != '\0');
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +483,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_64t_instant, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_geometry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_header_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_locking, setup, teardown),
