@@ -16,10 +16,8 @@ Usage: bench-guest.py [--quick] [--accel tcg|kvm] [--out DIR] [--publish]
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -31,7 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent.parent.parent
 sys.path.insert(0, str(TOP / "tests/pcow/guest"))
+sys.path.insert(0, str(HERE))
 import guest  # noqa: E402
+import benchmeta  # noqa: E402  (this directory)
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -193,6 +193,58 @@ def summarize(job):
             "ios": d.get("total_ios", 0), "runtime_ms": d.get("runtime", 0)}
 
 
+def boot_results(lines, rc, cfgs, errors=()):
+    """What one boot measured that can be trusted, and why the rest cannot.
+
+    Returns (fio, redis, bad, reasons): fio {"cfg@job": summary} and redis
+    {cfg: SET/s} of the configurations the guest verified (BENCH-OK: the
+    expected device, DAX on for the DAX ones) in a script that ran to its
+    end; bad: the configurations whose results were dropped; reasons: one
+    line per problem.  Anything else might have been measured elsewhere,
+    e.g. on the initramfs under a mount point whose mount failed."""
+    fio, redis = parse_fio(lines), parse_kv(lines, "BENCH-REDIS")
+    ok = set(parse_kv(lines, "BENCH-OK"))
+    reasons = [f"guest: {e}" for e in errors]
+    bad = set()
+    if rc != 0:
+        reasons.append(f"guest script exit status {rc}")
+        bad |= set(cfgs)
+    for ln in lines:
+        m = re.search(r"BENCH-(FAIL|ABORT) (.*)", ln)
+        if not m:
+            continue
+        reasons.append(f"BENCH-{m.group(1)} {m.group(2).strip()}")
+        words = m.group(2).split()
+        if m.group(1) == "FAIL" and len(words) > 1:
+            what = words[1].rstrip(":")
+            if words[0] == "redis":
+                redis.pop(what, None)
+            elif what in cfgs:
+                bad.add(what)
+    for cfg in cfgs:
+        if cfg not in ok and cfg not in bad:
+            reasons.append(f"{cfg}: the guest did not verify its device")
+            bad.add(cfg)
+    if "_error" in fio:
+        reasons.append(f"fio output: {fio.pop('_error')[:200]}")
+    for k, v in list(fio.items()):
+        if k.partition("@")[0] in bad:
+            del fio[k]
+        elif "error" in v:
+            reasons.append(f"fio {k}: {v['error']}")
+            del fio[k]
+    for k, v in list(redis.items()):
+        try:
+            good = k not in bad and float(v) > 0
+        except ValueError:
+            good = False
+        if not good:
+            if k not in bad:
+                reasons.append(f"redis {k}: no result ({v!r})")
+            del redis[k]
+    return fio, redis, sorted(bad), reasons
+
+
 def parse_kv(lines, key):
     """Lines 'KEY name value...' -> {name: rest}."""
     out = {}
@@ -284,44 +336,90 @@ def cow_jobs(p, cfgs, region, name):
     return jobs
 
 
+# Guest-side checks, before any measurement: a configuration counts only
+# when its device is the expected one and, for DAX, when an ext4 on that
+# device is mounted with DAX on.  Otherwise fio would measure the initramfs
+# (a failed mount leaves an empty directory there).  Every check prints
+# BENCH-OK or BENCH-FAIL; any failure ends the boot before fio.
+# BENCH_MOUNTS and BENCH_SYSFS (via $SYS) exist for tests/pcow/bench/
+# test-bench.py.
+SH_CHECKS = r"""
+bench_fails=0
+bench_fail() { echo "BENCH-FAIL $*"; bench_fails=$((bench_fails + 1)); }
+# dax_check CFG DEV MNT NAMESPACE: DEV (of NAMESPACE's region) is an ext4
+# mounted on MNT with DAX on
+dax_check() {
+    mounts=${BENCH_MOUNTS:-/proc/mounts}
+    region=${4#namespace}; region=region${region%%.*}
+    if [ -z "$4" ] || ! readlink -f "$SYS/block/${2#/dev/}" |
+            grep -q "/$region/"; then
+        bench_fail "wrong-device $1 '$2' is not in the region of '$4'"
+    elif awk -v d="$2" -v m="$3" '$1 == d && $2 == m && $3 == "ext4" &&
+            $4 ~ /(^|,)dax(=always)?(,|$)/ { ok = 1 } END { exit !ok }' \
+            "$mounts"; then
+        echo "BENCH-OK $1 $2 on $3 ext4 dax"
+    else
+        bench_fail "not-dax $1 $2 on $3: $(grep " $3 " "$mounts" | head -n 1)"
+    fi
+}
+# blk_check CFG DEV: DEV is a block device
+blk_check() {
+    if [ -n "$2" ] && [ -b "$2" ]; then
+        echo "BENCH-OK $1 $2 block device"
+    else
+        bench_fail "nodev $1 '$2' is not a block device"
+    fi
+}
+bench_checked() {
+    if [ $bench_fails -gt 0 ]; then
+        echo "BENCH-ABORT $bench_fails failed check(s): nothing measured"
+        exit 3
+    fi
+}
+"""
+
+
 def sh_devices(cfgs, fresh):
-    """Find the devices (by size), set up or mount the DAX file systems."""
-    s = "set -u\n"
+    """Find the devices (by size), set up or mount the DAX file systems,
+    check them all (SH_CHECKS)."""
+    s = ("set -u\nSYS=${BENCH_SYSFS:-/sys}\n"
+         "RAWNS= PCOWNS= PBLKNS= PBLK= QBLK= RBLK=\n" + SH_CHECKS)
     if "qcow2-blk" in cfgs:
         s += """for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
     insmod /bench/$m.ko 2>/dev/null
 done
-i=0; while [ ! -e /sys/block/vdb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done
-for b in /sys/block/vd*; do
+i=0; while [ ! -e $SYS/block/vdb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i+1)); done
+for b in $SYS/block/vd*; do
     case $(cat $b/size) in
         %d) QBLK=/dev/${b##*/} ;;
         %d) RBLK=/dev/${b##*/} ;;
     esac
 done
+blk_check qcow2-blk "$QBLK"
 """ % (SIZES["qcow2-blk"] // 512, SIZES["redis-blk"] // 512)
-    s += "for r in /sys/bus/nd/devices/region*; do\n    case $(cat $r/size) in\n"
+    s += "for r in $SYS/bus/nd/devices/region*; do\n    case $(cat $r/size) in\n"
     for cfg, var in (("raw-dax", "RAWNS"), ("pcow-dax", "PCOWNS"), ("pcow-blk", "PBLKNS")):
         if cfg in cfgs:
             s += f"        {SIZES[cfg]}) {var}=namespace${{r##*region}}.0 ;;\n"
     s += "    esac\ndone\n"
     if "pcow-blk" in cfgs:
-        s += "PBLK=/dev/$(ls /sys/bus/nd/devices/$PBLKNS/block)\n"
+        s += ('[ -n "$PBLKNS" ] && PBLK=/dev/$(ls $SYS/bus/nd/devices/$PBLKNS/block)\n'
+              'blk_check pcow-blk "$PBLK"\n')
     for cfg, var, label in (("raw-dax", "RAWNS", "rawdax"), ("pcow-dax", "PCOWNS", "pcowdax")):
         if cfg not in cfgs:
             continue
         mnt = TARGET[cfg]
         if fresh:
-            s += (f'dev=$(ndctl create-namespace -f -e ${var} -m fsdax | '
+            s += (f'dev=$(ndctl create-namespace -f -e "${var}" -m fsdax | '
                   "sed -n 's/.*\"blockdev\":\"\\([^\"]*\\)\".*/\\1/p')\n"
                   f"mkfs.ext4 -q -F -b 4096 -L {label} "
                   "-E lazy_itable_init=0,lazy_journal_init=0,nodiscard /dev/$dev "
-                  f'|| echo "BENCH-FAIL mkfs {cfg}"\n')
+                  f'|| bench_fail "mkfs {cfg}"\n')
         else:
             s += f"dev=$(findfs LABEL={label}); dev=${{dev#/dev/}}\n"
-        s += (f"mkdir -p {mnt} && mount -o dax /dev/$dev {mnt} || echo \"BENCH-FAIL mount {cfg}\"\n"
-              f"grep -q ' {mnt} .*dax' /proc/mounts || echo \"BENCH-FAIL not-dax {cfg}\"\n"
-              f'echo "BENCH-INFO {cfg} /dev/$dev"\n')
-    return s
+        s += (f'mkdir -p {mnt} && mount -o dax /dev/$dev {mnt} || bench_fail "mount {cfg}"\n'
+              f'dax_check {cfg} "/dev/$dev" {mnt} "${var}"\n')
+    return s + "bench_checked\n"
 
 
 def sh_fill(cfg, region, p, timed=None):
@@ -376,10 +474,12 @@ def script_main(p, cfgs, redis):
             if cfg.endswith("-dax"):
                 s += sh_redis(p, cfg, TARGET[cfg])
             elif cfg == "qcow2-blk":
-                s += ("mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0,nodiscard $RBLK"
-                      " || echo 'BENCH-FAIL mkfs redis'\nmkdir -p /r && mount $RBLK /r || "
-                      "echo 'BENCH-FAIL mount redis'\n")
+                # Redis on the qcow2 disk, never on the initramfs
+                s += ('if [ -b "$RBLK" ] && mkfs.ext4 -q -F -b 4096 -E '
+                      'lazy_itable_init=0,lazy_journal_init=0,nodiscard "$RBLK" && '
+                      'mkdir -p /r && mount "$RBLK" /r; then\n')
                 s += sh_redis(p, cfg, "/r") + "umount /r\n"
+                s += f"else\n    echo 'BENCH-FAIL redis {cfg}: no ext4 on the Redis disk'\nfi\n"
     s += "sync\n" + "".join(f"umount {TARGET[c]}\n" for c in cfgs if c.endswith("-dax"))
     return s
 
@@ -472,19 +572,14 @@ class Runner:
     def machine(self):
         def sh(c):
             return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
-        return {"nproc": os.cpu_count(),
-                "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
-                "kernel": platform.release(),
-                "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
-                "tmpfs": sh("findmnt -n -o SOURCE,FSTYPE,OPTIONS /dev/shm"),
-                "buildfs": sh(f"findmnt -n -o SOURCE,FSTYPE,OPTIONS -T {TOP}"),
-                "qemu": self.qemu, "qemu_img": self.qemu_img,
-                "fio_host": sh("fio --version"),
-                "date": datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z",
-                "git": sh(f"git -C {TOP} rev-parse --short HEAD")}
+        m = benchmeta.machine(TOP, ["/dev/shm", TOP])
+        m.update({"tmpfs": m["fs"]["/dev/shm"], "buildfs": m["fs"][str(TOP)],
+                  "qemu": self.qemu, "qemu_img": self.qemu_img,
+                  "pcow_img": self.pcow_img, "fio_host": sh("fio --version")})
+        return m
 
     # -- running guests --
-    def boot(self, tag, script, qemu_args, env=None):
+    def boot(self, tag, script, qemu_args, cfgs, env=None):
         logf = self.out / "logs" / f"{tag}.log"
         la0 = os.getloadavg()[0]
         t0 = time.monotonic()
@@ -499,7 +594,8 @@ class Runner:
             r = g.wait()
         except (guest.GuestError, OSError) as e:
             log(f"{tag}: {e}")
-            return {"fio": {}, "redis": {}, "time": {}, "rc": None, "fails": [str(e)],
+            return {"fio": {}, "redis": {}, "bad": list(cfgs), "time": {}, "rc": None,
+                    "fails": [f"{tag}: {e}"],
                     "load": [la0, os.getloadavg()[0]], "wall_s": 0, "boot_s": None}
         finally:
             for k, v in old.items():
@@ -509,13 +605,13 @@ class Runner:
                     os.environ[k] = v
         dt = time.monotonic() - t0
         self.boot_times.append([tag, round(dt, 1), r.boot_time and round(r.boot_time, 1)])
-        fails = [ln for ln in r.lines if "BENCH-FAIL" in ln] + r.errors
+        fio, redis, bad, fails = boot_results(r.lines, r.rc, cfgs, r.errors)
         log(f"{tag}: {dt:.0f} s (boot {r.boot_time and round(r.boot_time, 1)} s, "
             f"load {la0:.1f}->{os.getloadavg()[0]:.1f}) rc={r.rc}"
-            + (f" FAIL: {fails[:3]}" if fails else ""))
+            + (f" INVALID {bad}: {fails[:3]}" if fails else ""))
         if r.rc != 0:
             log(f"{tag}: guest rc={r.rc}; qemu stderr: {r.qemu_stderr.strip()[-500:]}; log {logf}")
-        return {"fio": parse_fio(r.lines), "redis": parse_kv(r.lines, "BENCH-REDIS"),
+        return {"fio": fio, "redis": redis, "bad": bad,
                 "time": {k: round(float(v.split()[1]) - float(v.split()[0]), 2)
                          for k, v in parse_kv(r.lines, "BENCH-TIME").items()},
                 "rc": r.rc, "fails": fails, "load": [round(la0, 1), round(os.getloadavg()[0], 1)],
@@ -597,22 +693,27 @@ class Runner:
                 if cfg in res:
                     res[cfg].setdefault("time", {})[job] = v
             self.results.setdefault("boots", {})[f"{fs}-{boot}"] = {
-                k: r[k] for k in ("rc", "fails", "load", "wall_s", "boot_s")}
+                k: r[k] for k in ("rc", "fails", "bad", "load", "wall_s", "boot_s")}
+            # a failed configuration invalidates the run (and its ratios)
+            self.results.setdefault("invalid", []).extend(
+                f"{fs}-{boot}: {x}" for x in r["fails"])
 
-        r = self.boot(f"{fs}-main", script_main(self.p, cfgs, self.redis), self.qemu_args(imgs))
+        r = self.boot(f"{fs}-main", script_main(self.p, cfgs, self.redis), self.qemu_args(imgs),
+                      cfgs)
         merge(r, "main")
         for cfg, f in imgs.items():
             if cfg in res:
                 res[cfg]["image_bytes_after_main"] = os.stat(f).st_blocks * 512
         self.snapshot(imgs)
         env = {"PCOW_COW_ESCALATE": "never"} if self.escalate and self.escalate[0] == "env" else None
-        r = self.boot(f"{fs}-cow", script_cow(self.p, cfgs, "cow", "cow"), self.qemu_args(imgs), env)
+        r = self.boot(f"{fs}-cow", script_cow(self.p, cfgs, "cow", "cow"), self.qemu_args(imgs),
+                      cfgs, env)
         merge(r, "cow")
         pc = [c for c in cfgs if c.startswith("pcow")]
         if self.escalate and pc:
             env = {"PCOW_COW_ESCALATE": "1"} if self.escalate[0] == "env" else None
             r = self.boot(f"{fs}-cowcl", script_cow(self.p, pc, "cowcl", "cow-cluster"),
-                          self.qemu_args({c: imgs[c] for c in pc}, cluster_cow=True), env)
+                          self.qemu_args({c: imgs[c] for c in pc}, cluster_cow=True), pc, env)
             merge(r, "cowcl")
         for cfg, f in imgs.items():
             if cfg in res and cfg.startswith("pcow"):
@@ -635,8 +736,12 @@ class Runner:
         jobs.append(first_touch_job(str(d / "host.fresh"), "mmap", False, self.p["ft"]))
         out = subprocess.run(["fio"] + fio_cmd(jobs), capture_output=True, text=True)
         res = {"fio": parse_fio_json(out.stdout)}
-        if "_error" in res["fio"]:
-            log(f"host fio: {res['fio']['_error']} {out.stderr[-300:]}")
+        if "_error" in res["fio"] or out.returncode != 0:
+            why = f"{self.fsname}-host-dax: fio exit {out.returncode}: " \
+                  f"{res['fio'].pop('_error', '')[:200]} {out.stderr[-200:]}"
+            log(why)
+            res["fio"] = {}
+            self.results.setdefault("invalid", []).append(why)
         for x in (f, d / "host.fresh"):
             if x.exists():
                 x.unlink()
@@ -649,27 +754,33 @@ class Runner:
             return None
         t0 = time.monotonic()
         dirs = [str(d) for _, d in self.dirs]
-        r = subprocess.run([str(sh)] + dirs, capture_output=True, text=True, cwd=TOP)
+        r = subprocess.run([str(sh), "--out", str(self.out / "bench-monitor.json")] + dirs,
+                           capture_output=True, text=True, cwd=TOP)
         (self.out / "logs" / "bench-monitor.log").write_text(r.stdout + r.stderr)
         log(f"bench-monitor: {time.monotonic() - t0:.0f} s rc={r.returncode}")
         lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
         res = {"rc": r.returncode, "table": "\n".join(lines[:-1]),
                "stderr": r.stderr[-500:]}
         try:
-            res["json"] = json.loads(lines[-1])
+            res["json"] = benchmeta.strict_loads(lines[-1])
         except (ValueError, IndexError):
             res["json"] = None
             res["table"] = "\n".join(lines) + "\n" + r.stderr[-500:]
+        if r.returncode != 0 or res["json"] is None:
+            self.results.setdefault("invalid", []).append(
+                f"bench-monitor: exit {r.returncode}, "
+                f"{'valid' if res['json'] else 'no valid'} JSON")
         return res
 
     def run(self):
         a = self.a
         t_start = time.monotonic()
         self.results["meta"] = {"machine": self.machine(), "params": self.p,
+                                "command": " ".join(sys.argv),
                                 "accel": self.accel, "quick": self.quick,
                                 "cow_whole_cluster": self.escalate,
                                 "qcow2_cache": "virtio-blk-pci, cache=writeback, aio=threads",
-                                "loadavg_start": os.getloadavg()}
+                                "loadavg_start": benchmeta.loadavg()}
         fss = a.fs.split(",") if a.fs else (["tmpfs"] if self.quick else ["tmpfs", "build"])
         self.dirs = []
         for fs in fss:
@@ -698,12 +809,13 @@ class Runner:
             for _, d in self.dirs:
                 shutil.rmtree(d, ignore_errors=True)
         self.results["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
+        self.results["meta"]["loadavg_end"] = benchmeta.loadavg()
         self.results["meta"]["boots"] = self.boot_times
         self.save()
         return self.results
 
     def save(self):
-        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+        (self.out / "results.json").write_text(benchmeta.strict_dumps(self.results, indent=1))
 
 
 # ----------------------------------------------------------------------------
@@ -801,9 +913,17 @@ def report(R):
     if mon and mon.get("table"):
         lines.append("\nImage Monitor (host level, bench-monitor)")
         lines.append(mon["table"])
+    bad = R.get("invalid", [])
+    if bad:
+        lines.append(f"\nINVALID RUN ({len(bad)} problems): the ratios of the failed "
+                     "configurations are null; do not quote this run")
+        lines += [f"  {x}" for x in bad[:20]]
     rt["fs"] = fs
     rt["quick"] = R["meta"]["quick"]
     rt["accel"] = R["meta"]["accel"]
+    rt["valid"] = not bad
+    if bad:
+        rt["invalid_reasons"] = bad[:20]
     return "\n".join(lines), rt
 
 
@@ -818,7 +938,8 @@ def main():
     ap.add_argument("--vcpus", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None,
                     help="repetitions of each time-based job (best one reported)")
-    ap.add_argument("--publish", action="store_true", help="charts also into docs/figures")
+    ap.add_argument("--publish", action="store_true",
+                    help="charts and results-<date>-<quick|full>.json also into docs/figures")
     ap.add_argument("--no-monitor", action="store_true")
     ap.add_argument("--report", default=None, help="only re-print the report of results.json")
     a = ap.parse_args()
@@ -833,17 +954,25 @@ def main():
         R = Runner(a).run()
         out = Path(a.out)
     text, rt = report(R)
+    publish = a.publish and rt["valid"] and not a.report
     try:
-        figs = [out / "figures"] + ([TOP / "docs/figures"] if a.publish else [])
+        figs = [out / "figures"] + ([TOP / "docs/figures"] if publish else [])
         subprocess.run([sys.executable, str(HERE / "bench-guest-plot.py"),
                         str(out / "results.json")] + [str(f) for f in figs],
                        check=False)
     except OSError as e:
         log(f"charts: {e}")
-    (out / "report.txt").write_text(text + "\n" + json.dumps(rt) + "\n")
+    (out / "report.txt").write_text(text + "\n" + benchmeta.strict_dumps(rt) + "\n")
     print(text)
     print(f"\n(results: {out}/results.json, charts: {out}/figures/)")
-    print(json.dumps(rt))
+    if publish:
+        dst = TOP / "docs/figures" / benchmeta.publish_name("quick" if a.quick else "full")
+        shutil.copyfile(out / "results.json", dst)
+        print(f"(published: {dst})")
+    print(benchmeta.strict_dumps(rt))
+    if not rt["valid"]:
+        print(f"bench: INVALID run, {len(R['invalid'])} problems (see above)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

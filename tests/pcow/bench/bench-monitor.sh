@@ -1,16 +1,44 @@
 #!/usr/bin/env bash
 # Image Monitor benchmark: `make bench-monitor` runs this.  Builds
 # bench-monitor and runs it on tmpfs (/dev/shm) and on the build file system
-# side by side; the last line of the output is one JSON object.
-# Usage: bench-monitor.sh [DIR...]
-set -eu
-top=$(cd "$(dirname "$0")/../../.." && pwd)
+# side by side.  The last line of the output is one JSON object; it is
+# checked (strict JSON, no NaN) and written with the machine, the load
+# average, the date and the git commit to a results file.
+#
+# Usage: bench-monitor.sh [--out FILE] [--publish] [DIR...]
+#   --out FILE  the results file (default $BUILD/bench/monitor-<time>.json)
+#   --publish   also copy it to docs/figures/results-<date>-monitor.json
+# Exit status: bench-monitor's, or 1 if its output is not valid.
+set -eu -o pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../../.." && pwd)
 build=${BUILD:-build}
 case "$build" in /*) ;; *) build=$top/$build ;; esac
-ninja -C "$build" tests/pcow/monitor/bench-monitor >/dev/null
+out= publish=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --out) out=$2; shift 2 ;;
+        --publish) publish=$top/docs/figures; shift ;;
+        --) shift; break ;;
+        -*) echo "bench-monitor.sh: unknown option $1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+ninja -C "$build" tests/pcow/bench/bench-monitor >/dev/null
+work=$(mktemp -d "$build/bench-monitor.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 if [ $# -eq 0 ]; then
-    work=$(mktemp -d "$build/bench-monitor.XXXXXX")
-    trap 'rm -rf "$work"' EXIT
-    set -- /dev/shm "$work"
+    mkdir "$work/dir"
+    set -- /dev/shm "$work/dir"
 fi
-exec "$build/tests/pcow/monitor/bench-monitor" "$@"
+: "${out:=$build/bench/monitor-$(date -u +%Y%m%d-%H%M%S).json}"
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+rc=0
+"$build/tests/pcow/bench/bench-monitor" "$@" | tee "$work/stdout" ||
+    rc=$?
+if [ $rc -ne 0 ]; then
+    echo "bench-monitor.sh: bench-monitor failed (exit $rc)" >&2
+    exit $rc
+fi
+/usr/bin/python3 "$here/benchmeta.py" monitor-results --stdout "$work/stdout" \
+    --load0 "$load0" --out "$out" ${publish:+--publish "$publish"} "$@"

@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""What a benchmark run records about itself, and strict JSON.
+
+Used by bench-guest.py (imported) and bench-monitor.sh (command line):
+
+  benchmeta.py monitor-results --stdout FILE --load0 "L1 L5 L15"
+                               --out FILE [--publish DIR] DIR...
+
+reads bench-monitor's output (a table, then one JSON line), checks that the
+JSON line is strict JSON (no NaN or Infinity: a figure that was not
+measured is null), and writes a results file: the machine, the load
+average at start and end, the date, the git commit, the table and the
+figures.  --publish also copies it to DIR/results-<date>-monitor.json.
+Exits 1 with a one-line message if the output is not valid.
+
+This work is licensed under the terms of the GNU GPL, version 2 or later.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent.parent.parent
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON (an unmeasured figure is null)")
+
+
+def strict_loads(text):
+    """json.loads that refuses NaN and Infinity (Python accepts them)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def strict_dumps(obj, **kw):
+    return json.dumps(obj, allow_nan=False, **kw)
+
+
+def _sh(cmd):
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def cpu_model():
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def git_commit(top=TOP):
+    commit = _sh(f"git -C '{top}' rev-parse HEAD")
+    dirty = bool(_sh(f"git -C '{top}' status --porcelain --untracked-files=no"))
+    return {"commit": commit, "dirty": dirty}
+
+
+def machine(top=TOP, dirs=()):
+    """The machine and the moment of a run."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") *
+                         os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+        "git": git_commit(top),
+        "fs": {str(d): _sh(f"findmnt -n -o SOURCE,FSTYPE,OPTIONS -T '{d}'")
+               .split("\n")[0] for d in dirs},
+    }
+
+
+def publish_name(kind, date=None):
+    """docs/figures/results-<date>-<kind>.json"""
+    d = date or datetime.datetime.now(datetime.timezone.utc)
+    return f"results-{d:%Y-%m-%d}-{kind}.json"
+
+
+def monitor_results(stdout, load0, dirs):
+    """bench-monitor's output -> results object; ValueError if not valid."""
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("no output")
+    figures = strict_loads(lines[-1])
+    if not isinstance(figures, dict) or "dirs" not in figures:
+        raise ValueError("the last line is not bench-monitor's JSON object")
+    return {"what": "bench-monitor",
+            "meta": dict(machine(dirs=dirs), loadavg_start=load0,
+                         loadavg_end=loadavg()),
+            "table": "\n".join(lines[:-1]),
+            "bench_monitor": figures}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("monitor-results")
+    m.add_argument("--stdout", required=True)
+    m.add_argument("--load0", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--publish", default=None)
+    m.add_argument("dirs", nargs="*")
+    a = ap.parse_args()
+    try:
+        load0 = [float(x) for x in a.load0.split()]
+        res = monitor_results(Path(a.stdout).read_text(), load0, a.dirs)
+    except (OSError, ValueError) as e:
+        print(f"bench-monitor: invalid output: {e}", file=sys.stderr)
+        return 1
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(strict_dumps(res, indent=1) + "\n")
+    print(f"bench-monitor: results in {out}", file=sys.stderr)
+    if a.publish:
+        dst = Path(a.publish) / publish_name("monitor")
+        shutil.copyfile(out, dst)
+        print(f"bench-monitor: published {dst}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+#!/usr/bin/python3
+"""Tests of the benchmark harness (meson: bench-harness in suite unit,
+bench-monitor-json in suite monitor).
+
+  test-bench.py                    the harness: guest-side checks, results
+  test-bench.py BENCH-MONITOR-BIN  also bench-monitor's JSON output
+
+A configuration whose setup fails (ndctl, mkfs, mount, no DAX, wrong
+device) must stop the guest before fio runs, and its results must never
+reach a ratio: the run is marked invalid.  bench-monitor's last line must
+be strict JSON (null, never nan).  No guest is booted: the guest's device
+script runs under /bin/sh with stub commands and a fake sysfs and mount
+table.
+
+This work is licensed under the terms of the GNU GPL, version 2 or later.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+_spec = importlib.util.spec_from_file_location("bench_guest",
+                                               HERE / "bench-guest.py")
+bg = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bg)
+import benchmeta  # noqa: E402
+
+BENCH_MONITOR = None
+
+# Stubs for the guest's commands.  mount fails when /stubs/mount-fails
+# exists; nothing touches the host.
+STUBS = {
+    "ndctl": 'echo \'{"dev":"namespace1.0","mode":"fsdax",'
+             '"blockdev":"pmem1"}\'',
+    "mkfs.ext4": 'exit 0',
+    "findfs": 'echo /dev/pmem1',
+    "insmod": 'exit 0',
+    "usleep": 'exit 0',
+    "mkdir": 'exit 0',
+    "mount": '[ -e "$(dirname "$0")/mount-fails" ] && exit 32; exit 0',
+}
+
+PCOW_OK = "/dev/pmem1 /mnt/pcow ext4 rw,relatime,dax=always 0 0\n"
+PCOW_NODAX = "/dev/pmem1 /mnt/pcow ext4 rw,relatime 0 0\n"
+
+
+class GuestScript(unittest.TestCase):
+    """sh_devices() for pcow-dax, run under /bin/sh against stubs."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        t = Path(self.tmp.name)
+        self.stubs = t / "stubs"
+        self.stubs.mkdir()
+        for name, body in STUBS.items():
+            f = self.stubs / name
+            f.write_text(f"#!/bin/sh\n{body}\n")
+            f.chmod(0o755)
+        # fake sysfs: pcow-dax's region (by size) holds pmem1
+        self.sys = t / "sys"
+        reg = self.sys / "bus/nd/devices/region1"
+        reg.mkdir(parents=True)
+        (reg / "size").write_text(f"{bg.SIZES['pcow-dax']}\n")
+        blk = self.sys / "devices/ndbus0/region1/pfn1.0/block/pmem1"
+        blk.mkdir(parents=True)
+        (self.sys / "block").mkdir()
+        (self.sys / "block/pmem1").symlink_to(blk)
+        self.mounts = t / "mounts"
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def run_script(self, mounts, fresh=True, mount_fails=False,
+                   region_of_pmem1="region1"):
+        if mount_fails:
+            (self.stubs / "mount-fails").write_text("")
+        if region_of_pmem1 != "region1":
+            link = self.sys / "block/pmem1"
+            link.unlink()
+            other = self.sys / f"devices/ndbus0/{region_of_pmem1}/block/pmem1"
+            other.mkdir(parents=True)
+            link.symlink_to(other)
+        self.mounts.write_text(mounts)
+        script = (bg.sh_devices(["pcow-dax"], fresh=fresh) +
+                  'echo "FIO-WOULD-RUN-HERE"\n')
+        env = dict(os.environ, PATH=f"{self.stubs}:/usr/bin:/bin",
+                   BENCH_SYSFS=str(self.sys), BENCH_MOUNTS=str(self.mounts))
+        r = subprocess.run(["/bin/sh", "-c", script], env=env,
+                           capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout.splitlines()
+
+    def assert_stopped(self, rc, lines, why):
+        self.assertNotIn("FIO-WOULD-RUN-HERE", lines,
+                         f"fio would have run after: {why}")
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(any("BENCH-FAIL" in ln and why in ln for ln in lines),
+                        lines)
+        fio, redis, bad, reasons = bg.boot_results(lines, rc, ["pcow-dax"])
+        self.assertEqual(bad, ["pcow-dax"])
+        self.assertTrue(reasons)
+
+    def test_checked_setup_runs(self):
+        for fresh in (True, False):
+            rc, lines = self.run_script(PCOW_OK, fresh=fresh)
+            self.assertEqual(rc, 0, lines)
+            self.assertIn("FIO-WOULD-RUN-HERE", lines)
+            self.assertTrue(any(ln.startswith("BENCH-OK pcow-dax /dev/pmem1")
+                                for ln in lines), lines)
+
+    def test_failed_mount_stops_before_fio(self):
+        # the mount point stays an initramfs directory: fio must not run
+        rc, lines = self.run_script("", mount_fails=True)
+        self.assert_stopped(rc, lines, "mount")
+
+    def test_mount_without_dax_stops_before_fio(self):
+        for fresh in (True, False):
+            rc, lines = self.run_script(PCOW_NODAX, fresh=fresh)
+            self.assert_stopped(rc, lines, "not-dax")
+
+    def test_wrong_device_stops_before_fio(self):
+        rc, lines = self.run_script(PCOW_OK, region_of_pmem1="region2")
+        self.assert_stopped(rc, lines, "wrong-device")
+
+
+def fio_job(name, iops):
+    side = {"io_bytes": int(iops * 4096), "iops": iops,
+            "bw_bytes": iops * 4096, "total_ios": int(iops), "runtime": 1000,
+            "lat_ns": {"mean": 1e9 / iops},
+            "clat_ns": {"percentile": {"50.000000": 5000,
+                                       "99.000000": 50000}}}
+    empty = dict(side, io_bytes=0, iops=0, bw_bytes=0)
+    return {"jobname": name, "read": side, "write": empty}
+
+
+def console(checks, iops, extra=()):
+    """Console lines of a main boot: checks, then one fio run."""
+    jobs = [fio_job(f"{cfg}@randread-4k-1#0", v) for cfg, v in iops.items()]
+    out = list(checks) + ["BENCH-BEGIN x 1.0 1.0"]
+    out += ["@J " + ln for ln in json.dumps({"jobs": jobs}).splitlines()]
+    return out + ["BENCH-END x 2.0 2.0"] + list(extra)
+
+
+OK = ["BENCH-OK raw-dax /dev/pmem0 on /mnt/raw ext4 dax",
+      "BENCH-OK pcow-dax /dev/pmem1 on /mnt/pcow ext4 dax",
+      "BENCH-OK qcow2-blk /dev/vdb block device"]
+IOPS = {"raw-dax": 1000.0, "pcow-dax": 1000.0, "qcow2-blk": 100.0}
+CFGS = ["raw-dax", "pcow-dax", "qcow2-blk"]
+
+
+def results(fio, invalid=()):
+    """A results.json as Runner.run() builds it, from one boot."""
+    R = {"meta": {"accel": "tcg", "quick": True, "params": {"vcpus": 2}},
+         "fs": {"tmpfs": {c: {"fio": {}, "redis": {}} for c in CFGS}},
+         "invalid": list(invalid)}
+    for k, v in fio.items():
+        cfg, _, job = k.partition("@")
+        R["fs"]["tmpfs"][cfg]["fio"][job.partition("#")[0]] = v
+    return R
+
+
+class Results(unittest.TestCase):
+    """boot_results() and report(): what may be quoted."""
+
+    def test_good_boot_gives_valid_ratios(self):
+        fio, redis, bad, reasons = bg.boot_results(console(OK, IOPS), 0, CFGS)
+        self.assertEqual((bad, reasons), ([], []))
+        text, rt = bg.report(results(fio, reasons))
+        self.assertTrue(rt["valid"])
+        self.assertEqual(rt["pcowdax_over_rawdax_4k_randread"], 1.0)
+        self.assertEqual(rt["pcowdax_over_qcow2blk_4k_randread"], 10.0)
+
+    def test_failed_mount_invalidates_its_ratios(self):
+        # A guest that carried on after a failed mount: fio measured the
+        # initramfs under /mnt/pcow (fast).  Those figures must not count.
+        lines = console([OK[0], "BENCH-FAIL mount pcow-dax", OK[2]],
+                        dict(IOPS, **{"pcow-dax": 90000.0}))
+        fio, redis, bad, reasons = bg.boot_results(lines, 0, CFGS)
+        self.assertEqual(bad, ["pcow-dax"])
+        self.assertFalse([k for k in fio if k.startswith("pcow-dax@")])
+        text, rt = bg.report(results(fio, reasons))
+        self.assertFalse(rt["valid"])
+        self.assertIsNone(rt["pcowdax_over_rawdax_4k_randread"])
+        self.assertIsNone(rt["pcowdax_over_qcow2blk_4k_randread"])
+        self.assertIn("INVALID", text)
+        json.loads(benchmeta.strict_dumps(rt))
+
+    def test_unverified_device_invalidates(self):
+        fio, redis, bad, reasons = bg.boot_results(
+            console(OK[:1] + OK[2:], IOPS), 0, CFGS)
+        self.assertEqual(bad, ["pcow-dax"])
+        self.assertIn("pcow-dax: the guest did not verify its device",
+                      reasons)
+
+    def test_failed_script_invalidates_everything(self):
+        fio, redis, bad, reasons = bg.boot_results(console(OK, IOPS), 3, CFGS)
+        self.assertEqual(bad, sorted(CFGS))
+        self.assertEqual(fio, {})
+        self.assertIn("guest script exit status 3", reasons)
+
+    def test_failed_redis_drops_only_redis(self):
+        extra = ["BENCH-REDIS raw-dax 700", "BENCH-REDIS qcow2-blk 0",
+                 "BENCH-FAIL redis qcow2-blk: no ext4 on the Redis disk"]
+        fio, redis, bad, reasons = bg.boot_results(console(OK, IOPS, extra),
+                                                   0, CFGS)
+        self.assertEqual(bad, [])
+        self.assertEqual(redis, {"raw-dax": "700"})
+        self.assertEqual(len(fio), 3)
+        self.assertTrue(reasons)
+
+
+class StrictJson(unittest.TestCase):
+    def test_nan_is_refused(self):
+        for bad in ('{"a": nan}', '{"a": NaN}', '{"a": Infinity}'):
+            with self.assertRaises(ValueError):
+                benchmeta.strict_loads(bad)
+        with self.assertRaises(ValueError):
+            benchmeta.strict_dumps({"a": float("nan")})
+
+    def test_monitor_results_refuses_nan(self):
+        with self.assertRaises(ValueError):
+            benchmeta.monitor_results('table\n{"dirs": [], "x": nan}\n',
+                                      [0, 0, 0], [])
+        r = benchmeta.monitor_results('table\n{"dirs": []}\n', [1, 2, 3], [])
+        for k in ("date", "cpu", "nproc", "kernel", "git", "loadavg_start",
+                  "loadavg_end"):
+            self.assertIn(k, r["meta"])
+
+
+class BenchMonitorJson(unittest.TestCase):
+    """bench-monitor with a subset: unmeasured figures are null."""
+
+    def setUp(self):
+        if not BENCH_MONITOR:
+            self.skipTest("no bench-monitor binary given")
+
+    def test_subset_is_strict_json(self):
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, PCOW_BENCH_ONLY="hole,64t")
+            r = subprocess.run([BENCH_MONITOR, d], env=env,
+                               capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        last = r.stdout.strip().splitlines()[-1]
+        j = benchmeta.strict_loads(last)
+        m = j["dirs"][0]["metrics"]
+        self.assertEqual(j["dirs"][0]["dir"], d)
+        self.assertGreater(m["hole_read_p50_us"], 0)
+        self.assertGreater(m["roundtrip_64tib_s"], 0)
+        for k in ("steady_rand4k_pcow_over_raw", "steady_seq1m_pcow_over_raw",
+                  "cow_whole_64k_cluster_p50_us", "expansion_b2b_pool_p50_us",
+                  "monitor_open_1m_random_s"):
+            self.assertIsNone(m[k], k)
+        # one table row per measured figure, none for the others
+        rows = [ln for ln in r.stdout.strip().splitlines()[:-1]
+                if not ln.startswith("#")]
+        self.assertEqual(len(rows), sum(v is not None for v in m.values()))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        BENCH_MONITOR = sys.argv.pop(1)
+    unittest.main(verbosity=2)
