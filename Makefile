@@ -5,8 +5,11 @@
 #   make demo            build, run tests/pcow/demo.sh
 #   make bench           build, run tests/pcow/bench/run-bench.sh
 #   make bench-quick     build, run tests/pcow/bench/run-bench.sh --quick
-#   make bench-monitor   build, run tests/pcow/bench/bench-monitor.sh
-#                        (BENCH_ARGS="..." adds arguments to either)
+#   make bench-monitor   build the standalone parts, run
+#                        tests/pcow/bench/bench-monitor.sh
+#                        (BENCH_ARGS="..." adds arguments to either;
+#                        BENCH_ARGS=--publish commits-ready results in
+#                        docs/figures/, see docs/benchmarks.rst)
 #   make install         install into the configured prefix (DESTDIR works)
 #   make clean           remove build products, keep configuration and the
 #                        fetched QEMU source
@@ -93,7 +96,10 @@ demo: deps
 	    { echo "make demo: tests/pcow/demo.sh is missing" >&2; exit 1; }
 	tests/pcow/demo.sh
 
-bench bench-quick bench-monitor: all
+# The guest benchmarks need QEMU; bench-monitor only the standalone build.
+bench bench-quick: all
+bench-monitor: build-standalone
+bench bench-quick bench-monitor:
 	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),bench-monitor.sh,run-bench.sh); \
 	test -x $$script || { echo "make $@: $$script is missing" >&2; exit 1; }; \
 	echo "$$script $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)"; \
