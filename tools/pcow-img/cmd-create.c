@@ -88,7 +88,9 @@ static int create_raw(const char *file, uint64_t size, bool quiet)
     int fd;
 
     if (!quiet) {
-        printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", file, size);
+        g_autofree char *efile = img_escape_text(file);
+
+        printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", efile, size);
     }
     fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -299,11 +301,15 @@ int img_create(int argc, char **argv)
                         PCOW_BACKING_NONE;
 
     if (!quiet) {
+        g_autofree char *efile = img_escape_text(file);
+
         printf("Formatting '%s', fmt=pcow size=%" PRIu64
-               " cluster_size=%u cow_unit=%u", file, size, g.cluster_size,
+               " cluster_size=%u cow_unit=%u", efile, size, g.cluster_size,
                g.cow_unit);
         if (base) {
-            printf(" backing_file=%s backing_fmt=%s", base,
+            g_autofree char *ebase = img_escape_text(base);
+
+            printf(" backing_file=%s backing_fmt=%s", ebase,
                    img_format_name(base_fmt));
         }
         printf("\n");

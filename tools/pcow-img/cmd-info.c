@@ -54,11 +54,12 @@ void img_print_snapshot_table(const pcow_snapshot_info *sn, int n)
     printf("%-9s %-16s %8s%20s%16s%8s\n", "ID", "TAG", "VM SIZE", "DATE",
            "VM CLOCK", "ICOUNT");
     for (int i = 0; i < n; i++) {
+        g_autofree char *name = img_escape_text(sn[i].name);
         char date[32], id[24];
 
         img_format_date(date, sizeof(date), sn[i].date_sec);
         snprintf(id, sizeof(id), "%" PRIu64, sn[i].id);
-        printf("%-9s %-16s %8s%20s%16s%8s\n", id, sn[i].name, "0 B", date,
+        printf("%-9s %-16s %8s%20s%16s%8s\n", id, name, "0 B", date,
                "0000:00:00.000", "--");
     }
 }
@@ -149,9 +150,11 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
             json_bool(j, "dirty-flag", false);
             json_end_object(j);
         } else {
+            g_autofree char *epath = img_escape_text(path);
+
             vs = img_size_to_str(st.st_size);
             ds = img_size_to_str((uint64_t)st.st_blocks * 512);
-            printf("image: %s\nfile format: raw\n", path);
+            printf("image: %s\nfile format: raw\n", epath);
             printf("virtual size: %s (%" PRIu64 " bytes)\n", vs,
                    (uint64_t)st.st_size);
             printf("disk size: %s\n", ds);
@@ -246,8 +249,11 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
         } else {
             g_autofree char *vs = img_size_to_str(info->virtual_size);
             g_autofree char *ds = img_size_to_str(info->disk_size);
+            g_autofree char *epath = img_escape_text(path);
+            g_autofree char *ebf = img_escape_text(info->backing_file);
+            g_autofree char *ebp = img_escape_text(info->backing_path);
 
-            printf("image: %s\n", path);
+            printf("image: %s\n", epath);
             printf("file format: pcow\n");
             printf("virtual size: %s (%" PRIu64 " bytes)\n", vs,
                    info->virtual_size);
@@ -255,10 +261,10 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
             printf("cluster_size: %u\n", info->cluster_size);
             if (info->backing_format != PCOW_BACKING_NONE) {
                 if (strcmp(info->backing_file, info->backing_path)) {
-                    printf("backing file: %s (actual path: %s)\n",
-                           info->backing_file, info->backing_path);
+                    printf("backing file: %s (actual path: %s)\n", ebf,
+                           ebp);
                 } else {
-                    printf("backing file: %s\n", info->backing_file);
+                    printf("backing file: %s\n", ebf);
                 }
                 printf("backing file format: %s\n",
                        backing_fmt_name(info->backing_format));
@@ -545,7 +551,9 @@ int img_check(int argc, char **argv)
                    "Data may be corrupted, or further writes to the image "
                    "may corrupt it.\n", corruptions);
             if (res.first_problem[0]) {
-                printf("First problem: %s\n", res.first_problem);
+                g_autofree char *fp = img_escape_text(res.first_problem);
+
+                printf("First problem: %s\n", fp);
             }
         }
         if (leaks) {
@@ -612,8 +620,10 @@ static void map_emit(const MapEntry *e, bool json, bool *first)
         fputs(s->str, stdout);
         g_string_free(s, TRUE);
     } else if (e->data) {
+        g_autofree char *name = img_escape_text(e->filename);
+
         printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
-               e->start, e->length, e->offset, e->filename);
+               e->start, e->length, e->offset, name);
     }
     *first = false;
 }

@@ -15,32 +15,39 @@
 
 /* ---------------------------------------------------------------- errors */
 
+/* Names in messages come from images: keep every message one safe line */
+static void print_escaped_line(const char *prefix, const char *file,
+                               const char *fmt, va_list ap)
+{
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    g_autofree char *emsg = img_escape_text(msg);
+
+    fflush(stdout);
+    if (file) {
+        g_autofree char *efile = img_escape_text(file);
+
+        fprintf(stderr, "pcow-img: %s%s: %s\n", prefix, efile, emsg);
+    } else {
+        fprintf(stderr, "pcow-img: %s%s\n", prefix, emsg);
+    }
+}
+
 void img_error(const char *file, const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
-    if (file) {
-        fprintf(stderr, "pcow-img: %s: ", file);
-    } else {
-        fprintf(stderr, "pcow-img: ");
-    }
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    print_escaped_line("", file, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void img_warn(const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
-    fprintf(stderr, "pcow-img: warning: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    print_escaped_line("warning: ", NULL, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 /*
@@ -75,17 +82,13 @@ void img_pcow_error(const char *file, const pcow_error *err, int ret)
 {
     char one_line[sizeof(err->msg)];
     const char *hint;
-    char *nl;
 
     if (!err || !err->msg[0]) {
         img_error(file, "%s", strerror(ret < 0 ? -ret : EIO));
         return;
     }
+    /* img_error escapes any line break a name brings along */
     g_strlcpy(one_line, err->msg, sizeof(one_line));
-    nl = strchr(one_line, '\n');
-    if (nl) {
-        *nl = '\0';
-    }
     /* Locked, most likely by the QEMU that runs a guest on it. */
     hint = ret == -EBUSY && strstr(one_line, "in use") ?
            "; for a running VM use QMP pcow-snapshot-create, "
@@ -98,6 +101,47 @@ void img_pcow_error(const char *file, const pcow_error *err, int ret)
 }
 
 /* ----------------------------------------------------------- formatting */
+
+/* Next character of @p (@rest bytes): its length, 0 if @p is not UTF-8 */
+static int utf8_char(const char *p, size_t rest, gunichar *c)
+{
+    *c = g_utf8_get_char_validated(p, rest);
+    if (*c == (gunichar)-1 || *c == (gunichar)-2) {
+        return 0;
+    }
+    return g_unichar_to_utf8(*c, NULL);
+}
+
+/* C0 controls, DEL and C1 controls (a terminal may act on any of them) */
+static bool is_control(gunichar c)
+{
+    return c < 0x20 || (c >= 0x7f && c < 0xa0);
+}
+
+char *img_escape_text(const char *s)
+{
+    GString *o = g_string_new(NULL);
+    size_t rest = strlen(s);
+    const char *p = s;
+
+    while (rest) {
+        gunichar c;
+        int n = utf8_char(p, rest, &c);
+
+        if (n == 0 || is_control(c)) {
+            /* Every byte of it: invalid UTF-8 is one byte at a time */
+            for (int k = 0; k < (n ? n : 1); k++) {
+                g_string_append_printf(o, "\\x%02x", (unsigned char)p[k]);
+            }
+            n = n ? n : 1;
+        } else {
+            g_string_append_len(o, p, n);
+        }
+        p += n;
+        rest -= n;
+    }
+    return g_string_free(o, FALSE);
+}
 
 char *img_size_to_str(uint64_t val)
 {
@@ -335,31 +379,34 @@ void json_print(ImgJson *j)
 
 void json_escape(GString *s, const char *str)
 {
+    size_t rest = strlen(str);
+    const char *p = str;
+
     g_string_append_c(s, '"');
-    for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
-        switch (*p) {
-        case '"':
-            g_string_append(s, "\\\"");
-            break;
-        case '\\':
-            g_string_append(s, "\\\\");
-            break;
-        case '\n':
+    while (rest) {
+        gunichar c;
+        int n = utf8_char(p, rest, &c);
+
+        if (n == 0) {
+            /* Not UTF-8: JSON cannot carry the byte; U+FFFD stands for it */
+            g_string_append(s, "\\ufffd");
+            n = 1;
+        } else if (c == '"' || c == '\\') {
+            g_string_append_c(s, '\\');
+            g_string_append_c(s, c);
+        } else if (c == '\n') {
             g_string_append(s, "\\n");
-            break;
-        case '\t':
+        } else if (c == '\t') {
             g_string_append(s, "\\t");
-            break;
-        case '\r':
+        } else if (c == '\r') {
             g_string_append(s, "\\r");
-            break;
-        default:
-            if (*p < 0x20) {
-                g_string_append_printf(s, "\\u%04x", *p);
-            } else {
-                g_string_append_c(s, *p);
-            }
+        } else if (is_control(c)) {
+            g_string_append_printf(s, "\\u%04x", c);
+        } else {
+            g_string_append_len(s, p, n);
         }
+        p += n;
+        rest -= n;
     }
     g_string_append_c(s, '"');
 }

@@ -36,6 +36,12 @@ void img_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 /* ----------------------------------------------------------- formatting */
 
+/*
+ * @s made safe for a terminal (human output): control characters (C0, DEL,
+ * C1) and bytes that are not UTF-8 become \xHH, one per byte; the rest is
+ * kept.  Not reversible: --output=json is the machine form.  g_free it.
+ */
+char *img_escape_text(const char *s);
 /* "128 GiB", "1.5 MiB", "196 KiB"; the result must be g_free'd. */
 char *img_size_to_str(uint64_t val);
 /* "YYYY-MM-DD hh:mm:ss" (local time) into @buf of at least 20 bytes. */
@@ -132,7 +138,10 @@ typedef struct ImgJson {
     bool need_comma[32];
 } ImgJson;
 
-/* Append @str as a quoted JSON string. */
+/*
+ * Append @str as a quoted JSON string: controls (C0, DEL, C1) as \uXXXX
+ * (or \n \t \r), each byte that is not UTF-8 as \ufffd, the rest as is.
+ */
 void json_escape(GString *s, const char *str);
 void json_init(ImgJson *j);
 /* Finish and print to stdout (with a trailing newline); frees the buffer. */
