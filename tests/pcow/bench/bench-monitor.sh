@@ -33,6 +33,7 @@ if [ $# -eq 0 ]; then
 fi
 : "${out:=$build/bench/monitor-$(date -u +%Y%m%d-%H%M%S).json}"
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 rc=0
 "$build/tests/pcow/bench/bench-monitor" "$@" | tee "$work/stdout" ||
     rc=$?
@@ -40,5 +41,6 @@ if [ $rc -ne 0 ]; then
     echo "bench-monitor.sh: bench-monitor failed (exit $rc)" >&2
     exit $rc
 fi
-/usr/bin/python3 "$here/benchmeta.py" monitor-results --stdout "$work/stdout" \
-    --load0 "$load0" --out "$out" ${publish:+--publish "$publish"} "$@"
+/usr/bin/python3 "$here/benchmeta.py" monitor-results \
+    --stdout "$work/stdout" --load0 "$load0" --started "$started" \
+    --out "$out" ${publish:+--publish "$publish"} "$@"

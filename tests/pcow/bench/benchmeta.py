@@ -4,7 +4,8 @@
 Used by bench-guest.py (imported) and bench-monitor.sh (command line):
 
   benchmeta.py monitor-results --stdout FILE --load0 "L1 L5 L15"
-                               --out FILE [--publish DIR] DIR...
+                               --started DATE --out FILE [--publish DIR]
+                               DIR...
 
 reads bench-monitor's output (a table, then one JSON line), checks that the
 JSON line is strict JSON (no NaN or Infinity: a figure that was not
@@ -12,6 +13,14 @@ measured is null), and writes a results file: the machine, the load
 average at start and end, the date, the git commit, the table and the
 figures.  --publish also copies it to DIR/results-<date>-monitor.json.
 Exits 1 with a one-line message if the output is not valid.
+
+  benchmeta.py run --what NAME --out FILE [--publish DIR] -- COMMAND...
+
+runs COMMAND (output shown as it comes) and writes its output, exit
+status, the machine, the load average at start and end, the dates and the
+git commit to FILE (and DIR/results-<date>-NAME.json): for figures that
+come from a test's log, e.g. the live snapshot pause of test-qmp-live.
+Exits with COMMAND's status.
 
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
@@ -88,7 +97,7 @@ def publish_name(kind, date=None):
     return f"results-{d:%Y-%m-%d}-{kind}.json"
 
 
-def monitor_results(stdout, load0, dirs):
+def monitor_results(stdout, load0, dirs, started=None):
     """bench-monitor's output -> results object; ValueError if not valid."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     if not lines:
@@ -97,36 +106,76 @@ def monitor_results(stdout, load0, dirs):
     if not isinstance(figures, dict) or "dirs" not in figures:
         raise ValueError("the last line is not bench-monitor's JSON object")
     return {"what": "bench-monitor",
-            "meta": dict(machine(dirs=dirs), loadavg_start=load0,
-                         loadavg_end=loadavg()),
+            "meta": dict(machine(dirs=dirs), started=started,
+                         loadavg_start=load0, loadavg_end=loadavg()),
             "table": "\n".join(lines[:-1]),
             "bench_monitor": figures}
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds")
+
+
+def run_logged(cmd):
+    """Run cmd, echo and keep its output: results object."""
+    load0, started = loadavg(), now()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    out = []
+    for ln in p.stdout:
+        sys.stdout.write(ln)
+        sys.stdout.flush()
+        out.append(ln.rstrip("\n"))
+    rc = p.wait()
+    return {"what": " ".join(cmd), "rc": rc,
+            "meta": dict(machine(), started=started, loadavg_start=load0,
+                         loadavg_end=loadavg()),
+            "log": out}
+
+
+def write_results(res, out, publish, name):
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(strict_dumps(res, indent=1) + "\n")
+    print(f"benchmeta: results in {out}", file=sys.stderr)
+    if publish:
+        dst = Path(publish) / publish_name(name)
+        shutil.copyfile(out, dst)
+        print(f"benchmeta: published {dst}", file=sys.stderr)
 
 
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--what", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--publish", default=None)
+    r.add_argument("command", nargs=argparse.REMAINDER)
     m = sub.add_parser("monitor-results")
     m.add_argument("--stdout", required=True)
     m.add_argument("--load0", required=True)
+    m.add_argument("--started", default=None)
     m.add_argument("--out", required=True)
     m.add_argument("--publish", default=None)
     m.add_argument("dirs", nargs="*")
     a = ap.parse_args()
+    if a.cmd == "run":
+        cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+        if not cmd:
+            ap.error("run: no command")
+        res = run_logged(cmd)
+        write_results(res, a.out, a.publish, a.what)
+        return res["rc"]
     try:
         load0 = [float(x) for x in a.load0.split()]
-        res = monitor_results(Path(a.stdout).read_text(), load0, a.dirs)
+        res = monitor_results(Path(a.stdout).read_text(), load0, a.dirs,
+                              a.started)
     except (OSError, ValueError) as e:
         print(f"bench-monitor: invalid output: {e}", file=sys.stderr)
         return 1
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(strict_dumps(res, indent=1) + "\n")
-    print(f"bench-monitor: results in {out}", file=sys.stderr)
-    if a.publish:
-        dst = Path(a.publish) / publish_name("monitor")
-        shutil.copyfile(out, dst)
-        print(f"bench-monitor: published {dst}", file=sys.stderr)
+    write_results(res, a.out, a.publish, "monitor")
     return 0
 
 
