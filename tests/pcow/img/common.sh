@@ -172,30 +172,17 @@ release_image() {
     wait "$HOLD_PID" || fail "hold helper failed to close the image"
 }
 
+# hdr FILE ARGS...: read or patch the on-disk header (pcow-hdr.py, written
+# from the spec: the current slot is the valid one with the highest
+# generation, slot A or B).
+hdr() {
+    python3 "$SRCDIR/pcow-hdr.py" "$@"
+}
+
 # unref_cluster FILE VCLUSTER: clear the active L2 entry of a virtual cluster
 # on disk (offline), leaving its data cluster allocated but unreferenced.
 unref_cluster() {
-    python3 - "$1" "$2" <<'PY'
-import struct, sys
-path, v = sys.argv[1], int(sys.argv[2])
-with open(path, "r+b") as f:
-    hdr = f.read(1536)
-    gen_a = struct.unpack_from("<Q", hdr, 16)[0]
-    f.seek(1536)
-    hdr_b = f.read(1536)
-    if hdr_b[:4] == b"PCOW" and struct.unpack_from("<Q", hdr_b, 16)[0] > gen_a:
-        hdr = hdr_b
-    cbits = struct.unpack_from("<I", hdr, 48)[0]
-    l1_off = struct.unpack_from("<Q", hdr, 64)[0]
-    cs = 1 << cbits
-    l2e = cs // 32
-    f.seek(l1_off + (v // l2e) * 8)
-    l2 = struct.unpack("<Q", f.read(8))[0] & ~(cs - 1) & ((1 << 56) - 1)
-    if not l2:
-        sys.exit("no L2 table for cluster %d" % v)
-    f.seek(l2 + (v % l2e) * 32)
-    f.write(bytes(32))
-PY
+    hdr "$1" unref "$2"
 }
 
 finish() {
