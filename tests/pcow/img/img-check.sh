@@ -18,6 +18,16 @@ equal "$(json_get "$OUT" 'd["image-end-offset"]')" "$(file_size l.pcow)" \
     "json end offset"
 ok "clean image: exit 0, human and json output"
 
+# Slot B current and the L1 table moved (a grow needs a larger one): the
+# on-disk edits below (hdr in common.sh) must follow slot B, since slot A
+# still names the old, freed L1 table.
+l1_before=$(hdr l.pcow get l1_table_offset)
+expect 0 "$IMG" resize l.pcow 512M
+equal "$(hdr l.pcow slot)" B "slot B is current"
+[ "$(hdr l.pcow get l1_table_offset)" != "$l1_before" ] ||
+    fail "the L1 table did not move"
+ok "slot B current, L1 table moved"
+
 expect_error "$IMG" check -r bogus l.pcow
 expect_error "$IMG" check -r all -U l.pcow
 ok "check option errors"
