@@ -252,6 +252,10 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     if (img->read_only) {
         return pcow_img_error(img, err, -EROFS, "image is read-only");
     }
+    ret = pcow_header_can_commit(img, err);
+    if (ret < 0) {
+        return ret;
+    }
     ret = pcow_geometry_for(new_size, cs, 1u << img->cow_unit_bits, NULL,
                             &gerr);
     if (ret < 0) {

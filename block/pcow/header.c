@@ -214,6 +214,21 @@ static int header_check(const PcowHeader *h, char *msg, size_t msglen)
     return 0;
 }
 
+/*
+ * The generation never wraps: a commit of generation 0 after 2^64-1 would
+ * lose to the stale slot, which names tables that may already be freed.
+ */
+int pcow_header_can_commit(pcow_image *img, pcow_error *err)
+{
+    if (img->hdr.generation == UINT64_MAX) {
+        return pcow_img_error(img, err, -EOVERFLOW, "header generation is "
+                              "at its maximum (%llu): no structural change "
+                              "is possible; copy the image to a new one",
+                              (unsigned long long)img->hdr.generation);
+    }
+    return 0;
+}
+
 /* Structural change: write the whole new header into the other slot */
 int pcow_header_commit(pcow_image *img, const PcowHeader *h,
                        pcow_error *err)
@@ -223,6 +238,10 @@ int pcow_header_commit(pcow_image *img, const PcowHeader *h,
     int other = !img->cur_slot;
     int ret;
 
+    ret = pcow_header_can_commit(img, err);
+    if (ret < 0) {
+        return ret;
+    }
     nh.version = PCOW_VERSION;
     nh.generation = img->hdr.generation + 1;
     nh.header_length = header_length_for(nh.backing_name_length);

@@ -225,6 +225,7 @@ uint64_t pcow_now_ns(void);
 /* header.c */
 uint32_t pcow_crc32c(uint32_t crc, const void *buf, size_t len);
 void pcow_header_encode(const PcowHeader *h, uint8_t *slot);
+int pcow_header_can_commit(pcow_image *img, pcow_error *err);
 int pcow_header_commit(pcow_image *img, const PcowHeader *h,
                        pcow_error *err);
 uint64_t pcow_l1_size_for(uint64_t virtual_size, uint32_t cluster_bits);

@@ -301,12 +301,13 @@ out:
     return ret;
 }
 
+/* Before a snapshot operation writes anything: can it commit at all? */
 static int check_rw(pcow_image *img, pcow_error *err)
 {
     if (img->read_only) {
         return pcow_img_error(img, err, -EROFS, "image is read-only");
     }
-    return 0;
+    return pcow_header_can_commit(img, err);
 }
 
 int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
