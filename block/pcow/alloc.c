@@ -25,7 +25,7 @@ typedef struct WalkCtx {
     PcowWalk *w;
     PcowProblems *pr;
     bool repair;
-    uint64_t frontier;
+    uint64_t frontier;          /* entries must lie below (valid end) */
     uint64_t vclusters;         /* active entries from here on are stale */
     uint64_t last_data;         /* for fragmentation */
     uint64_t *seen;             /* clusters marked SEEN in this snapshot */
@@ -68,7 +68,7 @@ static bool mark_meta(WalkCtx *c, uint64_t off, uint64_t n, const char *what,
         pcow_problem(c->pr, -EINVAL, "%s%s at 0x%llx lies outside the image "
                      "(frontier 0x%llx)", table_name(sn, tb, sizeof(tb)),
                      what, (unsigned long long)off,
-                     (unsigned long long)c->frontier);
+                     (unsigned long long)pcow_frontier(img));
         return false;
     }
     for (k = 0; k < n; k++) {
@@ -120,7 +120,7 @@ static uint64_t check_word(WalkCtx *c, uint64_t word, uint64_t gofs,
                      "outside the image: 0x%llx (frontier 0x%llx)",
                      table_name(sn, tb, sizeof(tb)), what,
                      (unsigned long long)gofs, (unsigned long long)off,
-                     (unsigned long long)c->frontier);
+                     (unsigned long long)pcow_frontier(img));
         return 0;
     }
     if ((c->w->cls[off >> img->cluster_bits] & PCOW_C_KIND) ==
@@ -332,7 +332,7 @@ int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair)
     int ret = 0;
 
     memset(w, 0, sizeof(*w));
-    c.frontier = pcow_frontier(img);
+    c.frontier = pcow_valid_end(img);
     c.vclusters = pcow_div_round_up(img->hdr.virtual_size, cs);
     w->nclusters = c.frontier >> img->cluster_bits;
     w->cls = calloc(w->nclusters ? w->nclusters : 1, 1);
@@ -517,9 +517,38 @@ static uint64_t bm_find(pcow_image *img, uint64_t n)
     return UINT64_MAX;
 }
 
+/*
+ * Clusters a walk may put on the free list: those below the frontier.  In
+ * check mode the walk also covers the file above a frontier that may be too
+ * low; nothing there is handed out unless check raises the frontier.
+ */
+static uint64_t free_limit(pcow_image *img, const PcowWalk *w)
+{
+    uint64_t f = pcow_frontier(img) >> img->cluster_bits;
+
+    return w->nclusters < f ? w->nclusters : f;
+}
+
+/* End of the highest cluster the walk found in use (or reserved) */
+static uint64_t used_end(pcow_image *img, const PcowWalk *w)
+{
+    uint64_t h = w->nclusters ? w->nclusters - 1 : 0;
+
+    while (h > 0 && (w->cls[h] & (PCOW_C_KIND | PCOW_C_RING)) ==
+           PCOW_C_FREE) {
+        h--;
+    }
+    return (h + 1) << img->cluster_bits;
+}
+
+uint64_t pcow_walk_used_end(pcow_image *img, const PcowWalk *w)
+{
+    return used_end(img, w);
+}
+
 int pcow_alloc_init(pcow_image *img, const PcowWalk *w)
 {
-    uint64_t i;
+    uint64_t i, lim = free_limit(img, w);
 
     img->free_bm = NULL;
     img->free_bm_bits = 0;
@@ -528,7 +557,7 @@ int pcow_alloc_init(pcow_image *img, const PcowWalk *w)
         return -ENOMEM;
     }
     img->free_hint = w->nclusters;
-    for (i = 1; i < w->nclusters; i++) {
+    for (i = 1; i < lim; i++) {
         if ((w->cls[i] & (PCOW_C_KIND | PCOW_C_RING)) == PCOW_C_FREE) {
             bm_set(img, i);
         }
@@ -652,7 +681,8 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
         bool is_free = (w.cls[i] & (PCOW_C_KIND | PCOW_C_RING)) ==
                        PCOW_C_FREE;
 
-        if (is_free && (punch_all || !bm_test(img, i))) {
+        if (is_free && i < free_limit(img, &w) &&
+            (punch_all || !bm_test(img, i))) {
             newly[i] = 1;
         }
         if (!is_free) {
@@ -676,12 +706,8 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
      */
     if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
         img->ring_count == 0) {
-        uint64_t h = w.nclusters - 1;
+        uint64_t h = (used_end(img, &w) >> img->cluster_bits) - 1;
 
-        while (h > 0 && (w.cls[h] & (PCOW_C_KIND | PCOW_C_RING)) ==
-               PCOW_C_FREE) {
-            h--;
-        }
         if (((h + 1) << img->cluster_bits) < pcow_frontier(img)) {
             ret = pcow_persist_hot_store(img, PCOW_HOT_FRONTIER,
                                          (h + 1) << img->cluster_bits);
@@ -697,7 +723,9 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
             img->alloc_end = pcow_frontier(img);
         }
     }
+    /* Never cut clusters in use above a frontier that is too low */
     if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
+        used_end(img, &w) <= pcow_frontier(img) &&
         fstat(img->fd, &st) == 0 &&
         (uint64_t)st.st_size > pcow_frontier(img)) {
         ret = pcow_persist_truncate(img, pcow_frontier(img));
@@ -726,6 +754,24 @@ static int raise_frontier_locked(pcow_image *img, uint64_t end)
         return pcow_persist_hot_store(img, PCOW_HOT_FRONTIER, end);
     }
     return 0;
+}
+
+/*
+ * check -r all: raise a frontier that lies below clusters in use to @end.
+ * The clusters between stay off the free list (the next reclaim frees
+ * what nothing uses); new allocations start at @end.
+ */
+int pcow_alloc_raise_frontier(pcow_image *img, uint64_t end)
+{
+    int ret;
+
+    pcow_lock(img);
+    ret = raise_frontier_locked(img, end);
+    if (ret == 0 && img->alloc_end < end) {
+        img->alloc_end = end;
+    }
+    pcow_unlock(img);
+    return ret;
 }
 
 /* Pick @n contiguous clusters (lowest free first); no I/O */

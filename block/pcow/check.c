@@ -96,7 +96,7 @@ static uint64_t count_allocated(pcow_image *img, uint64_t start,
 static uint64_t count_leaks(pcow_image *img, const PcowWalk *w)
 {
     uint64_t cs = img->cluster_size, i = 1, start, leaks = 0;
-    uint64_t frontier = pcow_frontier(img);
+    uint64_t frontier = w->nclusters << img->cluster_bits;
     struct stat st;
 
     while (i < w->nclusters) {
@@ -149,6 +149,34 @@ static uint64_t count_bad_writable(pcow_image *img, const PcowWalk *w,
     return n;
 }
 
+/*
+ * Rules of the whole file: it is not shorter than the frontier, and the
+ * frontier lies above every cluster in use (check mode walks the whole
+ * file, so it sees clusters in use above a frontier that is too low).
+ */
+static void check_extent(pcow_image *img, const PcowWalk *w,
+                         PcowProblems *pr)
+{
+    uint64_t f = pcow_frontier(img), end = pcow_walk_used_end(img, w);
+    uint64_t cs = img->cluster_size, i, lost = 0;
+    struct stat st;
+
+    if (fstat(img->fd, &st) == 0 && (uint64_t)st.st_size < f) {
+        for (i = st.st_size / cs; i < w->nclusters; i++) {
+            lost += (w->cls[i] & PCOW_C_KIND) != PCOW_C_FREE;
+        }
+        pcow_problem(pr, -EINVAL, "file truncated: its size 0x%llx is below "
+                     "the frontier 0x%llx (%llu clusters in use reach past "
+                     "its end)", (unsigned long long)st.st_size,
+                     (unsigned long long)f, (unsigned long long)lost);
+    }
+    if (end > f) {
+        pcow_problem(pr, -EINVAL, "frontier 0x%llx is too low: clusters up "
+                     "to 0x%llx are in use", (unsigned long long)f,
+                     (unsigned long long)end);
+    }
+}
+
 static uint64_t scan(pcow_image *img, PcowWalk *w, PcowProblems *pr)
 {
     uint32_t i;
@@ -163,11 +191,28 @@ static uint64_t scan(pcow_image *img, PcowWalk *w, PcowProblems *pr)
                          (unsigned long long)pcow_le64(img->l1[i]));
         }
     }
+    pcow_snapshot_ids_check(img, pr);
     if (pcow_walk(img, w, pr, false) < 0) {
         return pr->count ? pr->count : 1;
     }
+    check_extent(img, w, pr);
     count_bad_writable(img, w, pr);
     return pr->count;
+}
+
+/* check -r all, first: what a table walk cannot repair */
+static void repair_extent_and_ids(pcow_image *img, const PcowWalk *w)
+{
+    PcowProblems pr = { .collect = true };
+    uint64_t end = pcow_walk_used_end(img, w);
+
+    /* Before anything allocates: raise a frontier that is too low */
+    if (end > pcow_frontier(img)) {
+        pcow_alloc_raise_frontier(img, end);
+    }
+    if (pcow_snapshot_ids_check(img, &pr)) {
+        pcow_snapshot_ids_repair(img, NULL);
+    }
 }
 
 int pcow_check(const char *path, unsigned repair, bool force_share,
@@ -189,6 +234,9 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
     if (repair) {
         flags |= PCOW_OPEN_RDWR | PCOW_OPEN_NO_RECOVER;
     }
+    if (repair & PCOW_REPAIR_ERRORS) {
+        flags |= PCOW_OPEN_FIX_SHORT;
+    }
     if (force_share) {
         flags |= PCOW_OPEN_NO_LOCK;
     }
@@ -206,15 +254,24 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
         return ret;
     }
     found = scan(img, &w, &pr);
-    res->corruptions = found;
     if (found) {
         snprintf(res->first_problem, sizeof(res->first_problem), "%s: %.400s",
                  path, pr.first);
     }
+    if (img->short_size) {
+        /* Open already repaired this one: the file was extended */
+        snprintf(res->first_problem, sizeof(res->first_problem), "%s: file "
+                 "truncated: its size 0x%llx was below the frontier 0x%llx",
+                 path, (unsigned long long)img->short_size,
+                 (unsigned long long)pcow_frontier(img));
+        res->corruptions_fixed = 1;
+    }
+    res->corruptions = found + res->corruptions_fixed;
     if (found && (repair & PCOW_REPAIR_ERRORS)) {
         PcowWalk fw;
         PcowProblems fpr = { .collect = true };
 
+        repair_extent_and_ids(img, &w);
         for (i = 0; i < img->hdr.l1_size; i++) {
             if (img->l1[i] && !img->l2[i]) {
                 pcow_persist_store64(img, &img->l1[i],
@@ -229,8 +286,8 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
             found = scan(img, &w, &pr);
         }
         res->corruptions_fixed = res->corruptions - found;
-        res->corruptions = found;
     }
+    res->corruptions = found;
     /*
      * Entries beyond the virtual size (a shrink cut by a crash) are
      * invisible but hold their clusters: leaks, not corruption.

@@ -613,6 +613,18 @@ static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
     return 0;
 }
 
+/*
+ * Where table entries may point: below the frontier; in check mode also
+ * into whole clusters of the file above it, so that check can tell a
+ * frontier that is too low (repaired by raising it) from garbage.
+ */
+uint64_t pcow_valid_end(pcow_image *img)
+{
+    uint64_t f = pcow_frontier(img);
+
+    return img->check_end > f ? img->check_end : f;
+}
+
 static int check_frontier(pcow_image *img, uint64_t file_size,
                           pcow_error *err)
 {
@@ -620,21 +632,32 @@ static int check_frontier(pcow_image *img, uint64_t file_size,
     uint64_t l1_end = img->hdr.l1_table_offset +
                       pcow_round_up((uint64_t)img->hdr.l1_size * 8,
                                     img->cluster_size);
+    bool check = img->flags & PCOW_OPEN_CHECK;
 
     if (f % img->cluster_size || f < img->cluster_size) {
         return pcow_img_error(img, err, -EINVAL, "frontier 0x%llx is not a "
                               "multiple of the cluster size",
                               (unsigned long long)f);
     }
-    if (f > pcow_round_up(file_size, img->cluster_size)) {
-        return pcow_img_error(img, err, -EINVAL, "frontier 0x%llx beyond "
-                              "the end of the file (0x%llx): file truncated?",
-                              (unsigned long long)f,
-                              (unsigned long long)file_size);
+    /*
+     * Every cluster below the frontier lies in the file: a shorter file
+     * lost data (a cut copy).  Only check reads it (read-only, to report
+     * it) or, for check -r all, extends it; a writer would extend it and
+     * make the loss look like zeros.
+     */
+    if (f > file_size && !(check && (img->read_only ||
+                                     (img->flags & PCOW_OPEN_FIX_SHORT)))) {
+        return pcow_img_error(img, err, -EINVAL, "file truncated: its size "
+                              "0x%llx is below the frontier 0x%llx",
+                              (unsigned long long)file_size,
+                              (unsigned long long)f);
+    }
+    if (check) {
+        img->check_end = file_size & ~(img->cluster_size - 1);
     }
     if (img->hdr.l1_table_offset == 0 ||
         img->hdr.l1_table_offset % img->cluster_size ||
-        l1_end > f || l1_end < img->hdr.l1_table_offset) {
+        l1_end > pcow_valid_end(img) || l1_end < img->hdr.l1_table_offset) {
         return pcow_img_error(img, err, -EINVAL, "L1 table at 0x%llx (%u "
                               "entries) lies outside the image (frontier "
                               "0x%llx)",
@@ -790,7 +813,7 @@ int pcow_open_internal(const char *path, unsigned flags,
                                  strerror(-ret));
             goto fail;
         }
-        /* The last cluster must be backed by the file before it is mapped */
+        /* check -r all: a short file gets its lost tail back, as zeros */
         if ((uint64_t)st.st_size < img->frontier_ro) {
             ret = pcow_persist_truncate(img, img->frontier_ro);
             if (ret < 0) {
@@ -798,6 +821,7 @@ int pcow_open_internal(const char *path, unsigned flags,
                                      strerror(-ret));
                 goto fail;
             }
+            img->short_size = st.st_size;
         }
     }
     if (!img->read_only) {

@@ -113,7 +113,7 @@ static bool l1_entry_ok(pcow_image *img, uint64_t e, uint64_t frontier)
 
 int pcow_tables_load(pcow_image *img, PcowProblems *pr)
 {
-    uint64_t frontier = pcow_frontier(img);
+    uint64_t frontier = pcow_valid_end(img);
     uint64_t per_l2 = img->cluster_size * img->l2_entries;
     uint32_t i;
     int ret;

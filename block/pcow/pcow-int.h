@@ -49,6 +49,8 @@
 /* Internal open flags, above the public ones */
 #define PCOW_OPEN_CHECK         (1u << 16)  /* count errors, do not fail */
 #define PCOW_OPEN_BASE          (1u << 17)  /* opened as someone's base */
+#define PCOW_OPEN_FIX_SHORT     (1u << 18)  /* check -r all: extend a file
+                                               shorter than its frontier */
 
 typedef struct PcowHeader {
     uint32_t version;
@@ -124,6 +126,10 @@ struct pcow_image {
     void *sync_win;         /* PROT_NONE MAP_SHARED window for msync */
     uint64_t sync_win_len;
     uint64_t frontier_ro;   /* frontier as read, when c0 is not mapped */
+    uint64_t check_end;     /* check mode: end of the whole clusters in the
+                               file, to tell a low frontier from garbage */
+    uint64_t short_size;    /* check -r all: the file size when open found
+                               it below the frontier and extended it */
     uint64_t in_use_token;
 
     /* active L1/L2: MAP_SHARED mappings (RDWR) or private copies (RO) */
@@ -230,6 +236,7 @@ int pcow_header_commit(pcow_image *img, const PcowHeader *h,
                        pcow_error *err);
 uint64_t pcow_l1_size_for(uint64_t virtual_size, uint32_t cluster_bits);
 uint64_t pcow_frontier(pcow_image *img);
+uint64_t pcow_valid_end(pcow_image *img);
 int pcow_open_internal(const char *path, unsigned flags,
                        pcow_persist_hook hook, void *opaque,
                        PcowChain *chain, unsigned depth,
@@ -294,6 +301,8 @@ typedef struct PcowWalk {
 
 int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair);
 void pcow_walk_free(PcowWalk *w);
+uint64_t pcow_walk_used_end(pcow_image *img, const PcowWalk *w);
+int pcow_alloc_raise_frontier(pcow_image *img, uint64_t end);
 int pcow_alloc_init(pcow_image *img, const PcowWalk *w);
 void pcow_alloc_fini(pcow_image *img);
 int pcow_alloc_recover(pcow_image *img, bool punch_free, pcow_error *err);
@@ -311,6 +320,8 @@ int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared);
 /* snapshot.c */
 int pcow_snapshots_load(pcow_image *img, PcowProblems *pr);
 int pcow_snapshot_find(pcow_image *img, const char *name_or_id);
+uint64_t pcow_snapshot_ids_check(pcow_image *img, PcowProblems *pr);
+int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err);
 
 /* backing.c */
 int pcow_backing_open(pcow_image *img, PcowChain *chain, pcow_error *err);

@@ -26,7 +26,7 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
 {
     PcowHeader *h = &img->hdr;
     uint64_t cs = img->cluster_size;
-    uint64_t frontier = pcow_frontier(img);
+    uint64_t frontier = pcow_valid_end(img);
     uint8_t *buf;
     uint32_t pos = 0, k, j;
     int ret;
@@ -34,7 +34,7 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
     free(img->snaps);
     img->snaps = NULL;
     if (h->nb_snapshots == 0) {
-        return 0;
+        return pcow_snapshot_ids_check(img, pr) && !pr->collect ? -EINVAL : 0;
     }
     if (h->snapshots_offset % cs || h->snapshots_offset < cs ||
         h->snapshots_size > PCOW_MAX_SNAP_TABLE ||
@@ -94,11 +94,6 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
                          "NUL byte", k);
             goto out;
         }
-        if (sn->id == 0 || sn->id >= h->next_snapshot_id) {
-            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid id %llu",
-                         sn->name, (unsigned long long)sn->id);
-            goto out;
-        }
         if (sn->virtual_size == 0 || sn->virtual_size % 4096) {
             pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid virtual "
                          "size %llu", sn->name,
@@ -114,11 +109,6 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
             goto out;
         }
         for (j = 0; j < k; j++) {
-            if (img->snaps[j].id == sn->id) {
-                pcow_problem(pr, -EINVAL, "duplicate snapshot id %llu",
-                             (unsigned long long)sn->id);
-                goto out;
-            }
             if (!strcmp(img->snaps[j].name, sn->name)) {
                 pcow_problem(pr, -EINVAL, "duplicate snapshot name '%s'",
                              sn->name);
@@ -132,10 +122,48 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
                      h->snapshots_size - pos);
         goto out;
     }
-    ret = 0;
+    /* Check mode loads the table anyway: check -r all renumbers */
+    ret = pcow_snapshot_ids_check(img, pr) && !pr->collect ? -EINVAL : 0;
 out:
     free(buf);
     return ret;
+}
+
+/*
+ * Snapshot ids are 1 .. next_snapshot_id - 1 and unique; next_snapshot_id
+ * is at least 1.  Returns the number of problems reported to @pr.
+ */
+uint64_t pcow_snapshot_ids_check(pcow_image *img, PcowProblems *pr)
+{
+    uint64_t next = img->hdr.next_snapshot_id, n = 0;
+    uint32_t k, j;
+
+    if (next == 0) {
+        pcow_problem(pr, -EINVAL, "invalid next_snapshot_id 0 (snapshot "
+                     "ids start at 1)");
+        n++;
+    }
+    for (k = 0; k < img->hdr.nb_snapshots && img->snaps; k++) {
+        const PcowSnapshot *sn = &img->snaps[k];
+
+        if (sn->id == 0 || sn->id >= next) {
+            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid id %llu "
+                         "(next_snapshot_id %llu)", sn->name,
+                         (unsigned long long)sn->id,
+                         (unsigned long long)next);
+            n++;
+            continue;
+        }
+        for (j = 0; j < k; j++) {
+            if (img->snaps[j].id == sn->id) {
+                pcow_problem(pr, -EINVAL, "duplicate snapshot id %llu",
+                             (unsigned long long)sn->id);
+                n++;
+                break;
+            }
+        }
+    }
+    return n;
 }
 
 int pcow_snapshot_find(pcow_image *img, const char *name_or_id)
@@ -330,6 +358,11 @@ int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
         return pcow_img_error(img, err, -EINVAL, "snapshot name must be "
                               "1..%d bytes", PCOW_MAX_SNAPSHOT_NAME);
     }
+    if (h.next_snapshot_id == UINT64_MAX) {
+        /* The new id must stay below next_snapshot_id, which cannot grow */
+        return pcow_img_error(img, err, -EOVERFLOW, "no snapshot id left "
+                              "(next_snapshot_id is at its maximum)");
+    }
     for (i = 0; i < n; i++) {
         if (!strcmp(img->snaps[i].name, name)) {
             return pcow_img_error(img, err, -EEXIST, "snapshot '%s' already "
@@ -410,6 +443,75 @@ fail:
     pcow_alloc_recover(img, false, NULL);
     return pcow_img_error(img, err, ret, "cannot create snapshot '%s': %s",
                           name, strerror(-ret));
+}
+
+/*
+ * check -r all: a snapshot whose id is 0, 2^64-1 or a duplicate gets a new
+ * id above all others, and next_snapshot_id goes above every id.  Valid
+ * ids keep their value: users name snapshots by id.
+ */
+int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    uint64_t old_off = h.snapshots_offset;
+    uint64_t old_n = pcow_div_round_up(h.snapshots_size, img->cluster_size);
+    uint32_t n = h.nb_snapshots, k, j;
+    uint64_t next = h.next_snapshot_id ? h.next_snapshot_id : 1;
+    PcowSnapshot *ns = calloc(n ? n : 1, sizeof(*ns));
+    bool *keep = calloc(n ? n : 1, sizeof(*keep));
+    bool renumber = false;
+    int ret = 0;
+
+    if (!ns || !keep) {
+        ret = pcow_img_error(img, err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (k = 0; k < n; k++) {
+        ns[k] = img->snaps[k];
+        keep[k] = ns[k].id != 0 && ns[k].id != UINT64_MAX;
+        for (j = 0; j < k && keep[k]; j++) {
+            keep[k] = !(keep[j] && ns[j].id == ns[k].id);
+        }
+        if (keep[k] && ns[k].id >= next) {
+            next = ns[k].id + 1;
+        }
+    }
+    for (k = 0; k < n; k++) {
+        if (keep[k]) {
+            continue;
+        }
+        if (next == UINT64_MAX) {
+            ret = pcow_img_error(img, err, -EOVERFLOW, "no snapshot id left "
+                                 "to renumber snapshot '%s'", ns[k].name);
+            goto out;
+        }
+        ns[k].id = next++;
+        renumber = true;
+    }
+    if (renumber) {
+        ret = write_table(img, ns, n, &h);
+        if (ret < 0) {
+            pcow_alloc_recover(img, false, NULL);
+            ret = pcow_img_error(img, err, ret, "cannot write the snapshot "
+                                 "table: %s", strerror(-ret));
+            goto out;
+        }
+    }
+    h.next_snapshot_id = next;
+    ret = pcow_header_commit(img, &h, err);
+    if (ret < 0 || !renumber) {
+        goto out;
+    }
+    memcpy(img->snaps, ns, n * sizeof(*ns));
+    ret = pcow_free_clusters(img, old_off, old_n);
+    if (ret < 0) {
+        ret = pcow_img_error(img, err, ret, "cannot free the old snapshot "
+                             "table: %s", strerror(-ret));
+    }
+out:
+    free(ns);
+    free(keep);
+    return ret;
 }
 
 static int find_or_fail(pcow_image *img, const char *name_or_id,
