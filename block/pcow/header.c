@@ -826,10 +826,19 @@ int pcow_open_internal(const char *path, unsigned flags,
     }
     if (!img->read_only) {
         /*
-         * The L1 table may be a sparse region; it is mapped shared, and a
-         * fault on a hole needs a block (SIGBUS on a full disk).  Allocate
-         * it now, when running out of space is still a clean error.
+         * P-OPEN-TABLES.  Cluster 0's first page (hot line) and the L1
+         * table are mapped shared, and a store on a hole needs a block:
+         * SIGBUS on a full disk.  The L1 table is often sparse; the first
+         * page can hold a hole only on file systems with blocks smaller
+         * than a page.  Allocate both now, when running out of space is
+         * still a clean error (the L2 tables: pcow_tables_load).
          */
+        ret = pcow_persist_allocate(img, 0, PCOW_HOT_OFFSET + PCOW_HOT_SIZE);
+        if (ret < 0) {
+            ret = pcow_img_error(img, err, ret, "cannot allocate the header: "
+                                 "%s", strerror(-ret));
+            goto fail;
+        }
         ret = pcow_persist_allocate(img, img->hdr.l1_table_offset,
                                     pcow_round_up((uint64_t)img->hdr.l1_size
                                                   * 8, img->cluster_size));

@@ -163,6 +163,22 @@ int pcow_tables_load(pcow_image *img, PcowProblems *pr)
             }
             continue;
         }
+        if (img->tables_mapped) {
+            /*
+             * P-OPEN-TABLES: a table written through a shared mapping
+             * must have its blocks: a page that is a hole (a sparse copy,
+             * fallocate -d) needs one at the first store, and on a full
+             * file system that store dies of SIGBUS.  Running out of
+             * space here is a clean error instead.
+             */
+            ret = pcow_persist_allocate(img, e, img->cluster_size);
+            if (ret < 0) {
+                pcow_problem(pr, ret, "cannot allocate the L2 table at "
+                             "0x%llx: %s", (unsigned long long)e,
+                             strerror(-ret));
+                return ret;
+            }
+        }
         ret = pcow_map_l2(img, i, e);
         if (ret < 0) {
             pcow_problem(pr, ret, "cannot load the L2 table at 0x%llx",

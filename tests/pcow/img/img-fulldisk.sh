@@ -1,6 +1,8 @@
 #!/bin/bash
 # A full file system: create and convert fail with one clear line, leave no
-# half-written file, and an image already there still checks clean.
+# half-written file, and an image already there still checks clean; table
+# pages that are holes in the file never make a command die of SIGBUS
+# (tmpfs and ext4).
 . "$(dirname "$0")/common.sh"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -73,5 +75,94 @@ run "$HELPER" write mnt/empty.pcow 0 4K 0x01
 run "$IMG" check mnt/empty.pcow
 [ "$RC" -eq 0 ] || [ "$RC" -eq 3 ] || fail "check after full: $RC"
 ok "empty image on a full disk: clean errors, no crash"
+
+# --- Metadata pages that are holes in the file ---------------------------
+# A sparse copy (cp --sparse=always, rsync -S, fallocate -d) leaves the
+# empty pages of an L2 table as holes.  Tables are written through shared
+# mappings, and a store (tmpfs: even a load) on a hole page of a full file
+# system needs a block it cannot get: SIGBUS, unless open allocated them.
+
+# sparse_image DIR: h.pcow with data at 0 and an L2 table (the cluster
+# at 128 KiB) whose pages after the first, all zeros, are holes.  Punched
+# explicitly: fallocate -d -o/-l of util-linux 2.38 punches past its range.
+sparse_image() {
+    rm -f "$1/h.pcow" "$1/fill" "$1/spacer"
+    expect 0 "$IMG" create -q "$1/h.pcow" 64M
+    "$HELPER" write "$1/h.pcow" 0 64K 0x11
+    equal "$(hdr "$1/h.pcow" l2entry 0)" 131072 "L2 table at 128 KiB"
+    equal "$(od -An -tx1 -j 135168 -N 61440 "$1/h.pcow" | tr -d ' 0\n*')" \
+        "" "L2 pages after the first are zeros"
+    fallocate -p -o 135168 -l 61440 "$1/h.pcow"
+    sync
+}
+
+# fill_fs DIR [BYTES]: fill the file system, then free BYTES again
+fill_fs() {
+    [ -z "${2:-}" ] || head -c "$2" /dev/zero >"$1/spacer"
+    sync
+    dd if=/dev/zero of="$1/fill" bs=4K status=none 2>/dev/null || true
+    rm -f "$1/spacer"
+    sync
+}
+
+# clean_enospc WHAT: the last run exited 0, or 1 with one ENOSPC line
+clean_enospc() {
+    [ "$RC" -le 1 ] || fail "$1 died (exit $RC): $ERR"
+    if [ "$RC" -eq 1 ]; then
+        [ "$(printf '%s\n' "$ERR" | grep -c .)" -eq 1 ] ||
+            fail "$1: more than one error line: $ERR"
+        contains "$ERR" "No space left on device" "$1"
+    fi
+}
+
+full_fs_tables() {      # DIR FSNAME
+    local d=$1 c
+    sparse_image "$d"
+    fill_fs "$d"
+    for c in "snapshot -c s" "resize" "check -r leaks"; do
+        if [ "$c" = resize ]; then
+            run "$IMG" resize "$d/h.pcow" 128M
+        else
+            run "$IMG" $c "$d/h.pcow"
+        fi
+        clean_enospc "$2: $c on a full disk"
+    done
+    run "$HELPER" write "$d/h.pcow" 8M 4K 0x13
+    clean_enospc "$2: a write on a full disk"
+    rm -f "$d/fill"
+    expect 0 "$IMG" check "$d/h.pcow"
+    "$HELPER" verify "$d/h.pcow" 0 64K 0x11
+    ok "$2: sparse L2 table on a full disk: ENOSPC, never SIGBUS"
+
+    # Room for exactly one cluster: a write takes it for its data, and the
+    # store into the L2 table's hole page then has nothing left.
+    sparse_image "$d"
+    fill_fs "$d" 65536
+    run "$HELPER" write "$d/h.pcow" 8M 4K 0x13
+    clean_enospc "$2: a write into the last free cluster"
+    rm -f "$d/fill"
+    expect 0 "$IMG" check "$d/h.pcow"
+    "$HELPER" verify "$d/h.pcow" 0 64K 0x11
+    expect 0 "$IMG" snapshot -c s "$d/h.pcow"
+    "$HELPER" write "$d/h.pcow" 8M 4K 0x13
+    "$HELPER" verify "$d/h.pcow" 8M 4K 0x13
+    expect 0 "$IMG" check "$d/h.pcow"
+    ok "$2: one free cluster left: ENOSPC or success, image intact"
+}
+
+rm -f mnt/*
+full_fs_tables mnt tmpfs
+
+# The same on ext4, in a small loop-mounted file system.
+if command -v mkfs.ext4 >/dev/null &&
+    truncate -s 16M ext4.img && mkfs.ext4 -q -F -b 4096 -m 0 ext4.img &&
+    mkdir -p ext4 && mount -o loop ext4.img ext4; then
+    CLEANUP_CMDS+=("umount $T/ext4")
+    full_fs_tables ext4 ext4
+elif [ "${CI:-}" = true ]; then
+    fail "cannot mount an ext4 loop image (mkfs.ext4 and loop devices are required in CI)"
+else
+    echo "SKIP: cannot mount an ext4 loop image"
+fi
 
 finish
