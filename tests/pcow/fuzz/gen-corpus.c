@@ -238,6 +238,30 @@ static void p_frontier_beyond(uint8_t *d, size_t *size)
               cs_of(d) * 64);
 }
 
+static void p_cut_last_cluster(uint8_t *d, size_t *size)
+{
+    *size -= 512;       /* a copy cut inside its last cluster */
+}
+
+static void p_low_frontier(uint8_t *d, size_t *size)
+{
+    /* The last two clusters are in use but above the frontier */
+    pcow_st64(d + PCOW_HOT_FRONTIER, pcow_ld64(d + PCOW_HOT_FRONTIER) -
+              cs_of(d) * 2);
+}
+
+static void p_next_snapshot_id_0(uint8_t *d, size_t *size)
+{
+    pcow_st64(d + 96, 0);
+    fix_slot_a(d);
+}
+
+static void p_generation_max(uint8_t *d, size_t *size)
+{
+    pcow_st64(d + 16, UINT64_MAX);
+    fix_slot_a(d);
+}
+
 static void p_dirty_leaks(uint8_t *d, size_t *size)
 {
     uint64_t f = pcow_ld64(d + PCOW_HOT_FRONTIER);
@@ -300,6 +324,8 @@ int main(int argc, char **argv)
     emit("empty", "bad-incompat-feature", p_incompat);
     emit("empty", "bad-frontier", p_frontier_beyond);
     emit("empty", "edge-max-l1", p_big_l1);
+    emit("empty", "bad-next-snapshot-id", p_next_snapshot_id_0);
+    emit("empty", "edge-generation-max", p_generation_max);
 
     img = create("big", 1ull << 40, 1 << 16, 0, NULL, PCOW_BACKING_NONE);
     done(img);
@@ -318,6 +344,8 @@ int main(int argc, char **argv)
     emit("data", "bad-reserved-bits", p_map_reserved);
     emit("data", "bad-partial", p_partial_bad);
     emit("data", "leaky-dirty", p_dirty_leaks);
+    emit("data", "bad-cut-last-cluster", p_cut_last_cluster);
+    emit("data", "bad-low-frontier", p_low_frontier);
 
     img = create("snap", 256 * 1024, 8192, 4096, NULL, PCOW_BACKING_NONE);
     wr(img, 0, 4 * 8192, 3);
