@@ -160,7 +160,7 @@ if command -v mkfs.ext4 >/dev/null &&
     CLEANUP_CMDS+=("umount $T/ext4")
     full_fs_tables ext4 ext4
 elif [ "${CI:-}" = true ]; then
-    fail "cannot mount an ext4 loop image (mkfs.ext4 and loop devices are required in CI)"
+    fail "cannot mount an ext4 loop image (CI needs mkfs.ext4 and loop)"
 else
     echo "SKIP: cannot mount an ext4 loop image"
 fi
