@@ -603,7 +603,7 @@ static void op_write(Ctx *c, const Op *op, bool zero)
     m_write(t, off, len, c->buf2);
 }
 
-static void op_snap_create(Ctx *c)
+static void op_snap_create(Ctx *c, bool tool)
 {
     MLayer *t = c->top;
     pcow_snapshot_info *list = NULL;
@@ -616,8 +616,13 @@ static void op_snap_create(Ctx *c)
         return;
     }
     snprintf(name, sizeof(name), "s%u", ++c->counter);
-    snprintf(c->desc, sizeof(c->desc), "snapshot -c %s", name);
-    if (pcow_snapshot_create(c->img, name, &err) < 0) {
+    snprintf(c->desc, sizeof(c->desc), "snapshot -c %s%s", name,
+             tool ? " (pcow-img)" : "");
+    if (tool) {
+        close_top(c);
+        tool_ok(c, "snapshot", "-c", name, TOP, NULL);
+        open_top(c);
+    } else if (pcow_snapshot_create(c->img, name, &err) < 0) {
         fail(c, "snapshot create: %s", err.msg);
     }
     n = pcow_snapshot_list(c->img, &list, &err);
@@ -654,12 +659,19 @@ static void op_snap(Ctx *c, const Op *op, bool revert)
     } else {
         snprintf(key, sizeof(key), "%s", t->snaps[i].name);
     }
-    snprintf(c->desc, sizeof(c->desc), "snapshot %s %s (%s)",
-             revert ? "-a" : "-d", key, t->snaps[i].name);
-    ret = revert ? pcow_snapshot_revert(c->img, key, &err) :
-          pcow_snapshot_delete(c->img, key, &err);
-    if (ret < 0) {
-        fail(c, "snapshot %s: %s", revert ? "revert" : "delete", err.msg);
+    snprintf(c->desc, sizeof(c->desc), "snapshot %s %s (%s)%s",
+             revert ? "-a" : "-d", key, t->snaps[i].name,
+             op->c % 4 == 0 ? " (pcow-img)" : "");
+    if (op->c % 4 == 0) {
+        close_top(c);
+        tool_ok(c, "snapshot", revert ? "-a" : "-d", key, TOP, NULL);
+    } else {
+        ret = revert ? pcow_snapshot_revert(c->img, key, &err) :
+              pcow_snapshot_delete(c->img, key, &err);
+        if (ret < 0) {
+            fail(c, "snapshot %s: %s", revert ? "revert" : "delete",
+                 err.msg);
+        }
     }
     if (revert) {
         m_snap_revert(t, i);
@@ -778,7 +790,7 @@ static MLayer *rebase_target(Ctx *c, const Op *op, Rng *r)
 static void op_rebase(Ctx *c, const Op *op)
 {
     MLayer *t = c->top, *nb;
-    bool unsafe = op->b % 3 == 0, with_fmt = op->c % 2;
+    bool unsafe = op->b % 3 == 0, with_fmt = op->c % 8 >= 4;
     const char *name, *fmt;
     Rng r = { op->d };
 
@@ -788,6 +800,13 @@ static void op_rebase(Ctx *c, const Op *op)
     fmt = !nb || !with_fmt ? NULL : nb->raw ? "raw" : "pcow";
     snprintf(c->desc, sizeof(c->desc), "rebase %s%s%s -b '%s'",
              unsafe ? "-u " : "", fmt ? "-F " : "", fmt ? fmt : "", name);
+    if (!unsafe && t->nsnaps && op->c % 4 < 2) {
+        /* Delete them all, with pcow-img: then a safe rebase may run */
+        while (t->nsnaps) {
+            tool_ok(c, "snapshot", "-d", t->snaps[0].name, TOP, NULL);
+            m_snap_delete(t, 0);
+        }
+    }
     if (!unsafe && t->nsnaps) {
         /* Refused: snapshots read through the base too */
         tool_refused(c, "rebase", "-b", name, TOP, NULL);
@@ -1012,6 +1031,32 @@ void op_name(const Op *op, char *out, size_t len)
              (unsigned long long)op->c, (unsigned long long)op->d);
 }
 
+/* Can operation @k do anything in the current state? */
+static bool applicable(const Ctx *c, unsigned k)
+{
+    const MLayer *t = c->top, *b = t->below;
+
+    switch (k) {
+    case OP_SNAP_CREATE:
+        return t->nsnaps < M_MAX_SNAPS;
+    case OP_SNAP_REVERT:
+    case OP_SNAP_DELETE:
+        return t->nsnaps > 0;
+    case OP_GROW:
+        return t->v.size < M_MAX_SIZE;
+    case OP_SHRINK:
+        return t->v.size > MB_SIZE;
+    case OP_COMMIT:
+    case OP_BASE_WRITE:
+    case OP_BASE_RESIZE:
+        return b;
+    case OP_COMMIT_MID:
+        return b && !b->raw && b->below;
+    default:
+        return true;
+    }
+}
+
 Op gen_op(Ctx *c)
 {
     static const unsigned weight[OP_COUNT] = {
@@ -1022,15 +1067,16 @@ Op gen_op(Ctx *c)
         [OP_BASE_RESIZE] = 1, [OP_REOPEN] = 3, [OP_PROBE] = 2,
         [OP_TOOL_CHECK] = 1,
     };
-    unsigned total = 0, k, x;
+    unsigned w[OP_COUNT], total = 0, k, x;
     Op op;
 
     for (k = 0; k < OP_COUNT; k++) {
-        total += weight[k];
+        w[k] = applicable(c, k) ? weight[k] : 0;
+        total += w[k];
     }
     x = rng_below(&c->rng, total);
-    for (k = 0; x >= weight[k]; k++) {
-        x -= weight[k];
+    for (k = 0; x >= w[k]; k++) {
+        x -= w[k];
     }
     op.kind = k;
     op.a = rng_next(&c->rng);
@@ -1048,7 +1094,7 @@ void run_op(Ctx *c, const Op *op)
         op_write(c, op, op->kind == OP_ZERO);
         break;
     case OP_SNAP_CREATE:
-        op_snap_create(c);
+        op_snap_create(c, op->c % 4 == 0);
         break;
     case OP_SNAP_REVERT:
     case OP_SNAP_DELETE:
