@@ -2,6 +2,9 @@
 #
 #   make                 build (runs ./configure first if needed)
 #   make check           install deps, build, run tests/pcow/run-tests.sh
+#   make check-long      build, run the model-based test for 20 minutes
+#                        (MODEL_SECONDS=N) and the fuzzer for 10
+#                        (FUZZ_MINUTES=N; 0 or no clang: skipped)
 #   make demo            build, run tests/pcow/demo.sh
 #   make bench           build, run tests/pcow/bench/run-bench.sh
 #   make bench-quick     build, run tests/pcow/bench/run-bench.sh --quick
@@ -51,8 +54,8 @@ export QEMU_IMG := $(CURDIR)/$(BUILD)/qemu-img
 export PCOW_IMG := $(CURDIR)/$(BUILD)/pcow-img
 export DESTDIR
 
-.PHONY: all build-standalone build-qemu check demo bench bench-quick \
-        bench-monitor install clean distclean help deps
+.PHONY: all build-standalone build-qemu check check-long demo bench \
+        bench-quick bench-monitor install clean distclean help deps
 
 all: build-standalone build-qemu
 
@@ -89,6 +92,21 @@ check: deps
 	@test -x tests/pcow/run-tests.sh || \
 	    { echo "make check: tests/pcow/run-tests.sh is missing" >&2; exit 1; }
 	tests/pcow/run-tests.sh
+
+# Long runs of the randomized tests; each prints how to reproduce a failure.
+MODEL_SECONDS ?= 1200
+FUZZ_MINUTES ?= 10
+check-long: build-standalone
+	PCOW_MODEL_SECONDS=$(MODEL_SECONDS) PCOW_IMG=$(PCOW_IMG) \
+	    $(BUILD)/tests/pcow/model/test-model
+	@if [ "$(FUZZ_MINUTES)" = 0 ]; then \
+	    echo "make check-long: fuzzer skipped (FUZZ_MINUTES=0)"; \
+	elif ! command -v clang >/dev/null; then \
+	    echo "make check-long: fuzzer skipped (no clang)"; \
+	else \
+	    echo "tests/pcow/fuzz/run-fuzz.sh $(FUZZ_MINUTES)"; \
+	    tests/pcow/fuzz/run-fuzz.sh $(FUZZ_MINUTES); \
+	fi
 
 demo: deps
 	$(MAKE) all

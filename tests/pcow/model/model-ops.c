@@ -999,19 +999,21 @@ static void op_probe(Ctx *c, const Op *op)
     }
 }
 
-/* pcow-img check, and the content through convert -O raw */
+/* pcow-img check; the content through convert -O raw, and compare */
 static void op_tool_check(Ctx *c)
 {
     char name[M_NAME_MAX];
     MLayer *l;
 
-    snprintf(c->desc, sizeof(c->desc), "pcow-img check; convert -O raw");
+    snprintf(c->desc, sizeof(c->desc), "pcow-img check; convert -O raw; "
+             "compare");
     close_top(c);
     tool_ok(c, "check", TOP, NULL);
     new_name(c, name, "v", true);
     tool_ok(c, "convert", TOP, name, NULL);
     l = add_layer(c, m_converted(name, c->top, true, 0, 0, NULL));
     verify_layer(c, l);
+    tool_ok(c, "compare", "-s", TOP, name, NULL);
     gc_layers(c);
 }
 
