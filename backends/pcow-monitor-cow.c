@@ -38,6 +38,18 @@ static struct sigaction prev_action;
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool installed;
 
+/*
+ * Fault handlers running in this thread (segv_handler, nested; the uffd
+ * thread's event handling), so that a test can prove that nothing they
+ * call allocates (pcow_monitor_in_handler).
+ */
+__thread volatile unsigned mon_handler_depth;
+
+bool pcow_monitor_in_handler(void)
+{
+    return mon_handler_depth > 0;
+}
+
 static void chain(int sig, siginfo_t *info, void *ctx)
 {
     struct sigaction dfl;
@@ -148,6 +160,7 @@ static void segv_handler(int sig, siginfo_t *info, void *ctx)
     int saved_errno = errno;
     int i;
 
+    mon_handler_depth++;
     /* Only faults (not kill/raise) can be ours. */
     if (info->si_code > 0) {
         for (i = 0; i < MON_SLOTS; i++) {
@@ -171,6 +184,7 @@ static void segv_handler(int sig, siginfo_t *info, void *ctx)
             atomic_fetch_sub(&s->inflight, 1);
             if (mine) {
                 if (served) {
+                    mon_handler_depth--;
                     errno = saved_errno;
                     return;
                 }
@@ -178,6 +192,8 @@ static void segv_handler(int sig, siginfo_t *info, void *ctx)
             }
         }
     }
+    /* The previous action is not ours: it may allocate, or not return. */
+    mon_handler_depth--;
     errno = saved_errno;
     chain(sig, info, ctx);
 }

@@ -109,6 +109,8 @@ int mon_uffd_setup(pcow_monitor *mon, pcow_error *err);
 int mon_uffd_start(pcow_monitor *mon, pcow_error *err);
 
 /* pcow-monitor-cow.c */
+/* Fault handlers this thread runs now (pcow_monitor_in_handler) */
+extern __thread volatile unsigned mon_handler_depth;
 int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err);
 void mon_dispatcher_unregister(pcow_monitor *mon);
 /* Wait until no SIGSEGV handler runs for @mon. */

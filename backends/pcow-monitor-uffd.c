@@ -465,11 +465,17 @@ static void *uffd_thread(void *opaque)
             continue;
         }
         pthread_mutex_lock(&mon->fault_lock);
+        /*
+         * The faulting threads are blocked wherever they touched the
+         * range, maybe holding locks: allocate nothing here either.
+         */
+        mon_handler_depth++;
         for (i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
                 handle_fault(mon, &msgs[i]);
             }
         }
+        mon_handler_depth--;
         pthread_mutex_unlock(&mon->fault_lock);
     }
     return NULL;

@@ -109,6 +109,7 @@ static const char *errno_name(int e)
     case EEXIST: return "exists";
     case EFAULT: return "bad address";
     case EDQUOT: return "disk quota exceeded";
+    case EFBIG: return "file too large";
     default: return "error";
     }
 }

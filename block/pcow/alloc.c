@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -455,22 +456,35 @@ static inline void bm_clear(pcow_image *img, uint64_t i)
     }
 }
 
+/*
+ * Cover clusters [0, bits).  The bitmap is an anonymous mapping grown with
+ * mremap(), a system call, because a failed copy-on-write frees its new
+ * home from the SIGSEGV handler, and that cluster may lie beyond the
+ * bitmap (allocated since the last reclaim): malloc/realloc must not run
+ * there.  The capacity doubles, so this is rare.  New pages read as zero.
+ */
 static int bm_grow(pcow_image *img, uint64_t bits)
 {
-    uint64_t words = pcow_div_round_up(bits, 64);
-    uint64_t old = pcow_div_round_up(img->free_bm_bits, 64);
-    uint64_t *nb;
+    uint64_t need = pcow_round_up(pcow_div_round_up(bits, 64) * 8, 4096);
+    uint64_t len;
+    void *p;
 
     if (bits <= img->free_bm_bits) {
         return 0;
     }
-    if (words > old) {
-        nb = realloc(img->free_bm, words * 8);
-        if (!nb) {
+    if (need > img->free_bm_len) {
+        len = need > 2 * img->free_bm_len ? need : 2 * img->free_bm_len;
+        if (img->free_bm) {
+            p = mremap(img->free_bm, img->free_bm_len, len, MREMAP_MAYMOVE);
+        } else {
+            p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        }
+        if (p == MAP_FAILED) {
             return -ENOMEM;
         }
-        memset(nb + old, 0, (words - old) * 8);
-        img->free_bm = nb;
+        img->free_bm = p;
+        img->free_bm_len = len;
     }
     img->free_bm_bits = bits;
     return 0;
@@ -551,6 +565,7 @@ int pcow_alloc_init(pcow_image *img, const PcowWalk *w)
     uint64_t i, lim = free_limit(img, w);
 
     img->free_bm = NULL;
+    img->free_bm_len = 0;
     img->free_bm_bits = 0;
     img->free_count = 0;
     if (bm_grow(img, w->nclusters) < 0) {
@@ -573,10 +588,13 @@ int pcow_alloc_init(pcow_image *img, const PcowWalk *w)
 
 void pcow_alloc_fini(pcow_image *img)
 {
-    free(img->free_bm);
+    if (img->free_bm) {
+        munmap(img->free_bm, img->free_bm_len);
+    }
     free(img->ring);
     free(img->inflight);
     img->free_bm = NULL;
+    img->free_bm_len = 0;
     img->ring = NULL;
     img->inflight = NULL;
 }
@@ -901,7 +919,7 @@ void pcow_free_clusters_locked(pcow_image *img, uint64_t off, uint64_t n)
     uint64_t first = off >> img->cluster_bits, k;
 
     if (bm_grow(img, first + n) < 0) {
-        return;     /* leaked until the next reclaim: harmless */
+        return;     /* no memory: leaked until the next reclaim */
     }
     for (k = 0; k < n; k++) {
         bm_set(img, first + k);

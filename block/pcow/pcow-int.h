@@ -121,6 +121,7 @@ struct pcow_image {
 
     /* persistence */
     pcow_persist_method method;
+    uint64_t page_size;
     uint8_t *c0;            /* cluster 0 (first page) mapped, RDWR only */
     bool volatile_fs;       /* tmpfs: the page cache is the medium */
     void *sync_win;         /* PROT_NONE MAP_SHARED window for msync */
@@ -144,7 +145,8 @@ struct pcow_image {
 
     /* allocation: bitmap of free clusters below the frontier */
     atomic_flag lock;
-    uint64_t *free_bm;
+    uint64_t *free_bm;      /* anonymous mapping (grown in signal context) */
+    uint64_t free_bm_len;   /* bytes mapped */
     uint64_t free_bm_bits;
     uint64_t free_hint;
     uint64_t free_count;

@@ -54,12 +54,6 @@ static inline void hook(pcow_image *img, pcow_persist_op op, uint64_t off,
     }
 }
 
-static long page_size(void)
-{
-    long ps = sysconf(_SC_PAGESIZE);
-
-    return ps > 0 ? ps : (long)PAGE_SIZE_MIN;
-}
 
 /*
  * msync(MS_SYNC) of a MAP_SHARED range is vfs_fsync_range(datasync): the
@@ -98,8 +92,11 @@ static void sync_init(pcow_image *img)
 
 int pcow_persist_init(pcow_image *img)
 {
+    long ps = sysconf(_SC_PAGESIZE);
     void *p;
 
+    /* Not sysconf() on the runtime paths: it is not async-signal-safe */
+    img->page_size = ps > 0 ? (uint64_t)ps : PAGE_SIZE_MIN;
     img->method = PCOW_PERSIST_MSYNC;
     if (img->read_only) {
         return 0;
@@ -201,7 +198,7 @@ int pcow_persist_barrier(pcow_image *img)
  */
 int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
 {
-    uint64_t ps = page_size();
+    uint64_t ps = img->page_size;
     uint64_t start = off & ~(ps - 1);
     uint64_t mlen = pcow_round_up(off + len, ps) - start;
     void *p;
@@ -241,7 +238,7 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
 /* Persist a range of one of our MAP_SHARED mappings */
 int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t len)
 {
-    uintptr_t ps = page_size();
+    uintptr_t ps = img->page_size;
     uintptr_t start = (uintptr_t)addr & ~(ps - 1);
     uintptr_t end = pcow_round_up((uintptr_t)addr + len, ps);
 

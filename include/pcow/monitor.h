@@ -31,7 +31,8 @@ typedef struct pcow_monitor_opts {
     uint32_t cow_escalate;      /* copy whole cluster after this many units;
                                  * 0: default, UINT32_MAX: never */
     uint64_t max_vmas;          /* 0: derive from vm.max_map_count */
-    pcow_persist_hook hook;     /* optional, for tests */
+    pcow_persist_hook hook;     /* optional, for tests; also runs in the
+                                 * fault handlers: async-signal-safe */
     void *hook_opaque;
 } pcow_monitor_opts;
 
@@ -82,6 +83,14 @@ int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
 
 /* Make guest writes durable (msync of the writable mappings / PM flush). */
 int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
+
+/*
+ * True while the calling thread serves a fault: in the monitor's SIGSEGV
+ * handler (not the previous action it chains to), or in a monitor's
+ * userfaultfd thread handling events.  For tests: an interposed malloc
+ * checks it to prove that the fault paths allocate nothing.
+ */
+bool pcow_monitor_in_handler(void);
 
 #ifdef __cplusplus
 }

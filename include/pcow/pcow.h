@@ -201,12 +201,14 @@ int pcow_zero_range(pcow_image *img, uint64_t offset, uint64_t len,
 int pcow_flush(pcow_image *img, pcow_error *err);
 
 /*
- * Runtime operations for the Image Monitor.  All are async-signal-safe and
- * serialised by the image's metadata spinlock.
+ * Runtime operations for the Image Monitor, serialised by the image's
+ * metadata spinlock.  All but pcow_reserve_clusters() are
+ * async-signal-safe, including their failure paths.
  *
  * pcow_reserve_clusters(): move up to @count zeroed, durable clusters into
- *   the image's reserve (called by the pre-allocation thread; may block on
- *   fallocate/fdatasync).  Returns how many are in the reserve now.
+ *   the image's reserve (called by the pre-allocation thread, never from a
+ *   handler: it formats @err; may block on fallocate/fdatasync).  Returns
+ *   how many are in the reserve now.
  * pcow_expand_cluster(): give the hole at virtual cluster @vcluster a zeroed
  *   data cluster and commit it; takes from the reserve, else allocates
  *   synchronously.  *file_offset receives the cluster's offset.  -EEXIST if

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -533,6 +534,171 @@ static int t_foreign_segv(void)
     return 0;
 }
 
+/*
+ * --- failed copy-on-write: reported, chained, nothing allocated ---------
+ *
+ * Every allocation of this binary is checked by malloc-guard.c: inside
+ * the SIGSEGV handler it aborts.  Each variant runs in a child that makes
+ * one COW fail and must end in the previous SIGSEGV action (exit 42), not
+ * in SIGABRT; the image must then recover clean with everything that was
+ * stored.  RLIMIT_FSIZE stands in for a full disk without needing root: a
+ * write or fallocate at or beyond the limit fails with EFBIG.
+ */
+enum {
+    CF_GUARD,       /* self-test: an allocation in the handler is caught */
+    CF_GUARD_UFFD,  /* self-test: the same in the userfaultfd thread */
+    CF_FULL,        /* no room for the cluster's new home */
+    CF_UNIT,        /* a unit copy fails after its new home was taken */
+    CF_WHOLE,       /* escalation of a frozen PARTIAL cluster fails */
+    CF_OWN,         /* completing our own PARTIAL cluster fails */
+    CF_COUNT
+};
+
+static const char *const cf_names[CF_COUNT] = {
+    "guard self-test", "guard self-test (uffd)", "disk full", "unit copy fails",
+    "whole-cluster copy fails", "own PARTIAL completion fails",
+};
+
+static void cf_chained(int sig, siginfo_t *si, void *ctx)
+{
+    _exit(42);
+}
+
+/* Only for the self-tests: a persistence hook that allocates once armed */
+static volatile bool cf_armed;
+
+static void cf_alloc_hook(void *opaque, pcow_persist_op op, uint64_t off,
+                          const void *data, uint64_t len)
+{
+    if (cf_armed && pcow_monitor_in_handler()) {
+        void *volatile p = malloc(16);
+
+        free(p);
+    }
+}
+
+static void cf_child(const char *path, int variant, uint8_t *shadow)
+{
+    pcow_monitor_opts mo = {
+        .flags = PCOW_MONITOR_NO_POOL,
+        .cow_escalate = 1,
+        .hook = variant <= CF_GUARD_UFFD ? cf_alloc_hook : NULL,
+    };
+    static const uint64_t target[CF_COUNT] = {
+        2 * CL + 100, 200 * CL, 1 * CL + 5 * 4096, 1 * CL + 5 * 4096,
+        2 * CL + 7 * 4096, 3 * CL + 7 * 4096,
+    };
+    struct sigaction sa = { 0 };
+    struct rlimit rl;
+    struct stat st;
+    pcow_monitor *mon;
+    pcow_error err = { 0 };
+    int i;
+
+    sa.sa_sigaction = cf_chained;
+    sa.sa_flags = SA_SIGINFO;
+    CHECK(sigaction(SIGSEGV, &sa, NULL) == 0);
+    signal(SIGXFSZ, SIG_IGN);
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
+    for (i = 0; i < 8; i++) {
+        put(mon, shadow, (uint64_t)i * CL, CL, 700 + i);
+    }
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", &err), &err);
+    if (variant <= CF_GUARD_UFFD) {
+        /* A COW (expansion) calls the hook in the SIGSEGV (uffd) handler */
+        cf_armed = true;
+        ((volatile uint8_t *)pcow_monitor_base(mon))[target[variant]] = 1;
+        _exit(3);
+    }
+    /* Cluster 2: PARTIAL over its frozen self, then frozen too */
+    put(mon, shadow, 2 * CL + 100, 8, 710);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s2", &err), &err);
+    /*
+     * 100 expansions move the allocation end well past the free bitmap
+     * sized at the last reclaim: a cluster freed there must not grow it
+     * with realloc in the handler.
+     */
+    for (i = 16; i < 116; i++) {
+        put(mon, shadow, (uint64_t)i * CL + 8 * i, 8, 720 + i);
+    }
+    CHECK(stat(path, &st) == 0);
+    if (variant != CF_FULL) {
+        /* Ready clusters at and beyond the limit set below */
+        CHECK(pcow_reserve_clusters(pcow_monitor_image(mon), 4, &err) == 4);
+    }
+    if (variant == CF_OWN) {
+        /* Unit 0 of cluster 3 copied into a reserved cluster */
+        put(mon, shadow, 3 * CL + 16, 8, 730);
+    }
+    rl.rlim_cur = rl.rlim_max = st.st_size;
+    CHECK(setrlimit(RLIMIT_FSIZE, &rl) == 0);
+    ((volatile uint8_t *)pcow_monitor_base(mon))[target[variant]] = 0x5a;
+    _exit(3);       /* the store must not have succeeded */
+}
+
+static int t_cow_fail(void)
+{
+    const char *dir = test_dir("cowfail");
+    uint64_t size = 16 * MiB;
+    char path[4200];
+    uint8_t *shadow;
+    int variant;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    /* Shared with the children: what they stored before the failure */
+    shadow = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(shadow != MAP_FAILED);
+    for (variant = 0; variant < CF_COUNT; variant++) {
+        pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+        pcow_error err = { 0 };
+        pcow_image *img;
+        char out[8192];
+        ssize_t n, total = 0;
+        int pipefd[2];
+        pid_t pid;
+        int st;
+
+        memset(shadow, 0, size);
+        make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+        CHECK(pipe(pipefd) == 0);
+        pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            close(pipefd[0]);
+            dup2(pipefd[1], 2);
+            cf_child(path, variant, shadow);
+        }
+        close(pipefd[1]);
+        while ((n = read(pipefd[0], out + total,
+                         sizeof(out) - 1 - total)) > 0) {
+            total += n;
+        }
+        close(pipefd[0]);
+        out[total] = 0;
+        CHECK(waitpid(pid, &st, 0) == pid);
+        printf("%s: status 0x%x, stderr: %s", cf_names[variant], st, out);
+        if (variant <= CF_GUARD_UFFD) {
+            CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+            CHECK(strstr(out, "malloc-guard: malloc() inside") != NULL);
+        } else {
+            CHECK(strstr(out, "malloc-guard") == NULL);
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42);
+            CHECK(strstr(out, "cannot copy-on-write") != NULL);
+            CHECK(strstr(out, path) != NULL);
+        }
+        /* Recovery reclaims what the failed copy left; nothing is lost */
+        CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+        CHECK_OK(pcow_close(img, &err), &err);
+        check_clean(path);
+        if (variant > CF_GUARD_UFFD) {
+            verify_image(path, shadow, size);
+        }
+    }
+    munmap(shadow, size);
+    return 0;
+}
+
 /* --- disk full during expansion ----------------------------------------- */
 static int t_disk_full(void)
 {
@@ -725,6 +891,7 @@ static const struct {
     { "threads", t_threads },
     { "two-monitors", t_two },
     { "foreign-segv", t_foreign_segv },
+    { "cow-fail", t_cow_fail },
     { "disk-full", t_disk_full },
     { "crash", t_crash },
 };
