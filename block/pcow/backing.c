@@ -28,6 +28,165 @@ int pcow_resolve_backing(const char *dir, const char *name, char *out,
     return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
 }
 
+/*
+ * Check one level of a chain: @path exists as a file of the right kind in
+ * format *@fmt (NONE: probed and set), and is not in @chain, to which it is
+ * then added.  @chain->dev/ino[@self] is @owner's own file; @parent, if not
+ * NULL, is the image that names @path.  Returns the open fd.
+ */
+static int check_level(const char *owner, const char *name,
+                       const char *path, const char *parent, unsigned self,
+                       uint32_t *fmt, PcowChain *chain, uint64_t *size,
+                       pcow_error *err)
+{
+    struct stat st;
+    char why[256];
+    unsigned k;
+    bool magic;
+    int fd;
+
+    /* A raw base may be a block device; an image never is */
+    fd = pcow_open_data(path, O_RDONLY, *fmt != PCOW_FMT_PCOW, &st, size,
+                        why, sizeof(why));
+    if (fd < 0) {
+        return pcow_set_error(err, fd, "%s: cannot open backing file '%s' "
+                              "(%s): %s", owner, name, path, why);
+    }
+    for (k = 0; k < chain->n; k++) {
+        if (chain->dev[k] == st.st_dev && chain->ino[k] == st.st_ino) {
+            close(fd);
+            return pcow_set_error(err, -ELOOP, "%s: backing chain loop: "
+                                  "'%s'%s%s%s is %s", owner, path,
+                                  parent ? ", the base of '" : "",
+                                  parent ? parent : "", parent ? "'," : "",
+                                  k == self ? "the image itself" :
+                                  "already in the chain");
+        }
+    }
+    magic = pcow_probe_fd(fd);
+    if (*fmt == PCOW_FMT_NONE) {
+        *fmt = magic ? PCOW_FMT_PCOW : PCOW_FMT_RAW;
+    }
+    if (*fmt == PCOW_FMT_PCOW && !magic) {
+        close(fd);
+        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is not a "
+                              "pcow image (backing format pcow)", owner,
+                              path);
+    }
+    if (*fmt == PCOW_FMT_RAW && magic) {
+        close(fd);
+        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is a "
+                              "pcow image but the backing format is raw",
+                              owner, path);
+    }
+    if (*fmt == PCOW_FMT_PCOW && S_ISBLK(st.st_mode)) {
+        close(fd);
+        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is a "
+                              "block device: only a raw base can be one",
+                              owner, path);
+    }
+    chain->dev[chain->n] = st.st_dev;
+    chain->ino[chain->n] = st.st_ino;
+    chain->n++;
+    return fd;
+}
+
+/*
+ * Check @name (relative to @dir) as a base in format *@fmt of @owner, whose
+ * chain so far is @chain: the base itself fully (a missing one only if
+ * @missing_ok), then its chain as far as it exists and opens, for loops
+ * only: those are found by device and inode, without any lock, so a loop
+ * is never mistaken for a lock conflict.  *@size: the base's size.
+ */
+int pcow_check_base(const char *owner, const char *dir, const char *name,
+                    uint32_t *fmt, bool missing_ok, PcowChain *chain,
+                    uint64_t *size, pcow_error *err)
+{
+    char path[4096], next_dir[4096], next_name[PCOW_MAX_BACKING_NAME + 1];
+    char parent[4096] = "";
+    uint32_t f = *fmt;
+    uint64_t sz = 0;
+    unsigned level;
+    int fd;
+
+    if (pcow_resolve_backing(dir, name, path, sizeof(path)) < 0) {
+        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
+                              "too long", owner);
+    }
+    for (level = 0; chain->n < PCOW_MAX_CHAIN_DEPTH + 2; level++) {
+        pcow_image *base;
+        pcow_error lerr;
+        int ret;
+
+        fd = check_level(owner, name, path, level ? parent : NULL, 0, &f,
+                         chain, &sz, &lerr);
+        if (fd == -ELOOP || (fd < 0 && level == 0 &&
+                             !(missing_ok && fd == -ENOENT))) {
+            if (err) {
+                *err = lerr;
+            }
+            return fd;
+        }
+        if (level == 0) {
+            *fmt = f;
+            if (size) {
+                *size = sz;
+            }
+        }
+        if (fd < 0) {
+            return 0;       /* missing (or unreadable) below: nothing more */
+        }
+        close(fd);
+        if (f == PCOW_FMT_RAW) {
+            return 0;
+        }
+        ret = pcow_open_internal(path, PCOW_OPEN_NO_LOCK |
+                                 PCOW_OPEN_NO_BACKING | PCOW_OPEN_BASE,
+                                 NULL, NULL, NULL, 1, NULL, &base,
+                                 level ? NULL : err);
+        if (ret < 0) {
+            return level == 0 ? ret : 0;
+        }
+        if (level == 0 && size) {
+            *size = base->hdr.virtual_size;
+        }
+        f = base->hdr.backing_format;
+        snprintf(next_dir, sizeof(next_dir), "%s", base->dirname);
+        memcpy(next_name, base->hdr.backing_name,
+               base->hdr.backing_name_length);
+        next_name[base->hdr.backing_name_length] = '\0';
+        pcow_image_free(base);
+        snprintf(parent, sizeof(parent), "%s", path);
+        if (f == PCOW_FMT_NONE ||
+            pcow_resolve_backing(next_dir, next_name, path,
+                                 sizeof(path)) < 0) {
+            return 0;
+        }
+        name = next_name;
+    }
+    return 0;
+}
+
+int pcow_check_backing(pcow_image *img, const char *backing_file,
+                       pcow_backing_format fmt, pcow_error *err)
+{
+    PcowChain chain = { .n = 1 };
+    uint32_t f = fmt;
+    struct stat st;
+
+    if (!img || !backing_file || !*backing_file || fmt > PCOW_BACKING_RAW) {
+        return pcow_set_error(err, -EINVAL, "invalid arguments");
+    }
+    if (fstat(img->fd, &st) < 0) {
+        return pcow_img_error(img, err, -errno, "cannot stat: %s",
+                              strerror(errno));
+    }
+    chain.dev[0] = st.st_dev;
+    chain.ino[0] = st.st_ino;
+    return pcow_check_base(img->filename, img->dirname, backing_file, &f,
+                           false, &chain, NULL, err);
+}
+
 typedef struct BaseHandle {
     pcow_image *image;
     int raw_fd;
@@ -38,9 +197,7 @@ typedef struct BaseHandle {
 static int open_base(pcow_image *img, const char *name, uint32_t fmt,
                      PcowChain *chain, BaseHandle *bh, pcow_error *err)
 {
-    struct stat st;
-    unsigned k;
-    int ret;
+    int fd;
 
     bh->image = NULL;
     bh->raw_fd = -1;
@@ -54,39 +211,22 @@ static int open_base(pcow_image *img, const char *name, uint32_t fmt,
         return pcow_img_error(img, err, -ELOOP, "backing chain is deeper "
                               "than %d images", PCOW_MAX_CHAIN_DEPTH);
     }
-    if (stat(bh->path, &st) < 0) {
-        ret = -errno;
-        return pcow_img_error(img, err, ret, "cannot open backing file '%s' "
-                              "(%s): %s", name, bh->path, strerror(-ret));
-    }
-    for (k = 0; k < chain->n; k++) {
-        if (chain->dev[k] == st.st_dev && chain->ino[k] == st.st_ino) {
-            return pcow_img_error(img, err, -ELOOP, "backing chain loop: "
-                                  "'%s' is already in the chain", bh->path);
-        }
+    /* @img itself is the last file recorded in @chain */
+    fd = check_level(img->filename, name, bh->path, NULL, chain->n - 1, &fmt,
+                     chain, &bh->raw_size, err);
+    if (fd < 0) {
+        return fd;
     }
     if (fmt == PCOW_FMT_PCOW) {
-        if (!pcow_probe(bh->path)) {
-            return pcow_img_error(img, err, -EINVAL, "backing file '%s' is "
-                                  "not a pcow image (backing format pcow)",
-                                  bh->path);
-        }
+        close(fd);
+        /* It records itself in @chain again: take this level back out */
+        chain->n--;
         return pcow_open_internal(bh->path, PCOW_OPEN_BASE |
                                   (img->flags & PCOW_OPEN_NO_LOCK),
                                   NULL, NULL, chain, img->depth + 1, NULL,
                                   &bh->image, err);
     }
-    if (pcow_probe(bh->path)) {
-        return pcow_img_error(img, err, -EINVAL, "backing file '%s' is a "
-                              "pcow image but the backing format is raw",
-                              bh->path);
-    }
-    bh->raw_fd = open(bh->path, O_RDONLY | O_CLOEXEC);
-    if (bh->raw_fd < 0) {
-        ret = -errno;
-        return pcow_img_error(img, err, ret, "cannot open backing file '%s':"
-                              " %s", bh->path, strerror(-ret));
-    }
+    bh->raw_fd = fd;
     if (!(img->flags & PCOW_OPEN_NO_LOCK)) {
         struct flock fl = {
             .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0,
@@ -101,13 +241,6 @@ static int open_base(pcow_image *img, const char *name, uint32_t fmt,
                                   "read-only)", bh->path);
         }
     }
-    if (fstat(bh->raw_fd, &st) < 0) {
-        ret = -errno;
-        close(bh->raw_fd);
-        bh->raw_fd = -1;
-        return pcow_img_error(img, err, ret, "cannot stat '%s'", bh->path);
-    }
-    bh->raw_size = st.st_size;
     return 0;
 }
 
@@ -165,32 +298,31 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     if (fmt > PCOW_BACKING_RAW) {
         return pcow_img_error(img, err, -EINVAL, "invalid backing format");
     }
-    if (len && fmt == PCOW_BACKING_NONE) {
-        char path[4096];
-
-        if (pcow_resolve_backing(img->dirname, backing_file, path,
-                                 sizeof(path)) < 0) {
-            return pcow_img_error(img, err, -ENAMETOOLONG, "backing file "
-                                  "name too long");
-        }
-        if (access(path, R_OK) < 0) {
-            return pcow_img_error(img, err, -errno, "cannot open backing "
-                                  "file '%s': %s", path, strerror(errno));
-        }
-        fmt = pcow_probe(path) ? PCOW_BACKING_PCOW : PCOW_BACKING_RAW;
-    }
-    if (len && open_new) {
+    if (len) {
         PcowChain chain = { .n = 1 };
+        uint32_t f = fmt;
         struct stat st;
 
         if (fstat(img->fd, &st) < 0) {
-            return pcow_img_error(img, err, -errno, "cannot stat");
+            return pcow_img_error(img, err, -errno, "cannot stat: %s",
+                                  strerror(errno));
         }
         chain.dev[0] = st.st_dev;
         chain.ino[0] = st.st_ino;
-        ret = open_base(img, backing_file, fmt, &chain, &bh, err);
+        /* Unsafe (NO_BACKING): a named format may refer to a future file */
+        ret = pcow_check_base(img->filename, img->dirname, backing_file, &f,
+                              !open_new && fmt != PCOW_BACKING_NONE, &chain,
+                              NULL, err);
         if (ret < 0) {
             return ret;
+        }
+        fmt = f;
+        if (open_new) {
+            chain.n = 1;
+            ret = open_base(img, backing_file, fmt, &chain, &bh, err);
+            if (ret < 0) {
+                return ret;
+            }
         }
     }
     h.backing_format = len ? fmt : PCOW_BACKING_NONE;

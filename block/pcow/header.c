@@ -292,21 +292,32 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
     return done;
 }
 
-bool pcow_probe(const char *path)
+bool pcow_probe_fd(int fd)
 {
     uint8_t buf[PCOW_SLOT_B + 4];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int n;
+    int n = read_full(fd, buf, sizeof(buf), 0);
 
-    if (fd < 0) {
-        return false;
-    }
-    n = read_full(fd, buf, sizeof(buf), 0);
-    close(fd);
     if (n >= 4 && pcow_ld32(buf) == PCOW_MAGIC) {
         return true;
     }
     return n == (int)sizeof(buf) && pcow_ld32(buf + PCOW_SLOT_B) == PCOW_MAGIC;
+}
+
+bool pcow_probe(const char *path)
+{
+    struct stat st;
+    uint64_t size;
+    char why[256];
+    int fd = pcow_open_data(path, O_RDONLY, true, &st, &size, why,
+                            sizeof(why));
+    bool ret;
+
+    if (fd < 0) {
+        return false;
+    }
+    ret = pcow_probe_fd(fd);
+    close(fd);
+    return ret;
 }
 
 /* Largest virtual size with clusters of 1 << @cbits */
@@ -378,119 +389,70 @@ int pcow_geometry_for(uint64_t virtual_size, uint32_t cluster_size,
     return 0;
 }
 
-/* Format and size of a base for create (probe, size_from_backing) */
-static int probe_base(const char *path, const char *name,
-                      pcow_backing_format *fmt, uint64_t *size,
-                      pcow_error *err)
+static int create_geometry(const char *path, uint64_t vsize,
+                           const pcow_create_opts *opts, pcow_geometry *g,
+                           pcow_error *err)
 {
-    char dir[4096], resolved[4096];
+    pcow_error gerr;
+    int ret = pcow_geometry_for(vsize, opts->cluster_size, opts->cow_unit, g,
+                                &gerr);
+
+    return ret < 0 ? pcow_set_error(err, ret, "%s: %s", path, gerr.msg) : 0;
+}
+
+/*
+ * Check the base of a new image, probe its format if not given and get its
+ * size.  The new file already exists (@fd), so a chain that leads back to
+ * its name is found as a loop.
+ */
+static int check_create_base(const char *path, int fd, const char *name,
+                             pcow_backing_format *fmt, uint64_t *size,
+                             pcow_error *err)
+{
+    PcowChain chain = { .n = 1 };
     char *tmp = strdup(path);
-    pcow_image *base;
+    uint32_t f = *fmt;
     struct stat st;
     int ret;
 
     if (!tmp) {
         return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
     }
-    snprintf(dir, sizeof(dir), "%s", dirname(tmp));
+    if (fstat(fd, &st) < 0) {
+        ret = -errno;
+        free(tmp);
+        return pcow_set_error(err, ret, "%s: cannot stat: %s", path,
+                              strerror(-ret));
+    }
+    chain.dev[0] = st.st_dev;
+    chain.ino[0] = st.st_ino;
+    ret = pcow_check_base(path, dirname(tmp), name, &f, false, &chain, size,
+                          err);
     free(tmp);
-    if (pcow_resolve_backing(dir, name, resolved, sizeof(resolved)) < 0) {
-        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                              "too long", path);
-    }
-    if (stat(resolved, &st) < 0) {
-        return pcow_set_error(err, -errno, "%s: cannot open backing file "
-                              "'%s': %s", path, resolved, strerror(errno));
-    }
-    if (*fmt == PCOW_BACKING_NONE) {
-        *fmt = pcow_probe(resolved) ? PCOW_BACKING_PCOW : PCOW_BACKING_RAW;
-    }
-    if (*fmt == PCOW_BACKING_RAW) {
-        *size = pcow_round_up(st.st_size, 4096);
-        return 0;
-    }
-    ret = pcow_open_internal(resolved, PCOW_OPEN_NO_LOCK |
-                             PCOW_OPEN_NO_BACKING | PCOW_OPEN_BASE,
-                             NULL, NULL, NULL, 1, NULL, &base, err);
-    if (ret < 0) {
-        return ret;
-    }
-    *size = base->hdr.virtual_size;
-    pcow_image_free(base);
-    return 0;
+    *fmt = f;
+    return ret;
 }
 
-int pcow_create(const char *path, const pcow_create_opts *opts,
-                pcow_error *err)
+/* P-CREATE-BODY: cluster 0 and the (sparse) L1 table */
+static int write_new_image(int fd, const char *path,
+                           const pcow_create_opts *opts,
+                           const pcow_geometry *g, pcow_backing_format fmt,
+                           pcow_error *err)
 {
+    size_t name_len = fmt ? strlen(opts->backing_file) : 0;
     pcow_image tmp;
     PcowHeader h;
     uint8_t *c0;
-    pcow_geometry g;
-    pcow_error gerr;
-    uint32_t cbits = 0, ubits = 0;
-    uint64_t vsize, l1_size, frontier, cs;
-    pcow_backing_format fmt = PCOW_BACKING_NONE;
-    size_t name_len = 0;
-    int fd, ret;
-
-    if (!path || !opts) {
-        return pcow_set_error(err, -EINVAL, "invalid arguments");
-    }
-    /* The geometry alone first (the size may still come from the base) */
-    ret = pcow_geometry_for(4096, opts->cluster_size, opts->cow_unit, &g,
-                            &gerr);
-    if (ret < 0) {
-        return pcow_set_error(err, ret, "%s: %s", path, gerr.msg);
-    }
-    vsize = opts->virtual_size;
-    if (opts->backing_file) {
-        name_len = strlen(opts->backing_file);
-        if (name_len == 0 || name_len > PCOW_MAX_BACKING_NAME) {
-            return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                                  "must be 1..%d bytes", path,
-                                  PCOW_MAX_BACKING_NAME);
-        }
-        fmt = opts->backing_format;
-        if (fmt > PCOW_BACKING_RAW) {
-            return pcow_set_error(err, -EINVAL, "%s: invalid backing format",
-                                  path);
-        }
-        if (fmt == PCOW_BACKING_NONE ||
-            (vsize == 0 && opts->size_from_backing)) {
-            uint64_t bsize = 0;
-
-            ret = probe_base(path, opts->backing_file, &fmt, &bsize, err);
-            if (ret < 0) {
-                return ret;
-            }
-            if (vsize == 0 && opts->size_from_backing) {
-                vsize = bsize;
-            }
-        }
-    } else if (opts->backing_format != PCOW_BACKING_NONE) {
-        return pcow_set_error(err, -EINVAL, "%s: backing format given "
-                              "without a backing file", path);
-    }
-    ret = pcow_geometry_for(vsize, opts->cluster_size, opts->cow_unit, &g,
-                            &gerr);
-    if (ret < 0) {
-        return pcow_set_error(err, ret, "%s: %s", path, gerr.msg);
-    }
-    cbits = __builtin_ctz(g.cluster_size);
-    ubits = __builtin_ctz(g.cow_unit);
-    cs = g.cluster_size;
-    l1_size = g.l1_size;
-    frontier = g.empty_size;
+    int ret;
 
     memset(&h, 0, sizeof(h));
     h.version = PCOW_VERSION;
     h.generation = 1;
-    h.cluster_bits = cbits;
-    h.cow_unit_bits = ubits;
-    h.virtual_size = vsize;
-    h.l1_table_offset = cs;
-    h.l1_size = l1_size;
+    h.cluster_bits = __builtin_ctz(g->cluster_size);
+    h.cow_unit_bits = __builtin_ctz(g->cow_unit);
+    h.virtual_size = g->virtual_size;
+    h.l1_table_offset = g->cluster_size;
+    h.l1_size = g->l1_size;
     h.next_snapshot_id = 1;
     h.backing_format = fmt;
     h.backing_name_length = name_len;
@@ -503,35 +465,92 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
         return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
     }
     pcow_header_encode(&h, c0 + PCOW_SLOT_A);
-    pcow_st64(c0 + PCOW_HOT_FRONTIER, frontier);
-
-    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = -errno;
-        free(c0);
-        return pcow_set_error(err, ret, "%s: cannot create: %s", path,
-                              strerror(-ret));
-    }
+    pcow_st64(c0 + PCOW_HOT_FRONTIER, g->empty_size);
     memset(&tmp, 0, sizeof(tmp));
     tmp.fd = fd;
     tmp.hook = opts->hook;
     tmp.hook_opaque = opts->hook_opaque;
-    /* P-CREATE-BODY */
     ret = pcow_persist_pwrite(&tmp, 0, c0, 4096);
     if (ret == 0) {
-        ret = pcow_persist_truncate(&tmp, frontier);
+        ret = pcow_persist_truncate(&tmp, g->empty_size);
     }
     if (ret == 0) {
         ret = pcow_persist_barrier(&tmp);
     }
     free(c0);
-    close(fd);
     if (ret < 0) {
-        unlink(path);
         return pcow_set_error(err, ret, "%s: cannot write: %s", path,
                               strerror(-ret));
     }
     return 0;
+}
+
+int pcow_create(const char *path, const pcow_create_opts *opts,
+                pcow_error *err)
+{
+    pcow_backing_format fmt = PCOW_BACKING_NONE;
+    uint64_t vsize, bsize = 0;
+    bool size_from_base;
+    pcow_geometry g;
+    int fd, ret;
+
+    if (!path || !opts) {
+        return pcow_set_error(err, -EINVAL, "invalid arguments");
+    }
+    /* The geometry alone first (the size may still come from the base) */
+    ret = create_geometry(path, 4096, opts, &g, err);
+    if (ret < 0) {
+        return ret;
+    }
+    vsize = opts->virtual_size;
+    if (opts->backing_file) {
+        size_t name_len = strlen(opts->backing_file);
+
+        if (name_len == 0 || name_len > PCOW_MAX_BACKING_NAME) {
+            return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
+                                  "must be 1..%d bytes", path,
+                                  PCOW_MAX_BACKING_NAME);
+        }
+        fmt = opts->backing_format;
+        if (fmt > PCOW_BACKING_RAW) {
+            return pcow_set_error(err, -EINVAL, "%s: invalid backing format",
+                                  path);
+        }
+    } else if (opts->backing_format != PCOW_BACKING_NONE) {
+        return pcow_set_error(err, -EINVAL, "%s: backing format given "
+                              "without a backing file", path);
+    }
+    size_from_base = vsize == 0 && opts->size_from_backing &&
+                     opts->backing_file;
+    if (!size_from_base) {
+        ret = create_geometry(path, vsize, opts, &g, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+
+    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ret = -errno;
+        return pcow_set_error(err, ret, "%s: cannot create: %s", path,
+                              strerror(-ret));
+    }
+    if (opts->backing_file) {
+        ret = check_create_base(path, fd, opts->backing_file, &fmt, &bsize,
+                                err);
+        if (ret == 0 && size_from_base) {
+            ret = create_geometry(path, pcow_round_up(bsize, 4096), opts, &g,
+                                  err);
+        }
+    }
+    if (ret == 0) {
+        ret = write_new_image(fd, path, opts, &g, fmt, err);
+    }
+    close(fd);
+    if (ret < 0) {
+        unlink(path);
+    }
+    return ret;
 }
 
 static int take_lock(pcow_image *img, pcow_error *err)
@@ -754,6 +773,8 @@ int pcow_open_internal(const char *path, unsigned flags,
     PcowWalk w = { 0 };
     pcow_image *img;
     struct stat st;
+    uint64_t size;
+    char why[256];
     int ret;
 
     *out = NULL;
@@ -778,15 +799,12 @@ int pcow_open_internal(const char *path, unsigned flags,
         ret = pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
         goto fail;
     }
-    img->fd = open(path, (img->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    /* An image is a regular file: it grows, and holes are punched in it */
+    img->fd = pcow_open_data(path, img->read_only ? O_RDONLY : O_RDWR, false,
+                             &st, &size, why, sizeof(why));
     if (img->fd < 0) {
-        ret = -errno;
-        pcow_set_error(err, ret, "%s: cannot open: %s", path, strerror(-ret));
-        goto fail;
-    }
-    if (fstat(img->fd, &st) < 0) {
-        ret = pcow_img_error(img, err, -errno, "cannot stat: %s",
-                             strerror(errno));
+        ret = img->fd;
+        pcow_set_error(err, ret, "%s: cannot open: %s", path, why);
         goto fail;
     }
     if (chain) {

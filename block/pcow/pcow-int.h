@@ -8,6 +8,7 @@
 
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "pcow/pcow.h"
@@ -229,8 +230,18 @@ int pcow_img_error(pcow_image *img, pcow_error *err, int code,
 void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 uint64_t pcow_now_ns(void);
+/*
+ * Open @path (@oflags O_RDONLY or O_RDWR) for its data without ever
+ * blocking, accepting only a regular file or, with @blk_ok, a block device.
+ * *@size is the file's size (a block device's real size).  Returns the fd,
+ * or a negative errno with the reason (one phrase) in @why.
+ */
+int pcow_open_data(const char *path, int oflags, bool blk_ok,
+                   struct stat *st, uint64_t *size, char *why,
+                   size_t whylen);
 
 /* header.c */
+bool pcow_probe_fd(int fd);
 uint32_t pcow_crc32c(uint32_t crc, const void *buf, size_t len);
 void pcow_header_encode(const PcowHeader *h, uint8_t *slot);
 int pcow_header_can_commit(pcow_image *img, pcow_error *err);
@@ -327,6 +338,9 @@ int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err);
 
 /* backing.c */
 int pcow_backing_open(pcow_image *img, PcowChain *chain, pcow_error *err);
+int pcow_check_base(const char *owner, const char *dir, const char *name,
+                    uint32_t *fmt, bool missing_ok, PcowChain *chain,
+                    uint64_t *size, pcow_error *err);
 void pcow_backing_close(pcow_image *img);
 int pcow_resolve_backing(const char *dir, const char *name, char *out,
                          size_t outlen);

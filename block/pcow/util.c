@@ -5,10 +5,15 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pcow-int.h"
 
@@ -51,6 +56,113 @@ void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
         vsnprintf(pr->first, sizeof(pr->first), fmt, ap);
         va_end(ap);
     }
+}
+
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode)) {
+        return "a directory";
+    }
+    if (S_ISFIFO(mode)) {
+        return "a FIFO";
+    }
+    if (S_ISSOCK(mode)) {
+        return "a socket";
+    }
+    if (S_ISCHR(mode)) {
+        return "a character device";
+    }
+    if (S_ISBLK(mode)) {
+        return "a block device";
+    }
+    return "a special file";
+}
+
+static bool kind_ok(const struct stat *st, bool blk_ok, char *why,
+                    size_t whylen)
+{
+    if (S_ISREG(st->st_mode) || (blk_ok && S_ISBLK(st->st_mode))) {
+        return true;
+    }
+    snprintf(why, whylen, "%s, not a regular file%s",
+             file_kind(st->st_mode), blk_ok ? " or block device" : "");
+    return false;
+}
+
+int pcow_open_data(const char *path, int oflags, bool blk_ok,
+                   struct stat *st, uint64_t *size, char *why,
+                   size_t whylen)
+{
+    int fd, fl, e;
+
+    /*
+     * Look before opening: open(2) of a FIFO waits for a writer forever,
+     * and opening some character devices has side effects.
+     */
+    if (stat(path, st) < 0) {
+        e = errno;
+        snprintf(why, whylen, "%s", strerror(e));
+        return -e;
+    }
+    if (!kind_ok(st, blk_ok, why, whylen)) {
+        return S_ISDIR(st->st_mode) ? -EISDIR : -EINVAL;
+    }
+    /* O_NONBLOCK: the file may have been replaced since the stat */
+    fd = open(path, oflags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        e = errno;
+        snprintf(why, whylen, "%s", strerror(e));
+        return -e;
+    }
+    if (fstat(fd, st) < 0) {
+        goto fail_errno;
+    }
+    if (!kind_ok(st, blk_ok, why, whylen)) {
+        close(fd);
+        return S_ISDIR(st->st_mode) ? -EISDIR : -EINVAL;
+    }
+    fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        goto fail_errno;
+    }
+    *size = st->st_size;
+    if (S_ISBLK(st->st_mode)) {
+        /* st_size is 0 for a block device: ask the device */
+        if (ioctl(fd, BLKGETSIZE64, size) < 0) {
+            off_t end = lseek(fd, 0, SEEK_END);
+
+            if (end < 0) {
+                goto fail_errno;
+            }
+            *size = end;
+        }
+    }
+    return fd;
+
+fail_errno:
+    e = errno;
+    snprintf(why, whylen, "%s", strerror(e));
+    close(fd);
+    return -e;
+}
+
+int pcow_open_data_file(const char *path, int oflags, bool allow_blockdev,
+                        uint64_t *size, pcow_error *err)
+{
+    struct stat st;
+    char why[256];
+    int fd;
+
+    if (!path || !size || (oflags & O_ACCMODE) == O_WRONLY ||
+        (oflags & ~(O_ACCMODE | O_CLOEXEC))) {
+        return pcow_set_error(err, -EINVAL, "invalid arguments");
+    }
+    fd = pcow_open_data(path, oflags & O_ACCMODE, allow_blockdev, &st, size,
+                        why, sizeof(why));
+    if (fd < 0) {
+        return pcow_set_error(err, fd, "%s: cannot open: %s", path, why);
+    }
+    return fd;
 }
 
 uint64_t pcow_now_ns(void)

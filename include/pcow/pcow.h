@@ -128,8 +128,22 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
 /* Makes everything durable, clears the in-use flag, releases locks. */
 int pcow_close(pcow_image *img, pcow_error *err);
 
-/* Is this file a pcow image (magic of either header slot)?  No validation. */
+/*
+ * Is this file a pcow image (magic of either header slot)?  No validation;
+ * false for anything but a regular file or block device.  Never blocks.
+ */
 bool pcow_probe(const char *path);
+
+/*
+ * Open @path for its data (@oflags: O_RDONLY or O_RDWR; the fd is always
+ * O_CLOEXEC) without ever blocking -- open(2) of a FIFO would wait forever.
+ * Only a regular file is accepted, or with @allow_blockdev a block device;
+ * *@size receives the size (a block device's real size, which st_size does
+ * not give).  Returns the fd or a negative errno.  pcow images themselves
+ * are opened this way (regular files only).
+ */
+int pcow_open_data_file(const char *path, int oflags, bool allow_blockdev,
+                        uint64_t *size, pcow_error *err);
 
 typedef struct pcow_info {
     uint32_t version;
@@ -251,9 +265,23 @@ int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
                          pcow_error *err);
 
 /* Backing chain */
-/* Rewrite the backing reference only (rebase -u). */
+/*
+ * Rewrite the backing reference only (rebase -u).  A base that exists must
+ * be a regular file (a raw one may be a block device) in the format given,
+ * and must not lead back to @img (-ELOOP); unless @img was opened with
+ * PCOW_OPEN_NO_BACKING it must exist and its whole chain opens.
+ */
 int pcow_set_backing(pcow_image *img, const char *backing_file,
                      pcow_backing_format fmt, pcow_error *err);
+/*
+ * Could @backing_file (relative to @img's directory; @fmt NONE: probed) be
+ * @img's base?  It must exist and be a regular file (a raw base may be a
+ * block device) in that format, and following its chain as far as it
+ * exists must never reach @img or a file twice (-ELOOP).  Takes no locks,
+ * so it reports a loop as a loop, not as a lock conflict.
+ */
+int pcow_check_backing(pcow_image *img, const char *backing_file,
+                       pcow_backing_format fmt, pcow_error *err);
 int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
                 pcow_error *err);
 

@@ -260,6 +260,13 @@ int img_rebase(int argc, char **argv)
             goto fail;
         }
         if (resolved) {
+            /* Checked unlocked first: a loop would look like "in use" */
+            ret = pcow_check_backing(img.img, base,
+                                     to_backing_format(base_fmt), &err);
+            if (ret < 0) {
+                img_pcow_error(file, &err, ret);
+                goto fail;
+            }
             if (img_blk_open(&nb, resolved, base_fmt,
                              force_share ? IMG_OPEN_FORCE_SHARE : 0) < 0) {
                 goto fail;
@@ -324,6 +331,7 @@ int img_commit(int argc, char **argv)
     GArray *ranges = NULL;
     ImgBlk img, base;
     bool have_base = false;
+    pcow_error err = { 0 };
     uint64_t off = 0, size, cs, total = 0;
     int c, ret;
 
@@ -376,9 +384,14 @@ int img_commit(int argc, char **argv)
         img_error(file, "image has no backing file to commit into");
         goto fail;
     }
-    if (access(info->backing_path, F_OK) < 0) {
-        img_error(file, "cannot open backing file '%s': %s",
-                  info->backing_path, strerror(errno));
+    /*
+     * A chain that leads back to FILE would otherwise fail on FILE's own
+     * lock, reported as "in use by another process".
+     */
+    ret = pcow_check_backing(img.img, info->backing_file,
+                             info->backing_format, &err);
+    if (ret < 0) {
+        img_pcow_error(file, &err, ret);
         goto fail;
     }
     if (img_blk_open(&base, info->backing_path,

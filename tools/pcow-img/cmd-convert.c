@@ -292,6 +292,19 @@ int img_convert(int argc, char **argv)
     size = src.size;
 
     if (no_create) {
+        bool itself;
+
+        /* Checked before opening it: our own lock would say "in use" */
+        if (img_blk_uses_file(&src, dst_name, &itself)) {
+            if (itself) {
+                img_error(dst_name, "source and target are the same file");
+            } else {
+                img_error(dst_name, "target is a backing file of the source "
+                          "'%s': it would change while being read",
+                          src_name);
+            }
+            goto out;
+        }
         if (img_blk_open(&dst, dst_name, out_fmt_given ? out_fmt :
                          IMG_FMT_NONE, IMG_OPEN_RDWR) < 0) {
             goto out;

@@ -4,6 +4,7 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,14 +137,27 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
     if (fmt == IMG_FMT_RAW) {
         struct stat st;
         g_autofree char *vs = NULL, *ds = NULL;
+        pcow_error err = { 0 };
+        uint64_t size;
+        int fd;
 
-        if (stat(path, &st) < 0) {
-            img_error(path, "cannot open: %s", strerror(errno));
-            return -errno;
+        /* st_size is 0 for a block device: take the real size */
+        fd = pcow_open_data_file(path, O_RDONLY, true, &size, &err);
+        if (fd < 0) {
+            img_pcow_error(path, &err, fd);
+            return fd;
         }
+        if (fstat(fd, &st) < 0) {
+            int e = errno;
+
+            img_error(path, "cannot stat: %s", strerror(e));
+            close(fd);
+            return -e;
+        }
+        close(fd);
         if (j) {
             json_begin_object(j, NULL);
-            json_u64(j, "virtual-size", st.st_size);
+            json_u64(j, "virtual-size", size);
             json_str(j, "filename", path);
             json_str(j, "format", "raw");
             json_u64(j, "actual-size", (uint64_t)st.st_blocks * 512);
@@ -152,11 +166,10 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
         } else {
             g_autofree char *epath = img_escape_text(path);
 
-            vs = img_size_to_str(st.st_size);
+            vs = img_size_to_str(size);
             ds = img_size_to_str((uint64_t)st.st_blocks * 512);
             printf("image: %s\nfile format: raw\n", epath);
-            printf("virtual size: %s (%" PRIu64 " bytes)\n", vs,
-                   (uint64_t)st.st_size);
+            printf("virtual size: %s (%" PRIu64 " bytes)\n", vs, size);
             printf("disk size: %s\n", ds);
         }
         return 0;

@@ -11,6 +11,14 @@
 
 #include "pcow-img.h"
 
+static bool same_file(int fd, const struct stat *want)
+{
+    struct stat st;
+
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == want->st_dev &&
+           st.st_ino == want->st_ino;
+}
+
 int img_blk_open(ImgBlk *b, const char *path, ImgFormat fmt, unsigned flags)
 {
     memset(b, 0, sizeof(*b));
@@ -50,30 +58,44 @@ int img_blk_open(ImgBlk *b, const char *path, ImgFormat fmt, unsigned flags)
         }
         b->size = pcow_virtual_size(b->img);
     } else {
-        struct stat st;
+        pcow_error err = { 0 };
+        int fd = pcow_open_data_file(path, flags & IMG_OPEN_RDWR ? O_RDWR :
+                                     O_RDONLY, true, &b->size, &err);
 
-        b->fd = open(path, (flags & IMG_OPEN_RDWR ? O_RDWR : O_RDONLY) |
-                     O_CLOEXEC);
-        if (b->fd < 0 || fstat(b->fd, &st) < 0) {
-            int e = errno;
-
-            img_error(path, "cannot open: %s", strerror(e));
-            if (b->fd >= 0) {
-                close(b->fd);
-            }
+        if (fd < 0) {
+            img_pcow_error(path, &err, fd);
             g_free(b->filename);
             b->filename = NULL;
-            return -e;
+            return fd;
         }
-        if (S_ISBLK(st.st_mode)) {
-            off_t end = lseek(b->fd, 0, SEEK_END);
-
-            b->size = end > 0 ? (uint64_t)end : 0;
-        } else {
-            b->size = st.st_size;
-        }
+        b->fd = fd;
     }
     return 0;
+}
+
+bool img_blk_uses_file(ImgBlk *b, const char *path, bool *itself)
+{
+    struct stat want;
+    pcow_image *it;
+
+    *itself = false;
+    if (stat(path, &want) < 0) {
+        return false;
+    }
+    if (!b->img) {
+        *itself = same_file(b->fd, &want);
+        return *itself;
+    }
+    for (it = b->img; it; it = pcow_backing(it)) {
+        if (same_file(pcow_fd(it), &want)) {
+            *itself = it == b->img;
+            return true;
+        }
+        if (same_file(pcow_backing_raw_fd(it), &want)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 int img_blk_close(ImgBlk *b)

@@ -4,6 +4,7 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -311,12 +312,17 @@ int img_format_arg(const char *opt_name, const char *value, ImgFormat *out)
 
 int img_require_pcow(const char *file)
 {
-    if (access(file, F_OK) < 0) {
-        int err = errno;
+    pcow_error err = { 0 };
+    uint64_t size;
+    int fd;
 
-        img_error(file, "cannot open: %s", strerror(err));
-        return -err;
+    /* What it is first: a FIFO or a directory is not "bad magic" */
+    fd = pcow_open_data_file(file, O_RDONLY, false, &size, &err);
+    if (fd < 0) {
+        img_pcow_error(file, &err, fd);
+        return fd;
     }
+    close(fd);
     if (!pcow_probe(file)) {
         img_error(file, "not a pcow image (bad magic)");
         return -EINVAL;

@@ -104,6 +104,11 @@ typedef struct ImgBlk {
  * else raw).  Errors are reported; returns 0 or a negative errno.
  */
 int img_blk_open(ImgBlk *b, const char *path, ImgFormat fmt, unsigned flags);
+/*
+ * Is @path the file of @b (*@itself set) or one of its bases?  Writing it
+ * while @b is read would change what is read.
+ */
+bool img_blk_uses_file(ImgBlk *b, const char *path, bool *itself);
 /* Close; errors are reported and returned. */
 int img_blk_close(ImgBlk *b);
 int img_blk_read(ImgBlk *b, uint64_t off, void *buf, uint64_t len);

@@ -879,6 +879,137 @@ static int t_crash(void)
     return 0;
 }
 
+static void remove_dir(const char *dir)
+{
+    char cmd[4200];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
+/* --- what mem-path may be: never blocks, refuses what is not an image -- */
+static int t_file_kinds(void)
+{
+    const char *dir = test_dir("kinds");
+    char fifo[4200], sub[4200], raw[4200], img[4200];
+    const char *bad[] = { fifo, sub, "/dev/zero" };
+    pcow_monitor_opts mo = { 0 };
+    pcow_monitor *mon;
+    pcow_error err;
+    unsigned i, ro;
+    int fd;
+
+    alarm(60);      /* a blocking open(2) fails the test instead of hanging */
+    snprintf(fifo, sizeof(fifo), "%s/fifo.pcow", dir);
+    snprintf(sub, sizeof(sub), "%s/dir.pcow", dir);
+    snprintf(raw, sizeof(raw), "%s/base.raw", dir);
+    snprintf(img, sizeof(img), "%s/img.pcow", dir);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(mkdir(sub, 0700) == 0);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        for (ro = 0; ro < 2; ro++) {
+            memset(&err, 0, sizeof(err));
+            mon = NULL;
+            mo.flags = ro ? PCOW_MONITOR_READONLY : 0;
+            CHECK(pcow_monitor_open(bad[i], &mo, &mon, &err) < 0);
+            CHECK(mon == NULL);
+            printf("%s\n", err.msg);
+            CHECK(strstr(err.msg, bad[i]) != NULL);
+            CHECK(strstr(err.msg, ", not a regular file") != NULL);
+        }
+    }
+    /* An image whose raw base was replaced by a FIFO */
+    fd = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0 && ftruncate(fd, MiB) == 0);
+    close(fd);
+    make_image(img, MiB, CL, "base.raw", PCOW_BACKING_RAW);
+    CHECK(unlink(raw) == 0 && mkfifo(raw, 0600) == 0);
+    mo.flags = 0;
+    CHECK(pcow_monitor_open(img, &mo, &mon, &err) < 0);
+    printf("%s\n", err.msg);
+    CHECK(strstr(err.msg, "a FIFO, not a regular file or block device"));
+    alarm(0);
+    remove_dir(dir);
+    return 0;
+}
+
+/* --- a block device (loop device) as raw base --------------------------- */
+static char loop_dev[64];
+
+static void detach_loop(void)
+{
+    char cmd[128];
+
+    if (loop_dev[0]) {
+        snprintf(cmd, sizeof(cmd), "losetup -d %s", loop_dev);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "cannot detach %s\n", loop_dev);
+        }
+        loop_dev[0] = 0;
+    }
+}
+
+static int t_blockdev_base(void)
+{
+    const char *dir = test_dir("blockdev");
+    char raw[4200], top[4200], cmd[4300];
+    uint64_t size = 8 * MiB, raw_len = 3 * MiB;
+    uint8_t *shadow = calloc(1, size), *dev = malloc(raw_len);
+    pcow_monitor *mon;
+    FILE *p;
+    int fd, i;
+
+    snprintf(raw, sizeof(raw), "%s/dev.raw", dir);
+    snprintf(top, sizeof(top), "%s/top.pcow", dir);
+    fill(shadow, 0, raw_len, 7);
+    fd = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    CHECK(write(fd, shadow, raw_len) == (ssize_t)raw_len);
+    close(fd);
+    snprintf(cmd, sizeof(cmd), "losetup -f --show '%s' 2>/dev/null", raw);
+    p = geteuid() == 0 ? popen(cmd, "r") : NULL;
+    if (!p || !fgets(loop_dev, sizeof(loop_dev), p) ||
+        strncmp(loop_dev, "/dev/", 5)) {
+        loop_dev[0] = 0;
+        if (p) {
+            pclose(p);
+        }
+        printf("SKIP: no loop device (needs root and losetup)\n");
+        remove_dir(dir);
+        return 77;
+    }
+    pclose(p);
+    loop_dev[strcspn(loop_dev, "\n")] = 0;
+    atexit(detach_loop);
+
+    /* st_size of a block device is 0: the base used to read as zeros */
+    make_image(top, size, CL, loop_dev, PCOW_BACKING_RAW);
+    mon = open_mon(top, 0, 0);
+    verify_mapping(mon, shadow);
+    for (i = 0; i < 40; i++) {
+        put(mon, shadow, (uint64_t)i * 200000 + 3000, 300, 50 + i);
+    }
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(top);
+    verify_image(top, shadow, size);
+    mon = open_mon(top, PCOW_MONITOR_READONLY, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    /* The device was only read */
+    fill(shadow, 0, raw_len, 7);
+    fd = open(loop_dev, O_RDONLY);
+    CHECK(fd >= 0);
+    CHECK(pread(fd, dev, raw_len, 0) == (ssize_t)raw_len);
+    close(fd);
+    CHECK(memcmp(dev, shadow, raw_len) == 0);
+    detach_loop();
+    remove_dir(dir);
+    free(shadow);
+    free(dev);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -894,6 +1025,8 @@ static const struct {
     { "cow-fail", t_cow_fail },
     { "disk-full", t_disk_full },
     { "crash", t_crash },
+    { "file-kinds", t_file_kinds },
+    { "blockdev-base", t_blockdev_base },
 };
 
 int main(int argc, char **argv)

@@ -1,9 +1,13 @@
 /*
  * libpcow unit tests: backing chains (depth 8, raw bases, relative and
- * absolute names, loops, missing bases, depth limit), set_backing, resize
+ * absolute names, loops, missing bases, depth limit), set_backing, resize,
+ * file kinds (FIFO, directory, socket, character device)
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include "unit-common.h"
 
 static TestDir td;
@@ -140,16 +144,38 @@ static void test_raw_base(void **state)
     assert_int_equal(pread(fd, got, 10, 65536 + 4096), 10);
     close(fd);
     assert_int_not_equal(got[0], 0xee);
-    /* Wrong declared format */
+    /* Wrong declared format: create refuses it, leaving no file */
     {
-        char msg[512], ov2[512];
+        pcow_create_opts o = {
+            .virtual_size = MiB, .backing_file = "ov.pcow",
+            .backing_format = PCOW_BACKING_RAW,
+        };
+        char ov2[512];
 
         td_path(&td, "ov2.pcow", ov2, sizeof(ov2));
-        mk_image(ov2, MiB, 0, "ov.pcow", PCOW_BACKING_RAW);
+        assert_int_equal(pcow_create(ov2, &o, &err), -EINVAL);
+        assert_true(contains(err.msg, "backing format is raw"));
+        assert_int_equal(access(ov2, F_OK), -1);
+        o.backing_file = "base.raw";
+        o.backing_format = PCOW_BACKING_PCOW;
+        assert_int_equal(pcow_create(ov2, &o, &err), -EINVAL);
+        assert_true(contains(err.msg, "not a pcow image"));
+        assert_int_equal(access(ov2, F_OK), -1);
+    }
+    /* ... and open, when the files were swapped afterwards */
+    {
+        char msg[512], ov2[512], other[512];
+
+        td_path(&td, "ov2.pcow", ov2, sizeof(ov2));
+        td_path(&td, "other", other, sizeof(other));
+        assert_int_equal(link(raw, other), 0);
+        mk_image(ov2, MiB, 0, "other", PCOW_BACKING_RAW);
+        assert_int_equal(rename(ov, other), 0);
         open_fails(ov2, 0, msg, sizeof(msg));
         assert_true(contains(msg, "backing format is raw"));
         unlink(ov2);
-        mk_image(ov2, MiB, 0, "base.raw", PCOW_BACKING_PCOW);
+        mk_image(ov2, MiB, 0, "other", PCOW_BACKING_PCOW);
+        assert_int_equal(rename(raw, other), 0);
         open_fails(ov2, 0, msg, sizeof(msg));
         assert_true(contains(msg, "not a pcow image"));
     }
@@ -205,7 +231,7 @@ static void test_names(void **state)
 
 static void test_loops_and_depth(void **state)
 {
-    char a[512], b[512], msg[512], name[32], prev[32];
+    char a[512], b[512], c[512], msg[512], name[32], prev[32];
     pcow_image *img;
     pcow_error err = { 0 };
     int k;
@@ -220,11 +246,19 @@ static void test_loops_and_depth(void **state)
                                  &err) < 0);
     assert_true(contains(err.msg, "loop"));
     close_image(img);
-    /* A -> B -> A: written with NO_BACKING (rebase -u does not check) */
+    /* A -> B -> A: refused with NO_BACKING (rebase -u) too */
     img = open_image(a, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
     assert_int_equal(pcow_set_backing(img, "b.pcow", PCOW_BACKING_PCOW,
-                                      &err), 0);
+                                      &err), -ELOOP);
+    assert_true(contains(err.msg, "loop"));
+    assert_int_equal(pcow_set_backing(img, "a.pcow", PCOW_BACKING_PCOW,
+                                      &err), -ELOOP);
+    assert_true(contains(err.msg, "the image itself"));
     close_image(img);
+    /* A loop made by renaming files behind the library's back: C -> B */
+    td_path(&td, "c.pcow", c, sizeof(c));
+    mk_image(c, 8 * MiB, 0, "b.pcow", PCOW_BACKING_PCOW);
+    assert_int_equal(rename(c, a), 0);
     open_fails(a, 0, msg, sizeof(msg));
     assert_true(contains(msg, "loop"));
     open_fails(b, 0, msg, sizeof(msg));
@@ -325,6 +359,146 @@ static void test_resize(void **state)
     close_image(img);
 }
 
+/* Creating Y over X, whose base is a missing "y.pcow", would close a loop */
+static void test_create_loop(void **state)
+{
+    char x[512], y[512];
+    pcow_create_opts o = {
+        .virtual_size = MiB, .backing_file = "x.pcow",
+        .backing_format = PCOW_BACKING_PCOW,
+    };
+    pcow_error err = { 0 };
+    pcow_image *img;
+
+    td_path(&td, "x.pcow", x, sizeof(x));
+    td_path(&td, "y.pcow", y, sizeof(y));
+    mk_image(y, MiB, 0, NULL, PCOW_BACKING_NONE);
+    mk_image(x, MiB, 0, "y.pcow", PCOW_BACKING_PCOW);
+    assert_int_equal(unlink(y), 0);
+    assert_int_equal(pcow_create(y, &o, &err), -ELOOP);
+    assert_true(contains(err.msg, "backing chain loop"));
+    assert_true(contains(err.msg, "the image itself"));
+    assert_int_equal(access(y, F_OK), -1);
+    o.size_from_backing = true;
+    o.virtual_size = 0;
+    assert_int_equal(pcow_create(y, &o, &err), -ELOOP);
+    assert_int_equal(access(y, F_OK), -1);
+    /* The public check finds the same, without taking locks */
+    mk_image(y, MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(y, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
+    assert_int_equal(pcow_check_backing(img, "x.pcow", PCOW_BACKING_PCOW,
+                                        &err), -ELOOP);
+    assert_true(contains(err.msg, "the image itself"));
+    assert_int_equal(pcow_check_backing(img, "y.pcow", PCOW_BACKING_NONE,
+                                        &err), -ELOOP);
+    assert_int_equal(pcow_check_backing(img, "nope.pcow", PCOW_BACKING_PCOW,
+                                        &err), -ENOENT);
+    close_image(img);
+}
+
+static void make_socket(const char *path)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    assert_true(s >= 0);
+    assert_true(strlen(path) < sizeof(sa.sun_path));
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(s);
+}
+
+/*
+ * Anything but a regular file (or a block device as a raw base) is refused
+ * at once with one line naming what it is; a FIFO used to hang open(2).
+ */
+static void test_file_kinds(void **state)
+{
+    static const pcow_backing_format fmts[] = {
+        PCOW_BACKING_NONE, PCOW_BACKING_PCOW, PCOW_BACKING_RAW,
+    };
+    char fifo[512], dir[512], sock[512], raw[512], ov[512], msg[512];
+    const char *kinds[] = { fifo, dir, sock, "/dev/null", "/dev/zero" };
+    pcow_create_opts o = { .virtual_size = MiB };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    uint64_t size;
+    unsigned i, j, f;
+    int fd;
+
+    alarm(60);      /* a blocking open(2) fails the test, not hangs it */
+    td_path(&td, "fifo", fifo, sizeof(fifo));
+    td_path(&td, "dir", dir, sizeof(dir));
+    td_path(&td, "sock", sock, sizeof(sock));
+    td_path(&td, "base.raw", raw, sizeof(raw));
+    td_path(&td, "ov.pcow", ov, sizeof(ov));
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    make_socket(sock);
+    for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        assert_false(pcow_probe(kinds[i]));
+        open_fails(kinds[i], 0, msg, sizeof(msg));
+        assert_true(contains(msg, ", not a regular file"));
+        open_fails(kinds[i], PCOW_OPEN_RDWR, msg, sizeof(msg));
+        assert_true(contains(msg, ", not a regular file"));
+        assert_true(pcow_open_data_file(kinds[i], O_RDONLY, true, &size,
+                                        &err) < 0);
+        assert_true(contains(err.msg, "not a regular file or block device"));
+        for (f = 0; f < 3; f++) {
+            o.backing_file = kinds[i];
+            o.backing_format = fmts[f];
+            assert_true(pcow_create(ov, &o, &err) < 0);
+            assert_true(contains(err.msg, ", not a regular file"));
+            assert_null(strchr(err.msg, '\n'));
+            assert_int_equal(access(ov, F_OK), -1);
+        }
+    }
+    assert_true(contains(err.msg, "a character device"));
+    open_fails(fifo, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "a FIFO"));
+    open_fails(dir, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "a directory"));
+    open_fails(sock, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "a socket"));
+
+    /* set_backing (rebase -u and safe rebase) */
+    mk_image(ov, MiB, 0, NULL, PCOW_BACKING_NONE);
+    for (j = 0; j < 2; j++) {
+        img = open_image(ov, PCOW_OPEN_RDWR |
+                         (j ? PCOW_OPEN_NO_BACKING : 0));
+        for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+            for (f = 0; f < 3; f++) {
+                assert_true(pcow_set_backing(img, kinds[i], fmts[f],
+                                             &err) < 0);
+                assert_true(contains(err.msg, ", not a regular file"));
+            }
+        }
+        close_image(img);
+    }
+    img = open_image(ov, 0);
+    assert_null(pcow_backing(img));
+    assert_int_equal(pcow_backing_raw_fd(img), -1);
+    close_image(img);
+
+    /* A base replaced by a FIFO later: open fails at once */
+    fd = open(raw, O_CREAT | O_RDWR, 0644);
+    assert_int_equal(ftruncate(fd, MiB), 0);
+    close(fd);
+    assert_int_equal(unlink(ov), 0);
+    mk_image(ov, MiB, 0, "base.raw", PCOW_BACKING_RAW);
+    fd = pcow_open_data_file(raw, O_RDONLY, false, &size, &err);
+    assert_true(fd >= 0);
+    assert_int_equal(size, MiB);
+    assert_int_equal(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+    close(fd);
+    assert_int_equal(unlink(raw), 0);
+    assert_int_equal(mkfifo(raw, 0600), 0);
+    open_fails(ov, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "a FIFO, not a regular file or block device"));
+    assert_true(contains(msg, "ov.pcow"));
+    alarm(0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -335,6 +509,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_set_backing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resize, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_kinds, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
