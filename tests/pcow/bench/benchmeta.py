@@ -70,9 +70,12 @@ def loadavg():
 
 
 def git_commit(top=TOP):
+    """The commit, and the tracked files that differ from it (a published
+    chart is one: --publish rewrites docs/figures/)."""
     commit = _sh(f"git -C '{top}' rev-parse HEAD")
-    dirty = bool(_sh(f"git -C '{top}' status --porcelain --untracked-files=no"))
-    return {"commit": commit, "dirty": dirty}
+    changed = _sh(f"git -C '{top}' status --porcelain --untracked-files=no")
+    files = [ln[3:] for ln in changed.splitlines()]
+    return {"commit": commit, "dirty": bool(files), "dirty_files": files[:50]}
 
 
 def machine(top=TOP, dirs=()):
