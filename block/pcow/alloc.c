@@ -679,7 +679,8 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
             }
         }
         if (stored) {
-            ret = pcow_persist_mapped(img, t, cs);
+            ret = pcow_persist_mapped(img, t, pcow_le64(img->l1[i]) &
+                                      ~(cs - 1), cs);
             stored = false;
             if (ret < 0) {
                 goto out;
@@ -1187,7 +1188,9 @@ int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared)
             }
         }
         if (stored) {
-            ret = pcow_persist_mapped(img, t, img->cluster_size);
+            ret = pcow_persist_mapped(img, t,
+                                      entry_file_off(img, i * img->l2_entries,
+                                                     0), img->cluster_size);
         }
     }
     pcow_unlock(img);
@@ -1476,7 +1479,7 @@ static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
     pcow_persist_store64_nosync(img, e + 1, entry_file_off(img, v, 1),
                                 1ull << u);
     pcow_persist_store64_nosync(img, e + 2, entry_file_off(img, v, 2), map);
-    ret = pcow_persist_mapped(img, e + 1, 16);
+    ret = pcow_persist_mapped(img, e + 1, entry_file_off(img, v, 1), 16);
     if (ret < 0) {
         goto fail;
     }

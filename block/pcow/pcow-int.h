@@ -270,7 +270,8 @@ int pcow_persist_store64(pcow_image *img, uint64_t *p, uint64_t file_off,
                          uint64_t val);
 void pcow_persist_store64_nosync(pcow_image *img, uint64_t *p,
                                  uint64_t file_off, uint64_t val);
-int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t len);
+int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t file_off,
+                        uint64_t len);
 int pcow_persist_allocate(pcow_image *img, uint64_t off, uint64_t len);
 int pcow_persist_punch(pcow_image *img, uint64_t off, uint64_t len);
 int pcow_persist_truncate(pcow_image *img, uint64_t size);

@@ -3,7 +3,9 @@
  *
  * Every change is reported to the image's persistence hook before it is
  * made, so that a crash-point harness can replay any prefix of the stream.
- * A "barrier" is reported after each persist (data durable and ordered).
+ * After each persist the hook gets what became durable: a BARRIER
+ * (fdatasync: the whole file) or a SYNC of a file range (msync of a range,
+ * pmem_persist of cache lines: only that range).
  *
  * Two methods: on real PM (a MAP_SYNC mapping works, see
  * pcow_map_sync_means_pmem) mapped stores are made durable with
@@ -194,7 +196,8 @@ int pcow_persist_barrier(pcow_image *img)
 /*
  * Make a file range written with pwrite durable without flushing the rest
  * of the file (the guest's dirty pages): msync of a temporary mapping is a
- * ranged fdatasync.
+ * ranged fdatasync.  The hook gets the range: nothing outside it is made
+ * durable (tmpfs too reports what a disk would give).
  */
 int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
 {
@@ -211,36 +214,39 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
     if (img->volatile_fs) {
         /* tmpfs: written is persisted (fdatasync would be a no-op) */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
-        return 0;
-    }
-    if (img->sync_win && start + mlen <= img->sync_win_len) {
+    } else if (img->sync_win && start + mlen <= img->sync_win_len) {
         if (msync((uint8_t *)img->sync_win + start, mlen, MS_SYNC) < 0) {
             return -errno;
         }
-        hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
-        return 0;
+    } else {
+        p = mmap(NULL, mlen, PROT_READ, MAP_SHARED, img->fd, start);
+        if (p == MAP_FAILED) {
+            return pcow_persist_barrier(img);
+        }
+        if (msync(p, mlen, MS_SYNC) < 0) {
+            ret = -errno;
+        }
+        munmap(p, mlen);
+        if (ret < 0) {
+            return ret;
+        }
     }
-    p = mmap(NULL, mlen, PROT_READ, MAP_SHARED, img->fd, start);
-    if (p == MAP_FAILED) {
-        return pcow_persist_barrier(img);
-    }
-    if (msync(p, mlen, MS_SYNC) < 0) {
-        ret = -errno;
-    }
-    munmap(p, mlen);
-    if (ret == 0) {
-        hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
-    }
-    return ret;
+    hook(img, PCOW_OP_SYNC, start, NULL, mlen);
+    return 0;
 }
 
-/* Persist a range of one of our MAP_SHARED mappings */
-int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t len)
+/*
+ * Persist [addr, addr + len) of one of our MAP_SHARED mappings, which
+ * maps the file at @file_off: the pages around it with msync, the cache
+ * lines with pmem_persist.  Only that file range becomes durable.
+ */
+int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t file_off,
+                        uint64_t len)
 {
-    uintptr_t ps = img->page_size;
-    uintptr_t start = (uintptr_t)addr & ~(ps - 1);
-    uintptr_t end = pcow_round_up((uintptr_t)addr + len, ps);
+    uintptr_t a = (uintptr_t)addr;
+    uintptr_t g = img->method == PCOW_PERSIST_PMEM ? 64 : img->page_size;
+    uintptr_t start = a & ~(g - 1);
+    uintptr_t end = pcow_round_up(a + len, g);
 
     if (img->method == PCOW_PERSIST_PMEM) {
         pmem_persist(addr, len);
@@ -250,7 +256,8 @@ int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t len)
     } else if (msync((void *)start, end - start, MS_SYNC) < 0) {
         return -errno;
     }
-    hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
+    /* Mappings are page aligned: file and address agree below a page */
+    hook(img, PCOW_OP_SYNC, file_off - (a - start), NULL, end - start);
     return 0;
 }
 
@@ -268,7 +275,7 @@ int pcow_persist_store64(pcow_image *img, uint64_t *p, uint64_t file_off,
                          uint64_t val)
 {
     pcow_persist_store64_nosync(img, p, file_off, val);
-    return pcow_persist_mapped(img, p, 8);
+    return pcow_persist_mapped(img, p, file_off, 8);
 }
 
 int pcow_persist_hot_store(pcow_image *img, unsigned hot_off, uint64_t val)

@@ -414,7 +414,8 @@ int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
             }
         }
         if (any) {
-            ret = pcow_persist_mapped(img, t, cs);
+            ret = pcow_persist_mapped(img, t, pcow_le64(img->l1[i]) &
+                                      ~(cs - 1), cs);
             if (ret < 0) {
                 goto fail;
             }

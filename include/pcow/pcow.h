@@ -61,15 +61,19 @@ typedef enum pcow_persist_method {
 
 /*
  * Persistence hook: every change to an image file that libpcow makes goes
- * through the persistence module, which reports it here before it is made.
- * The crash-point harness records this stream and replays prefixes of it.
+ * through the persistence module, which reports it here before it is made,
+ * and reports BARRIER or SYNC once what they name is durable.  The
+ * crash-point harness records this stream and replays prefixes of it.
  */
 typedef enum pcow_persist_op {
     PCOW_OP_WRITE = 1,      /* bytes written at offset */
-    PCOW_OP_BARRIER = 2,    /* everything before is durable */
+    PCOW_OP_BARRIER = 2,    /* everything before is durable (fdatasync) */
     PCOW_OP_TRUNCATE = 3,   /* file size set to offset */
     PCOW_OP_ALLOCATE = 4,   /* fallocate(offset, len): reads as zero */
     PCOW_OP_PUNCH = 5,      /* punch hole (offset, len): reads as zero */
+    PCOW_OP_SYNC = 6,       /* ranged sync (offset, len): what was written
+                             * inside the range before is durable, nothing
+                             * else (msync of a range, pmem_persist) */
 } pcow_persist_op;
 
 typedef void (*pcow_persist_hook)(void *opaque, pcow_persist_op op,

@@ -8,15 +8,20 @@
  * every such crash state.
  *
  * Crash states.  The stream is cut after every operation P (every prefix).
- * A BARRIER of file F makes everything F received before it durable; the
- * operations of F after its last barrier are still *pending*: a crash may
+ * A BARRIER of file F (fdatasync) makes everything F received before it
+ * durable.  A SYNC of F over a range (msync of a range, pmem_persist of
+ * cache lines) makes durable only the WRITE, ALLOCATE and PUNCH parts that
+ * lie inside its range: an operation it covers in part is split at the
+ * range's ends (model_syncs()), and the parts outside stay pending, as do
+ * TRUNCATEs.  An operation not yet made durable is *pending*: a crash may
  * have kept any subset of them (the disk or the CPU caches reorder
  * unflushed writes, as PMDK's pmreorder models it).  So for a cut after a
- * non-barrier operation P we check, with P itself applied:
+ * non-barrier operation P we check, with P itself applied (nothing to
+ * apply for a SYNC, whose cut is skipped when it adds no state):
  *   - every subset of the other pending operations when there are at most
  *     FULL_SUBSET_MAX of them (this includes the plain prefix),
  *   - otherwise the prefix and RANDOM_SUBSETS_MID random subsets, and where
- *     the epoch ends (the file's next operation is a barrier) also each
+ *     the epoch ends (the file's next operation is a BARRIER or SYNC) also each
  *     single pending operation dropped and RANDOM_SUBSETS random subsets;
  *   - and, when P is a WRITE of at least 1 KiB, two torn versions of it
  *     (only its first half, only its second half, at 512-byte boundaries),
@@ -104,6 +109,7 @@ typedef struct Op {
     uint64_t off;
     uint64_t len;
     uint8_t *data;
+    size_t durable_at;      /* index of the BARRIER/SYNC that persists it */
 } Op;
 
 typedef struct Rec {
@@ -433,6 +439,7 @@ static void apply_op(int fd, const Op *o, int torn)
                         o->off, o->len);
         break;
     case PCOW_OP_BARRIER:
+    case PCOW_OP_SYNC:
         break;
     }
     if (ret < 0) {
@@ -1096,13 +1103,18 @@ static uint64_t range_gran(Scen *s, int lo, int hi, bool torn)
     return g;
 }
 
+static bool is_sync(const Op *o)
+{
+    return o->op == PCOW_OP_BARRIER || o->op == PCOW_OP_SYNC;
+}
+
 static void check_applied(Scen *s, CState *cs)
 {
     size_t fm = 0;
     int lo, hi;
 
-    while (fm < cs->p && (cs->applied[fm] || s->rec.ops[fm].op ==
-                          PCOW_OP_BARRIER) && !(cs->torn && fm == cs->p - 1)) {
+    while (fm < cs->p && (cs->applied[fm] || is_sync(&s->rec.ops[fm])) &&
+           !(cs->torn && fm == cs->p - 1)) {
         fm++;
     }
     bounds(s, fm, cs->p, &lo, &hi);
@@ -1133,24 +1145,174 @@ static void verify_stream(Scen *s)
     }
 }
 
+/* A change confined to a range, which a ranged SYNC can make durable */
+static bool is_ranged(const Op *o)
+{
+    return o->op == PCOW_OP_WRITE || o->op == PCOW_OP_ALLOCATE ||
+           o->op == PCOW_OP_PUNCH;
+}
+
+/* Split op @i of the stream in two at file offset @at */
+static void split_op(Scen *s, size_t i, uint64_t at)
+{
+    Rec *r = &s->rec;
+    uint64_t k = at - r->ops[i].off;
+    Op *a, *b;
+    int st;
+
+    if (r->n == r->cap) {
+        r->cap *= 2;
+        r->ops = realloc(r->ops, r->cap * sizeof(*r->ops));
+        if (!r->ops) {
+            die("out of memory splitting");
+        }
+    }
+    memmove(&r->ops[i + 2], &r->ops[i + 1], (r->n - i - 1) * sizeof(Op));
+    r->n++;
+    a = &r->ops[i];
+    b = &r->ops[i + 1];
+    *b = *a;
+    b->off = at;
+    b->len = a->len - k;
+    a->len = k;
+    if (a->data) {
+        b->data = xmalloc(b->len);
+        memcpy(b->data, a->data + k, b->len);
+    }
+    for (st = 0; st < s->nsteps; st++) {
+        if (s->steps[st].mark > i) {
+            s->steps[st].mark++;
+        }
+    }
+}
+
+/*
+ * Which BARRIER or SYNC makes each operation durable: a BARRIER everything
+ * of its file before it, a SYNC only the ranged operations of its file
+ * inside its range.  One that a SYNC covers in part is split first, so
+ * that every part is inside or outside.
+ */
+static void model_syncs(Scen *s)
+{
+    Rec *r = &s->rec;
+    size_t i, j;
+
+    for (i = 0; i < r->n; i++) {
+        r->ops[i].durable_at = SIZE_MAX;
+    }
+    for (j = 0; j < r->n; j++) {
+        Op sy = r->ops[j];
+
+        if (!is_sync(&sy)) {
+            continue;
+        }
+        for (i = 0; i < j; i++) {
+            Op *o = &r->ops[i];
+            uint64_t end = o->off + o->len;
+
+            if (o->file != sy.file || is_sync(o) ||
+                o->durable_at != SIZE_MAX) {
+                continue;
+            }
+            if (sy.op == PCOW_OP_SYNC) {
+                if (!is_ranged(o) || end <= sy.off ||
+                    o->off >= sy.off + sy.len) {
+                    continue;
+                }
+                if (o->off < sy.off) {
+                    /* The part before the range stays pending */
+                    split_op(s, i, sy.off);
+                    j++;
+                    continue;
+                }
+                if (end > sy.off + sy.len) {
+                    split_op(s, i, sy.off + sy.len);
+                    j++;
+                }
+            }
+            r->ops[i].durable_at = j;
+        }
+    }
+}
+
+/*
+ * The sync model on a made-up stream: a SYNC inside a write splits it and
+ * persists only its middle; a BARRIER persists the rest of its file.
+ */
+static void model_self_test(void)
+{
+    static const struct {
+        int file;
+        pcow_persist_op op;
+        uint64_t off, len;
+    } in[] = {
+        { 0, PCOW_OP_WRITE, 0x0, 0x3000 },
+        { 0, PCOW_OP_WRITE, 0x5000, 0x8 },
+        { 0, PCOW_OP_TRUNCATE, 0x9000, 0 },
+        { 1, PCOW_OP_WRITE, 0x1000, 0x1000 },
+        { 0, PCOW_OP_SYNC, 0x1000, 0x1000 },
+        { 0, PCOW_OP_BARRIER, 0, 0 },
+    };
+    /* off, len, durable_at of the stream after model_syncs() */
+    static const uint64_t want[][3] = {
+        { 0x0, 0x1000, 7 }, { 0x1000, 0x1000, 6 }, { 0x2000, 0x1000, 7 },
+        { 0x5000, 0x8, 7 }, { 0x9000, 0, 7 }, { 0x1000, 0x1000, SIZE_MAX },
+        { 0x1000, 0x1000, SIZE_MAX }, { 0, 0, SIZE_MAX },
+    };
+    Scen *s = xmalloc(sizeof(*s));
+    uint8_t buf[0x3000];
+    HookTag t[2];
+    size_t i;
+
+    memset(s, 0, sizeof(*s));
+    s->rec.on = true;
+    t[0] = (HookTag){ &s->rec, 0 };
+    t[1] = (HookTag){ &s->rec, 1 };
+    fill(buf, sizeof(buf), 1);
+    for (i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        rec_hook(&t[in[i].file], in[i].op, in[i].off, buf, in[i].len);
+        if (i == 1) {
+            s->steps[s->nsteps++].mark = s->rec.n;
+        }
+    }
+    model_syncs(s);
+    if (s->rec.n != 8 || s->steps[0].mark != 4 ||
+        memcmp(s->rec.ops[1].data, buf + 0x1000, 0x1000) ||
+        memcmp(s->rec.ops[2].data, buf + 0x2000, 0x1000)) {
+        die("sync model self-test: bad split (%zu ops)", s->rec.n);
+    }
+    for (i = 0; i < 8; i++) {
+        const Op *o = &s->rec.ops[i];
+
+        if (is_sync(o)) {
+            continue;
+        }
+        if (o->off != want[i][0] || o->len != want[i][1] ||
+            o->durable_at != want[i][2]) {
+            die("sync model self-test: op %zu is 0x%" PRIx64 "+0x%" PRIx64
+                " durable at %zu", i, o->off, o->len, o->durable_at);
+        }
+    }
+    rec_free(&s->rec);
+    free(s);
+}
+
 static void scen_finish(Scen *s)
 {
-    size_t n = s->rec.n, p, i, k;
-    size_t *pend = xmalloc((n + 1) * sizeof(size_t));
-    long lastbar[MAX_FILES];
+    size_t n, p, i, k;
+    size_t *pend;
     CState cs;
-    int f;
 
     s->rec.on = false;
     link_untracked(s);
     verify_stream(s);
-    for (f = 0; f < MAX_FILES; f++) {
-        lastbar[f] = -1;
-    }
+    model_syncs(s);
+    n = s->rec.n;
+    pend = xmalloc((n + 1) * sizeof(size_t));
     cs.applied = xmalloc(n + 1);
     if (getenv("PCOW_CRASH_DUMP")) {
         static const char *names[] = { "?", "WRITE", "BARRIER", "TRUNCATE",
-                                       "ALLOCATE", "PUNCH" };
+                                       "ALLOCATE", "PUNCH", "SYNC" };
 
         for (i = 0; i < n; i++) {
             const Op *o = &s->rec.ops[i];
@@ -1177,14 +1339,22 @@ static void scen_finish(Scen *s)
         size_t m = 0;
 
         if (last->op == PCOW_OP_BARRIER) {
-            lastbar[last->file] = p - 1;
             continue;
         }
-        /* pending: ops of each file after its last barrier, before p - 1 */
+        /*
+         * A SYNC adds states only when the op before it stays pending;
+         * otherwise its states are among those of the cut before it.
+         */
+        if (last->op == PCOW_OP_SYNC &&
+            (p < 2 || is_sync(&s->rec.ops[p - 2]) ||
+             s->rec.ops[p - 2].durable_at < p)) {
+            continue;
+        }
+        /* pending: not made durable by a BARRIER/SYNC before the cut */
         for (i = 0; i + 1 < p; i++) {
             const Op *o = &s->rec.ops[i];
 
-            if (o->op != PCOW_OP_BARRIER && (long)i > lastbar[o->file]) {
+            if (!is_sync(o) && o->durable_at >= p) {
                 pend[m++] = i;
             }
         }
@@ -1209,7 +1379,7 @@ static void scen_finish(Scen *s)
 
             for (i = p; i < n && !epoch_end; i++) {
                 if (s->rec.ops[i].file == last->file) {
-                    epoch_end = s->rec.ops[i].op == PCOW_OP_BARRIER;
+                    epoch_end = is_sync(&s->rec.ops[i]);
                     break;
                 }
             }
@@ -1851,6 +2021,7 @@ int main(int argc, char **argv)
             return c == 'h' ? 0 : 2;
         }
     }
+    model_self_test();
     pick_root();
     clock_gettime(CLOCK_MONOTONIC, &t0);
     printf("pcow crash-point harness (work directory %s)\n", root);

@@ -182,7 +182,8 @@ static int do_leak(const char *file, const char *count_str)
 
 /*
  * Persistence hook of shrink-kill: the header commit is a whole-slot write
- * then a barrier; die by SIGKILL before the next change reaches the file.
+ * then its persist (a SYNC of page 0, or a BARRIER); die by SIGKILL before
+ * the next change reaches the file.
  */
 typedef struct KillAfterCommit {
     int stage;              /* 0 waiting, 1 slot written, 2 committed */
@@ -199,7 +200,8 @@ static void kill_after_commit(void *opaque, pcow_persist_op op,
     }
     if (op == PCOW_OP_WRITE && (off == 0 || off == 1536) && len == 1536) {
         k->stage = 1;
-    } else if (op == PCOW_OP_BARRIER && k->stage == 1) {
+    } else if ((op == PCOW_OP_BARRIER || op == PCOW_OP_SYNC) &&
+               k->stage == 1) {
         k->stage = 2;
     }
 }
