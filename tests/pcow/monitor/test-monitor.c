@@ -474,6 +474,8 @@ static int t_two(void)
     check_clean(pb);
     verify_image(pa, sa, size);
     verify_image(pb, sb, size);
+    free(sa);
+    free(sb);
     return 0;
 }
 
