@@ -74,13 +74,17 @@ static void pick_geometry(Rng *r, uint32_t *cs, uint32_t *cu)
     *cu = 1u << (lo + rng_below(r, cb - lo + 1));
 }
 
-/* A virtual size: a multiple of 4 KiB, often of the cluster size */
+/* A virtual size: a multiple of 4 KiB, often of the cluster, often small */
 static uint64_t pick_size(Rng *r, uint32_t cs)
 {
-    if (rng_below(r, 3) == 0) {
+    switch (rng_below(r, 4)) {
+    case 0:
         return cs * (1 + rng_below(r, M_MAX_SIZE / cs));
+    case 1:
+        return MB_SIZE * (1 + rng_below(r, 64));
+    default:
+        return MB_SIZE * (1 + rng_below(r, M_MAX_BLOCKS));
     }
-    return MB_SIZE * (1 + rng_below(r, M_MAX_BLOCKS));
 }
 
 /*
