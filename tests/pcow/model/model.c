@@ -169,8 +169,9 @@ void m_write(MLayer *l, uint64_t off, uint64_t len, const uint8_t *data)
 }
 
 /*
- * Whole blocks read zeros afterwards; where the layer below reads zeros
- * too, the layer may deallocate them (MAYBE), else it must hold zeros.
+ * The range reads zeros afterwards.  "Deallocating what it can": a block
+ * that then reads like the layer below may be held or not; any other
+ * block must be held.
  */
 void m_zero(MLayer *l, uint64_t off, uint64_t len)
 {
@@ -184,13 +185,11 @@ void m_zero(MLayer *l, uint64_t off, uint64_t len)
         uint64_t s = off > bs ? off : bs;
         uint64_t e = off + len < bs + MB_SIZE ? off + len : bs + MB_SIZE;
 
-        if (s == bs && e == bs + MB_SIZE) {
-            m_below_block(l, b, below);
-            memset(l->v.own + bs, 0, MB_SIZE);
-            l->v.st[b] = is_zero(below, MB_SIZE) ? ST_MAYBE : ST_OWNED;
-        } else {
-            take_block(l, b);
-            memset(l->v.own + s, 0, e - s);
+        take_block(l, b);
+        memset(l->v.own + s, 0, e - s);
+        m_below_block(l, b, below);
+        if (memcmp(l->v.own + bs, below, MB_SIZE) == 0) {
+            l->v.st[b] = ST_MAYBE;
         }
     }
     touch_clusters(l, off, len);
