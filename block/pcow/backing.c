@@ -279,6 +279,44 @@ void pcow_backing_close(pcow_image *img)
     img->backing_path[0] = '\0';
 }
 
+/*
+ * Set the header's backing limit (0: none) and keep the incompatible
+ * feature bit set exactly while the header or a snapshot has a limit.
+ */
+static void set_limit(pcow_image *img, PcowHeader *h, uint64_t limit)
+{
+    bool any = limit != 0;
+    uint32_t k;
+
+    for (k = 0; k < img->hdr.nb_snapshots; k++) {
+        any |= img->snaps[k].backing_limit != 0;
+    }
+    h->backing_limit = limit;
+    if (any) {
+        h->incompatible_features |= PCOW_INCOMPAT_BACKING_LIMIT;
+    } else {
+        h->incompatible_features &= ~PCOW_INCOMPAT_BACKING_LIMIT;
+    }
+}
+
+int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+
+    if (img->read_only) {
+        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    }
+    if (limit % 4096 || limit > h.virtual_size) {
+        return pcow_img_error(img, err, -EINVAL, "invalid backing limit "
+                              "%llu", (unsigned long long)limit);
+    }
+    if (limit == h.backing_limit) {
+        return 0;
+    }
+    set_limit(img, &h, limit);
+    return pcow_header_commit(img, &h, err);
+}
+
 int pcow_set_backing(pcow_image *img, const char *backing_file,
                      pcow_backing_format fmt, pcow_error *err)
 {
@@ -327,6 +365,10 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     }
     h.backing_format = len ? fmt : PCOW_BACKING_NONE;
     h.backing_name_length = len;
+    if (!len) {
+        /* No base: nothing to hide any more */
+        set_limit(img, &h, 0);
+    }
     memset(h.backing_name, 0, sizeof(h.backing_name));
     if (len) {
         memcpy(h.backing_name, backing_file, len);
@@ -367,6 +409,103 @@ static int drop_beyond(pcow_image *img, uint64_t vsize, pcow_error *err)
     return n ? pcow_alloc_recover(img, false, err) : 0;
 }
 
+/* Open the backing chain of an image opened without it */
+static int open_chain(pcow_image *img, pcow_error *err)
+{
+    PcowChain chain = { .n = 1 };
+    struct stat st;
+
+    if (fstat(img->fd, &st) < 0) {
+        return pcow_img_error(img, err, -errno, "cannot stat");
+    }
+    chain.dev[0] = st.st_dev;
+    chain.ino[0] = st.st_ino;
+    return pcow_backing_open(img, &chain, err);
+}
+
+/*
+ * Before a grow from @old_size (inside a cluster) commits: zero what a
+ * shrink left of this image's own data past the old end in that cluster.
+ * A hole there needs nothing: it reads zeros, or the base, which the new
+ * backing limit @limit hides past the old end.  Invisible until the
+ * commit.
+ */
+static int zero_tail(pcow_image *img, uint64_t old_size, uint64_t new_size,
+                     uint64_t limit, pcow_error *err)
+{
+    uint64_t cs = img->cluster_size, end = pcow_round_up(old_size, cs);
+    PcowHeader saved = img->hdr;
+    bool opened = false;
+    uint64_t *e, map;
+    int ret;
+
+    pcow_lock(img);
+    e = pcow_l2_entry(img, old_size / cs);
+    map = e ? pcow_word(e) : 0;
+    pcow_unlock(img);
+    if (!map) {
+        return 0;
+    }
+    if (img->hdr.backing_format != PCOW_FMT_NONE && !img->backing &&
+        img->backing_raw_fd < 0 &&
+        (map & (PCOW_F_WRITABLE | PCOW_F_PARTIAL)) != PCOW_F_WRITABLE) {
+        /* Copy on write may read the base: open it for the time being */
+        ret = open_chain(img, err);
+        if (ret < 0) {
+            return ret;
+        }
+        opened = true;
+    }
+    img->hdr.virtual_size = new_size;
+    img->hdr.backing_limit = limit;
+    ret = pcow_zero_range(img, old_size,
+                          (end < new_size ? end : new_size) - old_size, err);
+    img->hdr.virtual_size = saved.virtual_size;
+    img->hdr.backing_limit = saved.backing_limit;
+    if (opened) {
+        pcow_lock(img);
+        pcow_backing_close(img);
+        pcow_unlock(img);
+    }
+    return ret;
+}
+
+/* P-RESIZE-L1: a larger copy of the L1 table in new clusters */
+static int grow_l1(pcow_image *img, uint64_t need, PcowHeader *h,
+                   pcow_error *err)
+{
+    uint64_t cs = img->cluster_size, chunk, pos, k, off;
+    uint64_t bytes = (uint64_t)h->l1_size * 8;
+    uint8_t *buf = (uint8_t *)img->l1;
+    int ret;
+
+    ret = pcow_alloc_clusters(img, pcow_div_round_up(need * 8, cs), &off);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot allocate the new L1 "
+                              "table: %s", strerror(-ret));
+    }
+    /* New clusters read as zeros: copy only the non-zero parts */
+    for (pos = 0; pos < bytes; pos += chunk) {
+        chunk = bytes - pos < 4096 ? bytes - pos : 4096;
+        for (k = 0; k < chunk && !buf[pos + k]; k++) {
+        }
+        if (k < chunk) {
+            ret = pcow_persist_pwrite(img, off + pos, buf + pos, chunk);
+            if (ret < 0) {
+                return pcow_img_error(img, err, ret, "cannot write the L1 "
+                                      "table");
+            }
+        }
+    }
+    ret = pcow_persist_barrier(img);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot write the L1 table");
+    }
+    h->l1_table_offset = off;
+    h->l1_size = need;
+    return 0;
+}
+
 int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
                 pcow_error *err)
 {
@@ -376,7 +515,6 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     uint64_t need = pcow_l1_size_for(new_size, img->cluster_bits);
     uint64_t old_l1 = img->hdr.l1_table_offset;
     uint64_t old_l1c = pcow_div_round_up((uint64_t)h.l1_size * 8, cs);
-    uint64_t new_l1 = 0, new_l1c = 0;
     PcowProblems pr = { 0 };
     pcow_error gerr;
     int ret;
@@ -402,75 +540,37 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     if (new_size == old_size) {
         return 0;
     }
+    h.virtual_size = new_size;
+    if (new_size > old_size && h.backing_format != PCOW_FMT_NONE &&
+        (!h.backing_limit || h.backing_limit > old_size)) {
+        /* The grown range reads zeros, not what the base holds there */
+        set_limit(img, &h, old_size);
+    } else if (h.backing_limit > new_size) {
+        set_limit(img, &h, new_size);
+    }
     if (new_size > old_size) {
         /*
          * Nothing beyond the old end may show once the commit makes it
          * visible: a shrink interrupted after its commit leaves entries
          * there (open recovery clears them too; this grow must not rely
-         * on it).
+         * on it), a shrink into a cluster its data in the rest of it.
          */
         ret = drop_beyond(img, old_size, err);
+        if (ret == 0 && old_size % cs) {
+            ret = zero_tail(img, old_size, new_size, h.backing_limit, err);
+        }
+        if (ret == 0 && need > h.l1_size) {
+            ret = grow_l1(img, need, &h, err);
+        }
         if (ret < 0) {
             return ret;
         }
     }
-    if (new_size > old_size && old_size % cs) {
-        /*
-         * Whatever lay beyond the old end in its cluster (left there by a
-         * shrink) must read 0 once the header commit makes it visible, so
-         * zero it durably first.  It is invisible until then; the tables
-         * are still the old ones, so this comes before the L1 copy below.
-         */
-        uint64_t end = pcow_round_up(old_size, cs);
-
-        img->hdr.virtual_size = new_size;
-        ret = pcow_zero_range(img, old_size,
-                              (end < new_size ? end : new_size) - old_size,
-                              err);
-        img->hdr.virtual_size = old_size;
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    if (need > h.l1_size) {
-        uint8_t *buf;
-        uint64_t chunk, pos, k, bytes = (uint64_t)h.l1_size * 8;
-
-        new_l1c = pcow_div_round_up(need * 8, cs);
-        ret = pcow_alloc_clusters(img, new_l1c, &new_l1);
-        if (ret < 0) {
-            return pcow_img_error(img, err, ret, "cannot allocate the new L1 "
-                                  "table: %s", strerror(-ret));
-        }
-        buf = (uint8_t *)img->l1;
-        /* New clusters read as zeros: copy only the non-zero parts */
-        for (pos = 0; pos < bytes; pos += chunk) {
-            chunk = bytes - pos < 4096 ? bytes - pos : 4096;
-            for (k = 0; k < chunk; k++) {
-                if (buf[pos + k]) {
-                    ret = pcow_persist_pwrite(img, new_l1 + pos, buf + pos,
-                                              chunk);
-                    if (ret < 0) {
-                        return pcow_img_error(img, err, ret, "cannot write "
-                                              "the L1 table");
-                    }
-                    break;
-                }
-            }
-        }
-        ret = pcow_persist_barrier(img);        /* P-RESIZE-L1 */
-        if (ret < 0) {
-            return pcow_img_error(img, err, ret, "cannot write the L1 table");
-        }
-        h.l1_table_offset = new_l1;
-        h.l1_size = need;
-    }
-    h.virtual_size = new_size;
     ret = pcow_header_commit(img, &h, err);
     if (ret < 0) {
         return ret;
     }
-    if (new_l1) {
+    if (h.l1_table_offset != old_l1) {
         /* Switch the in-memory tables to the new L1 */
         pcow_lock(img);
         pcow_tables_unload(img);

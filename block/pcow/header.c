@@ -91,6 +91,7 @@ void pcow_header_encode(const PcowHeader *h, uint8_t *slot)
     pcow_st64(slot + 96, h->next_snapshot_id);
     pcow_st32(slot + 104, h->backing_format);
     pcow_st32(slot + 108, h->backing_name_length);
+    pcow_st64(slot + 112, h->backing_limit);
     memcpy(slot + 128, h->backing_name, h->backing_name_length);
     pcow_st32(slot + 12, pcow_crc32c(0, slot, len));
 }
@@ -134,6 +135,7 @@ static int header_decode(const uint8_t *slot, PcowHeader *h)
     h->next_snapshot_id = pcow_ld64(slot + 96);
     h->backing_format = pcow_ld32(slot + 104);
     h->backing_name_length = pcow_ld32(slot + 108);
+    h->backing_limit = pcow_ld64(slot + 112);
     memset(h->backing_name, 0, sizeof(h->backing_name));
     if (h->backing_name_length <= PCOW_MAX_BACKING_NAME &&
         PCOW_HEADER_FIXED + h->backing_name_length <= len) {
@@ -197,6 +199,17 @@ static int header_check(const PcowHeader *h, char *msg, size_t msglen)
         (h->backing_name_length == 0)) {
         snprintf(msg, msglen, "invalid backing format %u (name length %u)",
                  h->backing_format, h->backing_name_length);
+        return -EINVAL;
+    }
+    if (h->backing_limit &&
+        (!(h->incompatible_features & PCOW_INCOMPAT_BACKING_LIMIT) ||
+         h->backing_limit % 4096 || h->backing_limit > h->virtual_size)) {
+        snprintf(msg, msglen, "invalid backing limit %llu (virtual size "
+                 "%llu, feature bit %s)",
+                 (unsigned long long)h->backing_limit,
+                 (unsigned long long)h->virtual_size,
+                 h->incompatible_features & PCOW_INCOMPAT_BACKING_LIMIT ?
+                 "set" : "not set");
         return -EINVAL;
     }
     if (memchr(h->backing_name, '\0', h->backing_name_length)) {
@@ -1044,6 +1057,7 @@ void pcow_get_info(pcow_image *img, pcow_info *info)
         }
     }
     info->backing_format = img->hdr.backing_format;
+    info->backing_limit = img->hdr.backing_limit;
     if (fstat(img->fd, &st) == 0) {
         info->file_size = st.st_size;
         info->disk_size = (uint64_t)st.st_blocks * 512;

@@ -48,10 +48,10 @@ static bool below_is_hole(pcow_image *img, uint64_t v)
 {
     pcow_extent ext;
     uint64_t start = v * img->cluster_size;
-    uint64_t len = img->cluster_size;
+    uint64_t len = pcow_below_limit(img, start, img->cluster_size);
     pcow_image *b = img->backing;
 
-    if (!b && img->backing_raw_fd < 0) {
+    if ((!b && img->backing_raw_fd < 0) || len == 0) {
         return true;
     }
     if (b) {

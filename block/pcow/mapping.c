@@ -214,16 +214,37 @@ static uint64_t entry_map(pcow_image *img, uint64_t v)
 static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
                         unsigned depth, pcow_extent *ext);
 
+/*
+ * Bytes of [off, off + len) through which the backing chain may show: it
+ * never does at or beyond the backing limit (what a shrink cut off).
+ * Async-signal-safe.
+ */
+uint64_t pcow_below_limit(pcow_image *img, uint64_t off, uint64_t len)
+{
+    uint64_t limit = img->hdr.backing_limit;
+
+    if (!limit || (off < limit && len <= limit - off)) {
+        return len;
+    }
+    return off < limit ? limit - off : 0;
+}
+
 /* What the layers below @img show at [off, off + max) */
 static int below_extent(pcow_image *img, uint64_t off, uint64_t max,
                         unsigned depth, pcow_extent *ext)
 {
+    uint64_t shown = pcow_below_limit(img, off, max);
+
     memset(ext, 0, sizeof(*ext));
     ext->offset = off;
-    ext->length = max;
+    ext->length = shown ? shown : max;
     ext->kind = PCOW_EXTENT_HOLE;
     ext->fd = -1;
     ext->depth = depth;
+    if (!shown) {
+        return 0;       /* zeros: past the backing limit */
+    }
+    max = shown;
     if (img->backing) {
         return layer_extent(img->backing, off, max, depth + 1, ext);
     }
@@ -496,6 +517,15 @@ static int read_view(pcow_image *img, uint64_t off, uint8_t *buf,
 int pcow_read_below(pcow_image *img, uint64_t offset, void *buf,
                     uint64_t len)
 {
+    uint64_t shown = pcow_below_limit(img, offset, len);
+
+    if (shown < len) {
+        memset((uint8_t *)buf + shown, 0, len - shown);
+        len = shown;
+        if (!len) {
+            return 0;
+        }
+    }
     if (img->backing) {
         return read_view(img->backing, offset, buf, len);
     }

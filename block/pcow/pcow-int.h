@@ -40,8 +40,9 @@
                                  PCOW_F_PARTIAL)
 #define PCOW_HIGH_RESERVED      (0xffull << 56)
 
-/* Known feature bits (none in version 1) */
-#define PCOW_INCOMPAT_KNOWN     0ull
+/* Known feature bits */
+#define PCOW_INCOMPAT_BACKING_LIMIT (1ull << 0) /* backing_limit fields */
+#define PCOW_INCOMPAT_KNOWN     PCOW_INCOMPAT_BACKING_LIMIT
 #define PCOW_AUTOCLEAR_KNOWN    0ull
 
 /* Reserve ring capacity (clusters made ready ahead of faults) */
@@ -72,6 +73,7 @@ typedef struct PcowHeader {
     uint64_t next_snapshot_id;
     uint32_t backing_format;
     uint32_t backing_name_length;
+    uint64_t backing_limit;     /* 0: none; else base shows only below it */
     char backing_name[PCOW_MAX_BACKING_NAME + 1];
 } PcowHeader;
 
@@ -82,6 +84,7 @@ typedef struct PcowSnapshot {
     uint64_t virtual_size;
     uint64_t date_sec;
     uint32_t date_nsec;
+    uint64_t backing_limit;     /* the header's at creation */
     char name[PCOW_MAX_SNAPSHOT_NAME + 1];
 } PcowSnapshot;
 
@@ -286,6 +289,7 @@ int pcow_map_l2(pcow_image *img, uint32_t l1_idx, uint64_t off);
 uint64_t *pcow_l2_entry(pcow_image *img, uint64_t vcluster);
 int pcow_extent_locked(pcow_image *img, uint64_t offset, uint64_t max_len,
                        pcow_extent *ext);
+uint64_t pcow_below_limit(pcow_image *img, uint64_t off, uint64_t len);
 int pcow_read_below(pcow_image *img, uint64_t offset, void *buf,
                     uint64_t len);
 int pcow_read_view(pcow_image *img, uint64_t off, void *buf, uint64_t len);

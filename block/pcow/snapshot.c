@@ -87,6 +87,7 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
         sn->virtual_size = pcow_ld64(r + 24);
         sn->date_sec = pcow_ld64(r + 32);
         sn->date_nsec = pcow_ld32(r + 40);
+        sn->backing_limit = pcow_ld64(r + 48);
         memcpy(sn->name, r + PCOW_SNAP_FIXED, nl);
         sn->name[nl] = '\0';
         if (memchr(sn->name, '\0', nl)) {
@@ -98,6 +99,15 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
             pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid virtual "
                          "size %llu", sn->name,
                          (unsigned long long)sn->virtual_size);
+            goto out;
+        }
+        if (sn->backing_limit &&
+            (!(h->incompatible_features & PCOW_INCOMPAT_BACKING_LIMIT) ||
+             sn->backing_limit % 4096 ||
+             sn->backing_limit > sn->virtual_size)) {
+            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid backing "
+                         "limit %llu", sn->name,
+                         (unsigned long long)sn->backing_limit);
             goto out;
         }
         need = pcow_l1_size_for(sn->virtual_size, img->cluster_bits) >
@@ -226,6 +236,7 @@ static int write_table(pcow_image *img, const PcowSnapshot *snaps,
         pcow_st64(r + 24, snaps[k].virtual_size);
         pcow_st64(r + 32, snaps[k].date_sec);
         pcow_st32(r + 40, snaps[k].date_nsec);
+        pcow_st64(r + 48, snaps[k].backing_limit);
         memcpy(r + PCOW_SNAP_FIXED, snaps[k].name, nl);
         pos += record_len(nl);
     }
@@ -388,6 +399,7 @@ int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
     ns[n].virtual_size = h.virtual_size;
     ns[n].date_sec = ts.tv_sec;
     ns[n].date_nsec = ts.tv_nsec;
+    ns[n].backing_limit = h.backing_limit;
     memcpy(ns[n].name, name, nl + 1);
     /* P-SNAP-LIST */
     ret = write_table(img, ns, n + 1, &h);
@@ -563,6 +575,7 @@ int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
     h.l1_table_offset = l1_off;
     h.l1_size = sn.l1_size;
     h.virtual_size = sn.virtual_size;
+    h.backing_limit = sn.backing_limit;     /* the base as it showed then */
     ret = pcow_header_commit(img, &h, err);     /* P-REVERT-COMMIT */
     if (ret < 0) {
         return ret;

@@ -161,6 +161,7 @@ typedef struct pcow_info {
     char backing_file[PCOW_MAX_BACKING_NAME + 1];   /* as stored */
     char backing_path[4096];                        /* resolved */
     pcow_backing_format backing_format;
+    uint64_t backing_limit;     /* 0, or: the base shows only below it */
     uint64_t file_size;         /* st_size */
     uint64_t disk_size;         /* st_blocks * 512 */
     uint64_t allocated_clusters;    /* data clusters referenced by any table */
@@ -286,8 +287,20 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
  */
 int pcow_check_backing(pcow_image *img, const char *backing_file,
                        pcow_backing_format fmt, pcow_error *err);
+/*
+ * Growing an image with a base sets its backing limit to the old size (if
+ * lower than the limit it has): the grown range reads zeros, never what
+ * the base holds there (docs/pcow.rst, backing_limit).
+ */
 int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
                 pcow_error *err);
+/*
+ * Set the offset from which the base no longer shows through (0: it shows
+ * everywhere).  For commit, once the base itself reads zeros there; like
+ * rebase -u it changes what the image shows if used otherwise.
+ */
+int pcow_set_backing_limit(pcow_image *img, uint64_t limit,
+                           pcow_error *err);
 
 /* Consistency check and repair */
 #define PCOW_REPAIR_LEAKS   (1u << 0)

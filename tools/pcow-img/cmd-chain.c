@@ -473,6 +473,16 @@ int img_commit(int argc, char **argv)
                 printf("    (%.2f/100%%)\r", 100.0 * off / size);
                 fflush(stdout);
             }
+        } else if (info->backing_limit && end > info->backing_limit) {
+            /*
+             * Past FILE's backing limit the base does not show: FILE
+             * reads zeros there, so the base must too.
+             */
+            uint64_t from = MAX(off, info->backing_limit);
+
+            if (img_blk_zero(&base, from, end - from) < 0) {
+                goto fail;
+            }
         }
         off = end;
     }
@@ -489,6 +499,16 @@ int img_commit(int argc, char **argv)
     }
 
     if (!keep) {
+        if (info->backing_limit) {
+            pcow_error err = { 0 };
+
+            /* The base now reads what FILE shows past its limit: zeros */
+            ret = pcow_set_backing_limit(img.img, 0, &err);
+            if (ret < 0) {
+                img_pcow_error(file, &err, ret);
+                goto fail;
+            }
+        }
         for (guint i = 0; i < ranges->len; i++) {
             Range *r = &g_array_index(ranges, Range, i);
 

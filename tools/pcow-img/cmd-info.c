@@ -217,6 +217,9 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
                 json_str(j, "full-backing-filename", info->backing_path);
                 json_str(j, "backing-filename-format",
                          backing_fmt_name(info->backing_format));
+                if (info->backing_limit) {
+                    json_u64(j, "backing-limit", info->backing_limit);
+                }
             }
             if (nsn > 0) {
                 json_begin_array(j, "snapshots");
@@ -281,6 +284,11 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
                 }
                 printf("backing file format: %s\n",
                        backing_fmt_name(info->backing_format));
+                if (info->backing_limit) {
+                    printf("backing limit: %" PRIu64 " (beyond it, what "
+                           "the image does not hold reads as zeros)\n",
+                           info->backing_limit);
+                }
             }
             if (nsn > 0) {
                 printf("Snapshot list:\n");

@@ -1960,6 +1960,52 @@ static void t_resize(Scen *s)
     scen_finish(s);
 }
 
+/*
+ * The same for an overlay over a pcow base full of data: a shrink into a
+ * cluster, a grow (the base must not show past the cut, in any state), a
+ * write there, a snapshot, a grow beyond the base
+ */
+static void t_resize_overlay(Scen *s)
+{
+    uint64_t cs = 16 * KiB;
+    pcow_image *img;
+    pcow_error err = { 0 };
+
+    mk(s, "base", 2 * MiB, cs, 0, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "base", PCOW_OPEN_RDWR);
+    op_write(img, 0, 2 * MiB, 92);
+    op_close(img);
+    track(s, "img");
+    mk(s, "img", 2 * MiB, cs, 4096, "base", PCOW_BACKING_PCOW);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    op_write(img, 1 * MiB - 8 * KiB, 4 * KiB, 93);  /* in the cut cluster */
+    op_write(img, 1536 * KiB, 4 * KiB, 94);         /* cut off */
+    op_close(img);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    s->extra = grow_reads_zeros;
+    scen_start(s);
+    if (pcow_resize(img, 1 * MiB - 4 * KiB, true, &err) < 0) {
+        die("resize: %s", err.msg);
+    }
+    step(s, ATOMIC, "shrink into a cluster");
+    if (pcow_resize(img, 2 * MiB, false, &err) < 0) {
+        die("resize: %s", err.msg);
+    }
+    step(s, ATOMIC, "grow to 2M (backing limit)");
+    op_write(img, 1 * MiB - 2 * KiB, 8 * KiB, 95);
+    step(s, 4096, "pwrite across the cut");
+    expect_snap(s, img, "s1");
+    op_snap(img, 'c', "s1");
+    step(s, ATOMIC, "snapshot -c s1");
+    if (pcow_resize(img, 4 * MiB, false, &err) < 0) {
+        die("resize: %s", err.msg);
+    }
+    step(s, ATOMIC, "grow to 4M");
+    op_close(img);
+    step(s, ATOMIC, "close");
+    scen_finish(s);
+}
+
 typedef struct Test {
     const char *name;
     void (*fn)(Scen *s);
@@ -1980,6 +2026,7 @@ static const Test tests[] = {
     { "commit", t_commit },
     { "rebase", t_rebase },
     { "resize", t_resize },
+    { "resize-overlay", t_resize_overlay },
 };
 
 static void pick_root(void)

@@ -87,6 +87,51 @@ expect_error "$IMG" resize r.pcow
 equal "$(vsize r.pcow)" 12582912 "untouched"
 ok "bad sizes refused, image untouched"
 
+# An overlay, shrunk then grown, reads zeros in the cut range like a
+# standalone image: its base never shows there (pcow and raw bases, a cut
+# inside a cluster).
+expect 0 "$IMG" create -q ob.pcow 16M
+"$HELPER" write ob.pcow 0 16M 0xbb
+head -c 16M /dev/zero | tr '\0' '\273' >ob.raw
+for b in ob.pcow ob.raw; do
+    expect 0 "$IMG" create -q -b $b ov.pcow
+    "$HELPER" write ov.pcow 0 4K 0x01
+    expect 0 "$IMG" resize --shrink ov.pcow 8204K
+    expect 0 "$IMG" resize ov.pcow 16M
+    "$HELPER" verify ov.pcow 0 4K 0x01
+    "$HELPER" verify ov.pcow 4K 8200K 0xbb
+    "$HELPER" verify ov.pcow 8204K 7988K 0
+    expect 0 "$IMG" info --output=json ov.pcow
+    equal "$(json_get "$OUT" 'd["backing-limit"]')" 8400896 "$b: limit"
+    expect 0 "$IMG" convert -O raw ov.pcow ov.raw
+    { head -c 4096 /dev/zero | tr '\0' '\001'
+      head -c $((8400896 - 4096)) /dev/zero | tr '\0' '\273'
+      head -c $((16777216 - 8400896)) /dev/zero; } >want.raw
+    cmp want.raw ov.raw ||
+        fail "$b: convert -O raw: not base below the cut and zeros past it"
+    "$HELPER" write ov.pcow 10M 4K 0x02
+    "$HELPER" verify ov.pcow 10M 4K 0x02
+    expect 0 "$IMG" check ov.pcow
+    rm -f ov.pcow ov.raw want.raw
+    ok "overlay on $b: shrink + grow reads zeros in the cut range"
+done
+
+# commit makes the base read what the overlay shows: zeros past the cut
+expect 0 "$IMG" create -q -b ob.pcow ov.pcow
+expect 0 "$IMG" resize --shrink ov.pcow 8M
+expect 0 "$IMG" resize ov.pcow 16M
+"$HELPER" write ov.pcow 12M 4K 0x03
+expect 0 "$IMG" commit ov.pcow
+"$HELPER" verify ob.pcow 0 8M 0xbb
+"$HELPER" verify ob.pcow 8M 4M 0
+"$HELPER" verify ob.pcow 12M 4K 0x03
+"$HELPER" verify ob.pcow 12292K 4092K 0
+"$HELPER" verify ov.pcow 8M 4M 0
+"$HELPER" verify ov.pcow 12M 4K 0x03
+expect 0 "$IMG" info --output=json ov.pcow
+equal "$(json_get "$OUT" '"backing-limit" in d')" False "limit cleared"
+ok "commit of a cut overlay: the base reads zeros past the cut too"
+
 truncate -s 1M f.raw
 expect_error "$IMG" resize f.raw 2M
 expect 0 "$IMG" resize -f raw f.raw 2M

@@ -340,6 +340,83 @@ static int t_base(void)
     return 0;
 }
 
+/*
+ * --- a shrunk and regrown overlay: the base never shows in the cut range --
+ * Over a raw and over a pcow base, the cut ending inside a cluster: the
+ * mapping shows zeros past the old end (the straddling cluster too), and
+ * writes there expand or copy zeros, never base data.
+ */
+static void cut_overlay(const char *dir, const char *base,
+                        pcow_backing_format fmt, uint8_t *shadow,
+                        uint64_t size)
+{
+    uint64_t cut = 3 * MiB + 12 * KiB;      /* inside a 64 KiB cluster */
+    char top[4200];
+    pcow_error err = { 0 };
+    pcow_image *img;
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING };
+
+    snprintf(top, sizeof(top), "%s/top-%s.pcow", dir,
+             fmt == PCOW_BACKING_RAW ? "raw" : "pcow");
+    make_image(top, size, CL, base, fmt);
+    mon = open_mon(top, 0, 0);
+    put(mon, shadow, 1 * MiB, 5000, 7);     /* own data below the cut */
+    put(mon, shadow, 6 * MiB, 5000, 8);     /* own data the cut drops */
+    close_mon(mon);
+    CHECK_OK(pcow_open(top, &oo, &img, &err), &err);
+    CHECK_OK(pcow_resize(img, cut, true, &err), &err);
+    CHECK_OK(pcow_resize(img, size, false, &err), &err);
+    CHECK_OK(pcow_close(img, &err), &err);
+    memset(shadow + cut, 0, size - cut);
+
+    mon = open_mon(top, 0, 0);
+    verify_mapping(mon, shadow);
+    put(mon, shadow, cut - 100, 300, 9);    /* across the cut: COW */
+    put(mon, shadow, 5 * MiB + 7, 10, 10);  /* expansion past it */
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    CHECK_EQ(s.errors, 0);
+    close_mon(mon);
+    check_clean(top);
+    verify_image(top, shadow, size);
+    mon = open_mon(top, PCOW_MONITOR_READONLY, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+}
+
+static int t_base_cut(void)
+{
+    const char *dir = test_dir("base-cut");
+    char raw[4200], b1[4200];
+    uint64_t size = 8 * MiB;
+    uint8_t *data = malloc(size), *shadow = malloc(size);
+    pcow_monitor *mon;
+    int fd;
+
+    CHECK(data && shadow);
+    snprintf(raw, sizeof(raw), "%s/base.raw", dir);
+    snprintf(b1, sizeof(b1), "%s/b1.pcow", dir);
+    fill(data, 0, size, 1);
+    fd = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    CHECK(write(fd, data, size) == (ssize_t)size);
+    close(fd);
+    memcpy(shadow, data, size);
+    cut_overlay(dir, "base.raw", PCOW_BACKING_RAW, shadow, size);
+
+    make_image(b1, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(b1, 0, 0);
+    put(mon, data, 0, size, 2);
+    close_mon(mon);
+    memcpy(shadow, data, size);
+    cut_overlay(dir, "b1.pcow", PCOW_BACKING_PCOW, shadow, size);
+    free(data);
+    free(shadow);
+    return 0;
+}
+
 /* --- 16 threads on the same and on different clusters ------------------- */
 #define NTHREADS 16
 
@@ -1021,6 +1098,7 @@ static const struct {
     { "cow", t_cow },
     { "snapshot", t_snapshot },
     { "base", t_base },
+    { "base-cut", t_base_cut },
     { "threads", t_threads },
     { "two-monitors", t_two },
     { "foreign-segv", t_foreign_segv },

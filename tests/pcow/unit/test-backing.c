@@ -499,6 +499,157 @@ static void test_file_kinds(void **state)
     alarm(0);
 }
 
+/* The base of @ov: 16 MiB of 0xbb, pcow or raw */
+static void mk_base(const char *path, bool raw)
+{
+    if (raw) {
+        uint8_t *buf = malloc(16 * MiB);
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+
+        assert_non_null(buf);
+        assert_true(fd >= 0);
+        memset(buf, 0xbb, 16 * MiB);
+        assert_int_equal(write(fd, buf, 16 * MiB), 16 * MiB);
+        close(fd);
+        free(buf);
+    } else {
+        pcow_image *img;
+
+        mk_image(path, 16 * MiB, 0, NULL, PCOW_BACKING_NONE);
+        img = open_image(path, PCOW_OPEN_RDWR);
+        write_bytes(img, 0, 16 * MiB, 0xbb);
+        close_image(img);
+    }
+}
+
+/*
+ * Shrink then grow an overlay: the cut range reads zeros as it does in a
+ * standalone image, never the base; a snapshot keeps its own view.
+ */
+static void overlay_cut(bool raw)
+{
+    const uint64_t cut = 8 * MiB + 12 * KiB;   /* inside a 64 KiB cluster */
+    char b[512], ov[512];
+    pcow_image *img;
+    pcow_error err = { 0 };
+    pcow_extent ext;
+    pcow_info info;
+    char msg[512];
+
+    td_path(&td, raw ? "b.raw" : "b.pcow", b, sizeof(b));
+    td_path(&td, "ov.pcow", ov, sizeof(ov));
+    mk_base(b, raw);
+    mk_image(ov, 16 * MiB, 0, raw ? "b.raw" : "b.pcow",
+             raw ? PCOW_BACKING_RAW : PCOW_BACKING_PCOW);
+    img = open_image(ov, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 4096, 0x01);
+    assert_int_equal(pcow_snapshot_create(img, "whole", &err), 0);
+    assert_int_equal(pcow_resize(img, cut, true, &err), 0);
+    assert_int_equal(pcow_resize(img, 16 * MiB, false, &err), 0);
+    expect_bytes(img, 0, 4096, 0x01);
+    expect_bytes(img, 4096, cut - 4096, 0xbb);
+    expect_bytes(img, cut, 16 * MiB - cut, 0);
+    assert_int_equal(pcow_get_extent(img, cut, 16 * MiB - cut, &ext), 0);
+    assert_int_equal(ext.kind, PCOW_EXTENT_HOLE);
+    assert_int_equal(ext.length, 16 * MiB - cut);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.backing_limit, cut);
+    assert_int_equal(info.incompatible_features, 1);
+    /* Writes there copy zeros, not the base */
+    write_bytes(img, cut - 100, 200, 0x02);
+    write_bytes(img, 12 * MiB + 5, 5, 0x03);
+    expect_bytes(img, cut - 4096, 4096 - 100, 0xbb);
+    expect_bytes(img, cut + 100, 12 * MiB + 5 - cut - 100, 0);
+    expect_bytes(img, 12 * MiB + 10, 4 * MiB - 10, 0);
+    assert_int_equal(pcow_snapshot_create(img, "cut", &err), 0);
+    close_image(img);
+    assert_int_equal(check_clean(ov), 0);
+
+    img = open_image(ov, PCOW_OPEN_RDWR);
+    expect_bytes(img, cut + 100, 12 * MiB + 5 - cut - 100, 0);
+    /* The snapshot taken before the cut shows the base there again */
+    assert_int_equal(pcow_snapshot_revert(img, "whole", &err), 0);
+    expect_bytes(img, 4096, 16 * MiB - 4096, 0xbb);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.backing_limit, 0);
+    assert_int_equal(pcow_snapshot_revert(img, "cut", &err), 0);
+    expect_bytes(img, 12 * MiB + 10, 4 * MiB - 10, 0);
+    /* Without a base there is nothing to hide; a new limit is checked */
+    assert_int_equal(pcow_set_backing_limit(img, 100, &err), -EINVAL);
+    assert_int_equal(pcow_snapshot_delete(img, "cut", &err), 0);
+    assert_int_equal(pcow_snapshot_delete(img, "whole", &err), 0);
+    assert_int_equal(pcow_set_backing(img, NULL, PCOW_BACKING_NONE, &err),
+                     0);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.backing_limit, 0);
+    assert_int_equal(info.incompatible_features, 0);
+    close_image(img);
+    assert_int_equal(check_clean(ov), 0);
+
+    /* A limit needs its feature bit and lies within the virtual size */
+    unlink(ov);
+    mk_image(ov, 16 * MiB, 0, raw ? "b.raw" : "b.pcow",
+             raw ? PCOW_BACKING_RAW : PCOW_BACKING_PCOW);
+    patch_header64(ov, 112, 8192);
+    open_fails(ov, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "backing limit"));
+    patch_header64(ov, 24, 1);
+    patch_header64(ov, 112, 32 * MiB);
+    open_fails(ov, 0, msg, sizeof(msg));
+    assert_true(contains(msg, "backing limit"));
+    patch_header64(ov, 112, 8192);
+    img = open_image(ov, 0);
+    expect_bytes(img, 0, 8192, 0xbb);
+    expect_bytes(img, 8192, 16 * MiB - 8192, 0);
+    close_image(img);
+    unlink(ov);
+    unlink(b);
+}
+
+static void test_overlay_cut_pcow(void **state)
+{
+    overlay_cut(false);
+}
+
+static void test_overlay_cut_raw(void **state)
+{
+    overlay_cut(true);
+}
+
+/*
+ * Grow an overlay opened without its chain whose old end lies in a frozen
+ * cluster: zeroing the tail copies on write from the base, so the library
+ * opens the base for it (before, the copy read zeros below the old end).
+ */
+static void test_overlay_cut_no_backing(void **state)
+{
+    const uint64_t cut = 8 * MiB + 12 * KiB;
+    char b[512], ov[512];
+    pcow_image *img;
+    pcow_error err = { 0 };
+
+    td_path(&td, "b.pcow", b, sizeof(b));
+    td_path(&td, "ov.pcow", ov, sizeof(ov));
+    mk_base(b, false);
+    mk_image(ov, 16 * MiB, 0, "b.pcow", PCOW_BACKING_PCOW);
+    img = open_image(ov, PCOW_OPEN_RDWR);
+    write_bytes(img, 8 * MiB + 4096, 4096, 0x01);  /* PARTIAL over base */
+    write_bytes(img, 8 * MiB + 16 * KiB, 4096, 0x02);
+    assert_int_equal(pcow_snapshot_create(img, "s", &err), 0);
+    close_image(img);
+    img = open_image(ov, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
+    assert_int_equal(pcow_resize(img, cut, true, &err), 0);
+    assert_int_equal(pcow_resize(img, 16 * MiB, false, &err), 0);
+    close_image(img);
+    img = open_image(ov, 0);
+    expect_bytes(img, 0, 8 * MiB + 4096, 0xbb);
+    expect_bytes(img, 8 * MiB + 4096, 4096, 0x01);
+    expect_bytes(img, 8 * MiB + 8192, 4096, 0xbb);
+    expect_bytes(img, cut, 16 * MiB - cut, 0);
+    close_image(img);
+    assert_int_equal(check_clean(ov), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -511,6 +662,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resize, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_kinds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlay_cut_pcow, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_overlay_cut_raw, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_overlay_cut_no_backing, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
