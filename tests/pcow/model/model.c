@@ -9,8 +9,6 @@
 
 #include "model.h"
 
-bool m_grow_shows_base;
-
 static void *xcalloc(size_t n)
 {
     void *p = calloc(1, n);
@@ -204,8 +202,7 @@ void m_resize(MLayer *l, uint64_t size)
     for (uint64_t b = old / MB_SIZE; b < size / MB_SIZE; b++) {
         m_below_block(l, b, below);
         memset(l->v.own + b * MB_SIZE, 0, MB_SIZE);
-        l->v.st[b] = is_zero(below, MB_SIZE) ? ST_MAYBE :
-                     m_grow_shows_base ? ST_MAYBE : ST_OWNED;
+        l->v.st[b] = is_zero(below, MB_SIZE) ? ST_MAYBE : ST_OWNED;
     }
     for (uint64_t b = size / MB_SIZE; b < old / MB_SIZE; b++) {
         memset(l->v.own + b * MB_SIZE, 0, MB_SIZE);

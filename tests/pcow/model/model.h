@@ -61,12 +61,6 @@ struct MLayer {
     uint64_t max_id;        /* highest snapshot id the image gave so far */
 };
 
-/*
- * Development switch for a known, not yet fixed defect: a grow shows what
- * the base holds in the new range (issue 9, defect 8) instead of zeros.
- */
-extern bool m_grow_shows_base;
-
 MLayer *m_new_raw(const char *file, uint64_t size);
 MLayer *m_new_pcow(const char *file, uint64_t size, uint32_t cs, uint32_t cu,
                    MLayer *below);

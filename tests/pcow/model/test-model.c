@@ -313,8 +313,6 @@ int main(int argc, char **argv)
               getenv("PCOW_IMG") : default_tool();
     c->verbose = env_ul("PCOW_MODEL_VERBOSE", 0);
     c->keep = env_ul("PCOW_MODEL_KEEP", 0);
-    /* Until issue 9's defect 8 is fixed (then remove the switch) */
-    m_grow_shows_base = env_ul("PCOW_MODEL_KNOWN_DEFECT8", 1);
     c->ops = calloc(MAX_OPS, sizeof(Op));
     c->buf = malloc(M_MAX_SIZE);
     c->buf2 = malloc(M_MAX_SIZE);
