@@ -546,6 +546,7 @@ class Runner:
         b = b if b.is_absolute() else TOP / b
         self.initramfs = str(b / "bench-initramfs")
         kver = (Path(guest.build_initramfs(self.initramfs)) / "kver").read_text().strip()
+        self.guest_kernel = kver
         mods = Path("/lib/modules") / kver / "kernel/drivers"
         for m in ("virtio/virtio", "virtio/virtio_ring", "virtio/virtio_pci_legacy_dev",
                   "virtio/virtio_pci_modern_dev", "virtio/virtio_pci", "block/virtio_blk"):
@@ -777,6 +778,7 @@ class Runner:
         t_start = time.monotonic()
         self.results["meta"] = {"machine": self.machine(), "params": self.p,
                                 "command": " ".join(sys.argv),
+                                "guest_kernel": self.guest_kernel,
                                 "accel": self.accel, "quick": self.quick,
                                 "cow_whole_cluster": self.escalate,
                                 "qcow2_cache": "virtio-blk-pci, cache=writeback, aio=threads",
@@ -941,7 +943,8 @@ def main():
     ap.add_argument("--publish", action="store_true",
                     help="charts and results-<date>-<quick|full>.json also into docs/figures")
     ap.add_argument("--no-monitor", action="store_true")
-    ap.add_argument("--report", default=None, help="only re-print the report of results.json")
+    ap.add_argument("--report", default=None,
+                    help="only print the report (tables, ratios) of a results.json")
     a = ap.parse_args()
     if a.report:
         R = json.loads(Path(a.report).read_text())
@@ -954,7 +957,14 @@ def main():
         R = Runner(a).run()
         out = Path(a.out)
     text, rt = report(R)
-    publish = a.publish and rt["valid"] and not a.report
+    if a.report:
+        # only print: the results file and its directory stay as they are
+        print(text)
+        print(benchmeta.strict_dumps(rt))
+        sys.exit(0 if rt["valid"] else 1)
+    R["ratios"] = rt
+    (out / "results.json").write_text(benchmeta.strict_dumps(R, indent=1))
+    publish = a.publish and rt["valid"]
     try:
         figs = [out / "figures"] + ([TOP / "docs/figures"] if publish else [])
         subprocess.run([sys.executable, str(HERE / "bench-guest-plot.py"),

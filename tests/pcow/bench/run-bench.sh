@@ -6,8 +6,11 @@
 #
 # Usage: run-bench.sh [--quick] [--accel tcg|kvm] [--publish] [--out DIR]
 #                     [--fs tmpfs,build] [--only CONFIGS] [--runtime S]
-#   --quick    images on tmpfs only, 4 s jobs, smaller files (< 10 minutes)
-#   --publish  also write the charts into docs/figures/
+#   --quick    images on tmpfs only, 2 s jobs, smaller files (< 10 minutes)
+#   --publish  a valid run also writes its charts and its results file
+#              (results-<date>-<quick|full>.json) into docs/figures/
+# A failed configuration (device, mkfs, mount, no DAX) makes the run invalid:
+# exit status 1, "valid": false with the reasons in the JSON.
 # Env (set by the Makefile): BUILD, QEMU, QEMU_IMG, PCOW_IMG.
 # Needs root (NVDIMM images, userfaultfd); installs fio, python3-matplotlib
 # and redis-tools with apt-get if they are missing.
