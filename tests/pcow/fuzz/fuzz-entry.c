@@ -78,6 +78,35 @@ static bool known_base(const char *name)
            !strcmp(name, "input") || !strcmp(name, "./input");
 }
 
+/*
+ * An image that check -r all says it repaired must open, read-only and
+ * read-write, and check clean afterwards (leaks it could not reclaim
+ * excepted)
+ */
+static void check_repaired(const char *path, uint64_t leaks_left)
+{
+    pcow_open_opts o = { .flags = PCOW_OPEN_NO_BACKING };
+    pcow_check_result res;
+    pcow_error err = { 0 };
+    pcow_image *img;
+    int ret;
+
+    ret = pcow_open(path, &o, &img, &err);
+    contract(ret == 0, "pcow_open (after a repair)", ret, err.msg);
+    walk_extents(img);
+    read_some(img);
+    pcow_close(img, NULL);
+    ret = pcow_check(path, 0, false, &res, &err);
+    contract(ret == 0 && res.corruptions == 0 && res.leaks <= leaks_left,
+             "pcow_check (after a repair)", ret,
+             ret < 0 ? err.msg : res.first_problem);
+    o.flags = PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING;
+    ret = pcow_open(path, &o, &img, &err);
+    contract(ret == 0, "pcow_open (rdwr, after a repair)", ret, err.msg);
+    ret = pcow_close(img, &err);
+    check_error("pcow_close (rdwr, after a repair)", ret, &err);
+}
+
 static void run(const char *path)
 {
     pcow_open_opts o = { .flags = PCOW_OPEN_NO_BACKING };
@@ -85,11 +114,12 @@ static void run(const char *path)
     pcow_error err = { 0 };
     pcow_image *img;
     pcow_info *info;
-    bool chain = false;
+    bool chain = false, opened;
     int ret;
 
     ret = pcow_open(path, &o, &img, &err);
     check_error("pcow_open", ret, &err);
+    opened = ret == 0;
     if (ret == 0) {
         info = malloc(sizeof(*info));
         if (info) {
@@ -116,6 +146,9 @@ static void run(const char *path)
     memset(&res, 0, sizeof(res));
     ret = pcow_check(path, 0, false, &res, &err);
     check_error("pcow_check", ret, &err);
+    /* What check calls sound, open accepts */
+    contract(ret < 0 || res.corruptions || opened, "pcow_check (clean, but "
+             "pcow_open refused it)", ret, err.msg);
     if (ret < 0 || res.corruptions == 0) {
         /* Recovery of what opens: leaks reclaimed, WRITABLE normalised */
         o.flags = PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING;
@@ -132,6 +165,9 @@ static void run(const char *path)
     ret = pcow_check(path, PCOW_REPAIR_LEAKS | PCOW_REPAIR_ERRORS, false,
                      &res, &err);
     check_error("pcow_check (repair)", ret, &err);
+    if (ret == 0 && res.corruptions == 0) {
+        check_repaired(path, res.leaks);
+    }
 }
 
 /* Make the CRCs right: of the snapshot table, then of each slot */

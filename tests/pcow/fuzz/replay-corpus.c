@@ -1,10 +1,28 @@
 /*
- * Corpus replay (suite crash): runs the fuzz target's entry point
- * (fuzz-entry.h: pcow_open + pcow_check + pcow_get_extent over the range +
- * pcow_close, and recovery) on every file of the seed corpus and on
- * deterministic mutations of each: bit flips, random bytes, table words set
- * to interesting values, truncations.  A crash, a sanitizer report or a
- * broken error contract fails the test.
+ * Corpus replay (suite fuzz): every file of the seed corpus first meets
+ * the oracle for its kind, named by the prefix of its file name:
+ *
+ *   valid-*   opens read-only, alone and with its base (the replay
+ *             directory provides "base" and "base.raw"); check finds no
+ *             corruption and no leak; opens read-write; still checks clean.
+ *   bad-*     refused: pcow_open fails, read-only and read-write, with a
+ *             negative errno and a message; the file is left byte for byte
+ *             as it was; check counts at least one corruption.
+ *   leaky-*   opens; check finds leaks but no corruption; check -r leaks
+ *             reclaims every one; then it checks clean and opens.
+ *   edge-*    at a limit of the format: open and check agree (it opens and
+ *             checks clean, or open refuses it and check counts a
+ *             corruption); one that names itself as its base opens alone,
+ *             never with its chain.
+ *   regress-* inputs a fuzzer once broke libpcow with: the contract below.
+ *
+ * A file with any other name fails the test, so that each has a stated
+ * expectation.  Then every file, and deterministic mutations of each (bit
+ * flips, random bytes, table words set to interesting values,
+ * truncations), goes through the fuzz target's entry point (fuzz-entry.h:
+ * open, extents, reads, check, repair; a repaired image must reopen and
+ * check clean).  A crash, a sanitizer report or a broken contract fails
+ * the test.
  *
  * Usage: fuzz-replay CORPUS_DIR [MUTATIONS_PER_FILE]
  *
@@ -13,6 +31,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +39,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "pcow/pcow.h"
 #include "fuzz-entry.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -78,6 +98,205 @@ static size_t mutate(uint8_t *d, size_t size, size_t cap)
         }
     }
     return size;
+}
+
+/* ---- the oracle ------------------------------------------------------ */
+
+static int oracle_failures;
+
+static bool expect(bool ok, const char *name, const char *what,
+                   const char *why)
+{
+    if (!ok) {
+        printf("FAIL %s: %s%s%s\n", name, what, why && *why ? ": " : "",
+               why ? why : "");
+        oracle_failures++;
+    }
+    return ok;
+}
+
+/* pcow_open + pcow_close; a refusal must come with an errno and a message */
+static int try_open(const char *path, unsigned flags, pcow_error *err)
+{
+    pcow_open_opts o = { .flags = flags };
+    pcow_image *img;
+    int ret;
+
+    memset(err, 0, sizeof(*err));
+    ret = pcow_open(path, &o, &img, err);
+    if (ret == 0) {
+        ret = pcow_close(img, err);
+    } else if (ret >= 0 || err->msg[0] == '\0') {
+        snprintf(err->msg, sizeof(err->msg), "refused without a message");
+        ret = 1;
+    }
+    return ret;
+}
+
+static bool names_itself(const char *path)
+{
+    pcow_open_opts o = { .flags = PCOW_OPEN_NO_BACKING };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    pcow_info *info;
+    bool self = false;
+
+    if (pcow_open(path, &o, &img, &err) < 0) {
+        return false;
+    }
+    info = calloc(1, sizeof(*info));
+    if (info) {
+        pcow_get_info(img, info);
+        self = info->backing_format != PCOW_BACKING_NONE &&
+               (!strcmp(info->backing_file, "input") ||
+                !strcmp(info->backing_file, "./input"));
+        free(info);
+    }
+    pcow_close(img, NULL);
+    return self;
+}
+
+static bool same_file(const char *path, const uint8_t *data, size_t size)
+{
+    struct stat st;
+    uint8_t *now;
+    bool same;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &st) < 0 || (size_t)st.st_size != size) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return false;
+    }
+    now = malloc(size ? size : 1);
+    same = now && read(fd, now, size) == (ssize_t)size &&
+           memcmp(now, data, size) == 0;
+    free(now);
+    close(fd);
+    return same;
+}
+
+static void oracle_valid(const char *name, const char *path)
+{
+    pcow_check_result res;
+    pcow_error err;
+    int ret;
+
+    ret = try_open(path, PCOW_OPEN_NO_BACKING, &err);
+    expect(ret == 0, name, "open (read-only)", err.msg);
+    ret = try_open(path, 0, &err);
+    expect(ret == 0, name, "open with its base", err.msg);
+    ret = pcow_check(path, 0, false, &res, &err);
+    expect(ret == 0 && res.corruptions == 0 && res.leaks == 0, name,
+           "check clean", ret < 0 ? err.msg : res.first_problem);
+    ret = try_open(path, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING, &err);
+    expect(ret == 0, name, "open (read-write)", err.msg);
+    ret = pcow_check(path, 0, false, &res, &err);
+    expect(ret == 0 && res.corruptions == 0 && res.leaks == 0, name,
+           "check clean after a read-write open",
+           ret < 0 ? err.msg : res.first_problem);
+}
+
+static void oracle_bad(const char *name, const char *path,
+                       const uint8_t *data, size_t size)
+{
+    pcow_check_result res;
+    pcow_error err;
+    int ret;
+
+    ret = try_open(path, PCOW_OPEN_NO_BACKING, &err);
+    expect(ret < 0, name, "refused (read-only open)",
+           ret ? err.msg : "it opened");
+    ret = try_open(path, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING, &err);
+    expect(ret < 0, name, "refused (read-write open)",
+           ret ? err.msg : "it opened");
+    ret = pcow_check(path, 0, false, &res, &err);
+    expect(ret == 0 && res.corruptions > 0, name, "check counts a corruption",
+           ret < 0 ? err.msg : "none counted");
+    expect(same_file(path, data, size), name,
+           "file unchanged by the refused opens and the check", NULL);
+}
+
+static void oracle_leaky(const char *name, const char *path)
+{
+    pcow_check_result res;
+    pcow_error err;
+    uint64_t leaks;
+    int ret;
+
+    ret = try_open(path, PCOW_OPEN_NO_BACKING, &err);
+    expect(ret == 0, name, "open (read-only)", err.msg);
+    ret = pcow_check(path, 0, false, &res, &err);
+    leaks = res.leaks;
+    if (!expect(ret == 0 && res.corruptions == 0 && leaks > 0, name,
+                "check finds leaks and no corruption",
+                ret < 0 ? err.msg : res.first_problem)) {
+        return;
+    }
+    ret = pcow_check(path, PCOW_REPAIR_LEAKS, false, &res, &err);
+    expect(ret == 0 && res.leaks_fixed == leaks && res.leaks == 0, name,
+           "check -r leaks reclaims them all", ret < 0 ? err.msg : NULL);
+    ret = pcow_check(path, 0, false, &res, &err);
+    expect(ret == 0 && res.corruptions == 0 && res.leaks == 0, name,
+           "check clean after the repair",
+           ret < 0 ? err.msg : res.first_problem);
+    ret = try_open(path, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING, &err);
+    expect(ret == 0, name, "open (read-write) after the repair", err.msg);
+}
+
+static void oracle_edge(const char *name, const char *path)
+{
+    pcow_check_result res;
+    pcow_error err, cerr;
+    int ret, cret;
+
+    ret = try_open(path, PCOW_OPEN_NO_BACKING, &err);
+    cret = pcow_check(path, 0, false, &res, &cerr);
+    if (cret < 0) {
+        expect(false, name, "check runs", cerr.msg);
+    } else if (ret == 0) {
+        expect(res.corruptions == 0, name, "opens, so checks clean",
+               res.first_problem);
+    } else {
+        expect(ret < 0 && res.corruptions > 0, name,
+               "refused, so check counts a corruption", err.msg);
+    }
+    if (ret == 0 && names_itself(path)) {
+        ret = try_open(path, 0, &err);
+        expect(ret < 0, name, "its chain (itself) is refused",
+               ret ? err.msg : "it opened");
+    }
+}
+
+/* Apply the oracle of @name's kind to @data, written as @dir/input */
+static void oracle(const char *dir, const char *name, const uint8_t *data,
+                   size_t size)
+{
+    char path[4096];
+    int before = oracle_failures, fd;
+
+    snprintf(path, sizeof(path), "%s/input", dir);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, data, size) != (ssize_t)size || close(fd) < 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(2);
+    }
+    if (!strncmp(name, "valid-", 6)) {
+        oracle_valid(name, path);
+    } else if (!strncmp(name, "bad-", 4)) {
+        oracle_bad(name, path, data, size);
+    } else if (!strncmp(name, "leaky-", 6)) {
+        oracle_leaky(name, path);
+    } else if (!strncmp(name, "edge-", 5)) {
+        oracle_edge(name, path);
+    } else if (strncmp(name, "regress-", 8)) {
+        expect(false, name, "a known prefix (valid-, bad-, leaky-, edge-, "
+               "regress-)", NULL);
+    }
+    if (oracle_failures == before) {
+        printf("ok   %s\n", name);
+    }
 }
 
 static int by_name(const void *a, const void *b)
@@ -142,6 +361,7 @@ int main(int argc, char **argv)
             return 2;
         }
         close(fd);
+        oracle(dir, names[i], orig, st.st_size);
         pcow_fuzz_one(dir, orig, st.st_size);
         runs++;
         for (m = 0; m < per_file; m++) {
@@ -161,7 +381,10 @@ int main(int argc, char **argv)
     if (system(path) != 0) {
         fprintf(stderr, "cannot remove %s\n", dir);
     }
-    printf("corpus files: %zu, inputs replayed: %lu, contract violations: 0\n",
-           n, runs);
-    return n ? 0 : 1;
+    printf("corpus files: %zu, inputs replayed: %lu, oracle failures: %d, "
+           "contract violations: 0\n", n, runs, oracle_failures);
+    if (!n) {
+        fprintf(stderr, "%s: no corpus files\n", argv[1]);
+    }
+    return n && !oracle_failures ? 0 : 1;
 }
