@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Self-test of run-tests.sh: in a throwaway tree that has the runner, a tiny
+# meson project with the same suites and a fake e2e script, fake each way a
+# run could pass falsely and check that the runner reports a failure:
+# a failed rebuild over a previous run's results, a wrong build directory,
+# a suite that vanished, a required skip under CI=true (meson and e2e), an
+# unknown PCOW_TESTS group; and that good runs and optional skips still
+# pass.  run-tests.sh runs it first (group "selftest").
+#
+#   RUNNER=path/to/run-tests.sh tests/pcow/runner-selftest.sh
+#
+# tests another copy of the runner (default: the one beside this script).
+# Exit 0 when every check holds, 1 otherwise.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+runner=${RUNNER:-$here/run-tests.sh}
+T=$(mktemp -d "${TMPDIR:-/tmp}/pcow-runner-selftest.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+nfail=0; n=0
+
+# The fake tree: project root $T/src, runner at tests/pcow/run-tests.sh
+src=$T/src
+mkdir -p "$src/tests/pcow/e2e"
+cp "$runner" "$src/tests/pcow/run-tests.sh"
+printf '#!/bin/sh\nexit 0\n' >"$src/tests/pcow/runner-selftest.sh"
+cat >"$src/fake-test.sh" <<'EOF'
+#!/bin/sh
+# fake-test.sh NAME: exit with the status in results/NAME (default 0)
+rc=$(cat "$(dirname "$0")/results/$1" 2>/dev/null || echo 0)
+[ "$rc" = 77 ] && echo "SKIP: fake reason"
+exit "$rc"
+EOF
+chmod +x "$src/fake-test.sh"
+mkdir "$src/results"
+cat >"$src/tests/pcow/e2e/test-fake.sh" <<'EOF'
+rc=$(cat "$(dirname "$0")/../../../results/e2e" 2>/dev/null || echo 0)
+[ "$rc" = 77 ] && echo "SKIP: fake e2e reason"
+exit "$rc"
+EOF
+cat >"$src/meson_options.txt" <<'EOF'
+option('sanitizers', type: 'boolean', value: false)
+option('qemu', type: 'boolean', value: true)
+option('omit', type: 'string', value: '')
+EOF
+cat >"$src/meson.build" <<'EOF'
+project('fake', 'c')
+executable('prog', 'prog.c')
+fake = find_program('fake-test.sh')
+foreach s : ['unit', 'crash', 'fuzz', 'img', 'monitor', 'kvm']
+  if s != get_option('omit')
+    name = s == 'kvm' ? 'kvm-guest' : s + '-a'
+    test(name, fake, args: [name], suite: s)
+  endif
+endforeach
+EOF
+echo 'int main(void) { return 0; }' >"$src/prog.c"
+
+# check WHAT WANT(pass|fail) [VAR=VALUE...]: run the runner, compare
+check() {
+    local what=$1 want=$2 rc last
+    shift 2
+    n=$((n + 1))
+    (cd "$src" && env "$@" bash tests/pcow/run-tests.sh) >"$T/out" 2>&1
+    rc=$?
+    last=$(tail -n 1 "$T/out")
+    if ! [[ "$last" =~ ^[0-9]+\ passed,\ [0-9]+\ failed,\ [0-9]+\ skipped$ ]]
+    then
+        bad "$what: last line is not the summary: '$last'"
+    elif [ "$want" = pass ] && [ $rc -ne 0 ]; then
+        bad "$what: the runner failed (exit $rc), expected a pass"
+    elif [ "$want" = fail ] && { [ $rc -eq 0 ] ||
+                                 [[ "$last" == *" 0 failed,"* ]]; }; then
+        bad "$what: the runner passed (exit $rc), expected a failure"
+    else
+        echo "ok $n - $what: $last (exit $rc)"
+        return 0
+    fi
+    return 1
+}
+
+bad() {
+    nfail=$((nfail + 1))
+    echo "not ok $n - $1"
+    sed 's/^/    | /' "$T/out"
+}
+
+# no_line PATTERN WHAT: the last run printed no line matching PATTERN
+no_line() {
+    if grep -q -E "$1" "$T/out"; then
+        bad "$2"
+    fi
+}
+
+all="unit crash fuzz img monitor kvm"
+meson setup "$src/build" "$src" >"$T/setup.log" 2>&1 ||
+    { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
+
+check "all suites pass" pass PCOW_TESTS="$all"
+echo 1 >"$src/results/unit-a"
+check "a failing test" fail PCOW_TESTS=unit
+rm "$src/results/unit-a"
+
+# A passing run leaves its JSON log; then the rebuild fails (exit 125)
+check "before the broken rebuild" pass PCOW_TESTS=unit
+echo 'this is not C' >"$src/prog.c"
+check "failed rebuild, stale results" fail PCOW_TESTS=unit &&
+    no_line '^PASS' "failed rebuild: a PASS line was printed"
+echo 'int main(void) { return 0; }' >"$src/prog.c"
+
+check "build directory missing" fail PCOW_TESTS="$all" BUILD=no-such-dir
+mkdir "$src/empty"
+check "build directory not a meson build" fail PCOW_TESTS="$all" BUILD=empty
+mkdir "$T/other"
+echo "project('other', 'c')" >"$T/other/meson.build"
+meson setup "$src/build-other" "$T/other" >"$T/setup.log" 2>&1 ||
+    { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
+check "build directory of a project without tests" fail PCOW_TESTS="$all" \
+    BUILD=build-other
+mkdir "$T/nomeson"
+printf '#!/bin/sh\necho "meson: not found" >&2\nexit 127\n' >"$T/nomeson/meson"
+chmod +x "$T/nomeson/meson"
+check "meson missing" fail PCOW_TESTS="$all" PATH="$T/nomeson:$PATH"
+check "no PCOW_TESTS group matches" fail PCOW_TESTS=nosuch
+
+meson setup "$src/build-omit" "$src" -Domit=img >"$T/setup.log" 2>&1 ||
+    { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
+check "suite img vanished" fail PCOW_TESTS="$all" BUILD=build-omit
+check "suite img vanished (only img wanted)" fail PCOW_TESTS=img \
+    BUILD=build-omit
+
+echo 77 >"$src/results/unit-a"
+check "required skip, no CI" pass PCOW_TESTS=unit CI=
+check "required skip under CI=true" fail PCOW_TESTS=unit CI=true
+rm "$src/results/unit-a"
+echo 77 >"$src/results/kvm-guest"
+check "optional skip (KVM) under CI=true" pass PCOW_TESTS=kvm CI=true
+rm "$src/results/kvm-guest"
+
+check "e2e pass" pass PCOW_TESTS=e2e
+echo 77 >"$src/results/e2e"
+check "e2e skip, no CI" pass PCOW_TESTS=e2e CI=
+check "e2e skip under CI=true" fail PCOW_TESTS=e2e CI=true
+echo 1 >"$src/results/e2e"
+check "e2e failure" fail PCOW_TESTS=e2e
+rm "$src/results/e2e"
+
+check "sanitizer build set up and run" pass PCOW_TESTS=asan
+meson setup "$src/build-plain" "$src" >"$T/setup.log" 2>&1 ||
+    { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
+check "sanitizer dir without sanitizers" fail PCOW_TESTS=asan \
+    SAN_BUILD=build-plain
+
+echo "$((n - nfail)) of $n runner checks passed"
+[ $nfail -eq 0 ]
