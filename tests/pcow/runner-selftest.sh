@@ -150,5 +150,21 @@ meson setup "$src/build-plain" "$src" >"$T/setup.log" 2>&1 ||
 check "sanitizer dir without sanitizers" fail PCOW_TESTS=asan \
     SAN_BUILD=build-plain
 
+# sanitizer-wrap.sh: a report behind an exit status the test expected
+n=$((n + 1))
+printf '#include <stdlib.h>\nint main(int c, char **v)\n{ char *p = malloc(4);'\
+' p[c + 4] = 1; return 1; }\n' >"$T/overflow.c"
+if ! cc -fsanitize=address,undefined -o "$T/overflow" "$T/overflow.c" \
+        >"$T/out" 2>&1; then
+    bad "sanitizer-wrap: cannot build a sanitizer program"
+elif bash "$here/sanitizer-wrap.sh" sh -c "'$T/overflow' || true" \
+        >"$T/out" 2>&1; then
+    bad "sanitizer-wrap: a hidden heap overflow passed"
+elif ! grep -q 'heap-buffer-overflow' "$T/out"; then
+    bad "sanitizer-wrap: failed, but without the report"
+else
+    echo "ok $n - sanitizer-wrap: a report behind an expected failure fails"
+fi
+
 echo "$((n - nfail)) of $n runner checks passed"
 [ $nfail -eq 0 ]

@@ -1,19 +1,13 @@
 /*
  * libpcow unit tests: allocation, reserve ring, expansion, COW runtime ops,
- * concurrency, performance of the hot path and of open
+ * concurrency, the hot path and open of a large image (their timings are
+ * bench-monitor's, tests/pcow/bench/)
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <pthread.h>
 
 #include "unit-common.h"
-
-/* Timing limits hold for normal builds; sanitizers slow everything down */
-#ifdef __SANITIZE_ADDRESS__
-#define SLOWDOWN 5
-#else
-#define SLOWDOWN 1
-#endif
 
 static TestDir td;
 static char path[512];
@@ -304,12 +298,12 @@ static void test_runtime_errors(void **state)
     assert_int_equal(check_clean(path), 0);
 }
 
-/* The hot path: an 8-byte store + msync of one page, a few microseconds */
-static void test_expand_cost(void **state)
+/* The hot path: expansion takes its cluster from the reserve */
+static void test_expand_from_reserve(void **state)
 {
     pcow_image *img;
     uint64_t off;
-    double t0, per;
+    uint32_t reserved;
     int i, n = 200;
 
     mk_image(path, 64 * GiB, 0, NULL, PCOW_BACKING_NONE);
@@ -322,19 +316,19 @@ static void test_expand_cost(void **state)
 
         assert_true(pcow_reserve_clusters(img, 64, NULL) > before);
     }
-    t0 = now_sec();
+    reserved = pcow_reserve_count(img);
     for (i = 1; i <= n; i++) {
         assert_int_equal(pcow_expand_cluster(img, i, &off), 0);
     }
-    per = (now_sec() - t0) / n;
-    fprintf(stderr, "expand with reserve on tmpfs: %.2f us\n", per * 1e6);
-    assert_true(per < 50e-6 * SLOWDOWN);
+    assert_int_equal(pcow_reserve_count(img), reserved - n);
     close_image(img);
+    assert_int_equal(check_clean(path), 0);
 }
 
 /*
  * Open of an image with 1M allocated clusters: tables are crafted with
- * pwrite (64 GiB of 64K clusters, sparse), then opened and timed.
+ * pwrite (64 GiB of 64K clusters, sparse), then opened read-only and
+ * read-write.
  */
 static void test_open_1m_clusters(void **state)
 {
@@ -344,7 +338,6 @@ static void test_open_1m_clusters(void **state)
     uint64_t *l1, *l2;
     pcow_image *img;
     pcow_info info;
-    double t;
     uint64_t i, j;
     int fd;
 
@@ -373,17 +366,11 @@ static void test_open_1m_clusters(void **state)
     free(l1);
     free(l2);
 
-    t = now_sec();
     img = open_image(path, 0);
-    t = now_sec() - t;
-    fprintf(stderr, "read-only open, 1M clusters: %.3f s\n", t);
-    assert_true(t < 0.5 * SLOWDOWN);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.active_clusters, nclusters);
     close_image(img);
-    t = now_sec();
     img = open_image(path, PCOW_OPEN_RDWR);
-    t = now_sec() - t;
-    fprintf(stderr, "read-write open, 1M clusters: %.3f s\n", t);
-    assert_true(t < 0.5 * SLOWDOWN);
     pcow_get_info(img, &info);
     assert_int_equal(info.active_clusters, nclusters);
     assert_int_equal(info.metadata_clusters, nl2 + l1_bytes / cs);
@@ -404,6 +391,12 @@ static void test_enospc(void **state)
     snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=1M tmpfs '%s' "
              "2>/dev/null", mnt);
     if (geteuid() != 0 || system(cmd) != 0) {
+        /* cmocka's skip still exits 0: under CI, where root is given, fail */
+        const char *ci = getenv("CI");
+
+        if (ci && (!strcmp(ci, "true") || !strcmp(ci, "1"))) {
+            fail_msg("cannot mount a tmpfs (needs root), required under CI");
+        }
         skip();
     }
     snprintf(path, sizeof(path), "%s/a.pcow", mnt);
@@ -440,7 +433,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_runtime_errors, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_enospc, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_expand_cost, setup_shm,
+        cmocka_unit_test_setup_teardown(test_expand_from_reserve, setup_shm,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_1m_clusters, setup_shm,
                                         teardown),

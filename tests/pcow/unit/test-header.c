@@ -82,18 +82,16 @@ static void test_create_small_file(void **state)
     assert_int_equal(check_clean(path), 0);
 }
 
-static void test_create_64t_instant(void **state)
+/* A 64 TiB image is created sparse, and both of its ends work */
+static void test_create_64t_sparse(void **state)
 {
-    double t0 = now_sec();
     struct stat st;
     pcow_image *img;
 
     mk_image(path, 64 * TiB, 0, NULL, PCOW_BACKING_NONE);
-    assert_true(now_sec() - t0 < 0.5);
     assert_int_equal(stat(path, &st), 0);
     /* The 4 MiB L1 table is a sparse region */
     assert_true((uint64_t)st.st_blocks * 512 <= 64 * KiB);
-    t0 = now_sec();
     img = open_image(path, PCOW_OPEN_RDWR);
     write_bytes(img, 64 * TiB - 4096, 4096, 0x5a);
     write_bytes(img, 0, 4096, 0xa5);
@@ -103,7 +101,6 @@ static void test_create_64t_instant(void **state)
     expect_bytes(img, 0, 4096, 0xa5);
     expect_bytes(img, 32 * TiB, 65536, 0);
     close_image(img);
-    assert_true(now_sec() - t0 < 2.0);
 }
 
 static void test_create_errors(void **state)
@@ -480,7 +477,7 @@ int main(void)
         cmocka_unit_test(test_parse_size),
         cmocka_unit_test_setup_teardown(test_create_small_file, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_create_64t_instant, setup,
+        cmocka_unit_test_setup_teardown(test_create_64t_sparse, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_geometry, setup, teardown),
