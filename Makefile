@@ -16,7 +16,8 @@
 #   make install         install into the configured prefix (DESTDIR works)
 #   make clean           remove build products, keep configuration and the
 #                        fetched QEMU source
-#   make distclean       remove build/ entirely
+#   make distclean       remove build/ (and build-sanitizers/, which
+#                        make check sets up) entirely
 #
 # The scripts run by check, demo and bench get the paths in the environment:
 # BUILD (build directory), QEMU, QEMU_IMG, PCOW_IMG.
@@ -140,4 +141,4 @@ clean:
 	rm -f $(BUILD)/qemu-system-x86_64 $(BUILD)/qemu-img
 
 distclean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-sanitizers
