@@ -54,7 +54,8 @@ record() {      # record NAME RESULT [why]
     fi
     case "$2" in
     pass) passed=$((passed + 1)); printf 'PASS  %s\n' "$1" ;;
-    skip) skipped=$((skipped + 1)); printf 'SKIP  %s%s\n' "$1" "${why:+ ($why)}" ;;
+    skip) skipped=$((skipped + 1))
+          printf 'SKIP  %s%s\n' "$1" "${why:+ ($why)}" ;;
     *)    failed=$((failed + 1)); failures+=("$1")
           printf 'FAIL  %s%s\n' "$1" "${why:+ ($why)}" ;;
     esac
@@ -169,7 +170,8 @@ if want asan; then
              python3 -c 'import json, sys; sys.exit(not any(
                  o["name"] == "sanitizers" and o["value"] is True
                  for o in json.load(sys.stdin)))'; then
-            record "asan: $san_build" fail "not configured with -Dsanitizers=true"
+            record "asan: $san_build" fail \
+                "not configured with -Dsanitizers=true"
         elif ! out=$(ninja -C "$san_build" 2>&1); then
             tail -n 30 <<<"$out"; record "asan: build" fail
         elif check_build_dir "$san_build" asan $SAN_SUITES; then
