@@ -183,8 +183,9 @@ if want asan; then
 fi
 
 if want e2e; then
-    export QEMU=${QEMU:-$top/$build/qemu-system-x86_64}
-    export PCOW_IMG=${PCOW_IMG:-$top/$build/pcow-img}
+    case $build in /*) bdir=$build ;; *) bdir=$top/$build ;; esac
+    export QEMU=${QEMU:-$bdir/qemu-system-x86_64}
+    export PCOW_IMG=${PCOW_IMG:-$bdir/pcow-img}
     n=0
     for t in tests/pcow/e2e/test-*.sh tests/pcow/libvirt/test-*.sh; do
         [ -e "$t" ] || continue
