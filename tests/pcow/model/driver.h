@@ -24,7 +24,7 @@ typedef enum OpKind {
     OP_WRITE, OP_ZERO, OP_SNAP_CREATE, OP_SNAP_REVERT, OP_SNAP_DELETE,
     OP_GROW, OP_SHRINK, OP_COMMIT, OP_COMMIT_MID, OP_REBASE, OP_CONVERT,
     OP_BASE_WRITE, OP_BASE_RESIZE, OP_REOPEN, OP_PROBE, OP_TOOL_CHECK,
-    OP_COUNT
+    OP_CRASH, OP_COUNT
 } OpKind;
 
 /* One operation; its parameters are fitted to the state when it runs. */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1032,12 +1033,214 @@ static void op_tool_check(Ctx *c)
     gc_layers(c);
 }
 
+/*
+ * A process that dies without closing.  A child opens the top image and
+ * makes one change: a write or a zero range (killed after it), or a grow,
+ * shrink, snapshot create, delete or revert, killed at the change's Nth
+ * durable write (through the persistence hook: before that write is made)
+ * or after it.  What the child wrote is in the page cache.  The image then
+ * shows the old state or, once the commit was made, the new one: never a
+ * mix; check finds no corruption (leaks are allowed), the read-write open
+ * recovers it, and after a close it checks clean.
+ */
+typedef struct Kill {
+    unsigned seen, at;          /* at 0: never */
+} Kill;
+
+static void kill_hook(void *opaque, pcow_persist_op op, uint64_t offset,
+                      const void *data, uint64_t len)
+{
+    Kill *k = opaque;
+
+    if (++k->seen == k->at) {
+        kill(getpid(), SIGKILL);
+    }
+}
+
+static int crash_child(Ctx *c, const char *p, unsigned kind, uint64_t off,
+                       uint64_t len, uint64_t size, const char *name,
+                       unsigned at)
+{
+    Kill k = { 0 };
+    pcow_open_opts o = {
+        .flags = PCOW_OPEN_RDWR, .hook = kill_hook, .hook_opaque = &k,
+    };
+    pcow_image *img;
+    bool ok;
+
+    if (pcow_open(p, &o, &img, NULL) < 0) {
+        return 1;
+    }
+    k.at = at;      /* only the change is cut, not the open */
+    switch (kind) {
+    case 0:
+        ok = pcow_pwrite(img, off, c->buf2, len, NULL) == (int64_t)len;
+        break;
+    case 1:
+        ok = pcow_zero_range(img, off, len, NULL) == 0;
+        break;
+    case 2:
+    case 3:
+        ok = pcow_resize(img, size, true, NULL) == 0;
+        break;
+    case 4:
+        ok = pcow_snapshot_create(img, name, NULL) == 0;
+        break;
+    case 5:
+        ok = pcow_snapshot_delete(img, name, NULL) == 0;
+        break;
+    default:
+        ok = pcow_snapshot_revert(img, name, NULL) == 0;
+        break;
+    }
+    if (ok) {
+        kill(getpid(), SIGKILL);
+    }
+    return 2;
+}
+
+/* Apply change @kind to the model */
+static void crash_model(Ctx *c, MLayer *t, unsigned kind, uint64_t off,
+                        uint64_t len, uint64_t size, const char *name,
+                        unsigned idx)
+{
+    switch (kind) {
+    case 0:
+        m_write(t, off, len, c->buf2);
+        break;
+    case 1:
+        m_zero(t, off, len);
+        break;
+    case 2:
+    case 3:
+        m_resize(t, size);
+        break;
+    case 4:
+        m_snap_create(t, name, 0);      /* id: from the image */
+        break;
+    case 5:
+        m_snap_delete(t, idx);
+        break;
+    default:
+        m_snap_revert(t, idx);
+        break;
+    }
+}
+
+/* Which state does the crashed image show?  Returns true: the new one */
+static bool crash_outcome(Ctx *c, MLayer *t, const MLayer *old,
+                          unsigned kind)
+{
+    pcow_snapshot_info *list = NULL;
+    pcow_error err = { 0 };
+    char why[512];
+    MLayer *try;
+    bool isnew;
+    int n;
+
+    c->aux = open_image(c, TOP, 0);
+    n = pcow_snapshot_list(c->aux, &list, &err);
+    if (n < 0) {
+        fail(c, "snapshot list after the crash: %s", err.msg);
+    }
+    if (kind == 4 && n == (int)t->nsnaps) {
+        t->snaps[n - 1].id = list[n - 1].id;
+        t->max_id = list[n - 1].id;
+    }
+    free(list);
+    if (n != (int)t->nsnaps && n != (int)old->nsnaps) {
+        fail(c, "%d snapshots after the crash, expected %u or %u", n,
+             old->nsnaps, t->nsnaps);
+    }
+    if (kind >= 4 && kind <= 5) {
+        isnew = n == (int)t->nsnaps;
+    } else {
+        /* By content: write, zero, resize, revert */
+        read_pcow(c, c->aux, pcow_virtual_size(c->aux) == t->v.size ? t :
+                  old, c->buf);
+        try = m_clone(t);
+        isnew = pcow_virtual_size(c->aux) == t->v.size &&
+                m_verify(try, c->buf, why, sizeof(why)) == 0;
+        m_free(try);
+    }
+    close_image(c, &c->aux, TOP);
+    return isnew;
+}
+
+static void op_crash(Ctx *c, const Op *op)
+{
+    static const char *const what[] = {
+        "write", "zero", "grow", "shrink", "snapshot -c", "snapshot -d",
+        "snapshot -a",
+    };
+    MLayer *t = c->top, *old;
+    unsigned kind = op->c % 7, idx = 0, at;
+    uint64_t off, len, size, nb = t->v.size / MB_SIZE;
+    pcow_check_result res;
+    pcow_error err = { 0 };
+    char name[M_NAME_MAX], p[PATH_MAX];
+    pid_t pid;
+    int st;
+
+    if ((kind == 4 && t->nsnaps == M_MAX_SNAPS) || (kind > 4 && !t->nsnaps)) {
+        kind = 0;
+    }
+    at = kind < 2 || op->c % 32 < 8 ? 0 : 1 + op->b % 64;
+    pick_range(t->v.size, t->cs, op->a, op->b, &off, &len);
+    fill(op->d, off, c->buf2, len);
+    size = kind == 2 && nb < M_MAX_BLOCKS ?
+           (nb + 1 + op->a % (M_MAX_BLOCKS - nb)) * MB_SIZE :
+           kind == 3 && nb > 1 ? (1 + op->a % (nb - 1)) * MB_SIZE :
+           t->v.size;
+    if (kind >= 5) {
+        idx = op->a % t->nsnaps;
+        snprintf(name, sizeof(name), "%s", t->snaps[idx].name);
+    } else {
+        snprintf(name, sizeof(name), "s%u", ++c->counter);
+    }
+    snprintf(c->desc, sizeof(c->desc), "crash %s %s (0x%llx+0x%llx, size "
+             "%llu, %s)", at ? "in" : "after", what[kind],
+             (unsigned long long)off, (unsigned long long)len,
+             (unsigned long long)size, name);
+    close_top(c);
+    path_of(c, TOP, p);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        _exit(crash_child(c, p, kind, off, len, size, name, at));
+    }
+    if (pid < 0 || waitpid(pid, &st, 0) < 0 ||
+        !WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL) {
+        fail(c, "crash child: status 0x%x", st);
+    }
+    if (pcow_check(p, 0, false, &res, &err) < 0 || res.corruptions) {
+        fail(c, "check after the crash: %llu corruptions: %s%s",
+             (unsigned long long)res.corruptions, res.first_problem,
+             err.msg);
+    }
+    old = m_clone(t);
+    crash_model(c, t, kind, off, len, size, name, idx);
+    if (!crash_outcome(c, t, old, kind)) {
+        if (!at) {
+            m_free(old);
+            fail(c, "the change is not there after the crash");
+        }
+        m_assign(t, old);
+    }
+    m_free(old);
+    /* Read-only before the recovery, then the read-write open recovers */
+    verify_layer(c, t);
+    open_top(c);
+    verify_layer(c, t);
+    close_top(c);
+}
+
 /* ----------------------------------------------------------- dispatch */
 
 const char *const op_names[OP_COUNT] = {
     "write", "zero", "snap-create", "snap-revert", "snap-delete", "grow",
     "shrink", "commit", "commit-mid", "rebase", "convert", "base-write",
-    "base-resize", "reopen", "probe", "tool-check",
+    "base-resize", "reopen", "probe", "tool-check", "crash",
 };
 
 void op_name(const Op *op, char *out, size_t len)
@@ -1082,7 +1285,7 @@ Op gen_op(Ctx *c)
         [OP_SHRINK] = 3, [OP_COMMIT] = 3, [OP_COMMIT_MID] = 1,
         [OP_REBASE] = 3, [OP_CONVERT] = 2, [OP_BASE_WRITE] = 3,
         [OP_BASE_RESIZE] = 1, [OP_REOPEN] = 3, [OP_PROBE] = 2,
-        [OP_TOOL_CHECK] = 1,
+        [OP_TOOL_CHECK] = 1, [OP_CRASH] = 2,
     };
     unsigned w[OP_COUNT], total = 0, k, x;
     Op op;
@@ -1141,6 +1344,9 @@ void run_op(Ctx *c, const Op *op)
         break;
     case OP_PROBE:
         op_probe(c, op);
+        break;
+    case OP_CRASH:
+        op_crash(c, op);
         break;
     default:
         op_tool_check(c);

@@ -72,7 +72,9 @@ static void view_copy(MView *dst, const MView *src)
     }
     dst->size = src->size;
     memcpy(dst->own, src->own, M_MAX_SIZE);
-    memcpy(dst->st, src->st, M_MAX_BLOCKS);
+    if (src->st) {
+        memcpy(dst->st, src->st, M_MAX_BLOCKS);
+    }
 }
 
 void m_free(MLayer *l)
@@ -85,6 +87,41 @@ void m_free(MLayer *l)
     }
     view_free(&l->v);
     free(l);
+}
+
+void m_assign(MLayer *dst, const MLayer *src)
+{
+    unsigned i;
+
+    for (i = src->nsnaps; i < dst->nsnaps; i++) {
+        view_free(&dst->snaps[i].v);
+    }
+    for (i = 0; i < src->nsnaps; i++) {
+        MView v = dst->snaps[i].v;
+
+        if (i >= dst->nsnaps) {
+            v.own = NULL;
+        }
+        dst->snaps[i] = src->snaps[i];
+        dst->snaps[i].v = v;
+        view_copy(&dst->snaps[i].v, &src->snaps[i].v);
+    }
+    dst->nsnaps = src->nsnaps;
+    dst->max_id = src->max_id;
+    dst->below = src->below;
+    dst->cs = src->cs;
+    dst->cu = src->cu;
+    dst->raw = src->raw;
+    memcpy(dst->file, src->file, sizeof(dst->file));
+    view_copy(&dst->v, &src->v);
+}
+
+MLayer *m_clone(const MLayer *src)
+{
+    MLayer *l = xcalloc(sizeof(*l));
+
+    m_assign(l, src);
+    return l;
 }
 
 void m_view_block(const MLayer *l, const MView *v, uint64_t blk,

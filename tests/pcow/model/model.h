@@ -65,6 +65,9 @@ MLayer *m_new_raw(const char *file, uint64_t size);
 MLayer *m_new_pcow(const char *file, uint64_t size, uint32_t cs, uint32_t cu,
                    MLayer *below);
 void m_free(MLayer *l);
+/* A deep copy of @src (same file, same layer below), and copying back */
+MLayer *m_clone(const MLayer *src);
+void m_assign(MLayer *dst, const MLayer *src);
 
 /* What the layer below @l shows in block @blk (zeros past its end). */
 void m_below_block(const MLayer *l, uint64_t blk, uint8_t *out);
