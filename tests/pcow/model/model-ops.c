@@ -1185,7 +1185,9 @@ static void op_crash(Ctx *c, const Op *op)
     if ((kind == 4 && t->nsnaps == M_MAX_SNAPS) || (kind > 4 && !t->nsnaps)) {
         kind = 0;
     }
-    at = kind < 2 || op->c % 32 < 8 ? 0 : 1 + op->b % 64;
+    /* Most changes make a few durable writes; snapshots more */
+    at = kind < 2 || op->c % 32 < 8 ? 0 :
+         1 + (op->b % 3 ? (op->b >> 2) % 10 : (op->b >> 2) % 64);
     pick_range(t->v.size, t->cs, op->a, op->b, &off, &len);
     fill(op->d, off, c->buf2, len);
     size = kind == 2 && nb < M_MAX_BLOCKS ?
