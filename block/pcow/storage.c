@@ -174,7 +174,17 @@ int pcow_storage_probe(const char *path, pcow_storage_info *si,
     memset(si, 0, sizeof(*si));
     si->persist_method = PCOW_PERSIST_MSYNC;
     si->suggested_cluster_size = 1u << PCOW_DEFAULT_CLUSTER_BITS;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /*
+     * Look first: open(2) of a FIFO would block forever, and nothing but a
+     * regular file, directory or block device holds an image.  O_NONBLOCK
+     * in case it was replaced since.
+     */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) &&
+        !S_ISDIR(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        return pcow_set_error(err, -EINVAL, "%s: not a regular file, "
+                              "directory or block device", path);
+    }
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) {
         /* A file about to be created: probe its directory */
         char *tmp = strdup(path);

@@ -454,6 +454,18 @@ static void test_file_kinds(void **state)
         }
     }
     assert_true(contains(err.msg, "a character device"));
+    {
+        pcow_storage_info si;
+
+        assert_int_equal(pcow_storage_probe(dir, &si, &err), 0);
+        for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+            if (kinds[i] != dir) {
+                assert_int_equal(pcow_storage_probe(kinds[i], &si, &err),
+                                 -EINVAL);
+                assert_true(contains(err.msg, "not a regular file"));
+            }
+        }
+    }
     open_fails(fifo, 0, msg, sizeof(msg));
     assert_true(contains(msg, "a FIFO"));
     open_fails(dir, 0, msg, sizeof(msg));
