@@ -143,7 +143,9 @@ static const char rebase_help[] =
 "is kept: every range FILE does not hold itself and that differs between\n"
 "the old and the new base is first copied into FILE (refused when FILE\n"
 "has snapshots, whose content could not be kept).  With -u (unsafe) only\n"
-"the reference changes; the old base need not exist.\n";
+"the reference changes; the old base need not exist, nor the new one\n"
+"(then give -F).  A base is a regular file (a raw one may be a block\n"
+"device), and a base that leads back to FILE is refused as a loop.\n";
 
 int img_rebase(int argc, char **argv)
 {
