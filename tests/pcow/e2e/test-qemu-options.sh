@@ -384,5 +384,42 @@ fi
 kill "$locker" 2>/dev/null
 wait "$locker" 2>/dev/null
 
+# --- mem-path that is not a regular file: refused at once -----------------
+# open(2) of a FIFO used to block QEMU forever (readonly=on at start, and at
+# object_add, freezing the monitor); run_qemu's timeout turns a hang into a
+# failure.
+mkfifo "$tmp/fifo.pcow"
+mkdir "$tmp/dir.pcow"
+for p in "$tmp/fifo.pcow" "$tmp/dir.pcow" /dev/zero; do
+    for ro in "" ",readonly=on"; do
+        obj="memory-backend-file,id=pm,mem-path=$p,format=pcow,share=on$ro"
+        run_qemu "$obj" "nvdimm,id=nv0,memdev=pm${ro:+,unarmed=on}"
+        if [ "$rc" -eq 1 ] && [ "$(printf '%s\n' "$err" | grep -c .)" -eq 1 ] &&
+           [[ "$err" == *"$p: cannot open: "*", not a regular file"* ]]; then
+            ok "mem-path $p${ro:+ (readonly)}: $err"
+        else
+            fail "mem-path $p${ro:+ (readonly)}: rc=$rc, stderr: $err"
+        fi
+    done
+done
+# An image whose raw base became a FIFO
+truncate -s 64M "$tmp/fbase.raw"
+"$PCOW_IMG" create -q -b fbase.raw -F raw "$tmp/fov.pcow"
+rm "$tmp/fbase.raw"
+mkfifo "$tmp/fbase.raw"
+expect_refusal "base is a FIFO" \
+    "memory-backend-file,id=pm,mem-path=$tmp/fov.pcow,format=pcow,share=on,readonly=on" \
+    "$tmp/fov.pcow" "a FIFO, not a regular file or block device"
+# object_add of a FIFO fails at once; QEMU keeps running
+run_qemu "$base_opts" "" \
+    "object_add memory-backend-file,id=pm2,mem-path=$tmp/fifo.pcow,format=pcow,share=on,readonly=on
+info memdev"
+if [ "$rc" -eq 0 ] && [[ "$out" == *"a FIFO, not a regular file"* ]] &&
+   grep -Eq 'size: +67108864' <<< "$out"; then
+    ok "object_add of a FIFO: refused at once, QEMU runs on"
+else
+    fail "object_add of a FIFO: rc=$rc, stdout: $out, stderr: $err"
+fi
+
 echo "$((count - fails))/$count checks passed"
 [ "$fails" -eq 0 ]
