@@ -169,6 +169,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- daemon
+# libvirt builds each domain's private /dev from a child that setns()es into
+# QEMU's mount namespace, and setns resets the root directory to the
+# namespace's own: inside a chroot (as in ../shared/tools/fresh-machine-check)
+# that child sees the host's tree, not ours, and the domain's /dev lacks the
+# ACL'd devices.  There, and only there, QEMU keeps the host's /dev.
+# Test exactly that: does entering our own mount namespace move the root?
+NS_CONF=
+ns_root=$(nsenter --mount=/proc/$$/ns/mnt -- stat -c %d:%i / 2>/dev/null)
+if [ -n "$ns_root" ] && [ "$ns_root" != "$(stat -c %d:%i /)" ]; then
+    NS_CONF='namespaces = []'
+    log "running inside a chroot: libvirt's per-domain mount namespace is off"
+fi
+
 # daemon_start USER GROUP [extra qemu.conf lines]
 daemon_start() {
     local user=$1 group=$2 extra=${3:-} d i
@@ -181,6 +194,7 @@ user = "$user"
 group = "$group"
 # no virtlogd: QEMU's stdout/stderr go to /var/log/libvirt/qemu/DOM.log
 stdio_handler = "file"
+$NS_CONF
 $extra
 EOF
     cat >"$d/etc/libvirtd.conf" <<EOF
