@@ -839,7 +839,7 @@ static void op_rebase(Ctx *c, const Op *op)
         tool_ok(c, "rebase", "-b", name, TOP, NULL);
     }
     if (unsafe) {
-        t->below = nb;
+        m_rebase_unsafe(t, nb);
     } else {
         m_rebase_safe(t, nb);
     }

@@ -71,6 +71,7 @@ static void view_copy(MView *dst, const MView *src)
         dst->st = xcalloc(M_MAX_BLOCKS);
     }
     dst->size = src->size;
+    dst->limit = src->limit;
     memcpy(dst->own, src->own, M_MAX_SIZE);
     if (src->st) {
         memcpy(dst->st, src->st, M_MAX_BLOCKS);
@@ -137,7 +138,7 @@ void m_view_block(const MLayer *l, const MView *v, uint64_t blk,
         memcpy(out, v->own + off, n);
         memset(out + n, 0, MB_SIZE - n);
     } else if (v->st[blk] == ST_NOT) {
-        m_below_block(l, blk, out);
+        m_under(l, v, blk, out);
     } else {
         memcpy(out, v->own + off, MB_SIZE);
     }
@@ -149,6 +150,15 @@ void m_below_block(const MLayer *l, uint64_t blk, uint8_t *out)
         memset(out, 0, MB_SIZE);
     } else {
         m_view_block(l->below, &l->below->v, blk, out);
+    }
+}
+
+void m_under(const MLayer *l, const MView *v, uint64_t blk, uint8_t *out)
+{
+    if (v->limit && blk * MB_SIZE >= v->limit) {
+        memset(out, 0, MB_SIZE);
+    } else {
+        m_below_block(l, blk, out);
     }
 }
 
@@ -175,7 +185,7 @@ static void touch_clusters(MLayer *l, uint64_t off, uint64_t len)
                 break;
             }
             if (l->v.st[b] == ST_NOT) {
-                m_below_block(l, b, l->v.own + b * MB_SIZE);
+                m_under(l, &l->v, b, l->v.own + b * MB_SIZE);
                 l->v.st[b] = ST_MAYBE;
             }
         }
@@ -186,7 +196,7 @@ static void touch_clusters(MLayer *l, uint64_t off, uint64_t len)
 static void take_block(MLayer *l, uint64_t b)
 {
     if (l->v.st[b] == ST_NOT) {
-        m_below_block(l, b, l->v.own + b * MB_SIZE);
+        m_under(l, &l->v, b, l->v.own + b * MB_SIZE);
     }
     l->v.st[b] = ST_OWNED;
 }
@@ -222,7 +232,7 @@ void m_zero(MLayer *l, uint64_t off, uint64_t len)
 
         take_block(l, b);
         memset(l->v.own + s, 0, e - s);
-        m_below_block(l, b, below);
+        m_under(l, &l->v, b, below);
         if (memcmp(l->v.own + bs, below, MB_SIZE) == 0) {
             l->v.st[b] = ST_MAYBE;
         }
@@ -230,25 +240,32 @@ void m_zero(MLayer *l, uint64_t off, uint64_t len)
     touch_clusters(l, off, len);
 }
 
-/* Growing shows zeros in the new range, whatever the base holds there. */
+/*
+ * Growing shows zeros in the new range, whatever the base holds there: an
+ * image with a base gets (or keeps a lower) backing limit at the old size.
+ * Shrinking lowers the limit.
+ */
 void m_resize(MLayer *l, uint64_t size)
 {
     uint64_t old = l->v.size;
-    uint8_t below[MB_SIZE];
 
     for (uint64_t b = old / MB_SIZE; b < size / MB_SIZE; b++) {
-        m_below_block(l, b, below);
         memset(l->v.own + b * MB_SIZE, 0, MB_SIZE);
-        l->v.st[b] = is_zero(below, MB_SIZE) ? ST_MAYBE : ST_OWNED;
+        l->v.st[b] = ST_NOT;
     }
     for (uint64_t b = size / MB_SIZE; b < old / MB_SIZE; b++) {
         memset(l->v.own + b * MB_SIZE, 0, MB_SIZE);
         l->v.st[b] = ST_NOT;
     }
+    if (size > old && l->below && (!l->v.limit || l->v.limit > old)) {
+        l->v.limit = old;
+    } else if (size < old && l->v.limit > size) {
+        l->v.limit = size;
+    }
     l->v.size = size;
-    if (size > old) {
+    if (size > old && old % l->cs) {
         /* Zeroing the new part of a cluster cut by the old end writes it */
-        touch_clusters(l, old, size - old);
+        touch_clusters(l, old, 1);
     }
 }
 
@@ -268,12 +285,20 @@ void m_raw_write(MLayer *l, uint64_t off, uint64_t len, const uint8_t *data)
     }
 }
 
-/* A block whose content the base may or may not receive (same content) */
+/*
+ * Block @blk of @b reads @data after a commit that may or may not have
+ * written it there (written, or zeroed past the image's backing limit):
+ * whatever does not read like the layer below @b must be held.
+ */
 static void maybe_write(MLayer *b, uint64_t blk, const uint8_t *data)
 {
-    if (b->v.st[blk] != ST_OWNED) {
+    uint8_t cur[MB_SIZE];
+
+    m_view_block(b, &b->v, blk, cur);
+    if (memcmp(cur, data, MB_SIZE) || b->v.st[blk] != ST_OWNED) {
+        m_under(b, &b->v, blk, cur);
         memcpy(b->v.own + blk * MB_SIZE, data, MB_SIZE);
-        b->v.st[blk] = ST_MAYBE;
+        b->v.st[blk] = memcmp(cur, data, MB_SIZE) ? ST_OWNED : ST_MAYBE;
     }
     touch_clusters(b, blk * MB_SIZE, MB_SIZE);
 }
@@ -292,9 +317,14 @@ void m_commit(MLayer *l, bool keep)
     }
     for (uint64_t k = 0; k < nblk; k++) {
         const uint8_t *data = l->v.own + k * MB_SIZE;
+        static const uint8_t zero_block[MB_SIZE];
 
         if (l->v.st[k] == ST_NOT) {
-            continue;
+            if (!l->v.limit || k * MB_SIZE < l->v.limit) {
+                continue;
+            }
+            /* Past the limit the image shows zeros: so must the base */
+            data = zero_block;
         }
         if (b->raw) {
             memcpy(b->v.own + k * MB_SIZE, data, MB_SIZE);
@@ -307,27 +337,36 @@ void m_commit(MLayer *l, bool keep)
     if (!keep) {
         memset(l->v.st, ST_NOT, M_MAX_BLOCKS);
         memset(l->v.own, 0, M_MAX_SIZE);
+        l->v.limit = 0;
     }
 }
 
 void m_rebase_safe(MLayer *l, MLayer *nb)
 {
-    uint8_t cur[MB_SIZE], nbb[MB_SIZE];
+    uint8_t *cur = malloc(M_MAX_SIZE);
+    uint8_t under[MB_SIZE];
 
+    /* What it shows now, then what a block it does not hold will show */
+    m_content(l, cur);
+    m_rebase_unsafe(l, nb);
     for (uint64_t k = 0; k < l->v.size / MB_SIZE; k++) {
         if (l->v.st[k] == ST_OWNED) {
             continue;
         }
-        m_view_block(l, &l->v, k, cur);
-        if (nb) {
-            m_view_block(nb, &nb->v, k, nbb);
-        } else {
-            memset(nbb, 0, MB_SIZE);
-        }
-        memcpy(l->v.own + k * MB_SIZE, cur, MB_SIZE);
-        l->v.st[k] = memcmp(cur, nbb, MB_SIZE) ? ST_OWNED : ST_MAYBE;
+        m_under(l, &l->v, k, under);
+        memcpy(l->v.own + k * MB_SIZE, cur + k * MB_SIZE, MB_SIZE);
+        l->v.st[k] = memcmp(cur + k * MB_SIZE, under, MB_SIZE) ?
+                     ST_OWNED : ST_MAYBE;
     }
+    free(cur);
+}
+
+void m_rebase_unsafe(MLayer *l, MLayer *nb)
+{
     l->below = nb;
+    if (!nb) {
+        l->v.limit = 0;     /* no base: nothing to hide */
+    }
 }
 
 void m_snap_create(MLayer *l, const char *name, uint64_t id)
@@ -424,7 +463,7 @@ int m_verify(MLayer *l, const uint8_t *actual, char *why, size_t whylen)
             }
             continue;
         }
-        m_below_block(l, k, below);
+        m_under(l, &l->v, k, below);
         switch (l->v.st[k]) {
         case ST_OWNED:
             if (memcmp(a, own, MB_SIZE)) {

@@ -9,7 +9,8 @@
  *   OWNED  the layer holds it (it was written): reads `own`, whatever lies
  *          below;
  *   NOT    the layer does not hold it: reads the layer below (zeros past
- *          the end of the layer below, or without one);
+ *          the end of the layer below, without one, or at and beyond the
+ *          view's backing limit, docs/pcow.rst "Backing limit");
  *   MAYBE  the semantics allow either (e.g. a write copies a whole COW unit
  *          or cluster, of which this block is a bystander).  `own` was
  *          equal to what was below when the block became MAYBE.  While the
@@ -39,6 +40,7 @@ enum { ST_NOT = 0, ST_MAYBE = 1, ST_OWNED = 2 };
 /* What one layer (or one of its snapshots) shows */
 typedef struct MView {
     uint64_t size;          /* virtual size (raw: file size, any value) */
+    uint64_t limit;         /* backing limit: 0, or where the base ends */
     uint8_t *own;           /* M_MAX_SIZE bytes; zero past size */
     uint8_t *st;            /* per block; pcow only */
 } MView;
@@ -71,6 +73,8 @@ void m_assign(MLayer *dst, const MLayer *src);
 
 /* What the layer below @l shows in block @blk (zeros past its end). */
 void m_below_block(const MLayer *l, uint64_t blk, uint8_t *out);
+/* What view @v of @l shows in block @blk where it holds nothing. */
+void m_under(const MLayer *l, const MView *v, uint64_t blk, uint8_t *out);
 /* What view @v of @l shows in block @blk (MAYBE: `own`). */
 void m_view_block(const MLayer *l, const MView *v, uint64_t blk,
                   uint8_t *out);
@@ -85,6 +89,8 @@ void m_resize(MLayer *l, uint64_t size);
 void m_commit(MLayer *l, bool keep);
 /* Safe rebase: content kept, @nb (may be NULL) becomes the base. */
 void m_rebase_safe(MLayer *l, MLayer *nb);
+/* rebase -u: only the base changes (none: the backing limit goes too). */
+void m_rebase_unsafe(MLayer *l, MLayer *nb);
 void m_snap_create(MLayer *l, const char *name, uint64_t id);
 void m_snap_revert(MLayer *l, unsigned idx);
 void m_snap_delete(MLayer *l, unsigned idx);
