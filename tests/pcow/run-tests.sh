@@ -76,6 +76,13 @@ for s in sorted(n):
 check_build_dir() {     # check_build_dir BUILDDIR LABEL WANTED-SUITES...
     local dir=$1 label=$2 s listed
     shift 2
+    # Bring meson's view up to date first (meson.build may have changed)
+    if [ -f "$dir/build.ninja" ] &&
+       ! out=$(ninja -C "$dir" build.ninja 2>&1); then
+        tail -n 20 <<<"$out"
+        record "$label: build directory '$dir'" fail "meson regenerate failed"
+        return 1
+    fi
     if [ ! -f "$dir/build.ninja" ] || ! listed=$(list_suites "$dir") ||
        [ -z "$listed" ]; then
         record "$label: build directory '$dir'" fail \

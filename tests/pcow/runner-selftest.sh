@@ -52,6 +52,7 @@ foreach s : ['unit', 'crash', 'fuzz', 'img', 'monitor', 'kvm']
     test(name, fake, args: [name], suite: s)
   endif
 endforeach
+test('unit-b', fake, args: ['unit-b'], suite: 'unit')   # extra
 EOF
 echo 'int main(void) { return 0; }' >"$src/prog.c"
 
@@ -60,7 +61,10 @@ check() {
     local what=$1 want=$2 rc last
     shift 2
     n=$((n + 1))
-    (cd "$src" && env "$@" bash tests/pcow/run-tests.sh) >"$T/out" 2>&1
+    # Only what the check sets: none of the caller's BUILD, CI, ...
+    (cd "$src" && env BUILD=build SAN_BUILD=build-sanitizers CI= \
+        PCOW_TESTS= QEMU="$src/no-qemu" PCOW_IMG="$src/no-pcow-img" "$@" \
+        bash tests/pcow/run-tests.sh) >"$T/out" 2>&1
     rc=$?
     last=$(tail -n 1 "$T/out")
     if ! [[ "$last" =~ ^[0-9]+\ passed,\ [0-9]+\ failed,\ [0-9]+\ skipped$ ]]
@@ -95,7 +99,10 @@ all="unit crash fuzz img monitor kvm"
 meson setup "$src/build" "$src" >"$T/setup.log" 2>&1 ||
     { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
 
-check "all suites pass" pass PCOW_TESTS="$all"
+if check "all suites pass" pass PCOW_TESTS="$all"; then
+    grep -q '^7 passed' <(tail -n 1 "$T/out") ||
+        bad "all suites pass: not 7 tests run"
+fi
 echo 1 >"$src/results/unit-a"
 check "a failing test" fail PCOW_TESTS=unit
 rm "$src/results/unit-a"
@@ -103,9 +110,17 @@ rm "$src/results/unit-a"
 # A passing run leaves its JSON log; then the rebuild fails (exit 125)
 check "before the broken rebuild" pass PCOW_TESTS=unit
 echo 'this is not C' >"$src/prog.c"
-check "failed rebuild, stale results" fail PCOW_TESTS=unit &&
+if check "failed rebuild, stale results" fail PCOW_TESTS=unit; then
     no_line '^PASS' "failed rebuild: a PASS line was printed"
+fi
 echo 'int main(void) { return 0; }' >"$src/prog.c"
+
+# meson.build loses a test after the last meson setup
+sed -i '/# extra$/d' "$src/meson.build"
+if check "meson.build changed since setup" pass PCOW_TESTS=unit; then
+    grep -q '^1 passed' <(tail -n 1 "$T/out") ||
+        bad "meson.build changed since setup: not 1 test run"
+fi
 
 check "build directory missing" fail PCOW_TESTS="$all" BUILD=no-such-dir
 mkdir "$src/empty"
