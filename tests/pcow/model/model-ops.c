@@ -534,6 +534,25 @@ static void create_pcow(Ctx *c, const char *name, uint64_t size, uint32_t cs,
     }
 }
 
+/* A snapshot of base @l (never reverted: bases show their active layer) */
+static void base_snapshot(Ctx *c, MLayer *l)
+{
+    pcow_snapshot_info *list = NULL;
+    pcow_error err = { 0 };
+    char name[M_NAME_MAX];
+    int n;
+
+    snprintf(name, sizeof(name), "s%u", ++c->counter);
+    c->aux = open_image(c, l->file, PCOW_OPEN_RDWR);
+    if (pcow_snapshot_create(c->aux, name, &err) < 0 ||
+        (n = pcow_snapshot_list(c->aux, &list, &err)) < 1) {
+        fail(c, "%s: snapshot: %s", l->file, err.msg);
+    }
+    m_snap_create(l, name, list[n - 1].id);
+    free(list);
+    close_image(c, &c->aux, l->file);
+}
+
 /* A pcow layer over @below with some data (and maybe a snapshot) */
 static MLayer *make_pcow(Ctx *c, Rng *r, MLayer *below, const char *name)
 {
@@ -557,6 +576,11 @@ static MLayer *make_pcow(Ctx *c, Rng *r, MLayer *below, const char *name)
     l = add_layer(c, m_new_pcow(name, size, cs, cu, below));
     if (strcmp(name, TOP) != 0) {
         scribble(c, l, r, 1 + rng_below(r, 10));
+        if (rng_below(r, 2)) {
+            /* Frozen clusters: a commit into this base copies on write */
+            base_snapshot(c, l);
+            scribble(c, l, r, rng_below(r, 6));
+        }
     }
     return l;
 }
