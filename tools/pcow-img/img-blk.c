@@ -59,9 +59,20 @@ int img_blk_open(ImgBlk *b, const char *path, ImgFormat fmt, unsigned flags)
         b->size = pcow_virtual_size(b->img);
     } else {
         pcow_error err = { 0 };
-        int fd = pcow_open_data_file(path, flags & IMG_OPEN_RDWR ? O_RDWR :
-                                     O_RDONLY, true, &b->size, &err);
+        int fd;
 
+        /*
+         * Written as raw, a pcow image is lost: resize would truncate it,
+         * convert -n overwrite its header.  Reading it as raw is harmless.
+         */
+        if ((flags & IMG_OPEN_RDWR) && pcow_probe(path)) {
+            img_error(path, "is a pcow image: refusing to write it as raw");
+            g_free(b->filename);
+            b->filename = NULL;
+            return -EINVAL;
+        }
+        fd = pcow_open_data_file(path, flags & IMG_OPEN_RDWR ? O_RDWR :
+                                 O_RDONLY, true, &b->size, &err);
         if (fd < 0) {
             img_pcow_error(path, &err, fd);
             g_free(b->filename);

@@ -258,4 +258,22 @@ contains "$ERR" "backing chain loop" "create closing a loop"
 [ ! -e y.pcow ] || fail "create left y.pcow"
 ok "create refuses to close a loop and leaves no file"
 
+
+# A pcow image is never written as raw: resize -f raw used to truncate it
+# and convert -n -O raw to overwrite its header, both with exit 0.
+expect 0 "$IMG" create -q keep.pcow 4M
+"$HELPER" write keep.pcow 0 64K 0x5c
+truncate -s 64K small.raw
+before=$(sums keep.pcow)
+expect_error $TMO "$IMG" resize --shrink -f raw keep.pcow 64K
+contains "$ERR" "is a pcow image" "resize -f raw of a pcow image"
+expect_error $TMO "$IMG" resize -f raw keep.pcow 8M
+contains "$ERR" "is a pcow image" "resize -f raw (grow) of a pcow image"
+expect_error $TMO "$IMG" convert -n -O raw small.raw keep.pcow
+contains "$ERR" "is a pcow image" "convert -n -O raw into a pcow image"
+equal "$(sums keep.pcow)" "$before" "the refused pcow image is unchanged"
+"$HELPER" verify keep.pcow 0 64K 0x5c
+expect 0 "$IMG" check keep.pcow
+ok "a pcow image is never resized or overwritten as raw"
+
 finish
