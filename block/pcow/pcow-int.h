@@ -234,6 +234,13 @@ void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 uint64_t pcow_now_ns(void);
 /*
+ * pcow_snapshot_create() without the rule for new names (length only):
+ * the tests make images "made elsewhere" with it, whose names hold
+ * control characters that readers must escape.
+ */
+int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
+                                  pcow_error *err);
+/*
  * Open @path (@oflags O_RDONLY or O_RDWR) for its data without ever
  * blocking, accepting only a regular file or, with @blk_ok, a block device.
  * *@size is the file's size (a block device's real size).  Returns the fd,

@@ -340,6 +340,120 @@ out:
     return ret;
 }
 
+int pcow_snapshot_name_check(const char *name, pcow_error *err)
+{
+    size_t nl = name ? strlen(name) : 0, i;
+
+    if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME) {
+        return pcow_set_error(err, -EINVAL, "snapshot name must be 1..%d "
+                              "bytes", PCOW_MAX_SNAPSHOT_NAME);
+    }
+    for (i = 0; i < nl; i++) {
+        unsigned char c = name[i];
+
+        if (c < 0x20 || c == 0x7f) {
+            return pcow_set_error(err, -EINVAL, "snapshot name must not "
+                                  "contain control characters (byte 0x%02x "
+                                  "at offset %zu)", c, i);
+        }
+    }
+    return 0;
+}
+
+/*
+ * Length of the valid UTF-8 character at @p (@rest bytes), storing it in
+ * *c; 0 if the bytes there are not valid UTF-8 (overlong forms and
+ * surrogates included).
+ */
+static int utf8_char(const unsigned char *p, size_t rest, uint32_t *c)
+{
+    static const uint32_t min[5] = { 0, 0, 0x80, 0x800, 0x10000 };
+    int n, k;
+
+    if (p[0] < 0x80) {
+        *c = p[0];
+        return 1;
+    }
+    n = p[0] >= 0xf0 && p[0] < 0xf8 ? 4 : p[0] >= 0xe0 && p[0] < 0xf0 ? 3 :
+        p[0] >= 0xc0 && p[0] < 0xe0 ? 2 : 0;
+    if (n == 0 || (size_t)n > rest) {
+        return 0;
+    }
+    *c = p[0] & (0x7f >> n);
+    for (k = 1; k < n; k++) {
+        if ((p[k] & 0xc0) != 0x80) {
+            return 0;
+        }
+        *c = (*c << 6) | (p[k] & 0x3f);
+    }
+    if (*c < min[n] || *c > 0x10ffff || (*c >= 0xd800 && *c < 0xe000)) {
+        return 0;
+    }
+    return n;
+}
+
+char *pcow_escape_text(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t rest = strlen(s), o = 0;
+    char *out = malloc(rest * 4 + 1);      /* at worst \xHH per byte */
+
+    if (!out) {
+        return NULL;
+    }
+    while (rest) {
+        uint32_t c;
+        int n = utf8_char(p, rest, &c), k;
+
+        if (n == 0 || c < 0x20 || (c >= 0x7f && c < 0xa0)) {
+            /* All of its bytes; invalid UTF-8 goes one byte at a time */
+            n = n ? n : 1;
+            for (k = 0; k < n; k++) {
+                snprintf(out + o, 5, "\\x%02x", p[k]);
+                o += 4;
+            }
+        } else {
+            memcpy(out + o, p, n);
+            o += n;
+        }
+        p += n;
+        rest -= n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+int pcow_snapshot_lookup(pcow_image *img, const char *name, bool has_id,
+                         uint64_t id, pcow_snapshot_info *info,
+                         pcow_error *err)
+{
+    uint32_t k;
+
+    for (k = 0; k < img->hdr.nb_snapshots; k++) {
+        const PcowSnapshot *sn = &img->snaps[k];
+
+        if ((!name || !strcmp(sn->name, name)) && (!has_id || sn->id == id)) {
+            memset(info, 0, sizeof(*info));
+            info->id = sn->id;
+            snprintf(info->name, sizeof(info->name), "%s", sn->name);
+            info->virtual_size = sn->virtual_size;
+            info->date_sec = sn->date_sec;
+            info->date_nsec = sn->date_nsec;
+            return 0;
+        }
+    }
+    if (name && has_id) {
+        return pcow_img_error(img, err, -ENOENT, "no snapshot with id %llu "
+                              "and name '%s'", (unsigned long long)id, name);
+    }
+    if (has_id) {
+        return pcow_img_error(img, err, -ENOENT, "no snapshot with id %llu",
+                              (unsigned long long)id);
+    }
+    return pcow_img_error(img, err, -ENOENT, "no snapshot named '%s'",
+                          name ? name : "");
+}
+
 /* Before a snapshot operation writes anything: can it commit at all? */
 static int check_rw(pcow_image *img, pcow_error *err)
 {
@@ -350,6 +464,14 @@ static int check_rw(pcow_image *img, pcow_error *err)
 }
 
 int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
+{
+    int ret = pcow_snapshot_name_check(name, err);
+
+    return ret < 0 ? ret : pcow_snapshot_create_any_name(img, name, err);
+}
+
+int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
+                                  pcow_error *err)
 {
     PcowHeader h = img->hdr;
     PcowSnapshot *ns;

@@ -263,7 +263,30 @@ typedef struct pcow_snapshot_info {
 int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
                        pcow_error *err);
 int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err);
-/* @name_or_id: a name, or a decimal id. */
+/*
+ * The rule for new snapshot names (pcow_snapshot_create() applies it):
+ * 1..PCOW_MAX_SNAPSHOT_NAME bytes, none a control character (below 0x20,
+ * or 0x7f), since names end up in tables and on terminals.  0 or -EINVAL.
+ */
+int pcow_snapshot_name_check(const char *name, pcow_error *err);
+/*
+ * @s for printing: each control character (C0, DEL, C1) and each byte that
+ * is not part of valid UTF-8 becomes \xHH.  For names from images made
+ * elsewhere.  malloc'd (free()), NULL when out of memory.
+ */
+char *pcow_escape_text(const char *s);
+/*
+ * Exact lookup: by @name (if not NULL) and/or by @id (if @has_id); with
+ * both, the snapshot must match both.  A name never stands for an id.
+ * Fills *info except info->clusters.  0, or -ENOENT with a message.
+ */
+int pcow_snapshot_lookup(pcow_image *img, const char *name, bool has_id,
+                         uint64_t id, pcow_snapshot_info *info,
+                         pcow_error *err);
+/*
+ * @name_or_id: the snapshot named so if there is one, else the one whose
+ * id is @name_or_id in decimal (pcow-img snapshot -a/-d).
+ */
 int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
                          pcow_error *err);
 int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,

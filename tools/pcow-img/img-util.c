@@ -113,35 +113,24 @@ static int utf8_char(const char *p, size_t rest, gunichar *c)
     return g_unichar_to_utf8(*c, NULL);
 }
 
-/* C0 controls, DEL and C1 controls (a terminal may act on any of them) */
+/* C0 controls, DEL and C1 controls (as pcow_escape_text() escapes them) */
 static bool is_control(gunichar c)
 {
     return c < 0x20 || (c >= 0x7f && c < 0xa0);
 }
 
+/* libpcow's rule for printing names from images made elsewhere */
 char *img_escape_text(const char *s)
 {
-    GString *o = g_string_new(NULL);
-    size_t rest = strlen(s);
-    const char *p = s;
+    char *e = pcow_escape_text(s);
+    char *o;
 
-    while (rest) {
-        gunichar c;
-        int n = utf8_char(p, rest, &c);
-
-        if (n == 0 || is_control(c)) {
-            /* Every byte of it: invalid UTF-8 is one byte at a time */
-            for (int k = 0; k < (n ? n : 1); k++) {
-                g_string_append_printf(o, "\\x%02x", (unsigned char)p[k]);
-            }
-            n = n ? n : 1;
-        } else {
-            g_string_append_len(o, p, n);
-        }
-        p += n;
-        rest -= n;
+    if (!e) {
+        g_error("out of memory");
     }
-    return g_string_free(o, FALSE);
+    o = g_strdup(e);
+    free(e);
+    return o;
 }
 
 char *img_size_to_str(uint64_t val)

@@ -12,6 +12,10 @@
  *   pcow-io-helper shrink-kill FILE SIZE            resize --shrink to SIZE
  *                                                   and raise SIGKILL right
  *                                                   after its header commit
+ *   pcow-io-helper snapshot-any FILE NAME            create snapshot NAME
+ *                                                   without the rule for new
+ *                                                   names (an image made
+ *                                                   elsewhere)
  *
  * OFFSET and LENGTH take K/M/G suffixes; BYTE is 0..255 (0x.. allowed).
  * Exit status 0 on success, 1 on a mismatch or any error (one line on
@@ -27,6 +31,7 @@
 #include <unistd.h>
 
 #include "pcow/pcow.h"
+#include "pcow-int.h"
 
 #define CHUNK (1u << 20)
 
@@ -233,12 +238,31 @@ static int do_shrink_kill(const char *file, const char *size_str)
     return 1;
 }
 
+static int do_snapshot_any(const char *file, const char *name)
+{
+    pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+    pcow_error err = { 0 };
+    pcow_image *img = NULL;
+    int ret;
+
+    if (pcow_open(file, &oo, &img, &err) < 0) {
+        fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
+        return 1;
+    }
+    ret = pcow_snapshot_create_any_name(img, name, &err);
+    if (ret < 0) {
+        fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
+    }
+    return pcow_close(img, NULL) < 0 || ret < 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: pcow-io-helper write|verify FILE OFFSET LENGTH "
             "BYTE\n       pcow-io-helper hold FILE [ro]\n"
             "       pcow-io-helper leak FILE COUNT\n"
-            "       pcow-io-helper shrink-kill FILE SIZE\n");
+            "       pcow-io-helper shrink-kill FILE SIZE\n"
+            "       pcow-io-helper snapshot-any FILE NAME\n");
 }
 
 int main(int argc, char **argv)
@@ -251,6 +275,9 @@ int main(int argc, char **argv)
     }
     if (argc == 4 && strcmp(argv[1], "leak") == 0) {
         return do_leak(argv[2], argv[3]);
+    }
+    if (argc == 4 && strcmp(argv[1], "snapshot-any") == 0) {
+        return do_snapshot_any(argv[2], argv[3]);
     }
     if (argc == 4 && strcmp(argv[1], "shrink-kill") == 0) {
         return do_shrink_kill(argv[2], argv[3]);

@@ -258,6 +258,74 @@ static void test_snapshot_of_partial(void **state)
     assert_int_equal(check_clean(path), 0);
 }
 
+/* Issue 16 item 4: one rule for new names, one escape for old ones */
+static void test_name_rules(void **state)
+{
+    static const char *const bad[] = {
+        "a\nb", "\x1b[2J", "tab\there", "del\x7f", "\x01", "end\r",
+    };
+    pcow_image *img;
+    pcow_snapshot_info *l;
+    pcow_error err = { 0 };
+    char *e;
+    size_t i;
+
+    mk_image(path, 4 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(pcow_snapshot_name_check(bad[i], &err), -EINVAL);
+        assert_int_equal(pcow_snapshot_create(img, bad[i], &err), -EINVAL);
+        assert_true(contains(err.msg, "control characters"));
+        assert_null(strchr(err.msg, '\n'));
+    }
+    assert_int_equal(pcow_snapshot_list(img, &l, &err), 0);
+    free(l);
+    assert_int_equal(pcow_snapshot_name_check("caf\xc3\xa9 \xe2\x9c\x93 x",
+                                              &err), 0);
+    snap(img, "caf\xc3\xa9");
+    /* Images made elsewhere may hold them; printing escapes them */
+    assert_int_equal(pcow_snapshot_create_any_name(img, "x\ny", &err), 0);
+    close_image(img);
+
+    e = pcow_escape_text("a\nb\x1b[1m\x7f\xc2\x9b\xff\xc3\xa9\xe2\x9c\x93"
+                         "\xc0\xaf\xed\xa0\x80");
+    assert_string_equal(e, "a\\x0ab\\x1b[1m\\x7f\\xc2\\x9b\\xff\xc3\xa9"
+                        "\xe2\x9c\x93\\xc0\\xaf\\xed\\xa0\\x80");
+    free(e);
+    e = pcow_escape_text("");
+    assert_string_equal(e, "");
+    free(e);
+}
+
+/* Issue 16 item 5: a name never stands for an id */
+static void test_lookup_exact(void **state)
+{
+    pcow_image *img;
+    pcow_snapshot_info sn;
+    pcow_error err = { 0 };
+
+    mk_image(path, 4 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    snap(img, "first");             /* id 1 */
+    snap(img, "1");                 /* id 2, named "1" */
+    assert_int_equal(pcow_snapshot_lookup(img, "1", false, 0, &sn, &err), 0);
+    assert_int_equal(sn.id, 2);
+    assert_int_equal(pcow_snapshot_lookup(img, NULL, true, 1, &sn, &err), 0);
+    assert_string_equal(sn.name, "first");
+    assert_int_equal(pcow_snapshot_lookup(img, "first", true, 1, &sn, &err),
+                     0);
+    assert_int_equal(pcow_snapshot_lookup(img, "1", true, 1, &sn, &err),
+                     -ENOENT);
+    assert_int_equal(pcow_snapshot_lookup(img, "2", false, 0, &sn, &err),
+                     -ENOENT);
+    assert_true(contains(err.msg, "no snapshot named '2'"));
+    assert_int_equal(pcow_snapshot_lookup(img, NULL, true, 7, &sn, &err),
+                     -ENOENT);
+    assert_true(contains(err.msg, "no snapshot with id 7"));
+    close_image(img);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -269,6 +337,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_of_partial, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_name_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_exact, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
