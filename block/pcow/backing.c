@@ -317,6 +317,14 @@ int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
     return pcow_header_commit(img, &h, err);
 }
 
+int pcow_can_commit_header(pcow_image *img, pcow_error *err)
+{
+    if (img->read_only) {
+        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    }
+    return pcow_header_can_commit(img, err);
+}
+
 int pcow_set_backing(pcow_image *img, const char *backing_file,
                      pcow_backing_format fmt, pcow_error *err)
 {

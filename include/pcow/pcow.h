@@ -325,6 +325,13 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
 int pcow_set_backing_limit(pcow_image *img, uint64_t limit,
                            pcow_error *err);
 
+/*
+ * Can @img take a structural change (a header commit) now?  0, or why not
+ * (read-only, or the header generation at its maximum).  For tools that
+ * must know before they change another file (commit writes the base first).
+ */
+int pcow_can_commit_header(pcow_image *img, pcow_error *err);
+
 /* Consistency check and repair */
 #define PCOW_REPAIR_LEAKS   (1u << 0)
 #define PCOW_REPAIR_ERRORS  (1u << 1)

@@ -396,6 +396,17 @@ int img_commit(int argc, char **argv)
         img_pcow_error(file, &err, ret);
         goto fail;
     }
+    /*
+     * FILE's limit is cleared after the base is written: know now that it
+     * can be, or a failed commit would have changed the base.
+     */
+    if (!keep && info->backing_limit) {
+        ret = pcow_can_commit_header(img.img, &err);
+        if (ret < 0) {
+            img_pcow_error(file, &err, ret);
+            goto fail;
+        }
+    }
     if (img_blk_open(&base, info->backing_path,
                      info->backing_format == PCOW_BACKING_RAW ?
                      IMG_FMT_RAW : IMG_FMT_PCOW, IMG_OPEN_RDWR) < 0) {

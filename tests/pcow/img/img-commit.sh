@@ -74,4 +74,21 @@ release_image
 "$HELPER" verify base.pcow 6M 4K 0
 ok "commit errors leave both images untouched"
 
+
+# An overlay whose header generation is at its maximum cannot clear its
+# backing limit after the commit: commit used to write the base first and
+# fail only then, a failed command that had changed the base.
+expect 0 "$IMG" create -q gb.pcow 4M
+"$HELPER" write gb.pcow 0 4M 0x31
+expect 0 "$IMG" create -q -b gb.pcow -F pcow go.pcow 2M
+"$HELPER" write go.pcow 0 64K 0x32
+expect 0 "$IMG" resize go.pcow 4M
+hdr go.pcow set generation 18446744073709551615 >/dev/null
+before=$(md5sum gb.pcow go.pcow)
+expect_error "$IMG" commit go.pcow
+contains "$ERR" "generation is at its maximum" "commit at the last generation"
+equal "$(md5sum gb.pcow go.pcow)" "$before" "refused commit: both files"
+"$HELPER" verify gb.pcow 0 4M 0x31
+ok "commit that cannot clear the backing limit changes nothing"
+
 finish
