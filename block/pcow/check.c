@@ -170,7 +170,10 @@ static void check_extent(pcow_image *img, const PcowWalk *w,
                      "its end)", (unsigned long long)st.st_size,
                      (unsigned long long)f, (unsigned long long)lost);
     }
-    if (end > f) {
+    if (f % cs || f < cs) {
+        pcow_problem(pr, -EINVAL, "frontier 0x%llx is not a multiple of the "
+                     "cluster size", (unsigned long long)f);
+    } else if (end > f) {
         pcow_problem(pr, -EINVAL, "frontier 0x%llx is too low: clusters up "
                      "to 0x%llx are in use", (unsigned long long)f,
                      (unsigned long long)end);
@@ -204,9 +207,17 @@ static uint64_t scan(pcow_image *img, PcowWalk *w, PcowProblems *pr)
 static void repair_extent_and_ids(pcow_image *img, const PcowWalk *w)
 {
     PcowProblems pr = { .collect = true };
-    uint64_t end = pcow_walk_used_end(img, w);
+    uint64_t end = pcow_walk_used_end(img, w), f = pcow_frontier(img);
+    uint64_t cs = img->cluster_size;
 
-    /* Before anything allocates: raise a frontier that is too low */
+    /*
+     * Before anything allocates: raise a frontier that is too low, and
+     * round a malformed one up to a whole cluster (at least cluster 0).
+     */
+    if (f % cs || f < cs) {
+        f = f < cs ? cs : pcow_round_up(f, cs);
+        end = end > f ? end : f;
+    }
     if (end > pcow_frontier(img)) {
         pcow_alloc_raise_frontier(img, end);
     }

@@ -666,7 +666,8 @@ static int check_frontier(pcow_image *img, uint64_t file_size,
                                     img->cluster_size);
     bool check = img->flags & PCOW_OPEN_CHECK;
 
-    if (f % img->cluster_size || f < img->cluster_size) {
+    /* Check reports a malformed frontier; check -r all rewrites it */
+    if ((f % img->cluster_size || f < img->cluster_size) && !check) {
         return pcow_img_error(img, err, -EINVAL, "frontier 0x%llx is not a "
                               "multiple of the cluster size",
                               (unsigned long long)f);

@@ -137,4 +137,27 @@ equal "$(hdr f.pcow hot frontier)" "$front" "frontier raised back"
 "$HELPER" verify f.pcow 200M 64K 0x0b
 ok "frontier too low: check reports it, check -r all raises it, no loss"
 
+# --- a frontier that is 0 or not a multiple of the cluster size ----------
+# One bad word in the hot line: check reports it, check -r all rewrites it
+# (at least the end of the clusters in use), nothing is lost.
+for bad in 0 4096 $((front + 1)) $((front - 65536 + 1)); do
+    cp f.pcow g.pcow
+    hdr g.pcow hot frontier "$bad"
+    expect_error "$IMG" info g.pcow
+    expect 2 "$IMG" check g.pcow
+    contains "$OUT" "frontier" "check names the bad frontier $bad"
+    expect 0 "$IMG" check -r all g.pcow
+    expect 0 "$IMG" check g.pcow
+    g=$(hdr g.pcow hot frontier)
+    equal $((g % 65536)) 0 "frontier $bad repaired to a cluster multiple"
+    [ "$g" -ge "$front" ] || fail "frontier $bad repaired to $g < $front"
+    "$HELPER" verify g.pcow 0 192K 0x0a
+    "$HELPER" verify g.pcow 200M 64K 0x0b
+    "$HELPER" write g.pcow 100M 64K 0x0c
+    "$HELPER" verify g.pcow 100M 64K 0x0c
+    "$HELPER" verify g.pcow 0 192K 0x0a
+    expect 0 "$IMG" check g.pcow
+done
+ok "frontier 0 or unaligned: check reports it, check -r all repairs it"
+
 finish
