@@ -585,6 +585,22 @@ fail:
  * id above all others, and next_snapshot_id goes above every id.  Valid
  * ids keep their value: users name snapshots by id.
  */
+/* The lowest id >= 1 that no kept record holds (n < 2^32: one exists) */
+static uint64_t lowest_free_id(const PcowSnapshot *ns, const bool *keep,
+                               uint32_t n)
+{
+    uint64_t id = 1;
+    uint32_t j;
+
+    for (j = 0; j < n; j++) {
+        if (keep[j] && ns[j].id == id) {
+            id++;
+            j = UINT32_MAX;     /* rescan: ++ wraps to 0 */
+        }
+    }
+    return id;
+}
+
 int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err)
 {
     PcowHeader h = img->hdr;
@@ -615,12 +631,12 @@ int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err)
         if (keep[k]) {
             continue;
         }
-        if (next == UINT64_MAX) {
-            ret = pcow_img_error(img, err, -EOVERFLOW, "no snapshot id left "
-                                 "to renumber snapshot '%s'", ns[k].name);
-            goto out;
-        }
-        ns[k].id = next++;
+        /*
+         * Ids above all others ran out: repair then reuses the lowest id no
+         * snapshot holds, rather than leave the image unopenable.
+         */
+        ns[k].id = next == UINT64_MAX ? lowest_free_id(ns, keep, n) : next++;
+        keep[k] = true;
         renumber = true;
     }
     if (renumber) {

@@ -99,6 +99,28 @@ for bad in 0 0xffffffffffffffff; do
 done
 ok "snapshot ids 0 and 2^64-1: check reports them, check -r all renumbers"
 
+# No id left above the others (2^64-2 held, 2^64-1 bad or duplicated):
+# repair reuses the lowest free id rather than leave the image unopenable.
+for second in 0xffffffffffffffff 0xfffffffffffffffe; do
+    rm -f x.pcow
+    expect 0 "$IMG" create -q x.pcow 64M
+    "$HELPER" write x.pcow 0 64K 0x07
+    expect 0 "$IMG" snapshot -c s x.pcow
+    expect 0 "$IMG" snapshot -c u x.pcow
+    hdr x.pcow snapid 0 0xfffffffffffffffe
+    hdr x.pcow snapid 1 "$second"
+    hdr x.pcow set next_snapshot_id 0xffffffffffffffff
+    expect 2 "$IMG" check x.pcow
+    expect 0 "$IMG" check -r all x.pcow
+    expect 0 "$IMG" check x.pcow
+    expect 0 "$IMG" snapshot -l x.pcow
+    contains "$OUT" "18446744073709551614 s " "snapshot s keeps its id"
+    contains "$OUT" "1         u" "snapshot u gets the lowest free id"
+    expect 0 "$IMG" snapshot -a u x.pcow
+    "$HELPER" verify x.pcow 0 64K 0x07
+done
+ok "ids exhausted: check -r all reuses the lowest free id"
+
 # --- a file shorter than its frontier ------------------------------------
 expect 0 "$IMG" create -q t.pcow 64M
 "$HELPER" write t.pcow 0 192K 0x09
