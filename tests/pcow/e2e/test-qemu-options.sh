@@ -266,6 +266,21 @@ if [ "$rc" -eq 1 ] && [[ "$err" == *unarmed* ]]; then
 else
     fail "readonly=on with an armed nvdimm: rc=$rc, stderr: $err"
 fi
+# virtio-pmem has no read-only mode: the guest saw a writable disk and its
+# writes were dropped silently.  Refused for pcow, with one line naming the
+# -device option.  Raw keeps upstream behaviour (starts; docs/pcow.rst).
+run_qemu "memory-backend-file,id=pm,mem-path=$img,format=pcow,share=on,readonly=on" \
+    virtio-pmem-pci,id=vp0,memdev=pm
+if [ "$rc" -eq 1 ] && [ "$(printf '%s\n' "$err" | grep -c .)" -eq 1 ] &&
+   [[ "$err" == "$qname: -device virtio-pmem-pci,"*": memdev pm is a "*"read-only pcow image"*"unarmed=on"* ]]; then
+    ok "readonly=on with virtio-pmem is refused: $err"
+else
+    fail "readonly=on with virtio-pmem: rc=$rc, stderr: $err"
+fi
+expect_start "readonly=on raw with virtio-pmem (upstream)" \
+    "memory-backend-file,id=pm,mem-path=$raw,format=raw,size=64M,share=on,readonly=on" \
+    virtio-pmem-pci,id=vp0,memdev=pm &&
+    ok "readonly=on raw with virtio-pmem starts (upstream behaviour)"
 
 # --- locking: a second QEMU, and pcow-img, while the first runs -------------
 fifo=$tmp/hmp
