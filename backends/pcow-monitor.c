@@ -764,6 +764,11 @@ int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
         }
         return -EROFS;
     }
+    /* Fail before the flush touches the image if it was truncated */
+    r = pcow_check_file_size(mon->img, err);
+    if (r < 0) {
+        return r;
+    }
     /* Writers are paused by the caller; drain the faults in flight. */
     pthread_mutex_lock(&mon->fault_lock);
     mon_dispatcher_drain(mon);

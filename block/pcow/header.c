@@ -964,6 +964,10 @@ int pcow_close(pcow_image *img, pcow_error *err)
         return 0;
     }
     if (!img->read_only && img->c0) {
+        /* Truncated behind our back: touch no table, leave it in use */
+        ret = pcow_check_file_size(img, err);
+    }
+    if (!img->read_only && img->c0 && ret == 0) {
         r = pcow_ring_drain(img);
         if (r < 0 && ret == 0) {
             ret = pcow_img_error(img, err, r, "cannot release reserved "
@@ -1029,6 +1033,44 @@ int pcow_backing_raw_fd(pcow_image *img)
     return img->backing_raw_fd;
 }
 
+/*
+ * Our table mappings end where the file ends: after a truncation behind
+ * our back (the lock is advisory) touching them raises SIGBUS.  With the
+ * image lock held our own allocations, which only grow the file, cannot
+ * race with the check.  Cluster 0's first page (the frontier) must be
+ * there before the frontier itself is read from its mapping.
+ */
+static int check_size_locked(pcow_image *img, pcow_error *err)
+{
+    struct stat st;
+    uint64_t f;
+
+    if (fstat(img->fd, &st) < 0) {
+        return pcow_img_error(img, err, -errno, "cannot stat: %s",
+                              strerror(errno));
+    }
+    f = (uint64_t)st.st_size < 4096 ? 4096 : pcow_frontier(img);
+    if ((uint64_t)st.st_size < f) {
+        return pcow_img_error(img, err, -EIO, "file truncated behind our "
+                              "back: its size 0x%llx is below %s0x%llx; "
+                              "metadata is gone, stop the VM and check the "
+                              "image", (unsigned long long)st.st_size,
+                              f == 4096 ? "" : "the frontier ",
+                              (unsigned long long)f);
+    }
+    return 0;
+}
+
+int pcow_check_file_size(pcow_image *img, pcow_error *err)
+{
+    int ret;
+
+    pcow_lock(img);
+    ret = check_size_locked(img, err);
+    pcow_unlock(img);
+    return ret;
+}
+
 void pcow_get_info(pcow_image *img, pcow_info *info)
 {
     PcowProblems pr = { .collect = true };
@@ -1064,6 +1106,11 @@ void pcow_get_info(pcow_image *img, pcow_info *info)
         info->disk_size = (uint64_t)st.st_blocks * 512;
     }
     pcow_lock(img);
+    if (check_size_locked(img, NULL) < 0) {
+        /* Truncated behind our back: report no counts rather than die */
+        pcow_unlock(img);
+        goto out;
+    }
     info->frontier = pcow_frontier(img);
     if (pcow_walk(img, &w, &pr, false) == 0) {
         info->allocated_clusters = w.data_clusters;
@@ -1072,6 +1119,7 @@ void pcow_get_info(pcow_image *img, pcow_info *info)
     }
     pcow_unlock(img);
     pcow_walk_free(&w);
+out:
     info->nb_snapshots = img->hdr.nb_snapshots;
     info->was_dirty = img->was_dirty;
     info->read_only = img->read_only;

@@ -457,8 +457,14 @@ int pcow_snapshot_lookup(pcow_image *img, const char *name, bool has_id,
 /* Before a snapshot operation writes anything: can it commit at all? */
 static int check_rw(pcow_image *img, pcow_error *err)
 {
+    int ret;
+
     if (img->read_only) {
         return pcow_img_error(img, err, -EROFS, "image is read-only");
+    }
+    ret = pcow_check_file_size(img, err);
+    if (ret < 0) {
+        return ret;
     }
     return pcow_header_can_commit(img, err);
 }

@@ -40,6 +40,24 @@ static const char *pcow_qmp_error_msg(const pcow_error *perr, int ret)
     return perr->msg[0] ? perr->msg : strerror(-ret);
 }
 
+/*
+ * Was the image truncated behind QEMU's back (the lock is advisory)?  Then
+ * its metadata mappings raise SIGBUS: check before touching them.
+ */
+static bool pcow_backend_check_size(const char *id, HostMemPcow *pc,
+                                    pcow_monitor *mon, Error **errp)
+{
+    pcow_error perr = { 0 };
+    int ret = pcow_check_file_size(pcow_monitor_image(mon), &perr);
+
+    if (ret < 0) {
+        error_setg(errp, "pcow image '%s' (memory backend '%s'): %s",
+                   hostmem_pcow_path(pc), id, pcow_qmp_error_msg(&perr, ret));
+        return false;
+    }
+    return true;
+}
+
 /* The open pcow backend whose id is @id. */
 static bool pcow_backend_lookup(const char *id, PcowBackendRef *ref,
                                 Error **errp)
@@ -171,6 +189,7 @@ static PcowInfo *pcow_qmp_info(const char *id, HostMemPcow *pc,
 typedef struct PcowQueryState {
     PcowInfoList *head;
     PcowInfoList **tail;
+    Error **errp;
 } PcowQueryState;
 
 static int pcow_query_one(Object *obj, void *opaque)
@@ -187,6 +206,9 @@ static int pcow_query_one(Object *obj, void *opaque)
     if (mon) {
         const char *id = object_get_canonical_path_component(obj);
 
+        if (!pcow_backend_check_size(id, pc, mon, qs->errp)) {
+            return 1;
+        }
         QAPI_LIST_APPEND(qs->tail, pcow_qmp_info(id, pc, mon));
     }
     return 0;
@@ -194,9 +216,13 @@ static int pcow_query_one(Object *obj, void *opaque)
 
 PcowInfoList *qmp_query_pcow(Error **errp)
 {
-    PcowQueryState qs = { .head = NULL, .tail = &qs.head };
+    PcowQueryState qs = { .head = NULL, .tail = &qs.head, .errp = errp };
 
-    object_child_foreach(object_get_objects_root(), pcow_query_one, &qs);
+    if (object_child_foreach(object_get_objects_root(), pcow_query_one,
+                             &qs)) {
+        qapi_free_PcowInfoList(qs.head);
+        return NULL;
+    }
     return qs.head;
 }
 
@@ -238,6 +264,9 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     }
     if (!*name) {
         error_setg(errp, "snapshot name must not be empty");
+        return NULL;
+    }
+    if (!pcow_backend_check_size(id, ref.pc, ref.mon, errp)) {
         return NULL;
     }
 
@@ -286,7 +315,8 @@ void qmp_pcow_snapshot_delete(const char *id, const char *name,
     int64_t t0;
     int ret;
 
-    if (!pcow_backend_lookup(id, &ref, errp)) {
+    if (!pcow_backend_lookup(id, &ref, errp) ||
+        !pcow_backend_check_size(id, ref.pc, ref.mon, errp)) {
         return;
     }
 

@@ -129,7 +129,11 @@ int pcow_geometry_for(uint64_t virtual_size, uint32_t cluster_size,
                       uint32_t cow_unit, pcow_geometry *g, pcow_error *err);
 int pcow_open(const char *path, const pcow_open_opts *opts,
               pcow_image **out, pcow_error *err);
-/* Makes everything durable, clears the in-use flag, releases locks. */
+/*
+ * Makes everything durable, clears the in-use flag, releases locks.  A file
+ * truncated behind our back (see pcow_check_file_size) is left as it is,
+ * in use, with that error; the image is freed all the same.
+ */
 int pcow_close(pcow_image *img, pcow_error *err);
 
 /*
@@ -174,6 +178,15 @@ typedef struct pcow_info {
     pcow_persist_method persist_method;
 } pcow_info;
 
+/*
+ * The file still holds everything below the frontier (fstat, under the
+ * image lock)?  -EIO naming the image if it was truncated behind our back
+ * (locks are advisory): touching the table mappings would raise SIGBUS.
+ * Management paths of a long-running process (QEMU's QMP commands) call
+ * it first; a truncation racing with the call is not caught.
+ */
+int pcow_check_file_size(pcow_image *img, pcow_error *err);
+/* After such a truncation: the cluster counts and frontier stay 0. */
 void pcow_get_info(pcow_image *img, pcow_info *info);
 const char *pcow_filename(pcow_image *img);
 uint64_t pcow_virtual_size(pcow_image *img);

@@ -326,6 +326,53 @@ static void test_lookup_exact(void **state)
     close_image(img);
 }
 
+/*
+ * The file truncated behind our back (issue 16): the table mappings now
+ * end at 4 KiB and touching them would raise SIGBUS.  Snapshot operations
+ * and info must answer an error naming the image instead.
+ */
+static void test_truncated_behind_our_back(void **state)
+{
+    pcow_error err = { 0 };
+    pcow_image *img;
+    pcow_info info;
+    int fd;
+
+    mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 3 * 65536, 0x01);
+    snap(img, "one");
+    assert_int_equal(pcow_check_file_size(img, &err), 0);
+    fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 4096), 0);
+    close(fd);
+
+    assert_int_equal(pcow_check_file_size(img, &err), -EIO);
+    assert_true(contains(err.msg, path));
+    assert_true(contains(err.msg, "truncated"));
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(pcow_snapshot_create(img, "two", &err), -EIO);
+    assert_true(contains(err.msg, path) && contains(err.msg, "truncated"));
+    assert_int_equal(pcow_snapshot_delete(img, "one", &err), -EIO);
+    assert_int_equal(pcow_snapshot_revert(img, "one", &err), -EIO);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.file_size, 4096);
+    assert_int_equal(info.allocated_clusters, 0);
+    /* Below the first page even the frontier is gone */
+    fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 0), 0);
+    close(fd);
+    assert_int_equal(pcow_check_file_size(img, &err), -EIO);
+    assert_true(contains(err.msg, "below 0x1000"));
+    pcow_get_info(img, &info);
+    /* Close touches nothing and says why */
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(pcow_close(img, &err), -EIO);
+    assert_true(contains(err.msg, "truncated"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +386,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_name_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_truncated_behind_our_back,
+                                        setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
