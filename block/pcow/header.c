@@ -1053,8 +1053,8 @@ static int check_size_locked(pcow_image *img, pcow_error *err)
     if ((uint64_t)st.st_size < f) {
         return pcow_img_error(img, err, -EIO, "file truncated behind our "
                               "back: its size 0x%llx is below %s0x%llx; "
-                              "metadata is gone, stop the VM and check the "
-                              "image", (unsigned long long)st.st_size,
+                              "metadata past its end is gone, check the "
+                              "image once closed", (unsigned long long)st.st_size,
                               f == 4096 ? "" : "the frontier ",
                               (unsigned long long)f);
     }
