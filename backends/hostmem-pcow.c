@@ -94,6 +94,38 @@ static void hostmem_pcow_exit_notify(Notifier *n, void *data)
     hostmem_pcow_close(pc);
 }
 
+/*
+ * The open pcow backend whose image, or a base of it, is the file at
+ * @path (NULL if none): OFD locks conflict within one process too, and
+ * "another process" would then be wrong.
+ */
+static HostMemPcow *hostmem_pcow_user(const char *path, bool *as_base)
+{
+    HostMemPcow *pc;
+    struct stat want, st;
+
+    if (stat(path, &want) < 0) {
+        return NULL;
+    }
+    QLIST_FOREACH(pc, &hostmem_pcow_list, next) {
+        pcow_image *img = pc->mon ? pcow_monitor_image(pc->mon) : NULL;
+        pcow_image *layer;
+
+        for (layer = img; layer; layer = pcow_backing(layer)) {
+            int fds[2] = { pcow_fd(layer), pcow_backing_raw_fd(layer) };
+
+            for (int k = 0; k < 2; k++) {
+                if (fds[k] >= 0 && fstat(fds[k], &st) == 0 &&
+                    st.st_dev == want.st_dev && st.st_ino == want.st_ino) {
+                    *as_base = layer != img || k == 1;
+                    return pc;
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
 HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
                                 const HostMemPcowOptions *opts,
                                 Error **errp)
@@ -106,6 +138,7 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     HostMemPcow *pc;
     uint64_t size;
     char *name;
+    bool as_base = false;
     int ret;
 
     if (!backend->share) {
@@ -140,6 +173,17 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     if (ret < 0) {
         static const char pcow_img_hint[] = " (use -U to inspect it read-only)";
 
+        HostMemPcow *user = ret == -EBUSY ? hostmem_pcow_user(path, &as_base)
+                                          : NULL;
+
+        if (user) {
+            error_setg(errp, "pcow image '%s' is already in use by memory "
+                       "backend '%s'%s in this process", path,
+                       object_get_canonical_path_component(
+                           OBJECT(user->backend)),
+                       as_base ? " (as a base of its image)" : "");
+            return NULL;
+        }
         /* libpcow's lock message ends with advice for pcow-img users. */
         if (ret == -EBUSY && g_str_has_suffix(perr.msg, pcow_img_hint)) {
             perr.msg[strlen(perr.msg) - strlen(pcow_img_hint)] = '\0';

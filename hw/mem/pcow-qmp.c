@@ -22,6 +22,7 @@
 #include "qapi/qmp/qdict.h"
 #include "monitor/hmp.h"
 #include "monitor/monitor.h"
+#include "migration/misc.h"
 #include "qom/object.h"
 #include "sysemu/hostmem.h"
 #include "sysemu/runstate.h"
@@ -53,6 +54,42 @@ static bool pcow_backend_check_size(const char *id, HostMemPcow *pc,
     if (ret < 0) {
         error_setg(errp, "pcow image '%s' (memory backend '%s'): %s",
                    hostmem_pcow_path(pc), id, pcow_qmp_error_msg(&perr, ret));
+        return false;
+    }
+    return true;
+}
+
+/* @s as it may be printed: libpcow's rule (control characters as \xHH) */
+static char *pcow_printable(const char *s)
+{
+    char *e = pcow_escape_text(s);
+    char *r = g_strdup(e ? e : "?");
+
+    free(e);
+    return r;
+}
+
+/*
+ * A snapshot command that is refused must not pause the guest, so this
+ * runs before vm_stop().  As savevm, refuse while a migration runs: the
+ * destination takes over the image at switchover and its mapping is set
+ * up from the metadata as it was read at open.
+ */
+static bool pcow_snapshot_allowed(PcowBackendRef *ref, const char *id,
+                                  Error **errp)
+{
+    pcow_info pi;
+
+    if (!migration_is_idle() || runstate_check(RUN_STATE_INMIGRATE)) {
+        error_setg(errp, "memory backend '%s': no pcow snapshot can be "
+                   "taken or deleted while a migration is in progress",
+                   id);
+        return false;
+    }
+    pcow_get_info(pcow_monitor_image(ref->mon), &pi);
+    if (pi.read_only) {
+        error_setg(errp, "pcow image '%s' (memory backend '%s') is "
+                   "read-only", hostmem_pcow_path(ref->pc), id);
         return false;
     }
     return true;
@@ -253,20 +290,26 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
 {
     PcowSnapshotCreateResult *res;
     PcowBackendRef ref;
-    pcow_snapshot_info *sn = NULL;
+    pcow_snapshot_info *sn = NULL, found;
     pcow_error perr = { 0 };
     int64_t t0, t1, t2, t3;
     bool was_running;
     int ret, n, i;
 
-    if (!pcow_backend_lookup(id, &ref, errp)) {
+    if (!pcow_backend_lookup(id, &ref, errp) ||
+        !pcow_backend_check_size(id, ref.pc, ref.mon, errp) ||
+        !pcow_snapshot_allowed(&ref, id, errp)) {
         return NULL;
     }
-    if (!*name) {
-        error_setg(errp, "snapshot name must not be empty");
+    if (pcow_snapshot_name_check(name, &perr) < 0) {
+        error_setg(errp, "memory backend '%s': %s", id, perr.msg);
         return NULL;
     }
-    if (!pcow_backend_check_size(id, ref.pc, ref.mon, errp)) {
+    if (pcow_snapshot_lookup(pcow_monitor_image(ref.mon), name, false, 0,
+                             &found, NULL) == 0) {
+        error_setg(errp, "pcow image '%s' (memory backend '%s'): snapshot "
+                   "'%s' already exists (id %" PRIu64 ")",
+                   hostmem_pcow_path(ref.pc), id, name, found.id);
         return NULL;
     }
 
@@ -306,35 +349,56 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     return res;
 }
 
-void qmp_pcow_snapshot_delete(const char *id, const char *name,
-                              Error **errp)
+void qmp_pcow_snapshot_delete(const char *id, bool has_name,
+                              const char *name, bool has_snapshot_id,
+                              uint64_t snapshot_id, Error **errp)
 {
     PcowBackendRef ref;
+    pcow_snapshot_info sn;
     pcow_error perr = { 0 };
     bool was_running;
     int64_t t0;
     int ret;
 
     if (!pcow_backend_lookup(id, &ref, errp) ||
-        !pcow_backend_check_size(id, ref.pc, ref.mon, errp)) {
+        !pcow_backend_check_size(id, ref.pc, ref.mon, errp) ||
+        !pcow_snapshot_allowed(&ref, id, errp)) {
+        return;
+    }
+    if (!has_name && !has_snapshot_id) {
+        error_setg(errp, "give the snapshot's name or snapshot-id");
+        return;
+    }
+    /* Exact: a name is never taken for an id (name=2 is the name "2") */
+    ret = pcow_snapshot_lookup(pcow_monitor_image(ref.mon),
+                               has_name ? name : NULL, has_snapshot_id,
+                               snapshot_id, &sn, &perr);
+    if (ret < 0) {
+        g_autofree char *msg = pcow_printable(perr.msg);
+
+        error_setg(errp, "memory backend '%s': %s", id, msg);
         return;
     }
 
     /*
      * Deleting remaps clusters that became the image's own writable again;
-     * do that with the vCPUs stopped, as for create.
+     * do that with the vCPUs stopped, as for create.  Names are unique and
+     * libpcow matches a name before an id, so sn.name is this snapshot.
      */
     t0 = get_clock();
     was_running = pcow_pause_guest();
-    ret = pcow_monitor_snapshot_delete(ref.mon, name, &perr);
+    ret = pcow_monitor_snapshot_delete(ref.mon, sn.name, &perr);
     pcow_resume_guest(was_running);
 
-    trace_pcow_snapshot_delete(id, name, ret,
+    trace_pcow_snapshot_delete(id, sn.name, ret,
                                was_running ? get_clock() - t0 : 0);
     if (ret < 0) {
+        g_autofree char *ename = pcow_printable(sn.name);
+
         error_setg(errp, "pcow image '%s' (memory backend '%s'): deleting "
-                   "snapshot '%s' failed: %s", hostmem_pcow_path(ref.pc), id,
-                   name, pcow_qmp_error_msg(&perr, ret));
+                   "snapshot '%s' (id %" PRIu64 ") failed: %s",
+                   hostmem_pcow_path(ref.pc), id, ename, sn.id,
+                   pcow_qmp_error_msg(&perr, ret));
     }
 }
 
@@ -415,8 +479,10 @@ void hmp_info_pcow(Monitor *mon, const QDict *qdict)
                 dt, "%Y-%m-%d %H:%M:%S") : g_strdup("-");
             g_autofree char *sa = size_to_str(s->value->allocated_bytes);
 
+            g_autofree char *ename = pcow_printable(s->value->name);
+
             monitor_printf(mon, "    %-6" PRIu64 " %-24s %-19s %s\n",
-                           s->value->id, s->value->name, date, sa);
+                           s->value->id, ename, date, sa);
         }
         monitor_printf(mon, "  faults: %" PRIu64 " expansions, %" PRIu64
                        " COW units, %" PRIu64 " COW clusters, %" PRIu64
@@ -453,9 +519,17 @@ void hmp_pcow_snapshot_create(Monitor *mon, const QDict *qdict)
 
 void hmp_pcow_snapshot_delete(Monitor *mon, const QDict *qdict)
 {
+    const char *snapshot = qdict_get_str(qdict, "snapshot");
+    bool by_id = qdict_get_try_bool(qdict, "by_id", false);
+    uint64_t snapshot_id = 0;
     Error *err = NULL;
 
-    qmp_pcow_snapshot_delete(qdict_get_str(qdict, "id"),
-                             qdict_get_str(qdict, "name"), &err);
+    /* -i: the argument is a snapshot id; otherwise it is a name, always */
+    if (by_id && qemu_strtou64(snapshot, NULL, 10, &snapshot_id) < 0) {
+        error_setg(&err, "-i: '%s' is not a snapshot id", snapshot);
+    } else {
+        qmp_pcow_snapshot_delete(qdict_get_str(qdict, "id"), !by_id,
+                                 snapshot, by_id, snapshot_id, &err);
+    }
     hmp_handle_error(mon, err);
 }
