@@ -129,7 +129,8 @@ def names_and_escapes(vm, tmp):
     check("evil\\x0a" in info and "\\x1b[31mred" in info,
           "info pcow prints names from elsewhere as \\xHH")
     rows = [ln for ln in info.splitlines() if "forged" in ln]
-    check(len(rows) == 1, f"the newline in a name forges no row: {rows!r}")
+    check(len(rows) == 1 and "evil" in rows[0],
+          f"the newline in a name forges no row: {rows!r}")
 
 
 def no_pause_on_refusal(vm):
@@ -274,11 +275,15 @@ def main():
         run(HELPER, "snapshot-any", str(img), "\x1b[31mred")
         vm = Qemu(tmp, "vm", [backend("pm0", img), backend("pm2", top)])
         try:
-            names_and_escapes(vm, tmp)
-            no_pause_on_refusal(vm)
-            ids_and_names(vm)
-            same_image_twice(vm, img, top, base)
-            during_migration(vm)
+            for part in (lambda: names_and_escapes(vm, tmp),
+                         lambda: no_pause_on_refusal(vm),
+                         lambda: ids_and_names(vm),
+                         lambda: same_image_twice(vm, img, top, base),
+                         lambda: during_migration(vm)):
+                try:
+                    part()
+                except guest.QMPError as e:
+                    check(False, f"unexpected QMP error: {e}")
         finally:
             vm.close()
     print(f"{'FAIL' if fails else 'PASS'}: test-qmp-admin, {fails} "
