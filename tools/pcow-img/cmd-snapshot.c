@@ -18,10 +18,14 @@ static const char snapshot_help[] =
 "       pcow-img snapshot -c NAME | -a NAME | -d NAME FILE\n"
 "\n"
 "  -l        list the snapshots of FILE\n"
-"  -c NAME   create a snapshot of the current content\n"
-"  -a NAME   apply (revert to) a snapshot, by name or id\n"
-"  -d NAME   delete a snapshot, by name or id; its space is given back\n"
-"  -U        with -l: take no lock\n";
+"  -c NAME   create a snapshot of the current content (1..255 bytes, no\n"
+"            control characters)\n"
+"  -a NAME   apply (revert to) a snapshot\n"
+"  -d NAME   delete a snapshot; its space is given back\n"
+"  -U        with -l: take no lock\n"
+"\n"
+"-a and -d take the snapshot named NAME if there is one, else the one whose\n"
+"id is NAME in decimal (a name wins over an id).\n";
 
 enum {
     SN_NONE, SN_LIST, SN_CREATE, SN_APPLY, SN_DELETE,

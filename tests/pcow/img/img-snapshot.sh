@@ -93,4 +93,17 @@ expect_error "$IMG" snapshot -U -c x s.pcow
 expect 0 "$IMG" check s.pcow
 ok "snapshot errors: unknown name, duplicate, empty, too long, two actions"
 
+# The documented lookup of -a/-d: a name wins over an id (docs/pcow.rst)
+expect 0 "$IMG" create -q ids.pcow 1M
+expect 0 "$IMG" snapshot -c first ids.pcow
+expect 0 "$IMG" snapshot -c 1 ids.pcow
+expect 0 "$IMG" snapshot -d 1 ids.pcow
+run "$IMG" snapshot -l ids.pcow
+contains "$OUT" "first" "-d 1 kept id 1 ('first')"
+equal "$(grep -cE '^[0-9]+ +1 ' <<<"$OUT")" 0 \
+    "-d 1 deleted the snapshot named '1'"
+expect 0 "$IMG" snapshot -d 1 ids.pcow
+equal "$("$IMG" snapshot -l ids.pcow)" "" "then -d 1 is id 1"
+ok "snapshot -d: the name first, else the decimal id"
+
 finish
