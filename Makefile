@@ -10,6 +10,8 @@
 #   make bench-quick     build, run tests/pcow/bench/run-bench.sh --quick
 #   make bench-monitor   build the standalone parts, run
 #                        tests/pcow/bench/bench-monitor.sh
+#   make bench-overhead  build, run tests/pcow/bench/bench-overhead.sh:
+#                        QEMU's memory against NVDIMM size (seconds)
 #                        (BENCH_ARGS="..." adds arguments to either;
 #                        BENCH_ARGS=--publish commits-ready results in
 #                        docs/figures/, see docs/benchmarks.rst)
@@ -56,7 +58,8 @@ export PCOW_IMG := $(CURDIR)/$(BUILD)/pcow-img
 export DESTDIR
 
 .PHONY: all build-standalone build-qemu check check-long demo bench \
-        bench-quick bench-monitor install clean distclean help deps
+        bench-quick bench-monitor bench-overhead install clean distclean \
+        help deps
 
 all: build-standalone build-qemu
 
@@ -118,6 +121,8 @@ demo: deps
 # The guest benchmarks need QEMU; bench-monitor only the standalone build.
 bench bench-quick: all
 bench-monitor: build-standalone
+bench-overhead: all
+	tests/pcow/bench/bench-overhead.sh $(BENCH_ARGS)
 bench bench-quick bench-monitor:
 	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),bench-monitor.sh,run-bench.sh); \
 	test -x $$script || { echo "make $@: $$script is missing" >&2; exit 1; }; \
