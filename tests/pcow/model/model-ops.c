@@ -1199,7 +1199,7 @@ static void op_crash(Ctx *c, const Op *op)
     };
     MLayer *t = c->top, *old;
     unsigned kind = op->c % 7, idx = 0, at;
-    uint64_t off, len, size, nb = t->v.size / MB_SIZE;
+    uint64_t off, len, size, old_size, nb = t->v.size / MB_SIZE;
     pcow_check_result res;
     pcow_error err = { 0 };
     char name[M_NAME_MAX], p[PATH_MAX];
@@ -1245,6 +1245,7 @@ static void op_crash(Ctx *c, const Op *op)
              err.msg);
     }
     old = m_clone(t);
+    old_size = t->v.size;
     crash_model(c, t, kind, off, len, size, name, idx);
     if (!crash_outcome(c, t, old, kind)) {
         if (!at) {
@@ -1258,6 +1259,14 @@ static void op_crash(Ctx *c, const Op *op)
     verify_layer(c, t);
     open_top(c);
     verify_layer(c, t);
+    if (kind == 3 && t->v.size < old_size && op->d % 2) {
+        /* Grow back: the cut range must read zeros (issue 9, defect 2) */
+        if (pcow_resize(c->img, old_size, false, &err) < 0) {
+            fail(c, "grow after the crash: %s", err.msg);
+        }
+        m_resize(t, old_size);
+        verify_layer(c, t);
+    }
     close_top(c);
 }
 
