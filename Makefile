@@ -32,7 +32,7 @@ SHELL := /bin/bash
 
 BUILD := build
 QEMU_BUILD := $(BUILD)/qemu-build
-QEMU_TARGETS := qemu-system-x86_64 qemu-img
+QEMU_TARGETS := qemu-system-x86_64 qemu-img qemu-io qemu-nbd
 NINJA ?= ninja
 NINJAFLAGS ?=
 
@@ -84,6 +84,8 @@ ifeq ($(WITH_QEMU),yes)
 	$(NINJA) -C $(QEMU_BUILD) $(NINJAFLAGS) $(QEMU_TARGETS)
 	ln -sfn qemu-build/qemu-system-x86_64 $(BUILD)/qemu-system-x86_64
 	ln -sfn qemu-build/qemu-img $(BUILD)/qemu-img
+	ln -sfn qemu-build/qemu-io $(BUILD)/qemu-io
+	ln -sfn qemu-build/qemu-nbd $(BUILD)/qemu-nbd
 else
 	@echo "make: configured with --disable-qemu: QEMU not built"
 endif
@@ -143,7 +145,8 @@ endif
 clean:
 	if [ -f $(BUILD)/build.ninja ]; then $(NINJA) -C $(BUILD) clean; fi
 	if [ -f $(QEMU_BUILD)/build.ninja ]; then $(NINJA) -C $(QEMU_BUILD) clean; fi
-	rm -f $(BUILD)/qemu-system-x86_64 $(BUILD)/qemu-img
+	rm -f $(BUILD)/qemu-system-x86_64 $(BUILD)/qemu-img $(BUILD)/qemu-io \
+	    $(BUILD)/qemu-nbd
 
 distclean:
 	rm -rf $(BUILD) build-sanitizers

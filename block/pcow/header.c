@@ -307,13 +307,10 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 
 bool pcow_probe_fd(int fd)
 {
-    uint8_t buf[PCOW_SLOT_B + 4];
+    uint8_t buf[PCOW_PROBE_BYTES];
     int n = read_full(fd, buf, sizeof(buf), 0);
 
-    if (n >= 4 && pcow_ld32(buf) == PCOW_MAGIC) {
-        return true;
-    }
-    return n == (int)sizeof(buf) && pcow_ld32(buf + PCOW_SLOT_B) == PCOW_MAGIC;
+    return n > 0 && pcow_probe_buf(buf, n);
 }
 
 bool pcow_probe(const char *path)

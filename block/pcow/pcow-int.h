@@ -190,6 +190,20 @@ static inline uint64_t pcow_ld64(const uint8_t *p)
     return (uint64_t)pcow_ld32(p) | (uint64_t)pcow_ld32(p + 4) << 32;
 }
 
+/*
+ * Does @buf, the first @len bytes of a file, hold the magic of either
+ * header slot?  PCOW_PROBE_BYTES are enough.  Also used by the patched
+ * QEMU file driver (patches/0012) to keep qemu-img & co off pcow images.
+ */
+#define PCOW_PROBE_BYTES        (PCOW_SLOT_B + 4)
+
+static inline bool pcow_probe_buf(const uint8_t *buf, size_t len)
+{
+    return (len >= 4 && pcow_ld32(buf) == PCOW_MAGIC) ||
+           (len >= PCOW_PROBE_BYTES &&
+            pcow_ld32(buf + PCOW_SLOT_B) == PCOW_MAGIC);
+}
+
 static inline void pcow_st32(uint8_t *p, uint32_t v)
 {
     p[0] = v;
