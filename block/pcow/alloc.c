@@ -793,6 +793,24 @@ int pcow_alloc_raise_frontier(pcow_image *img, uint64_t end)
     return ret;
 }
 
+/*
+ * check -r all: replace a frontier that is garbage (past the file and past
+ * any use) with @end, the end of the highest cluster in use.
+ */
+int pcow_alloc_set_frontier(pcow_image *img, uint64_t end)
+{
+    int ret;
+
+    pcow_lock(img);
+    /* P-RESERVE-FRONTIER */
+    ret = pcow_persist_hot_store(img, PCOW_HOT_FRONTIER, end);
+    if (ret == 0) {
+        img->alloc_end = end;
+    }
+    pcow_unlock(img);
+    return ret;
+}
+
 /* Pick @n contiguous clusters (lowest free first); no I/O */
 static uint64_t pick_locked(pcow_image *img, uint64_t n, bool *reused)
 {

@@ -161,6 +161,12 @@ static void check_extent(pcow_image *img, const PcowWalk *w,
     uint64_t cs = img->cluster_size, i, lost = 0;
     struct stat st;
 
+    if (img->frontier_wild) {
+        pcow_problem(pr, -EINVAL, "frontier 0x%llx lies past the file and "
+                     "past anything the image can use",
+                     (unsigned long long)f);
+        return;
+    }
     if (fstat(img->fd, &st) == 0 && (uint64_t)st.st_size < f) {
         for (i = st.st_size / cs; i < w->nclusters; i++) {
             lost += (w->cls[i] & PCOW_C_KIND) != PCOW_C_FREE;
@@ -211,15 +217,20 @@ static void repair_extent_and_ids(pcow_image *img, const PcowWalk *w)
     uint64_t cs = img->cluster_size;
 
     /*
-     * Before anything allocates: raise a frontier that is too low, and
-     * round a malformed one up to a whole cluster (at least cluster 0).
+     * Before anything allocates: replace a frontier that is garbage, raise
+     * one that is too low, round a malformed one up to a whole cluster.
      */
-    if (f % cs || f < cs) {
-        f = f < cs ? cs : pcow_round_up(f, cs);
-        end = end > f ? end : f;
-    }
-    if (end > pcow_frontier(img)) {
-        pcow_alloc_raise_frontier(img, end);
+    if (img->frontier_wild) {
+        pcow_alloc_set_frontier(img, end > cs ? end : cs);
+        img->frontier_wild = false;
+    } else {
+        if (f % cs || f < cs) {
+            f = f < cs ? cs : pcow_round_up(f, cs);
+            end = end > f ? end : f;
+        }
+        if (end > pcow_frontier(img)) {
+            pcow_alloc_raise_frontier(img, end);
+        }
     }
     if (pcow_snapshot_ids_check(img, &pr)) {
         pcow_snapshot_ids_repair(img, NULL);

@@ -649,9 +649,34 @@ static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
  */
 uint64_t pcow_valid_end(pcow_image *img)
 {
-    uint64_t f = pcow_frontier(img);
+    uint64_t f = img->frontier_wild ? 0 : pcow_frontier(img);
 
     return img->check_end > f ? img->check_end : f;
+}
+
+/*
+ * The most an image of this geometry can use: cluster 0, the snapshot
+ * table, and per layer (active and each snapshot) its L1 table, every L2
+ * table and every data cluster; twice that, plus the reserve ring, covers
+ * what is in flight.  Saturates at UINT64_MAX.
+ */
+static uint64_t frontier_reach(pcow_image *img)
+{
+    uint64_t cs = img->cluster_size, layer, n;
+    uint64_t vcl = pcow_div_round_up(img->hdr.virtual_size, cs);
+    uint64_t l1cl = pcow_div_round_up((uint64_t)img->hdr.l1_size * 8, cs);
+
+    layer = vcl + img->hdr.l1_size + l1cl;
+    if (__builtin_mul_overflow(layer, 1 + (uint64_t)img->hdr.nb_snapshots,
+                               &n) ||
+        __builtin_add_overflow(n, pcow_div_round_up(img->hdr.snapshots_size,
+                                                    cs) + 1, &n) ||
+        __builtin_mul_overflow(n, 2, &n) ||
+        __builtin_add_overflow(n, PCOW_RING_CAP, &n) ||
+        __builtin_mul_overflow(n, cs, &n)) {
+        return UINT64_MAX;
+    }
+    return n;
 }
 
 static int check_frontier(pcow_image *img, uint64_t file_size,
@@ -684,6 +709,8 @@ static int check_frontier(pcow_image *img, uint64_t file_size,
     }
     if (check) {
         img->check_end = file_size & ~(img->cluster_size - 1);
+        /* Past the file and past any use: garbage, not a cut copy */
+        img->frontier_wild = f > file_size && f > frontier_reach(img);
     }
     if (img->hdr.l1_table_offset == 0 ||
         img->hdr.l1_table_offset % img->cluster_size ||
@@ -843,7 +870,7 @@ int pcow_open_internal(const char *path, unsigned flags,
             goto fail;
         }
         /* check -r all: a short file gets its lost tail back, as zeros */
-        if ((uint64_t)st.st_size < img->frontier_ro) {
+        if ((uint64_t)st.st_size < img->frontier_ro && !img->frontier_wild) {
             ret = pcow_persist_truncate(img, img->frontier_ro);
             if (ret < 0) {
                 ret = pcow_img_error(img, err, ret, "cannot extend: %s",

@@ -135,6 +135,8 @@ struct pcow_image {
                                file, to tell a low frontier from garbage */
     uint64_t short_size;    /* check -r all: the file size when open found
                                it below the frontier and extended it */
+    bool frontier_wild;     /* check mode: frontier past the file and past
+                               anything the image could use (garbage) */
     uint64_t in_use_token;
 
     /* active L1/L2: MAP_SHARED mappings (RDWR) or private copies (RO) */
@@ -342,6 +344,8 @@ int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair);
 void pcow_walk_free(PcowWalk *w);
 uint64_t pcow_walk_used_end(pcow_image *img, const PcowWalk *w);
 int pcow_alloc_raise_frontier(pcow_image *img, uint64_t end);
+/* check -r all: set a garbage frontier to @end. Durable; takes the lock */
+int pcow_alloc_set_frontier(pcow_image *img, uint64_t end);
 int pcow_alloc_init(pcow_image *img, const PcowWalk *w);
 void pcow_alloc_fini(pcow_image *img);
 int pcow_alloc_recover(pcow_image *img, bool punch_free, pcow_error *err);

@@ -182,4 +182,24 @@ for bad in 0 4096 $((front + 1)) $((front - 65536 + 1)); do
 done
 ok "frontier 0 or unaligned: check reports it, check -r all repairs it"
 
+# --- a frontier far beyond anything the image could use -----------------
+# (found by the fuzzer: check sized its walk by it and ran out of memory)
+expect 0 "$IMG" create -q -o cluster_size=4K h.pcow 1M
+"$HELPER" write h.pcow 0 8K 0x0d
+size=$(file_size h.pcow)
+hdr h.pcow hot frontier $((0x900000000000))
+expect_error "$IMG" info h.pcow
+expect 2 "$IMG" check h.pcow
+contains "$OUT" "frontier" "check names the frontier"
+expect 0 "$IMG" check -r all h.pcow
+expect 0 "$IMG" check h.pcow
+[ "$(file_size h.pcow)" -le "$size" ] || fail "repair grew the file"
+g=$(hdr h.pcow hot frontier)
+[ "$g" -le "$size" ] && [ $((g % 4096)) = 0 ] || fail "frontier now $g"
+"$HELPER" verify h.pcow 0 8K 0x0d
+"$HELPER" write h.pcow 512K 4K 0x0e
+"$HELPER" verify h.pcow 512K 4K 0x0e
+expect 0 "$IMG" check h.pcow
+ok "frontier far past the file: check reports it, check -r all lowers it"
+
 finish
