@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,19 +49,43 @@
         }                                                                  \
     } while (0)
 
-/* A fresh directory for one test; TMPDIR or the build directory. */
+static char test_dir_path[4096];
+static pid_t test_dir_owner;
+
+static int test_dir_rm_one(const char *path, const struct stat *st, int flag,
+                           struct FTW *ftw)
+{
+    return remove(path) < 0 ? -1 : 0;
+}
+
+/* At exit of the process that made it (not of a forked child) */
+static void test_dir_remove(void)
+{
+    if (getpid() == test_dir_owner && !getenv("PCOW_KEEP_TEST_DIR")) {
+        nftw(test_dir_path, test_dir_rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+    }
+}
+
+/*
+ * A fresh directory for one test (under PCOW_TEST_DIR, else /var/tmp),
+ * removed with everything in it when the test exits, pass or fail
+ * (PCOW_KEEP_TEST_DIR=1 keeps it).
+ */
 static inline const char *test_dir(const char *name)
 {
-    static char dir[4096];
     const char *t = getenv("PCOW_TEST_DIR");
 
-    snprintf(dir, sizeof(dir), "%s/pcow-mon-%s-XXXXXX", t ? t : "/var/tmp",
-             name);
-    if (!mkdtemp(dir)) {
+    snprintf(test_dir_path, sizeof(test_dir_path), "%s/pcow-mon-%s-XXXXXX",
+             t ? t : "/var/tmp", name);
+    if (!mkdtemp(test_dir_path)) {
         perror("mkdtemp");
         exit(1);
     }
-    return dir;
+    if (!test_dir_owner) {
+        test_dir_owner = getpid();
+        atexit(test_dir_remove);
+    }
+    return test_dir_path;
 }
 
 static inline void make_image(const char *path, uint64_t size,
