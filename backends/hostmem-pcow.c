@@ -337,6 +337,11 @@ const char *hostmem_pcow_path(HostMemPcow *pc)
     return pc->path;
 }
 
+bool hostmem_pcow_readonly(HostMemPcow *pc)
+{
+    return pc->readonly;
+}
+
 int hostmem_pcow_flush(HostMemPcow *pc)
 {
     pcow_error perr = { 0 };

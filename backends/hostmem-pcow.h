@@ -60,6 +60,7 @@ HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);
  */
 struct pcow_monitor *hostmem_pcow_monitor(HostMemPcow *pc);
 const char *hostmem_pcow_path(HostMemPcow *pc);
+bool hostmem_pcow_readonly(HostMemPcow *pc);
 
 /*
  * Make the guest's writes to the image durable (virtio-pmem flush).  May be

@@ -314,7 +314,7 @@ int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
         return 0;
     }
     set_limit(img, &h, limit);
-    return pcow_header_commit(img, &h, err);
+    return pcow_header_commit(img, &h, err);   /* P-HEADER-COMMIT */
 }
 
 int pcow_can_commit_header(pcow_image *img, pcow_error *err)
@@ -574,7 +574,7 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
             return ret;
         }
     }
-    ret = pcow_header_commit(img, &h, err);
+    ret = pcow_header_commit(img, &h, err);    /* P-HEADER-COMMIT */
     if (ret < 0) {
         return ret;
     }

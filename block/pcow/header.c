@@ -998,7 +998,7 @@ int pcow_close(pcow_image *img, pcow_error *err)
                                  "clusters: %s", strerror(-r));
         }
         if (!(img->flags & PCOW_OPEN_NO_RECOVER) && ret == 0) {
-            /* Give back what COW completions and the reserve orphaned */
+            /* P-CLOSE-TRIM: give back what COW and the reserve orphaned */
             r = pcow_alloc_recover(img, false, err);
             if (r < 0) {
                 ret = r;

@@ -78,16 +78,14 @@ static char *pcow_printable(const char *s)
 static bool pcow_snapshot_allowed(PcowBackendRef *ref, const char *id,
                                   Error **errp)
 {
-    pcow_info pi;
-
     if (!migration_is_idle() || runstate_check(RUN_STATE_INMIGRATE)) {
         error_setg(errp, "memory backend '%s': no pcow snapshot can be "
                    "taken or deleted while a migration is in progress",
                    id);
         return false;
     }
-    pcow_get_info(pcow_monitor_image(ref->mon), &pi);
-    if (pi.read_only) {
+    /* Not pcow_get_info: it walks every table under the fault path's lock */
+    if (hostmem_pcow_readonly(ref->pc)) {
         error_setg(errp, "pcow image '%s' (memory backend '%s') is "
                    "read-only", hostmem_pcow_path(ref->pc), id);
         return false;

@@ -472,8 +472,11 @@ int img_measure(int argc, char **argv)
         }
         cs = g.cluster_size;
         buf = g_malloc(cs);
-        /* A cluster is needed when it holds any non-zero 4 KiB block. */
-        while (off < b.size) {
+        /*
+         * A cluster is needed when it holds any non-zero 4 KiB block.  Raw
+         * output needs only the size (cs is 0 then).
+         */
+        while (out_fmt == IMG_FMT_PCOW && off < b.size) {
             uint64_t pnum;
             int st = img_blk_status(&b, off, cs - off % cs, &pnum);
             bool need = false;

@@ -132,7 +132,8 @@ def run_logged(cmd):
         out.append(ln.rstrip("\n"))
     rc = p.wait()
     return {"what": " ".join(cmd), "rc": rc,
-            "meta": dict(machine(), started=started, loadavg_start=load0,
+            "meta": dict(machine(dirs=[os.environ.get("TMPDIR", "/tmp")]),
+                         started=started, loadavg_start=load0,
                          loadavg_end=loadavg()),
             "log": out}
 

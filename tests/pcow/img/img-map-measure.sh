@@ -66,6 +66,11 @@ fs=$(file_size conv.pcow)
 [ "$req" -le $((fs + 4 * CS)) ] || fail "measure $req far above $fs"
 ok "measure of a source: $req bytes; converted image is $fs"
 
+# Raw output: the source's size (it died with SIGFPE: no cluster size).
+expect 0 "$IMG" measure -O raw src.raw
+contains "$OUT" "required size: 1073741824" "measure -O raw: the size"
+ok "measure -O raw of a source"
+
 expect 0 "$IMG" measure m.pcow
 ok "measure of a pcow image"
 

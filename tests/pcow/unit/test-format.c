@@ -139,7 +139,7 @@ static void test_snapshot_ids(void **state)
     close_image(img);
     assert_int_equal(check_clean(path), 0);
 
-    /* An id at or above next_snapshot_id: renumbered above the others */
+    /* An id at or above next_snapshot_id: kept, next_snapshot_id raised */
     patch_cur64(96, 2);
     open_fails(path, 0, msg, sizeof(msg));
     assert_true(contains(msg, "invalid id 2"));
