@@ -2,7 +2,8 @@
 # The on-disk format at its edges: the magic bytes the spec defines, header
 # generation and snapshot id limits, a file shorter than its frontier and a
 # frontier lower than the clusters the tables use.  Images are edited with
-# pcow-hdr.py, written from docs/pcow.rst independently of libpcow.
+# pcow-hdr.py, written from docs/interop/pcow-spec.rst independently of
+# libpcow.
 . "$(dirname "$0")/common.sh"
 
 hex_at() {      # hex_at FILE OFFSET COUNT

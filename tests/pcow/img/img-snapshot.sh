@@ -93,7 +93,8 @@ expect_error "$IMG" snapshot -U -c x s.pcow
 expect 0 "$IMG" check s.pcow
 ok "snapshot errors: unknown name, duplicate, empty, too long, two actions"
 
-# The documented lookup of -a/-d: a name wins over an id (docs/pcow.rst)
+# The documented lookup of -a/-d: a name wins over an id (docs/pcow.rst,
+# Live management; pcow-img snapshot --help)
 expect 0 "$IMG" create -q ids.pcow 1M
 expect 0 "$IMG" snapshot -c first ids.pcow
 expect 0 "$IMG" snapshot -c 1 ids.pcow

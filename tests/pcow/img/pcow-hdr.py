@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Read and patch pcow header fields on disk, for the CLI tests.
 
-Written from docs/pcow.rst (Header slots, Hot line), independently of
-libpcow, so that tests check the bytes the spec defines and not the code's
-own constants.
+Written from docs/interop/pcow-spec.rst (Header slots, Hot line),
+independently of libpcow, so that tests check the bytes the spec defines
+and not the code's own constants.
 
   pcow-hdr.py FILE slot               current slot: A or B
   pcow-hdr.py FILE get FIELD          a field of the current slot

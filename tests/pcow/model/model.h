@@ -2,15 +2,16 @@
  * Shadow model of pcow images for the model-based test (test-model.c)
  *
  * The model knows what the guest must see, from the documented semantics
- * only (docs/pcow.rst, the pcow-img help texts), never from libpcow's
- * internals.  Each pcow layer keeps, per 4 KiB block, whether the layer
- * holds the block itself:
+ * only (docs/interop/pcow-spec.rst, docs/pcow.rst, the pcow-img help
+ * texts), never from libpcow's internals.  Each pcow layer keeps, per
+ * 4 KiB block, whether the layer holds the block itself:
  *
  *   OWNED  the layer holds it (it was written): reads `own`, whatever lies
  *          below;
  *   NOT    the layer does not hold it: reads the layer below (zeros past
  *          the end of the layer below, without one, or at and beyond the
- *          view's backing limit, docs/pcow.rst "Backing limit");
+ *          view's backing limit, docs/interop/pcow-spec.rst "Backing
+ *          limit");
  *   MAYBE  the semantics allow either (e.g. a write copies a whole COW unit
  *          or cluster, of which this block is a bystander).  `own` was
  *          equal to what was below when the block became MAYBE.  While the

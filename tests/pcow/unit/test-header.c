@@ -428,8 +428,9 @@ static void test_accessors(void **state)
 
 /*
  * pcow_geometry_for and pcow_create both give the result the spec's limits
- * give (docs/pcow.rst: cluster 4K..2M, COW unit >= 4K and >= 1/64 cluster,
- * 2^22 L1 entries, 1 PiB), and the geometry matches the image made.
+ * give (docs/interop/pcow-spec.rst: cluster 4K..2M, COW unit >= 4K and
+ * >= 1/64 cluster, 2^22 L1 entries, 1 PiB), and the geometry matches the
+ * image made.
  */
 static void test_geometry(void **state)
 {
