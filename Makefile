@@ -15,7 +15,8 @@
 #                        (BENCH_ARGS="..." adds arguments to either;
 #                        BENCH_ARGS=--publish commits-ready results in
 #                        docs/figures/, see docs/benchmarks.rst)
-#   make install         install into the configured prefix (DESTDIR works)
+#   make install         install into the configured prefix (DESTDIR works):
+#                        pcow-img, its manual page pcow-img(1), QEMU
 #   make clean           remove build products, keep configuration and the
 #                        fetched QEMU source
 #   make distclean       remove build/ (and build-sanitizers/, which

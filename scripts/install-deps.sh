@@ -14,6 +14,8 @@ packages=(
     # standalone build: libpcow, Image Monitor, pcow-img, tests
     meson ninja-build pkg-config gcc clang libglib2.0-dev libcmocka-dev
     libpmem-dev libndctl-dev
+    # the pcow-img(1) manual page: rst2man builds it, groff checks it
+    python3-docutils groff-base
     # fetching and patching QEMU 7.2 (./configure)
     make dpkg-dev quilt patch python3 xz-utils
     # QEMU 7.2's lean build
