@@ -102,25 +102,14 @@ static void hostmem_pcow_exit_notify(Notifier *n, void *data)
 static HostMemPcow *hostmem_pcow_user(const char *path, bool *as_base)
 {
     HostMemPcow *pc;
-    struct stat want, st;
 
-    if (stat(path, &want) < 0) {
-        return NULL;
-    }
     QLIST_FOREACH(pc, &hostmem_pcow_list, next) {
         pcow_image *img = pc->mon ? pcow_monitor_image(pc->mon) : NULL;
-        pcow_image *layer;
+        pcow_chain_role role = pcow_chain_role_of(img, path);
 
-        for (layer = img; layer; layer = pcow_backing(layer)) {
-            int fds[2] = { pcow_fd(layer), pcow_backing_raw_fd(layer) };
-
-            for (int k = 0; k < 2; k++) {
-                if (fds[k] >= 0 && fstat(fds[k], &st) == 0 &&
-                    st.st_dev == want.st_dev && st.st_ino == want.st_ino) {
-                    *as_base = layer != img || k == 1;
-                    return pc;
-                }
-            }
+        if (role != PCOW_CHAIN_NONE) {
+            *as_base = role == PCOW_CHAIN_BASE;
+            return pc;
         }
     }
     return NULL;

@@ -388,6 +388,70 @@ int pcow_storage_probe(const char *path, pcow_storage_info *si,
 /* Parse "64K", "1G", "128" (bytes) ... ; -EINVAL on junk or overflow. */
 int pcow_parse_size(const char *s, uint64_t *out);
 
+/*
+ * ==================================================================
+ * Format knowledge for front ends: sizes, measure, chain files.
+ * (Kept together at the end of this header; block/pcow/measure.c and
+ * block/pcow/chain-file.c.)  Tools ask these instead of deriving the
+ * format's rules themselves.
+ * ==================================================================
+ */
+
+/* Virtual sizes are whole pages of this many bytes. */
+#define PCOW_PAGE_SIZE 4096u
+
+/*
+ * @size rounded up to whole pages: the size of an image made from data of
+ * @size bytes (convert, create -b).  0 when that overflows, which
+ * pcow_geometry_for() refuses.
+ */
+uint64_t pcow_round_to_pages(uint64_t size);
+
+/*
+ * The data to measure, read through the caller's callbacks (a raw file or
+ * a pcow image: the library does not care).  @block_status: 1 when
+ * [off, off + *pnum) may hold data, 0 when it reads as zeros, *pnum at
+ * most @max; @read fills @buf.  Negative errno on failure (the callback
+ * reports it).
+ */
+typedef struct pcow_measure_source {
+    uint64_t size;
+    int (*block_status)(void *opaque, uint64_t off, uint64_t max,
+                        uint64_t *pnum);
+    int (*read)(void *opaque, uint64_t off, void *buf, uint64_t len);
+    void *opaque;
+} pcow_measure_source;
+
+typedef struct pcow_measure_result {
+    uint64_t required;          /* file size for @src's non-zero clusters */
+    uint64_t fully_allocated;   /* file size with every cluster written */
+    pcow_geometry geometry;     /* of the image measured */
+} pcow_measure_result;
+
+/*
+ * The file size a new image of @virtual_size (geometry as for
+ * pcow_geometry_for(), which refuses what create refuses) needs to hold
+ * @src, or nothing (@src NULL).  A cluster is needed when any of its bytes
+ * is not zero.  Geometry errors set @err (naming no file); a callback's
+ * error is returned as it is and @err is left untouched.  Reads only.
+ */
+int pcow_measure(uint64_t virtual_size, uint32_t cluster_size,
+                 uint32_t cow_unit, const pcow_measure_source *src,
+                 pcow_measure_result *res, pcow_error *err);
+
+typedef enum pcow_chain_role {
+    PCOW_CHAIN_NONE = 0,        /* not a file of the chain (or no such file) */
+    PCOW_CHAIN_SELF = 1,        /* @img's own file */
+    PCOW_CHAIN_BASE = 2,        /* a base image's file, or a raw base */
+} pcow_chain_role;
+
+/*
+ * Is the file at @path (any name of it: compared by device and inode)
+ * @img's own file or a file of its backing chain?  @img may be NULL
+ * (PCOW_CHAIN_NONE).  Takes no locks; not signal-safe (stat).
+ */
+pcow_chain_role pcow_chain_role_of(pcow_image *img, const char *path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -328,7 +328,7 @@ int img_convert(int argc, char **argv)
             have_base = true;
             base_fmt = base_blk.fmt;
         }
-        co.virtual_size = (size + 4095) & ~4095ULL;
+        co.virtual_size = pcow_round_to_pages(size);
         if (co.virtual_size == 0) {
             img_error(src_name, "source is empty: nothing to convert");
             goto out;

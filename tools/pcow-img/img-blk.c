@@ -11,14 +11,6 @@
 
 #include "pcow-img.h"
 
-static bool same_file(int fd, const struct stat *want)
-{
-    struct stat st;
-
-    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == want->st_dev &&
-           st.st_ino == want->st_ino;
-}
-
 int img_blk_open(ImgBlk *b, const char *path, ImgFormat fmt, unsigned flags)
 {
     memset(b, 0, sizeof(*b));
@@ -86,27 +78,18 @@ int img_blk_open(ImgBlk *b, const char *path, ImgFormat fmt, unsigned flags)
 
 bool img_blk_uses_file(ImgBlk *b, const char *path, bool *itself)
 {
-    struct stat want;
-    pcow_image *it;
+    pcow_chain_role role;
+    struct stat want, st;
 
     *itself = false;
-    if (stat(path, &want) < 0) {
-        return false;
-    }
     if (!b->img) {
-        *itself = same_file(b->fd, &want);
+        *itself = stat(path, &want) == 0 && fstat(b->fd, &st) == 0 &&
+                  st.st_dev == want.st_dev && st.st_ino == want.st_ino;
         return *itself;
     }
-    for (it = b->img; it; it = pcow_backing(it)) {
-        if (same_file(pcow_fd(it), &want)) {
-            *itself = it == b->img;
-            return true;
-        }
-        if (same_file(pcow_backing_raw_fd(it), &want)) {
-            return true;
-        }
-    }
-    return false;
+    role = pcow_chain_role_of(b->img, path);
+    *itself = role == PCOW_CHAIN_SELF;
+    return role != PCOW_CHAIN_NONE;
 }
 
 int img_blk_close(ImgBlk *b)

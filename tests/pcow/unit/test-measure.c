@@ -1,0 +1,163 @@
+/*
+ * libpcow unit tests: the front-end API at the end of pcow.h (measure,
+ * page rounding, a file's role in a chain)
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include "unit-common.h"
+
+static TestDir td;
+
+static int setup(void **state)
+{
+    td_init(&td, NULL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    td_cleanup(&td);
+    return 0;
+}
+
+/* A source in memory: blocks of 4 KiB, status "data" where @data says */
+typedef struct MemSource {
+    const uint8_t *buf;
+    uint64_t size;
+    int fail_at;        /* status call number that fails, or -1 */
+    int calls;
+} MemSource;
+
+static int mem_status(void *opaque, uint64_t off, uint64_t max,
+                      uint64_t *pnum)
+{
+    MemSource *m = opaque;
+
+    if (m->calls++ == m->fail_at) {
+        return -EIO;
+    }
+    *pnum = max < 4096 - off % 4096 ? max : 4096 - off % 4096;
+    return 1;
+}
+
+static int mem_read(void *opaque, uint64_t off, void *buf, uint64_t len)
+{
+    MemSource *m = opaque;
+
+    memcpy(buf, m->buf + off, len);
+    return 0;
+}
+
+static void test_round_to_pages(void **state)
+{
+    assert_int_equal(pcow_round_to_pages(0), 0);
+    assert_int_equal(pcow_round_to_pages(1), PCOW_PAGE_SIZE);
+    assert_int_equal(pcow_round_to_pages(4096), 4096);
+    assert_int_equal(pcow_round_to_pages(4097), 8192);
+    assert_int_equal(pcow_round_to_pages(UINT64_MAX), 0);
+}
+
+static void test_measure_empty(void **state)
+{
+    char path[512];
+    pcow_measure_result r;
+    pcow_error err = { 0 };
+    struct stat st;
+
+    /* An empty image is exactly what create makes */
+    assert_int_equal(pcow_measure(GiB, 0, 0, NULL, &r, &err), 0);
+    td_path(&td, "e.pcow", path, sizeof(path));
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(r.required, (uint64_t)st.st_size);
+    assert_int_equal(r.geometry.cluster_size, 64 * KiB);
+    /* header cluster + L1 (one cluster) + 1 GiB of L2 tables and data */
+    assert_int_equal(r.fully_allocated,
+                     2 * 64 * KiB + (GiB / (64 * KiB)) * 64 * KiB +
+                     r.geometry.l1_size * 64 * KiB);
+
+    /* What create refuses, measure refuses, with a message */
+    assert_int_equal(pcow_measure(5000, 0, 0, NULL, &r, &err), -EINVAL);
+    assert_int_equal(err.code, -EINVAL);
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(pcow_measure(GiB, 3072, 0, NULL, &r, &err), -EINVAL);
+    assert_true(err.msg[0] != '\0');
+}
+
+static void test_measure_source(void **state)
+{
+    uint64_t size = 8 * MiB, cs = 64 * KiB;
+    uint8_t *buf = calloc(1, size);
+    MemSource m = { .buf = buf, .size = size, .fail_at = -1 };
+    pcow_measure_source src = {
+        .size = size, .block_status = mem_status, .read = mem_read,
+        .opaque = &m,
+    };
+    pcow_measure_result r, empty;
+    pcow_error err = { 0 };
+
+    assert_non_null(buf);
+    assert_int_equal(pcow_measure(size, cs, 0, NULL, &empty, &err), 0);
+    /* All zeros: nothing needed beyond the empty image */
+    assert_int_equal(pcow_measure(size, cs, 0, &src, &r, &err), 0);
+    assert_int_equal(r.required, empty.required);
+    /* Two bytes in one cluster, one in another: two clusters, one L2 */
+    buf[5] = 1;
+    buf[cs - 1] = 1;
+    buf[3 * cs + 4096] = 1;
+    assert_int_equal(pcow_measure(size, cs, 0, &src, &r, &err), 0);
+    assert_int_equal(r.required, empty.required + 3 * cs);
+    assert_int_equal(r.fully_allocated, empty.fully_allocated);
+    /* A callback's error comes back as it is; err is left alone */
+    m.calls = 0;
+    m.fail_at = 2;
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(pcow_measure(size, cs, 0, &src, &r, &err), -EIO);
+    assert_int_equal(err.code, 0);
+    free(buf);
+}
+
+static void test_chain_role(void **state)
+{
+    char base[512], raw[512], top[512], other[512], alias[512];
+    pcow_image *img;
+    int fd;
+
+    td_path(&td, "base.raw", raw, sizeof(raw));
+    td_path(&td, "mid.pcow", base, sizeof(base));
+    td_path(&td, "top.pcow", top, sizeof(top));
+    td_path(&td, "other.pcow", other, sizeof(other));
+    td_path(&td, "alias.pcow", alias, sizeof(alias));
+    fd = open(raw, O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, MiB), 0);
+    close(fd);
+    mk_image(base, MiB, 0, "base.raw", PCOW_BACKING_RAW);
+    mk_image(top, MiB, 0, "mid.pcow", PCOW_BACKING_PCOW);
+    mk_image(other, MiB, 0, NULL, PCOW_BACKING_NONE);
+    assert_int_equal(link(top, alias), 0);
+
+    img = open_image(top, 0);
+    assert_int_equal(pcow_chain_role_of(img, top), PCOW_CHAIN_SELF);
+    assert_int_equal(pcow_chain_role_of(img, alias), PCOW_CHAIN_SELF);
+    assert_int_equal(pcow_chain_role_of(img, base), PCOW_CHAIN_BASE);
+    assert_int_equal(pcow_chain_role_of(img, raw), PCOW_CHAIN_BASE);
+    assert_int_equal(pcow_chain_role_of(img, other), PCOW_CHAIN_NONE);
+    assert_int_equal(pcow_chain_role_of(img, "/no/such/file"),
+                     PCOW_CHAIN_NONE);
+    assert_int_equal(pcow_chain_role_of(NULL, top), PCOW_CHAIN_NONE);
+    assert_int_equal(pcow_close(img, NULL), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_to_pages),
+        cmocka_unit_test_setup_teardown(test_measure_empty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_measure_source, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_chain_role, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
