@@ -25,6 +25,11 @@ packages=(
     seabios qemu-system-data ipxe-qemu
     # test and demo guests, benchmarks
     busybox-static linux-image-amd64 kmod cpio fio zstd e2fsprogs
+    # confined-host tests (tests/pcow/confine/): apparmor_parser, Debian's
+    # libvirt AppArmor abstractions and TEMPLATE.qemu (libvirt-daemon-system)
+    # and virt-aa-helper (libvirt-daemon).  Nothing is started: the tests
+    # only parse and generate profiles.
+    apparmor libvirt-daemon libvirt-daemon-system
 )
 
 say() { echo "install-deps: $*"; }
