@@ -16,7 +16,12 @@
 #                        BENCH_ARGS=--publish commits-ready results in
 #                        docs/figures/, see docs/benchmarks.rst)
 #   make install         install into the configured prefix (DESTDIR works):
-#                        pcow-img, its manual page pcow-img(1), QEMU
+#                        pcow-img, its manual page pcow-img(1), QEMU;
+#                        where AppArmor is installed, also its snippet for
+#                        libvirt-confined QEMUs into $(APPARMOR_DIR)
+#                        (default /etc/apparmor.d, whatever the prefix;
+#                        APPARMOR_DIR= skips it; see docs/pcow.rst,
+#                        "Confined hosts")
 #   make clean           remove build products, keep configuration and the
 #                        fetched QEMU source
 #   make distclean       remove build/ (and build-sanitizers/, which
@@ -132,8 +137,15 @@ bench bench-quick bench-monitor:
 	echo "$$script $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)"; \
 	$$script $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)
 
+# AppArmor reads its policy from /etc/apparmor.d only, so the snippet goes
+# there, not under the prefix.  scripts/install-apparmor.sh installs
+# nothing where that directory does not exist (no AppArmor).
+APPARMOR_DIR ?= /etc/apparmor.d
+
 install: all
 	if [ -f meson.build ]; then meson install -C $(BUILD) --no-rebuild; fi
+	$(if $(APPARMOR_DIR),scripts/install-apparmor.sh --prefix $(PREFIX) \
+	    --apparmor-dir $(APPARMOR_DIR) $(if $(DESTDIR),--destdir $(DESTDIR)))
 ifeq ($(WITH_QEMU),yes)
 	# Build what QEMU installs (not its own test programs), then install.
 	$(NINJA) -C $(QEMU_BUILD) $(NINJAFLAGS) $$(meson introspect --targets \

@@ -3,13 +3,13 @@
 # this; it runs, in order of dependency:
 #   0. runner-selftest.sh: this script must report every failure mode,
 #   1. the meson suites of the standalone build (unit, crash, fuzz, img,
-#      monitor, kvm) in $BUILD (default build/),
+#      monitor, confine, kvm) in $BUILD (default build/),
 #   2. unit, fuzz, img and monitor again under ASan+UBSan in
 #      $SAN_BUILD (default build-sanitizers/, set up here when missing),
 #   3. the end-to-end scripts tests/pcow/e2e/test-*.sh and
 #      tests/pcow/libvirt/test-*.sh against $BUILD/qemu-system-x86_64.
 # PCOW_TESTS="unit img ..." runs a subset of the groups selftest, unit,
-# crash, fuzz, img, monitor, kvm, asan and e2e.
+# crash, fuzz, img, monitor, confine, kvm, asan and e2e.
 #
 # Exit status of a test: 0 passed, 77 skipped (it says why), else failed.
 # With CI=true a skip is a failure, unless the test needs a capability that
@@ -27,8 +27,8 @@ san_build=${SAN_BUILD:-build-sanitizers}
 only=${PCOW_TESTS:-}
 case ${CI:-} in true|1) ci=1 ;; *) ci= ;; esac
 
-GROUPS_ALL="selftest unit crash fuzz img monitor kvm asan e2e"
-SUITES="unit crash fuzz img monitor kvm"      # every suite meson.build has
+GROUPS_ALL="selftest unit crash fuzz img monitor confine kvm asan e2e"
+SUITES="unit crash fuzz img monitor confine kvm"  # every suite meson.build has
 SAN_SUITES="unit fuzz img monitor"
 # Tests that may skip under CI=true: the capability is optional (README.md)
 OPTIONAL=("kvm: kvm-guest")

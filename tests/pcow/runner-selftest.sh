@@ -46,7 +46,7 @@ cat >"$src/meson.build" <<'EOF'
 project('fake', 'c')
 executable('prog', 'prog.c')
 fake = find_program('fake-test.sh')
-foreach s : ['unit', 'crash', 'fuzz', 'img', 'monitor', 'kvm']
+foreach s : ['unit', 'crash', 'fuzz', 'img', 'monitor', 'confine', 'kvm']
   if s != get_option('omit')
     name = s == 'kvm' ? 'kvm-guest' : s + '-a'
     test(name, fake, args: [name], suite: s)
@@ -95,13 +95,13 @@ no_line() {
     fi
 }
 
-all="unit crash fuzz img monitor kvm"
+all="unit crash fuzz img monitor confine kvm"
 meson setup "$src/build" "$src" >"$T/setup.log" 2>&1 ||
     { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
 
 if check "all suites pass" pass PCOW_TESTS="$all"; then
-    grep -q '^7 passed' <(tail -n 1 "$T/out") ||
-        bad "all suites pass: not 7 tests run"
+    grep -q '^8 passed' <(tail -n 1 "$T/out") ||
+        bad "all suites pass: not 8 tests run"
 fi
 echo 1 >"$src/results/unit-a"
 check "a failing test" fail PCOW_TESTS=unit
