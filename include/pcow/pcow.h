@@ -390,8 +390,9 @@ int pcow_parse_size(const char *s, uint64_t *out);
 
 /*
  * ==================================================================
- * Format knowledge for front ends: sizes, measure, chain files.
- * (Kept together at the end of this header; block/pcow/measure.c and
+ * Format knowledge for front ends: sizes, measure, create requests,
+ * chain files.  (Kept together at the end of this header:
+ * block/pcow/measure.c, block/pcow/create-request.c and
  * block/pcow/chain-file.c.)  Tools ask these instead of deriving the
  * format's rules themselves.
  * ==================================================================
@@ -438,6 +439,41 @@ typedef struct pcow_measure_result {
 int pcow_measure(uint64_t virtual_size, uint32_t cluster_size,
                  uint32_t cow_unit, const pcow_measure_source *src,
                  pcow_measure_result *res, pcow_error *err);
+
+/*
+ * A new image as a front end asks for it (pcow-img create): what the
+ * request leaves open is settled as qemu-img's bdrv_img_create() does.
+ */
+typedef struct pcow_create_request {
+    uint64_t virtual_size;      /* 0: the base's size, in whole pages */
+    uint32_t cluster_size;      /* 0: default */
+    bool cluster_size_auto;     /* the storage's suggestion, else default */
+    uint32_t cow_unit;          /* 0: default */
+    const char *backing_file;   /* NULL or "": none; stored as given,
+                                 * relative to the new image's directory */
+    pcow_backing_format backing_format; /* NONE: probed */
+    /*
+     * Optional: called once everything is settled and checked, just
+     * before the file is made, with the options pcow_create() gets
+     * (pcow-img prints its "Formatting ..." line here).
+     */
+    void (*announce)(void *opaque, const pcow_create_opts *opts);
+    void *opaque;
+} pcow_create_request;
+
+typedef struct pcow_create_result {
+    pcow_create_opts opts;      /* what pcow_create() was given */
+    pcow_storage_info storage;  /* what the image is on (zeroed: unknown) */
+} pcow_create_result;
+
+/*
+ * Resolve and check the base (its name's length, that it can be read, its
+ * format), take the size from it if none is given, choose the cluster size
+ * (auto: from the storage), check the geometry, then pcow_create().  @res
+ * may be NULL.  Every error names @path.
+ */
+int pcow_create_image(const char *path, const pcow_create_request *req,
+                      pcow_create_result *res, pcow_error *err);
 
 typedef enum pcow_chain_role {
     PCOW_CHAIN_NONE = 0,        /* not a file of the chain (or no such file) */

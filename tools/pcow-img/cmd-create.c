@@ -15,6 +15,15 @@
 #define KiB (1ULL << 10)
 #define GiB (1ULL << 30)
 
+typedef struct CreateArgs {
+    ImgCreateOpts o;
+    ImgFormat fmt;
+    const char *file;
+    const char *size_str;
+    uint64_t size;
+    bool quiet;
+} CreateArgs;
+
 static bool all_digits(const char *s)
 {
     if (!*s) {
@@ -26,43 +35,6 @@ static bool all_digits(const char *s)
         }
     }
     return true;
-}
-
-/* Where would @file live: the file itself if it exists, else its dir. */
-static int probe_storage(const char *file, pcow_storage_info *si)
-{
-    g_autofree char *dir = NULL;
-    pcow_error err = { 0 };
-
-    memset(si, 0, sizeof(*si));
-    if (access(file, F_OK) == 0) {
-        return pcow_storage_probe(file, si, &err);
-    }
-    dir = g_path_get_dirname(file);
-    return pcow_storage_probe(dir, si, &err);
-}
-
-/* Size of the base image for "create -b BASE FILE" without a size. */
-static int backing_size(const char *file, const char *resolved,
-                        ImgFormat fmt, uint64_t *size)
-{
-    ImgBlk b;
-    int ret;
-
-    ret = img_blk_open(&b, resolved, fmt, IMG_OPEN_NO_BACKING);
-    if (ret < 0) {
-        return ret;
-    }
-    *size = b.size;
-    img_blk_close(&b);
-    /* pcow sizes are whole pages; past a raw base's end is zero. */
-    *size = pcow_round_to_pages(*size);
-    if (*size == 0) {
-        img_error(file, "backing file '%s' is empty: give a size",
-                  resolved);
-        return -EINVAL;
-    }
-    return 0;
 }
 
 static const char create_help[] =
@@ -83,51 +55,15 @@ static const char create_help[] =
 "  -F FMT        format of BASE (default: probed)\n"
 "  -q            quiet: do not print the 'Formatting' line\n";
 
-static int create_raw(const char *file, uint64_t size, bool quiet)
-{
-    int fd;
-
-    if (!quiet) {
-        g_autofree char *efile = img_escape_text(file);
-
-        printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", efile, size);
-    }
-    fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        img_error(file, "cannot create: %s", strerror(errno));
-        return EXIT_ERR;
-    }
-    if (ftruncate(fd, size) < 0 || fsync(fd) < 0) {
-        img_error(file, "cannot set size: %s", strerror(errno));
-        close(fd);
-        unlink(file);
-        return EXIT_ERR;
-    }
-    close(fd);
-    return EXIT_OK;
-}
-
-int img_create(int argc, char **argv)
+/* 1: done (help printed), 0: go on, -1: error (reported) */
+static int create_parse_options(int argc, char **argv, CreateArgs *a)
 {
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "quiet", no_argument, NULL, 'q' },
         { NULL, 0, NULL, 0 },
     };
-    ImgCreateOpts o = { 0 };
-    ImgFormat fmt = IMG_FMT_PCOW;
-    ImgFormat base_fmt = IMG_FMT_NONE;
-    const char *file, *size_str = NULL;
-    g_autofree char *base = NULL;
-    g_autofree char *resolved = NULL;
-    pcow_create_opts co = { 0 };
-    pcow_storage_info si;
-    pcow_geometry g;
-    pcow_error err = { 0 };
-    uint64_t size = 0;
-    bool quiet = false;
-    int nargs, ret = EXIT_ERR, c;
-    char **pos;
+    int c;
 
     optind = 0;
     opterr = 0;
@@ -136,202 +72,250 @@ int img_create(int argc, char **argv)
         switch (c) {
         case 'h':
             fputs(create_help, stdout);
-            img_create_opts_free(&o);
-            return EXIT_OK;
+            return 1;
         case 'q':
-            quiet = true;
+            a->quiet = true;
             break;
         case 'f':
-            if (img_format_arg("-f", optarg, &fmt) < 0) {
-                goto out;
+            if (img_format_arg("-f", optarg, &a->fmt) < 0) {
+                return -1;
             }
             break;
         case 'o':
-            if (img_parse_create_opts(NULL, optarg, &o) < 0) {
-                goto out;
+            if (img_parse_create_opts(NULL, optarg, &a->o) < 0) {
+                return -1;
             }
             break;
         case 'b':
-            g_free(o.backing_file);
-            o.backing_file = g_strdup(optarg);
+            g_free(a->o.backing_file);
+            a->o.backing_file = g_strdup(optarg);
             break;
         case 'F':
-            g_free(o.backing_fmt);
-            o.backing_fmt = g_strdup(optarg);
+            g_free(a->o.backing_fmt);
+            a->o.backing_fmt = g_strdup(optarg);
             break;
         case 'u':
             /* qemu-img compatibility: accepted, the base is still checked */
             break;
         default:
             img_bad_option("create", argv, c);
-            goto out;
+            return -1;
         }
     }
-    if (o.help) {
+    if (a->o.help) {
         img_print_create_opts_help();
-        ret = EXIT_OK;
-        goto out;
+        return 1;
     }
+    return 0;
+}
 
-    pos = argv + optind;
-    nargs = argc - optind;
+/* The original tool's form: create CLUSTER_KIB SIZE_GIB FILE [BASE] */
+static int create_parse_legacy(char **pos, int nargs, CreateArgs *a)
+{
+    uint64_t ckib, sgib;
+
+    a->file = pos[2];
+    if (pcow_parse_size(pos[0], &ckib) < 0 || ckib > (1u << 21) ||
+        pcow_parse_size(pos[1], &sgib) < 0 || sgib > (UINT64_MAX >> 30)) {
+        img_error(a->file, "invalid legacy arguments '%s %s' (expected "
+                  "cluster size in KiB and size in GiB)", pos[0], pos[1]);
+        return -1;
+    }
+    if (ckib == 0) {
+        /* 0 is not "the default" here: the form always names it */
+        img_error(a->file, "invalid cluster size 0 KiB in the legacy form "
+                  "(give 4..2048, a power of two)");
+        return -1;
+    }
+    a->o.cluster_size = (uint32_t)(ckib * KiB);
+    a->o.cluster_size_auto = false;
+    a->size = sgib * GiB;
+    if (a->size == 0) {
+        img_error(a->file, "image size must be greater than 0");
+        return -1;
+    }
+    if (nargs == 4) {
+        g_free(a->o.backing_file);
+        a->o.backing_file = g_strdup(pos[3]);
+    }
+    return 0;
+}
+
+/* FILE and SIZE (either form); never an existing file */
+static int create_parse_args(int argc, char **argv, CreateArgs *a)
+{
+    char **pos = argv + optind;
+    int nargs = argc - optind;
+
     if ((nargs == 3 || nargs == 4) && all_digits(pos[0]) &&
         all_digits(pos[1])) {
-        /* Legacy: create CLUSTER_KIB SIZE_GIB FILE [BASE] */
-        uint64_t ckib, sgib;
-
-        file = pos[2];
-        if (pcow_parse_size(pos[0], &ckib) < 0 || ckib > (1u << 21) ||
-            pcow_parse_size(pos[1], &sgib) < 0 || sgib > (UINT64_MAX >> 30)) {
-            img_error(file, "invalid legacy arguments '%s %s' (expected "
-                      "cluster size in KiB and size in GiB)", pos[0], pos[1]);
-            goto out;
-        }
-        if (ckib == 0) {
-            /* 0 is not "the default" here: the form always names it */
-            img_error(file, "invalid cluster size 0 KiB in the legacy form "
-                      "(give 4..2048, a power of two)");
-            goto out;
-        }
-        o.cluster_size = (uint32_t)(ckib * KiB);
-        o.cluster_size_auto = false;
-        size = sgib * GiB;
-        if (size == 0) {
-            img_error(file, "image size must be greater than 0");
-            goto out;
-        }
-        if (nargs == 4) {
-            g_free(o.backing_file);
-            o.backing_file = g_strdup(pos[3]);
+        if (create_parse_legacy(pos, nargs, a) < 0) {
+            return -1;
         }
     } else if (nargs == 1 || nargs == 2) {
-        file = pos[0];
-        size_str = nargs == 2 ? pos[1] : NULL;
+        a->file = pos[0];
+        a->size_str = nargs == 2 ? pos[1] : NULL;
     } else {
         img_usage_error("create", nargs == 0 ? "missing file name" :
                         "too many arguments");
-        goto out;
+        return -1;
     }
-
-    if (size_str) {
-        if (img_parse_size(file, "size", size_str, &size) < 0) {
-            goto out;
+    if (a->size_str) {
+        if (img_parse_size(a->file, "size", a->size_str, &a->size) < 0) {
+            return -1;
         }
-        if (size == 0) {
-            img_error(file, "image size must be greater than 0");
-            goto out;
+        if (a->size == 0) {
+            img_error(a->file, "image size must be greater than 0");
+            return -1;
         }
     }
-    if (access(file, F_OK) == 0) {
-        img_error(file, "file exists (remove it first; create never "
+    if (access(a->file, F_OK) == 0) {
+        img_error(a->file, "file exists (remove it first; create never "
                   "overwrites an image)");
-        goto out;
+        return -1;
     }
+    return 0;
+}
 
-    if (fmt == IMG_FMT_RAW) {
-        if (o.backing_file) {
-            img_error(file, "raw images cannot have a backing file");
-            goto out;
-        }
-        if (!size_str) {
-            img_usage_error("create", "missing size");
-            goto out;
-        }
-        ret = create_raw(file, size, quiet);
-        goto out;
-    }
+static int create_raw(const CreateArgs *a)
+{
+    int fd;
 
-    if (o.backing_file && !*o.backing_file) {
-        g_free(o.backing_file);
-        o.backing_file = NULL;
+    if (a->o.backing_file) {
+        img_error(a->file, "raw images cannot have a backing file");
+        return EXIT_ERR;
     }
-    if (o.backing_fmt &&
-        img_format_arg("-F", o.backing_fmt, &base_fmt) < 0) {
-        goto out;
-    }
-    if (o.backing_fmt && !o.backing_file) {
-        img_error(file, "-F/backing_fmt given without a backing file");
-        goto out;
-    }
-    if (o.backing_file) {
-        base = g_strdup(o.backing_file);
-        if (strlen(base) > PCOW_MAX_BACKING_NAME) {
-            img_error(file, "backing file name longer than %d bytes",
-                      PCOW_MAX_BACKING_NAME);
-            goto out;
-        }
-        resolved = img_resolve_backing(file, base);
-        if (access(resolved, R_OK) < 0) {
-            img_error(file, "cannot open backing file '%s': %s", resolved,
-                      strerror(errno));
-            goto out;
-        }
-        if (base_fmt == IMG_FMT_NONE) {
-            base_fmt = pcow_probe(resolved) ? IMG_FMT_PCOW : IMG_FMT_RAW;
-        }
-        if (!size_str && size == 0 &&
-            backing_size(file, resolved, base_fmt, &size) < 0) {
-            goto out;
-        }
-    } else if (size == 0) {
+    if (!a->size_str) {
         img_usage_error("create", "missing size");
-        goto out;
+        return EXIT_ERR;
     }
+    if (!a->quiet) {
+        g_autofree char *efile = img_escape_text(a->file);
 
-    if (o.cluster_size_auto) {
-        if (probe_storage(file, &si) == 0 && si.suggested_cluster_size) {
-            o.cluster_size = si.suggested_cluster_size;
-        } else {
-            o.cluster_size = 1u << PCOW_DEFAULT_CLUSTER_BITS;
-        }
+        printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", efile,
+               a->size);
     }
-    /* Refuse here what pcow_create would refuse, before "Formatting" */
-    c = pcow_geometry_for(size, o.cluster_size, o.cow_unit, &g, &err);
-    if (c < 0) {
-        img_pcow_error(file, &err, c);
-        goto out;
+    fd = open(a->file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        img_error(a->file, "cannot create: %s", strerror(errno));
+        return EXIT_ERR;
     }
-
-    co.virtual_size = size;
-    co.cluster_size = g.cluster_size;
-    co.cow_unit = g.cow_unit;
-    co.backing_file = base;
-    co.backing_format = base_fmt == IMG_FMT_PCOW ? PCOW_BACKING_PCOW :
-                        base_fmt == IMG_FMT_RAW ? PCOW_BACKING_RAW :
-                        PCOW_BACKING_NONE;
-
-    if (!quiet) {
-        g_autofree char *efile = img_escape_text(file);
-
-        printf("Formatting '%s', fmt=pcow size=%" PRIu64
-               " cluster_size=%u cow_unit=%u", efile, size, g.cluster_size,
-               g.cow_unit);
-        if (base) {
-            g_autofree char *ebase = img_escape_text(base);
-
-            printf(" backing_file=%s backing_fmt=%s", ebase,
-                   img_format_name(base_fmt));
-        }
-        printf("\n");
+    if (ftruncate(fd, a->size) < 0 || fsync(fd) < 0) {
+        img_error(a->file, "cannot set size: %s", strerror(errno));
+        close(fd);
+        unlink(a->file);
+        return EXIT_ERR;
     }
+    close(fd);
+    return EXIT_OK;
+}
 
-    c = pcow_create(file, &co, &err);
-    if (c < 0) {
-        img_pcow_error(file, &err, c);
-        goto out;
+/* "Formatting ..." once libpcow has settled and checked everything */
+static void announce_formatting(void *opaque, const pcow_create_opts *co)
+{
+    const CreateArgs *a = opaque;
+    g_autofree char *efile = img_escape_text(a->file);
+
+    if (a->quiet) {
+        return;
     }
+    printf("Formatting '%s', fmt=pcow size=%" PRIu64
+           " cluster_size=%u cow_unit=%u", efile, co->virtual_size,
+           co->cluster_size, co->cow_unit);
+    if (co->backing_file) {
+        g_autofree char *ebase = img_escape_text(co->backing_file);
 
-    if (probe_storage(file, &si) == 0 && si.on_dax && si.has_namespace &&
-        si.namespace_align && si.namespace_align != g.cluster_size) {
+        printf(" backing_file=%s backing_fmt=%s", ebase,
+               co->backing_format == PCOW_BACKING_PCOW ? "pcow" : "raw");
+    }
+    printf("\n");
+}
+
+/* On a DAX namespace whose alignment the cluster size does not match */
+static void hint_namespace_align(const char *file,
+                                 const pcow_storage_info *si,
+                                 uint32_t cluster_size)
+{
+    if (si->on_dax && si->has_namespace && si->namespace_align &&
+        si->namespace_align != cluster_size) {
         printf("Hint: '%s' is on DAX namespace %s (mode %s) aligned to %"
                PRIu64 " bytes, but its cluster size is %u; -o "
                "cluster_size=auto matches the namespace\n", file,
-               si.namespace_name, si.namespace_mode, si.namespace_align,
-               g.cluster_size);
+               si->namespace_name, si->namespace_mode, si->namespace_align,
+               cluster_size);
     }
-    ret = EXIT_OK;
+}
 
+/* The request for libpcow: -F and a size (or a base to take it from) */
+static int create_request(const CreateArgs *a, pcow_create_request *req)
+{
+    ImgFormat base_fmt = IMG_FMT_NONE;
+    bool has_base = a->o.backing_file && *a->o.backing_file;
+
+    if (a->o.backing_fmt &&
+        img_format_arg("-F", a->o.backing_fmt, &base_fmt) < 0) {
+        return -1;
+    }
+    if (a->o.backing_fmt && !has_base) {
+        img_error(a->file, "-F/backing_fmt given without a backing file");
+        return -1;
+    }
+    if (!has_base && a->size == 0) {
+        img_usage_error("create", "missing size");
+        return -1;
+    }
+    memset(req, 0, sizeof(*req));
+    req->virtual_size = a->size;
+    req->cluster_size = a->o.cluster_size;
+    req->cluster_size_auto = a->o.cluster_size_auto;
+    req->cow_unit = a->o.cow_unit;
+    req->backing_file = has_base ? a->o.backing_file : NULL;
+    req->backing_format = base_fmt == IMG_FMT_PCOW ? PCOW_BACKING_PCOW :
+                          base_fmt == IMG_FMT_RAW ? PCOW_BACKING_RAW :
+                          PCOW_BACKING_NONE;
+    req->announce = announce_formatting;
+    req->opaque = (void *)a;
+    return 0;
+}
+
+static int create_pcow(const CreateArgs *a)
+{
+    pcow_create_request req;
+    pcow_create_result res;
+    pcow_error err = { 0 };
+    int ret;
+
+    if (create_request(a, &req) < 0) {
+        return EXIT_ERR;
+    }
+    ret = pcow_create_image(a->file, &req, &res, &err);
+    if (ret < 0) {
+        img_pcow_error(a->file, &err, ret);
+        return EXIT_ERR;
+    }
+    hint_namespace_align(a->file, &res.storage, res.opts.cluster_size);
+    return EXIT_OK;
+}
+
+int img_create(int argc, char **argv)
+{
+    CreateArgs a = { .fmt = IMG_FMT_PCOW };
+    int ret = EXIT_ERR, c;
+
+    c = create_parse_options(argc, argv, &a);
+    if (c != 0) {
+        ret = c > 0 ? EXIT_OK : EXIT_ERR;
+        goto out;
+    }
+    if (create_parse_args(argc, argv, &a) < 0) {
+        goto out;
+    }
+    if (a.fmt == IMG_FMT_RAW) {
+        ret = create_raw(&a);
+    } else {
+        ret = create_pcow(&a);
+    }
 out:
-    img_create_opts_free(&o);
+    img_create_opts_free(&a.o);
     return ret;
 }

@@ -1,6 +1,6 @@
 /*
  * libpcow unit tests: the front-end API at the end of pcow.h (measure,
- * page rounding, a file's role in a chain)
+ * page rounding, create requests, a file's role in a chain)
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -117,6 +117,77 @@ static void test_measure_source(void **state)
     free(buf);
 }
 
+static void count_announce(void *opaque, const pcow_create_opts *co)
+{
+    pcow_create_opts *seen = opaque;
+
+    assert_int_equal(seen->virtual_size, 0);    /* called once */
+    *seen = *co;
+}
+
+static void test_create_request(void **state)
+{
+    char base[512], raw[512], top[512], path[512];
+    pcow_create_opts seen = { 0 };
+    pcow_create_request req = {
+        .backing_file = "base.pcow", .announce = count_announce,
+        .opaque = &seen,
+    };
+    pcow_create_result res;
+    pcow_error err = { 0 };
+    struct stat st;
+    int fd;
+
+    td_path(&td, "base.pcow", base, sizeof(base));
+    td_path(&td, "empty.raw", raw, sizeof(raw));
+    td_path(&td, "top.pcow", top, sizeof(top));
+    mk_image(base, 3 * MiB, 0, NULL, PCOW_BACKING_NONE);
+
+    /* Size and format from the base; the announced options are used */
+    assert_int_equal(pcow_create_image(top, &req, &res, &err), 0);
+    assert_int_equal(seen.virtual_size, 3 * MiB);
+    assert_int_equal(seen.backing_format, PCOW_BACKING_PCOW);
+    assert_int_equal(seen.cluster_size, 64 * KiB);
+    assert_int_equal(seen.cow_unit, 4 * KiB);
+    assert_int_equal(res.opts.virtual_size, 3 * MiB);
+    assert_string_equal(res.opts.backing_file, "base.pcow");
+
+    /* An empty raw base gives no size: refused before any file */
+    fd = open(raw, O_CREAT | O_RDWR, 0644);
+    assert_true(fd >= 0);
+    close(fd);
+    req.backing_file = "empty.raw";
+    req.announce = NULL;
+    td_path(&td, "e.pcow", path, sizeof(path));
+    assert_int_equal(pcow_create_image(path, &req, NULL, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "is empty: give a size"));
+    assert_int_equal(stat(path, &st), -1);
+
+    /* A missing base names the new file and the path tried */
+    req.backing_file = "nosuch.pcow";
+    assert_int_equal(pcow_create_image(path, &req, NULL, &err), -ENOENT);
+    assert_int_equal(strncmp(err.msg, path, strlen(path)), 0);
+    assert_non_null(strstr(err.msg, "nosuch.pcow"));
+    assert_int_equal(stat(path, &st), -1);
+
+    /* A format without a base, a bad geometry: refused */
+    req.backing_file = NULL;
+    req.backing_format = PCOW_BACKING_RAW;
+    req.virtual_size = MiB;
+    assert_int_equal(pcow_create_image(path, &req, NULL, &err), -EINVAL);
+    req.backing_format = PCOW_BACKING_NONE;
+    req.cluster_size = 3072;
+    assert_int_equal(pcow_create_image(path, &req, NULL, &err), -EINVAL);
+    assert_int_equal(stat(path, &st), -1);
+
+    /* auto follows the storage (or the default); the size is kept */
+    req.cluster_size = 0;
+    req.cluster_size_auto = true;
+    assert_int_equal(pcow_create_image(path, &req, &res, &err), 0);
+    assert_int_equal(res.opts.virtual_size, MiB);
+    assert_true(res.opts.cluster_size >= 4 * KiB);
+}
+
 static void test_chain_role(void **state)
 {
     char base[512], raw[512], top[512], other[512], alias[512];
@@ -155,6 +226,8 @@ int main(void)
         cmocka_unit_test(test_round_to_pages),
         cmocka_unit_test_setup_teardown(test_measure_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_measure_source, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_create_request, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_chain_role, setup, teardown),
     };
