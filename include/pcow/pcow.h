@@ -488,6 +488,19 @@ typedef enum pcow_chain_role {
  */
 pcow_chain_role pcow_chain_role_of(pcow_image *img, const char *path);
 
+/*
+ * The files the image at @path reads, top first: the image, then each base
+ * down its chain (the last may be raw).  Each is the absolute path of the
+ * file libpcow opened, symlinks resolved: the set a path-based confinement
+ * policy (AppArmor) must allow.  Opens @path read-only with its chain and
+ * closes it; @flags may hold PCOW_OPEN_NO_LOCK (take no lock).  Returns
+ * the number of files and sets *@files to a NULL-terminated array (free it
+ * with pcow_chain_files_free()), or a negative errno with @err set.
+ */
+int pcow_chain_files(const char *path, unsigned flags, char ***files,
+                     pcow_error *err);
+void pcow_chain_files_free(char **files);
+
 #ifdef __cplusplus
 }
 #endif

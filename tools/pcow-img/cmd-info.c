@@ -47,6 +47,42 @@ static int parse_output(const char *cmd, const char *arg, bool *json)
 
 /* ------------------------------------------------------------------ info */
 
+/*
+ * "chain files": every file the image reads, from the library.  A chain
+ * that cannot be opened (a base missing) is reported, not fatal: info
+ * still describes the image.
+ */
+static void chain_files(const char *path, bool force_share, ImgJson *j)
+{
+    pcow_error err = { 0 };
+    char **files;
+    int n = pcow_chain_files(path, force_share ? PCOW_OPEN_NO_LOCK : 0,
+                             &files, &err);
+
+    if (j) {
+        if (n >= 0) {
+            json_begin_array(j, "chain-files");
+            for (int i = 0; i < n; i++) {
+                json_str(j, NULL, files[i]);
+            }
+            json_end_array(j);
+        }
+    } else if (n < 0) {
+        g_autofree char *emsg = img_escape_text(err.msg);
+
+        printf("chain files: unknown (%s)\n", emsg);
+    } else {
+        printf("chain files:");
+        for (int i = 0; i < n; i++) {
+            g_autofree char *ef = img_escape_text(files[i]);
+
+            printf("%s %s", i ? "," : "", ef);
+        }
+        printf("\n");
+    }
+    pcow_chain_files_free(n >= 0 ? files : NULL);
+}
+
 /* Print the snapshot table (shared with "snapshot -l"). */
 void img_print_snapshot_table(const pcow_snapshot_info *sn, int n);
 
@@ -221,6 +257,7 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
                     json_u64(j, "backing-limit", info->backing_limit);
                 }
             }
+            chain_files(path, force_share, j);
             if (nsn > 0) {
                 json_begin_array(j, "snapshots");
                 for (int i = 0; i < nsn; i++) {
@@ -290,6 +327,7 @@ static int info_one(const char *path, ImgFormat fmt, bool force_share,
                            info->backing_limit);
                 }
             }
+            chain_files(path, force_share, NULL);
             if (nsn > 0) {
                 printf("Snapshot list:\n");
                 img_print_snapshot_table(sn, nsn);
