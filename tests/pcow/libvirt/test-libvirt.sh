@@ -16,9 +16,12 @@
 # Cases (each one guest boot unless noted):
 #   root        QEMU runs as root (qemu.conf user = "root"); fresh thin image.
 #   qemu-user   QEMU runs as libvirt-qemu, the image is an overlay of a base
-#               image (root-owned, world-readable; libvirt's DAC driver only
-#               relabels the top image); the guest checks it reads the base's
-#               data, writes next to it and elsewhere.
+#               image in the base directory /var/lib/pcow/base (the one the
+#               AppArmor snippet and the SELinux recipe of docs/pcow.rst,
+#               "Confined hosts", allow; root-owned, world-readable:
+#               libvirt's DAC driver only relabels the top image); the guest
+#               checks it reads the base's data, writes next to it and
+#               elsewhere.
 #   raw         control: a raw file named *.img behaves as upstream QEMU's.
 #   refusals    no boot: a raw file named *.pcow is refused (the name selects
 #               pcow, the content must then be pcow); QEMU as libvirt-qemu
@@ -35,9 +38,15 @@
 # qemu.conf and never touches the host's libvirt configuration or state (it
 # works next to a system libvirtd too).  It is stopped by its PID.
 #
+# libvirt's MAC driver is off (security_driver = "none"): no LSM is active
+# here, and on a host where one is, this test still checks the same thing
+# (DAC, userfaultfd, the chain); enforcement is not tested.
+#
 # Host changes, all restored at exit: the mode/group of /dev/userfaultfd
 # while QEMU runs as libvirt-qemu (the equivalent of the udev rule in
-# docs/pcow.rst); empty mount-point directories it had to create.  Kept:
+# docs/pcow.rst); the qemu-user case's base under /var/lib/pcow/base (and
+# that directory, if it made it); empty mount-point directories it had to
+# create.  Kept:
 # the packages it installs and the libvirt-qemu user and group (what
 # Debian's libvirt-daemon-system would create).
 #
@@ -56,6 +65,7 @@ VSIZE=$((1024 * 1024 * 1024))      # virtual size of the pcow images
 RAWSIZE=$((128 * 1024 * 1024))     # the raw control image (preallocated!)
 QUSER=libvirt-qemu
 QGROUP=libvirt-qemu
+BASE_DIR=/var/lib/pcow/base     # docs/pcow.rst, "Confined hosts"
 
 skip() { echo "SKIP: $*"; exit 77; }
 log() { echo "test-libvirt: $*"; }
@@ -103,6 +113,7 @@ DAEMON_PID=
 DAEMON_DIR=
 DOMAINS=()          # "dir name" of domains defined in the running daemon
 CREATED_DIRS=()
+BASE_SUB=           # the qemu-user case's directory in BASE_DIR
 UFFD_SAVED=         # "mode group" of /dev/userfaultfd before we changed it
 
 uffd_restore() {
@@ -156,6 +167,7 @@ cleanup() {
     local rc=$?
     daemon_stop
     uffd_restore
+    [ -z "$BASE_SUB" ] || rm -rf "$BASE_SUB"
     local d
     for d in "${CREATED_DIRS[@]}"; do rmdir "$d" 2>/dev/null; done
     if [ -n "${PCOW_LV_KEEP:-}" ]; then
@@ -194,6 +206,8 @@ user = "$user"
 group = "$group"
 # no virtlogd: QEMU's stdout/stderr go to /var/log/libvirt/qemu/DOM.log
 stdio_handler = "file"
+# DAC only, whatever LSM the host has (see the header)
+security_driver = "none"
 $NS_CONF
 $extra
 EOF
@@ -447,15 +461,26 @@ echo GUEST-WROTE" || return
 }
 
 case_qemu_user() {
-    local dir=$W/qemu-user base img
-    mkdir -p "$dir"; base=$dir/base.pcow; img=$dir/nv.pcow
+    local dir=$W/qemu-user base img d
+    mkdir -p "$dir"; img=$dir/nv.pcow
+    # The base goes to the base directory (a directory of its own in it)
+    for d in /var/lib/pcow "$BASE_DIR"; do
+        if [ ! -d "$d" ]; then
+            mkdir -m 0755 "$d" || { fail "qemu-user: cannot create $d"; return; }
+            CREATED_DIRS=("$d" "${CREATED_DIRS[@]}")
+        fi
+    done
+    BASE_SUB=$(mktemp -d "$BASE_DIR/pcow-libvirt.XXXXXX") &&
+        chmod 0755 "$BASE_SUB" || { fail "qemu-user: mktemp in $BASE_DIR"; return; }
+    base=$BASE_SUB/base.pcow
     # base: data at blocks 50 and 200000; root-owned, world-readable
     expect_file "$dir" "$VSIZE" "50 b50" "200000 b200000" >/dev/null
     "$PCOW_IMG" convert -f raw -O pcow "$dir/expected.raw" "$base" ||
         { fail "qemu-user: making the base image"; return; }
     chmod 0644 "$base"
-    "$PCOW_IMG" create -q -f pcow -b base.pcow -F pcow "$img" ||
+    "$PCOW_IMG" create -q -f pcow -b "$base" -F pcow "$img" ||
         { fail "qemu-user: create overlay"; return; }
+    log "qemu-user: $("$PCOW_IMG" info "$img" | grep '^chain files:')"
     cp "$base" "$dir/base.before"
     uffd_grant
     boot pcow-lv-qemu "$dir" "$img" "$VSIZE" "$GUEST_LIB"'
