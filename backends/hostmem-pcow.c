@@ -160,8 +160,6 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     }
     ret = pcow_monitor_open(path, &mopts, &mon, &perr);
     if (ret < 0) {
-        static const char pcow_img_hint[] = " (use -U to inspect it read-only)";
-
         HostMemPcow *user = ret == -EBUSY ? hostmem_pcow_user(path, &as_base)
                                           : NULL;
 
@@ -173,9 +171,8 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
                        as_base ? " (as a base of its image)" : "");
             return NULL;
         }
-        /* libpcow's lock message ends with advice for pcow-img users. */
-        if (ret == -EBUSY && g_str_has_suffix(perr.msg, pcow_img_hint)) {
-            perr.msg[strlen(perr.msg) - strlen(pcow_img_hint)] = '\0';
+        /* Locked by another process: QEMU's own hint, from the code */
+        if (perr.kind == PCOW_ERR_IN_USE) {
             error_setg(errp, "%s (another QEMU, or pcow-img writing it)",
                        perr.msg);
             return NULL;

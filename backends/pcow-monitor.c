@@ -752,7 +752,7 @@ static int remap_data(pcow_monitor *mon, bool make_writable, pcow_error *err)
 }
 
 int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
-                                 pcow_error *err)
+                                 uint64_t *id, pcow_error *err)
 {
     int r;
 
@@ -774,7 +774,7 @@ int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
     mon_dispatcher_drain(mon);
     r = pcow_monitor_flush(mon, err);
     if (r == 0) {
-        r = pcow_snapshot_create(mon->img, name, err);
+        r = pcow_snapshot_create(mon->img, name, id, err);
     }
     if (r == 0) {
         r = remap_data(mon, false, err);

@@ -237,8 +237,7 @@ static int open_base(pcow_image *img, const char *name, uint32_t fmt,
             close(bh->raw_fd);
             bh->raw_fd = -1;
             return pcow_set_error(err, -EBUSY, "%s: image is in use by "
-                                  "another process (use -U to inspect it "
-                                  "read-only)", bh->path);
+                                  "another process", bh->path);
         }
     }
     return 0;

@@ -578,8 +578,7 @@ static int take_lock(pcow_image *img, pcow_error *err)
     if (fcntl(img->fd, F_OFD_SETLK, &fl) < 0) {
         if (errno == EAGAIN || errno == EACCES) {
             return pcow_set_error(err, -EBUSY, "%s: image is in use by "
-                                  "another process (use -U to inspect it "
-                                  "read-only)", img->filename);
+                                  "another process", img->filename);
         }
         return pcow_img_error(img, err, -errno, "cannot lock: %s",
                               strerror(errno));
@@ -607,8 +606,10 @@ static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
                               "(bad magic)");
     }
     if (file_size < PCOW_HOT_OFFSET + PCOW_HOT_SIZE) {
-        return pcow_img_error(img, err, -EINVAL, "file is truncated "
-                              "(%llu bytes)", (unsigned long long)file_size);
+        return pcow_error_mark(err, PCOW_ERR_CORRUPT,
+                               pcow_img_error(img, err, -EINVAL, "file is "
+                                              "truncated (%llu bytes)",
+                                              (unsigned long long)file_size));
     }
     if (ra && rb) {
         if (ra == -ENOTSUP || rb == -ENOTSUP) {
@@ -616,8 +617,10 @@ static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
                                   "%u", ra == -ENOTSUP ? a.version :
                                   b.version);
         }
-        return pcow_img_error(img, err, -EINVAL, "header corrupt (no slot "
-                              "with a valid checksum)");
+        return pcow_error_mark(err, PCOW_ERR_CORRUPT,
+                               pcow_img_error(img, err, -EINVAL, "header "
+                                              "corrupt (no slot with a "
+                                              "valid checksum)"));
     }
     if (ra == 0 && (rb != 0 || a.generation >= b.generation)) {
         img->hdr = a;
@@ -628,7 +631,8 @@ static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
     }
     n = header_check(&img->hdr, msg, sizeof(msg));
     if (n < 0) {
-        return pcow_img_error(img, err, n, "%s", msg);
+        pcow_img_error(img, err, n, "%s", msg);
+        return n == -ENOTSUP ? n : pcow_error_mark(err, PCOW_ERR_CORRUPT, n);
     }
     img->cluster_bits = img->hdr.cluster_bits;
     img->cluster_size = 1ull << img->cluster_bits;
@@ -801,6 +805,22 @@ static int finish_rdwr_open(pcow_image *img, const PcowWalk *w,
     return 0;
 }
 
+/*
+ * The first problem a table walk found, as the error of an open: the
+ * image is corrupt unless the walk itself failed (memory, I/O).
+ */
+static int problems_error(const char *path, const PcowProblems *pr, int ret,
+                          pcow_error *err)
+{
+    pcow_error_kind k = pcow_error_kind_of(ret);
+
+    pcow_set_error(err, ret, "%s: %s", path, pr->first);
+    if (k == PCOW_ERR_INVALID || k == PCOW_ERR_LIMIT) {
+        pcow_error_mark(err, PCOW_ERR_CORRUPT, ret);
+    }
+    return ret;
+}
+
 int pcow_open_internal(const char *path, unsigned flags,
                        pcow_persist_hook hook, void *opaque,
                        PcowChain *chain, unsigned depth,
@@ -858,7 +878,8 @@ int pcow_open_internal(const char *path, unsigned flags,
     if (ret < 0) {
         goto fail;
     }
-    ret = check_frontier(img, st.st_size, err);
+    ret = pcow_error_mark(err, PCOW_ERR_CORRUPT,
+                          check_frontier(img, st.st_size, err));
     if (ret < 0) {
         goto fail;
     }
@@ -906,21 +927,21 @@ int pcow_open_internal(const char *path, unsigned flags,
     }
     ret = pcow_snapshots_load(img, pr);
     if (ret < 0) {
-        pcow_set_error(err, ret, "%s: %s", path, pr->first);
+        problems_error(path, pr, ret, err);
         goto fail;
     }
     ret = pcow_tables_load(img, pr);
     if (ret < 0) {
-        pcow_set_error(err, ret, "%s: %s", path, pr->first);
+        problems_error(path, pr, ret, err);
         goto fail;
     }
     ret = pcow_walk(img, &w, pr, false);
     if (ret < 0) {
-        pcow_set_error(err, ret, "%s: %s", path, pr->first);
+        problems_error(path, pr, ret, err);
         goto fail;
     }
     if (pr->count && !pr->collect) {
-        ret = pcow_set_error(err, pr->first_code, "%s: %s", path, pr->first);
+        ret = problems_error(path, pr, pr->first_code, err);
         goto fail;
     }
     if (!(flags & PCOW_OPEN_NO_BACKING) && img->hdr.backing_format) {
@@ -968,6 +989,7 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
 
     if (err) {
         err->code = 0;
+        err->kind = PCOW_ERR_NONE;
         err->msg[0] = '\0';
     }
     if (!path || !out) {
@@ -1075,12 +1097,13 @@ static int check_size_locked(pcow_image *img, pcow_error *err)
     }
     f = (uint64_t)st.st_size < 4096 ? 4096 : pcow_frontier(img);
     if ((uint64_t)st.st_size < f) {
-        return pcow_img_error(img, err, -EIO, "file truncated behind our "
-                              "back: its size 0x%llx is below %s0x%llx; "
-                              "metadata past its end is gone, check the "
-                              "image once closed", (unsigned long long)st.st_size,
-                              f == 4096 ? "" : "the frontier ",
-                              (unsigned long long)f);
+        pcow_img_error(img, err, -EIO, "file truncated behind our back: "
+                       "its size 0x%llx is below %s0x%llx; metadata past "
+                       "its end is gone, check the image once closed",
+                       (unsigned long long)st.st_size,
+                       f == 4096 ? "" : "the frontier ",
+                       (unsigned long long)f);
+        return pcow_error_mark(err, PCOW_ERR_CORRUPT, -EIO);
     }
     return 0;
 }

@@ -241,8 +241,8 @@ void pcow_lock(pcow_image *img);
 void pcow_unlock(pcow_image *img);
 
 /* util.c */
-int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Set err->kind to @kind when @ret is an error; returns @ret */
+int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret);
 int pcow_img_error(pcow_image *img, pcow_error *err, int code,
                    const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -255,7 +255,7 @@ uint64_t pcow_now_ns(void);
  * control characters that readers must escape.
  */
 int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
-                                  pcow_error *err);
+                                  uint64_t *id, pcow_error *err);
 /*
  * Open @path (@oflags O_RDONLY or O_RDWR) for its data without ever
  * blocking, accepting only a regular file or, with @blk_ok, a block device.

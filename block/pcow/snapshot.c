@@ -469,15 +469,16 @@ static int check_rw(pcow_image *img, pcow_error *err)
     return pcow_header_can_commit(img, err);
 }
 
-int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err)
+int pcow_snapshot_create(pcow_image *img, const char *name, uint64_t *id,
+                         pcow_error *err)
 {
     int ret = pcow_snapshot_name_check(name, err);
 
-    return ret < 0 ? ret : pcow_snapshot_create_any_name(img, name, err);
+    return ret < 0 ? ret : pcow_snapshot_create_any_name(img, name, id, err);
 }
 
 int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
-                                  pcow_error *err)
+                                  uint64_t *id, pcow_error *err)
 {
     PcowHeader h = img->hdr;
     PcowSnapshot *ns;
@@ -569,6 +570,9 @@ int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
     }
     free(img->snaps);
     img->snaps = ns;
+    if (id) {
+        *id = ns[n].id;
+    }
     if (old_off) {
         ret = pcow_free_clusters(img, old_off, old_n);
         if (ret < 0) {

@@ -17,17 +17,58 @@
 
 #include "pcow-int.h"
 
+pcow_error_kind pcow_error_kind_of(int code)
+{
+    switch (-code) {
+    case 0:
+        return PCOW_ERR_NONE;
+    case EINVAL: case EISDIR: case ENAMETOOLONG: case ERANGE:
+        return PCOW_ERR_INVALID;
+    case EBUSY:
+        return PCOW_ERR_IN_USE;
+    case EBADMSG: case EUCLEAN:
+        return PCOW_ERR_CORRUPT;
+    case ENOTSUP:
+        return PCOW_ERR_UNSUPPORTED;
+    case ENOENT:
+        return PCOW_ERR_NOT_FOUND;
+    case EEXIST:
+        return PCOW_ERR_EXISTS;
+    case ENOSPC: case EDQUOT:
+        return PCOW_ERR_NO_SPACE;
+    case EROFS:
+        return PCOW_ERR_READ_ONLY;
+    case ELOOP:
+        return PCOW_ERR_LOOP;
+    case EFBIG: case EOVERFLOW:
+        return PCOW_ERR_LIMIT;
+    case ENOMEM:
+        return PCOW_ERR_NO_MEMORY;
+    default:
+        return PCOW_ERR_IO;
+    }
+}
+
 int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
 {
     va_list ap;
 
     if (err) {
         err->code = code;
+        err->kind = pcow_error_kind_of(code);
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
         va_end(ap);
     }
     return code;
+}
+
+int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret)
+{
+    if (err && ret < 0) {
+        err->kind = kind;
+    }
+    return ret;
 }
 
 /* Same, prefixed with the image's name as every message must be */

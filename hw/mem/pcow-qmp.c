@@ -291,6 +291,7 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     pcow_snapshot_info *sn = NULL, found;
     pcow_error perr = { 0 };
     int64_t t0, t1, t2, t3;
+    uint64_t new_id = 0;
     bool was_running;
     int ret, n, i;
 
@@ -314,7 +315,7 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     t0 = get_clock();
     was_running = pcow_pause_guest();
     t1 = get_clock();
-    ret = pcow_monitor_snapshot_create(ref.mon, name, &perr);
+    ret = pcow_monitor_snapshot_create(ref.mon, name, &new_id, &perr);
     t2 = get_clock();
     pcow_resume_guest(was_running);
     t3 = get_clock();
@@ -332,7 +333,7 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     res->pause_ns = was_running ? t3 - t0 : 0;
     n = pcow_snapshot_list(pcow_monitor_image(ref.mon), &sn, &perr);
     for (i = n - 1; i >= 0; i--) {
-        if (!strcmp(sn[i].name, name)) {
+        if (sn[i].id == new_id) {
             res->snapshot = pcow_qmp_snapshot(
                 &sn[i], pcow_cluster_size(pcow_monitor_image(ref.mon)));
             break;

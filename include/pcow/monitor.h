@@ -74,10 +74,11 @@ uint64_t pcow_latency_percentile(const pcow_latency *lat, double pct);
 /*
  * Live snapshot: the caller stops every thread that writes the range (QEMU
  * pauses vCPUs); in-flight faults are drained, the image snapshot is taken,
- * and what was writable is write-protected again.
+ * and what was writable is write-protected again.  *@id (if not NULL)
+ * receives the new snapshot's id.
  */
 int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
-                                 pcow_error *err);
+                                 uint64_t *id, pcow_error *err);
 int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
                                  pcow_error *err);
 

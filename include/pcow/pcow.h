@@ -7,8 +7,10 @@
  *
  * Conventions:
  * - Functions return 0 (or a non-negative count) on success and a negative
- *   errno value on failure; when @err is not NULL it receives a one-line,
- *   human-readable message naming the file and the problem.
+ *   errno value on failure; when @err is not NULL it receives that errno,
+ *   the kind of error (pcow_error_kind) and a one-line, human-readable
+ *   message naming the file and the problem.  Messages are neutral: a front
+ *   end adds its own advice from the kind, never by matching the text.
  * - No function calls exit() or abort() on bad input.  There is no global
  *   state: any number of images may be open in one process.
  * - Functions marked "async-signal-safe" may be called from a SIGSEGV
@@ -40,10 +42,38 @@ extern "C" {
 #define PCOW_MAX_CHAIN_DEPTH 64
 #define PCOW_MAX_VIRTUAL_SIZE (1ull << 50) /* 1 PiB */
 
+/* What went wrong, for front ends to choose their advice by */
+typedef enum pcow_error_kind {
+    PCOW_ERR_NONE = 0,
+    PCOW_ERR_INVALID,       /* bad argument or request (EINVAL, ...) */
+    PCOW_ERR_IN_USE,        /* locked by another process (EBUSY) */
+    PCOW_ERR_CORRUPT,       /* the image or a base is damaged */
+    PCOW_ERR_UNSUPPORTED,   /* version or feature unknown here (ENOTSUP) */
+    PCOW_ERR_NOT_FOUND,     /* file or snapshot (ENOENT) */
+    PCOW_ERR_EXISTS,        /* file or snapshot (EEXIST) */
+    PCOW_ERR_NO_SPACE,      /* disk full or quota (ENOSPC) */
+    PCOW_ERR_READ_ONLY,     /* image opened read-only (EROFS) */
+    PCOW_ERR_LOOP,          /* backing chain loops (ELOOP) */
+    PCOW_ERR_LIMIT,         /* a format limit (EFBIG, EOVERFLOW) */
+    PCOW_ERR_NO_MEMORY,     /* ENOMEM */
+    PCOW_ERR_IO,            /* a system call failed (EIO and the rest) */
+} pcow_error_kind;
+
 typedef struct pcow_error {
-    int code;           /* negative errno, 0 if no error */
+    int code;               /* negative errno, 0 if no error */
+    pcow_error_kind kind;   /* PCOW_ERR_NONE if no error */
     char msg[512];
 } pcow_error;
+
+/*
+ * Fill @err (if not NULL): @code (a negative errno), the kind that errno
+ * stands for (pcow_error_kind_of) and the formatted one-line message.
+ * Returns @code.  For front ends too: one helper sets every error.
+ */
+int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The kind a negative errno stands for when nothing more is known */
+pcow_error_kind pcow_error_kind_of(int code);
 
 typedef struct pcow_image pcow_image;
 
@@ -275,7 +305,9 @@ typedef struct pcow_snapshot_info {
 /* Returns the count; *list is malloc'd (free with free()). */
 int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
                        pcow_error *err);
-int pcow_snapshot_create(pcow_image *img, const char *name, pcow_error *err);
+/* *@id (if not NULL) receives the new snapshot's id. */
+int pcow_snapshot_create(pcow_image *img, const char *name, uint64_t *id,
+                         pcow_error *err);
 /*
  * The rule for new snapshot names (pcow_snapshot_create() applies it):
  * 1..PCOW_MAX_SNAPSHOT_NAME bytes, none a control character (below 0x20,

@@ -142,7 +142,7 @@ int img_snapshot(int argc, char **argv)
         break;
     }
     case SN_CREATE:
-        ret = pcow_snapshot_create(img, name, &err);
+        ret = pcow_snapshot_create(img, name, NULL, &err);
         break;
     case SN_APPLY:
         ret = pcow_snapshot_revert(img, name, &err);

@@ -91,9 +91,9 @@ void img_pcow_error(const char *file, const pcow_error *err, int ret)
     /* img_error escapes any line break a name brings along */
     g_strlcpy(one_line, err->msg, sizeof(one_line));
     /* Locked, most likely by the QEMU that runs a guest on it. */
-    hint = ret == -EBUSY && strstr(one_line, "in use") ?
-           "; for a running VM use QMP pcow-snapshot-create, "
-           "pcow-snapshot-delete or query-pcow" : "";
+    hint = err->kind == PCOW_ERR_IN_USE ?
+           " (use -U to inspect it read-only); for a running VM use QMP "
+           "pcow-snapshot-create, pcow-snapshot-delete or query-pcow" : "";
     if (msg_has_file_prefix(file, one_line)) {
         img_error(NULL, "%s%s", one_line, hint);
     } else {

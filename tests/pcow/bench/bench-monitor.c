@@ -432,7 +432,7 @@ static pcow_monitor *frozen(const char *path, uint32_t unit, uint32_t esc)
     for (i = 0; i < NFAULTS; i++) {
         memset(p + (uint64_t)i * CL, i, CL);
     }
-    if (pcow_monitor_snapshot_create(mon, "bench", &err) < 0) {
+    if (pcow_monitor_snapshot_create(mon, "bench", NULL, &err) < 0) {
         die("snapshot", &err);
     }
     pause_us(20000);

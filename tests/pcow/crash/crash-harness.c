@@ -668,7 +668,7 @@ static void op_snap(pcow_image *img, char what, const char *name)
 
     switch (what) {
     case 'c':
-        ret = pcow_snapshot_create(img, name, &err);
+        ret = pcow_snapshot_create(img, name, NULL, &err);
         break;
     case 'a':
         ret = pcow_snapshot_revert(img, name, &err);

@@ -92,7 +92,7 @@ static void snap(pcow_image *img, const char *name)
 {
     pcow_error err = { 0 };
 
-    if (pcow_snapshot_create(img, name, &err) < 0) {
+    if (pcow_snapshot_create(img, name, NULL, &err) < 0) {
         die("snapshot", &err);
     }
 }

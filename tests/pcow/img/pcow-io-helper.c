@@ -249,7 +249,7 @@ static int do_snapshot_any(const char *file, const char *name)
         fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
         return 1;
     }
-    ret = pcow_snapshot_create_any_name(img, name, &err);
+    ret = pcow_snapshot_create_any_name(img, name, NULL, &err);
     if (ret < 0) {
         fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
     }

@@ -544,7 +544,7 @@ static void base_snapshot(Ctx *c, MLayer *l)
 
     snprintf(name, sizeof(name), "s%u", ++c->counter);
     c->aux = open_image(c, l->file, PCOW_OPEN_RDWR);
-    if (pcow_snapshot_create(c->aux, name, &err) < 0 ||
+    if (pcow_snapshot_create(c->aux, name, NULL, &err) < 0 ||
         (n = pcow_snapshot_list(c->aux, &list, &err)) < 1) {
         fail(c, "%s: snapshot: %s", l->file, err.msg);
     }
@@ -651,7 +651,7 @@ static void op_snap_create(Ctx *c, bool tool)
         close_top(c);
         tool_ok(c, "snapshot", "-c", name, TOP, NULL);
         open_top(c);
-    } else if (pcow_snapshot_create(c->img, name, &err) < 0) {
+    } else if (pcow_snapshot_create(c->img, name, NULL, &err) < 0) {
         fail(c, "snapshot create: %s", err.msg);
     }
     n = pcow_snapshot_list(c->img, &list, &err);
@@ -996,12 +996,12 @@ static void op_probe(Ctx *c, const Op *op)
         snprintf(c->desc, sizeof(c->desc), "probe: bad snapshot names");
         memset(name, 'n', 256);
         name[256] = '\0';
-        expect_error(c, pcow_snapshot_create(c->img, name, &err), &err,
+        expect_error(c, pcow_snapshot_create(c->img, name, NULL, &err), &err,
                      "snapshot name of 256 bytes");
-        expect_error(c, pcow_snapshot_create(c->img, "", &err), &err,
+        expect_error(c, pcow_snapshot_create(c->img, "", NULL, &err), &err,
                      "empty snapshot name");
         if (t->nsnaps) {
-            expect_error(c, pcow_snapshot_create(c->img, t->snaps[0].name,
+            expect_error(c, pcow_snapshot_create(c->img, t->snaps[0].name, NULL,
                                                  &err), &err,
                          "duplicate snapshot name");
         }
@@ -1108,7 +1108,7 @@ static int crash_child(Ctx *c, const char *p, unsigned kind, uint64_t off,
         ok = pcow_resize(img, size, true, NULL) == 0;
         break;
     case 4:
-        ok = pcow_snapshot_create(img, name, NULL) == 0;
+        ok = pcow_snapshot_create(img, name, NULL, NULL) == 0;
         break;
     case 5:
         ok = pcow_snapshot_delete(img, name, NULL) == 0;

@@ -78,7 +78,7 @@ int main(void)
     /* Cluster 1 gets data and is frozen by a snapshot. */
     fill(shadow + CL, CL, CL, 7);
     memcpy(base + CL, shadow + CL, CL);
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "frozen", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "frozen", NULL, &err), &err);
 
     code = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

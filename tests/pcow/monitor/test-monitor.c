@@ -182,7 +182,7 @@ static int t_cow(void)
     for (i = 0; i < 8; i++) {
         put(mon, shadow, (uint64_t)i * CL, CL, 10 + i);
     }
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", NULL, &err), &err);
     /* Cluster 0: one 4 KiB unit. */
     put(mon, shadow, 4096 + 100, 50, 100);
     stats(mon, &s);
@@ -214,7 +214,7 @@ static int t_cow(void)
 
     /* Never escalating: every unit is its own copy, 16 make it whole. */
     mon = open_mon(path, PCOW_MONITOR_NO_POOL, UINT32_MAX);
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "s2", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s2", NULL, &err), &err);
     for (i = 0; i < 16; i++) {
         put(mon, shadow, 5 * CL + i * 4096, 1, 500 + i);
     }
@@ -251,7 +251,7 @@ static int t_snapshot(void)
         put(mon, shadow, (uint64_t)i * 3 * CL + i, 3000, i + 1);
     }
     memcpy(old, shadow, size);
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "before", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "before", NULL, &err), &err);
     for (i = 0; i < 32; i++) {
         put(mon, shadow, (uint64_t)i * 3 * CL + 2 * i, 100, 1000 + i);
     }
@@ -260,7 +260,7 @@ static int t_snapshot(void)
     verify_mapping(mon, shadow);
     stats(mon, &s);
     CHECK(s.cow_unit_faults + s.cow_cluster_faults >= 32);
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "middle", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "middle", NULL, &err), &err);
     put(mon, shadow, 3 * CL, 10, 2000);
     CHECK_OK(pcow_monitor_snapshot_delete(mon, "middle", &err), &err);
     stats(mon, &s);
@@ -499,7 +499,7 @@ static int t_threads(void)
             char name[16];
 
             snprintf(name, sizeof(name), "r%d", round);
-            CHECK_OK(pcow_monitor_snapshot_create(mon, name, &err), &err);
+            CHECK_OK(pcow_monitor_snapshot_create(mon, name, NULL, &err), &err);
         }
     }
     stats(mon, &s);
@@ -534,8 +534,8 @@ static int t_two(void)
         put(ma, sa, (uint64_t)i * 100003 % (size - 100), 100, i);
         put(mb, sb, (uint64_t)i * 70001 % (size - 100), 100, 100 + i);
     }
-    CHECK_OK(pcow_monitor_snapshot_create(ma, "x", &err), &err);
-    CHECK_OK(pcow_monitor_snapshot_create(mb, "y", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(ma, "x", NULL, &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mb, "y", NULL, &err), &err);
     for (i = 0; i < 50; i++) {
         put(ma, sa, (uint64_t)i * 100003 % (size - 100) + 7, 10, 200 + i);
         put(mb, sb, (uint64_t)i * 70001 % (size - 100) + 7, 10, 300 + i);
@@ -682,7 +682,7 @@ static void cf_child(const char *path, int variant, uint8_t *shadow)
     for (i = 0; i < 8; i++) {
         put(mon, shadow, (uint64_t)i * CL, CL, 700 + i);
     }
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", NULL, &err), &err);
     if (variant <= CF_GUARD_UFFD) {
         /* A COW (expansion) calls the hook in the SIGSEGV (uffd) handler */
         cf_armed = true;
@@ -691,7 +691,7 @@ static void cf_child(const char *path, int variant, uint8_t *shadow)
     }
     /* Cluster 2: PARTIAL over its frozen self, then frozen too */
     put(mon, shadow, 2 * CL + 100, 8, 710);
-    CHECK_OK(pcow_monitor_snapshot_create(mon, "s2", &err), &err);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s2", NULL, &err), &err);
     /*
      * 100 expansions move the allocation end well past the free bitmap
      * sized at the last reclaim: a cluster freed there must not grow it
@@ -890,7 +890,7 @@ static int t_crash(void)
 
                 /* Frozen data: the writes below are COWs. */
                 snprintf(name, sizeof(name), "crash%d", iter);
-                CHECK_OK(pcow_monitor_snapshot_create(mon, name, &e2), &e2);
+                CHECK_OK(pcow_monitor_snapshot_create(mon, name, NULL, &e2), &e2);
             }
             for (seq = base_seq;; seq++) {
                 uint64_t off = crash_off(seq, size);

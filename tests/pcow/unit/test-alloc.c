@@ -171,7 +171,7 @@ static void test_concurrent_cow(void **state)
     mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
     img = open_image(path, PCOW_OPEN_RDWR);
     write_bytes(img, 0, 4 * 65536, 0x11);
-    assert_int_equal(pcow_snapshot_create(img, "s", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL, NULL), 0);
     /* All 16 threads COW the same unit: one copy */
     pthread_barrier_init(&bar, NULL, 16);
     for (i = 0; i < 16; i++) {

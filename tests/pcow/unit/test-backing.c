@@ -555,7 +555,7 @@ static void overlay_cut(bool raw)
              raw ? PCOW_BACKING_RAW : PCOW_BACKING_PCOW);
     img = open_image(ov, PCOW_OPEN_RDWR);
     write_bytes(img, 0, 4096, 0x01);
-    assert_int_equal(pcow_snapshot_create(img, "whole", &err), 0);
+    assert_int_equal(pcow_snapshot_create(img, "whole", NULL, &err), 0);
     assert_int_equal(pcow_resize(img, cut, true, &err), 0);
     assert_int_equal(pcow_resize(img, 16 * MiB, false, &err), 0);
     expect_bytes(img, 0, 4096, 0x01);
@@ -573,7 +573,7 @@ static void overlay_cut(bool raw)
     expect_bytes(img, cut - 4096, 4096 - 100, 0xbb);
     expect_bytes(img, cut + 100, 12 * MiB + 5 - cut - 100, 0);
     expect_bytes(img, 12 * MiB + 10, 4 * MiB - 10, 0);
-    assert_int_equal(pcow_snapshot_create(img, "cut", &err), 0);
+    assert_int_equal(pcow_snapshot_create(img, "cut", NULL, &err), 0);
     close_image(img);
     assert_int_equal(check_clean(ov), 0);
 
@@ -647,7 +647,7 @@ static void test_overlay_cut_no_backing(void **state)
     img = open_image(ov, PCOW_OPEN_RDWR);
     write_bytes(img, 8 * MiB + 4096, 4096, 0x01);  /* PARTIAL over base */
     write_bytes(img, 8 * MiB + 16 * KiB, 4096, 0x02);
-    assert_int_equal(pcow_snapshot_create(img, "s", &err), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL, &err), 0);
     close_image(img);
     img = open_image(ov, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
     assert_int_equal(pcow_resize(img, cut, true, &err), 0);

@@ -141,8 +141,8 @@ static void test_corrupt_snapshots(void **state)
     int cur;
 
     img = open_image(path, PCOW_OPEN_RDWR);
-    assert_int_equal(pcow_snapshot_create(img, "s1", NULL), 0);
-    assert_int_equal(pcow_snapshot_create(img, "s2", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s1", NULL, NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s2", NULL, NULL), 0);
     close_image(img);
     /* Generation 3 is in slot A again */
     peek(path, PCOW_SLOT_A, slot, sizeof(slot));
@@ -262,7 +262,7 @@ static void test_leaks_and_repair(void **state)
 
     /* A WRITABLE entry shared with a snapshot is a corruption; repaired */
     img = open_image(path, PCOW_OPEN_RDWR);
-    assert_int_equal(pcow_snapshot_create(img, "s", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL, NULL), 0);
     close_image(img);
     l2 = peek64(path, CS) & ~(CS - 1);
     poke64(path, l2e(l2, 0, 0), peek64(path, l2e(l2, 0, 0)) |
@@ -363,14 +363,14 @@ static void workload(pcow_image *img)
     uint64_t off;
 
     write_bytes(img, 0, 2 * CS, 0x01);              /* expansions */
-    assert_int_equal(pcow_snapshot_create(img, "s1", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s1", NULL, NULL), 0);
     assert_true(pcow_reserve_clusters(img, 4, NULL) >= 4);
     assert_int_equal(pcow_cow(img, 4096, false, &ext), 0);
     assert_int_equal(pcow_cow(img, 8192, false, &ext), 0);
     assert_int_equal(pcow_cow(img, CS, true, &ext), 0);
     assert_int_equal(pcow_expand_cluster(img, 40, &off), 0);
     write_bytes(img, 200 * CS, 100, 0x02);          /* new L2 table */
-    assert_int_equal(pcow_snapshot_create(img, "s2", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s2", NULL, NULL), 0);
     write_bytes(img, 0, 4096, 0x03);                /* frozen PARTIAL */
     assert_int_equal(pcow_snapshot_delete(img, "s1", NULL), 0);
     assert_int_equal(pcow_zero_range(img, 40 * CS, CS, NULL), 0);
@@ -391,7 +391,7 @@ static void workload_base(pcow_image *img)
     assert_int_equal(pcow_cow(img, 5 * CS + 4096, false, &ext), 0);
     assert_int_equal(pcow_cow(img, 5 * CS, true, &ext), 0);
     write_bytes(img, 7 * CS + 100, 10, 0x07);
-    assert_int_equal(pcow_snapshot_create(img, "s", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL, NULL), 0);
     write_bytes(img, 7 * CS + 9000, 10, 0x08);
     assert_int_equal(pcow_zero_range(img, 3 * CS, CS, NULL), 0);
 }

@@ -77,7 +77,7 @@ static void test_generation_limit(void **state)
     mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
     img = open_image(path, PCOW_OPEN_RDWR);
     write_bytes(img, 0, 65536, 1);
-    assert_int_equal(pcow_snapshot_create(img, "s", &err), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL, &err), 0);
     write_bytes(img, 0, 65536, 2);
     close_image(img);
     patch_cur64(16, UINT64_MAX);
@@ -86,7 +86,7 @@ static void test_generation_limit(void **state)
     img = open_image(path, PCOW_OPEN_RDWR);
     assert_int_equal(pcow_snapshot_revert(img, "s", &err), -EOVERFLOW);
     assert_true(contains(err.msg, "generation"));
-    assert_int_equal(pcow_snapshot_create(img, "t", &err), -EOVERFLOW);
+    assert_int_equal(pcow_snapshot_create(img, "t", NULL, &err), -EOVERFLOW);
     assert_int_equal(pcow_snapshot_delete(img, "s", &err), -EOVERFLOW);
     assert_int_equal(pcow_resize(img, 128 * MiB, false, &err), -EOVERFLOW);
     expect_bytes(img, 0, 65536, 2);
@@ -121,8 +121,8 @@ static void test_snapshot_ids(void **state)
     assert_int_equal(r.corruptions, 0);
     assert_int_equal(check_clean(path), 0);
     img = open_image(path, PCOW_OPEN_RDWR);
-    assert_int_equal(pcow_snapshot_create(img, "a", &err), 0);
-    assert_int_equal(pcow_snapshot_create(img, "b", &err), 0);
+    assert_int_equal(pcow_snapshot_create(img, "a", NULL, &err), 0);
+    assert_int_equal(pcow_snapshot_create(img, "b", NULL, &err), 0);
     assert_int_equal(pcow_snapshot_list(img, &list, &err), 2);
     assert_int_equal(list[0].id, 1);
     assert_int_equal(list[1].id, 2);
@@ -132,7 +132,7 @@ static void test_snapshot_ids(void **state)
     /* Ids used up: create refused, nothing changed */
     patch_cur64(96, UINT64_MAX);
     img = open_image(path, PCOW_OPEN_RDWR);
-    assert_int_equal(pcow_snapshot_create(img, "c", &err), -EOVERFLOW);
+    assert_int_equal(pcow_snapshot_create(img, "c", NULL, &err), -EOVERFLOW);
     assert_true(contains(err.msg, "snapshot id"));
     assert_int_equal(pcow_snapshot_list(img, &list, &err), 2);
     free(list);

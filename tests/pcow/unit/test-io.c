@@ -131,7 +131,7 @@ static void test_extents(void **state)
     assert_int_equal(pcow_get_extent(img, 20 * CS, 2 * CS, &ext), 0);
     assert_int_equal(ext.length, CS);
     /* Frozen and writable do not merge */
-    assert_int_equal(pcow_snapshot_create(img, "s", NULL), 0);
+    assert_int_equal(pcow_snapshot_create(img, "s", NULL, NULL), 0);
     write_bytes(img, 12 * CS, CS, 3);
     assert_int_equal(pcow_get_extent(img, 10 * CS, 4 * CS, &ext), 0);
     assert_false(ext.writable);

@@ -24,7 +24,7 @@ static int teardown(void **state)
 static void snap(pcow_image *img, const char *name)
 {
     pcow_error err = { 0 };
-    int ret = pcow_snapshot_create(img, name, &err);
+    int ret = pcow_snapshot_create(img, name, NULL, &err);
 
     if (ret < 0) {
         fprintf(stderr, "snapshot create: %s\n", err.msg);
@@ -109,6 +109,8 @@ static void test_list(void **state)
     pcow_snapshot_info *l;
     pcow_error err = { 0 };
     time_t now = time(NULL);
+    pcow_snapshot_info one;
+    uint64_t id;
     int n;
 
     mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
@@ -117,8 +119,18 @@ static void test_list(void **state)
     snap(img, "a");
     write_bytes(img, 5 * 65536, 65536, 0x01);
     snap(img, "b");
-    assert_int_equal(pcow_snapshot_create(img, "a", &err), -EEXIST);
-    assert_int_equal(pcow_snapshot_create(img, "", &err), -EINVAL);
+    assert_int_equal(pcow_snapshot_create(img, "a", NULL, &err), -EEXIST);
+    assert_int_equal(err.kind, PCOW_ERR_EXISTS);
+    assert_int_equal(pcow_snapshot_create(img, "", NULL, &err), -EINVAL);
+    assert_int_equal(err.kind, PCOW_ERR_INVALID);
+    /* The new id comes back: no look-up by name needed */
+    id = 0;
+    assert_int_equal(pcow_snapshot_create(img, "tmp", &id, &err), 0);
+    assert_int_equal(id, 3);
+    assert_int_equal(pcow_snapshot_delete(img, "tmp", &err), 0);
+    assert_int_equal(pcow_snapshot_lookup(img, "tmp", false, 0, &one, &err),
+                     -ENOENT);
+    assert_int_equal(err.kind, PCOW_ERR_NOT_FOUND);
     n = pcow_snapshot_list(img, &l, &err);
     assert_int_equal(n, 2);
     assert_int_equal(l[0].id, 1);
@@ -136,7 +148,7 @@ static void test_list(void **state)
     n = pcow_snapshot_list(img, &l, &err);
     assert_int_equal(n, 2);
     /* Ids are never reused */
-    assert_int_equal(l[1].id, 3);
+    assert_int_equal(l[1].id, 4);
     free(l);
     assert_int_equal(pcow_snapshot_delete(img, "a", &err), -ENOENT);
     assert_true(contains(err.msg, "not found"));
@@ -145,7 +157,7 @@ static void test_list(void **state)
 
     /* Read-only image refuses changes */
     img = open_image(path, 0);
-    assert_int_equal(pcow_snapshot_create(img, "x", &err), -EROFS);
+    assert_int_equal(pcow_snapshot_create(img, "x", NULL, &err), -EROFS);
     n = pcow_snapshot_list(img, &l, &err);
     assert_int_equal(n, 2);
     free(l);
@@ -275,7 +287,8 @@ static void test_name_rules(void **state)
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         memset(&err, 0, sizeof(err));
         assert_int_equal(pcow_snapshot_name_check(bad[i], &err), -EINVAL);
-        assert_int_equal(pcow_snapshot_create(img, bad[i], &err), -EINVAL);
+        assert_int_equal(pcow_snapshot_create(img, bad[i], NULL, &err),
+                         -EINVAL);
         assert_true(contains(err.msg, "control characters"));
         assert_null(strchr(err.msg, '\n'));
     }
@@ -285,7 +298,8 @@ static void test_name_rules(void **state)
                                               &err), 0);
     snap(img, "caf\xc3\xa9");
     /* Images made elsewhere may hold them; printing escapes them */
-    assert_int_equal(pcow_snapshot_create_any_name(img, "x\ny", &err), 0);
+    assert_int_equal(pcow_snapshot_create_any_name(img, "x\ny", NULL, &err),
+                     0);
     close_image(img);
 
     e = pcow_escape_text("a\nb\x1b[1m\x7f\xc2\x9b\xff\xc3\xa9\xe2\x9c\x93"
@@ -352,7 +366,7 @@ static void test_truncated_behind_our_back(void **state)
     assert_true(contains(err.msg, path));
     assert_true(contains(err.msg, "truncated"));
     memset(&err, 0, sizeof(err));
-    assert_int_equal(pcow_snapshot_create(img, "two", &err), -EIO);
+    assert_int_equal(pcow_snapshot_create(img, "two", NULL, &err), -EIO);
     assert_true(contains(err.msg, path) && contains(err.msg, "truncated"));
     assert_int_equal(pcow_snapshot_delete(img, "one", &err), -EIO);
     assert_int_equal(pcow_snapshot_revert(img, "one", &err), -EIO);
