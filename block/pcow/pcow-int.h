@@ -220,6 +220,16 @@ static inline void pcow_st64(uint8_t *p, uint64_t v)
     pcow_st32(p + 4, v >> 32);
 }
 
+/* File offset of word @word of the L2 entry of virtual cluster @v */
+static inline uint64_t pcow_entry_file_off(pcow_image *img, uint64_t v,
+                                           unsigned word)
+{
+    uint64_t i = v / img->l2_entries;
+
+    return (pcow_le64(img->l1[i]) & ~(img->cluster_size - 1)) +
+           (v % img->l2_entries) * PCOW_L2_ENTRY_SIZE + word * 8;
+}
+
 /* Table words live in shared mappings: load them atomically */
 static inline uint64_t pcow_word(const uint64_t *p)
 {
@@ -351,6 +361,8 @@ void pcow_alloc_fini(pcow_image *img);
 int pcow_alloc_recover(pcow_image *img, bool punch_free, pcow_error *err);
 int pcow_alloc_clusters(pcow_image *img, uint64_t n, uint64_t *off);
 int pcow_alloc_one(pcow_image *img, uint64_t *off);
+int pcow_take_locked(pcow_image *img, uint64_t *off);
+void pcow_untake_locked(pcow_image *img, uint64_t off);
 void pcow_free_clusters_locked(pcow_image *img, uint64_t off, uint64_t n);
 int pcow_free_clusters(pcow_image *img, uint64_t off, uint64_t n);
 int pcow_ring_drain(pcow_image *img);
