@@ -1,5 +1,7 @@
 /*
- * libpcow: the files of an image's chain
+ * libpcow: the files of an image's chain, for front ends
+ *
+ * The path a backing name stands for, as open and create resolve it.
  *
  * Which file of an open image's chain is a given path: front ends ask this
  * before they write a file (pcow-img convert/commit) or report a lock
@@ -13,6 +15,7 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,26 @@
 #include <unistd.h>
 
 #include "pcow-int.h"
+
+char *pcow_backing_path(const char *image_path, const char *backing_name)
+{
+    char *tmp = strdup(image_path);
+    size_t len;
+    char *out;
+
+    if (!tmp) {
+        return NULL;
+    }
+    len = strlen(image_path) + strlen(backing_name) + 2;
+    out = malloc(len);
+    if (out && pcow_resolve_backing(dirname(tmp), backing_name, out,
+                                    len) < 0) {
+        free(out);
+        out = NULL;
+    }
+    free(tmp);
+    return out;
+}
 
 static bool fd_is(int fd, const struct stat *want)
 {

@@ -507,6 +507,13 @@ typedef struct pcow_create_result {
 int pcow_create_image(const char *path, const pcow_create_request *req,
                       pcow_create_result *res, pcow_error *err);
 
+/*
+ * The path @backing_name stands for as the base of the image at
+ * @image_path: relative names are relative to the image's directory, as
+ * open and create resolve them.  malloc'd (free()); NULL without memory.
+ */
+char *pcow_backing_path(const char *image_path, const char *backing_name);
+
 typedef enum pcow_chain_role {
     PCOW_CHAIN_NONE = 0,        /* not a file of the chain (or no such file) */
     PCOW_CHAIN_SELF = 1,        /* @img's own file */

@@ -270,9 +270,7 @@ static int create_request(const CreateArgs *a, pcow_create_request *req)
     req->cluster_size_auto = a->o.cluster_size_auto;
     req->cow_unit = a->o.cow_unit;
     req->backing_file = has_base ? a->o.backing_file : NULL;
-    req->backing_format = base_fmt == IMG_FMT_PCOW ? PCOW_BACKING_PCOW :
-                          base_fmt == IMG_FMT_RAW ? PCOW_BACKING_RAW :
-                          PCOW_BACKING_NONE;
+    req->backing_format = img_backing_format(base_fmt);
     req->announce = announce_formatting;
     req->opaque = (void *)a;
     return 0;

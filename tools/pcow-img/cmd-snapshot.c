@@ -11,8 +11,6 @@
 
 #include "pcow-img.h"
 
-void img_print_snapshot_table(const pcow_snapshot_info *sn, int n);
-
 static const char snapshot_help[] =
 "usage: pcow-img snapshot [-U] -l FILE\n"
 "       pcow-img snapshot -c NAME | -a NAME | -d NAME FILE\n"
@@ -31,19 +29,22 @@ enum {
     SN_NONE, SN_LIST, SN_CREATE, SN_APPLY, SN_DELETE,
 };
 
-int img_snapshot(int argc, char **argv)
+typedef struct SnapshotArgs {
+    int action;
+    const char *name;           /* NULL with -l */
+    const char *file;
+    bool force_share, quiet;
+} SnapshotArgs;
+
+/* 1: done (help printed), 0: go on, -1: error (reported) */
+static int snapshot_parse_options(int argc, char **argv, SnapshotArgs *a)
 {
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "force-share", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
-    pcow_open_opts oo = { 0 };
-    pcow_error err = { 0 };
-    pcow_image *img;
-    const char *name = NULL, *file;
-    bool force_share = false, quiet = false;
-    int action = SN_NONE, c, ret;
+    int c;
 
     optind = 0;
     opterr = 0;
@@ -54,7 +55,7 @@ int img_snapshot(int argc, char **argv)
         switch (c) {
         case 'h':
             fputs(snapshot_help, stdout);
-            return EXIT_OK;
+            return 1;
         case 'l':
             want = SN_LIST;
             break;
@@ -68,97 +69,124 @@ int img_snapshot(int argc, char **argv)
             want = SN_DELETE;
             break;
         case 'U':
-            force_share = true;
+            a->force_share = true;
             continue;
         case 'q':
-            quiet = true;
+            a->quiet = true;
             continue;
         case 'f':
             if (strcmp(optarg, "pcow") != 0) {
                 img_error(NULL, "snapshot: only pcow images have "
                           "snapshots");
-                return EXIT_ERR;
+                return -1;
             }
             continue;
         default:
             img_bad_option("snapshot", argv, c);
-            return EXIT_ERR;
+            return -1;
         }
-        if (action != SN_NONE) {
-            return img_usage_error("snapshot", "give only one of -l, -c, "
-                                   "-a, -d");
+        if (a->action != SN_NONE) {
+            img_usage_error("snapshot", "give only one of -l, -c, -a, -d");
+            return -1;
         }
-        action = want;
-        name = want == SN_LIST ? NULL : optarg;
+        a->action = want;
+        a->name = want == SN_LIST ? NULL : optarg;
     }
-    if (action == SN_NONE) {
-        return img_usage_error("snapshot", "one of -l, -c, -a, -d is "
-                               "required");
+    return 0;
+}
+
+/* FILE, and what goes with the action (checked before FILE is opened) */
+static int snapshot_check_args(int argc, char **argv, SnapshotArgs *a)
+{
+    if (a->action == SN_NONE) {
+        img_usage_error("snapshot", "one of -l, -c, -a, -d is required");
+        return -1;
     }
     if (argc - optind != 1) {
-        return img_usage_error("snapshot", "expecting one file name");
+        img_usage_error("snapshot", "expecting one file name");
+        return -1;
     }
-    file = argv[optind];
-    if (force_share && action != SN_LIST) {
-        img_error(file, "-U is only allowed with -l");
-        return EXIT_ERR;
+    a->file = argv[optind];
+    if (a->force_share && a->action != SN_LIST) {
+        img_error(a->file, "-U is only allowed with -l");
+        return -1;
     }
-    if (name && !*name) {
-        img_error(file, "snapshot name must not be empty");
-        return EXIT_ERR;
+    if (a->name && !*a->name) {
+        img_error(a->file, "snapshot name must not be empty");
+        return -1;
     }
-    if (name && strlen(name) > PCOW_MAX_SNAPSHOT_NAME) {
-        img_error(file, "snapshot name longer than %d bytes",
+    if (a->name && strlen(a->name) > PCOW_MAX_SNAPSHOT_NAME) {
+        img_error(a->file, "snapshot name longer than %d bytes",
                   PCOW_MAX_SNAPSHOT_NAME);
-        return EXIT_ERR;
+        return -1;
     }
-    if (img_require_pcow(file) < 0) {
-        return EXIT_ERR;
-    }
+    return img_require_pcow(a->file) < 0 ? -1 : 0;
+}
 
-    if (action == SN_LIST) {
-        oo.flags = PCOW_OPEN_NO_BACKING |
-                   (force_share ? PCOW_OPEN_NO_LOCK : 0);
-    } else {
-        oo.flags = PCOW_OPEN_RDWR;
-    }
-    ret = pcow_open(file, &oo, &img, &err);
-    if (ret < 0) {
-        img_pcow_error(file, &err, ret);
-        return EXIT_ERR;
-    }
+static int snapshot_run(pcow_image *img, const SnapshotArgs *a,
+                        pcow_error *err)
+{
+    pcow_snapshot_info *sn = NULL;
+    int ret = 0;
 
-    switch (action) {
-    case SN_LIST: {
-        pcow_snapshot_info *sn = NULL;
-
-        ret = pcow_snapshot_list(img, &sn, &err);
+    switch (a->action) {
+    case SN_LIST:
+        ret = pcow_snapshot_list(img, &sn, err);
         /* Like qemu-img: nothing at all when there are no snapshots. */
-        if (ret > 0 && !quiet) {
+        if (ret > 0 && !a->quiet) {
             printf("Snapshot list:\n");
             img_print_snapshot_table(sn, ret);
         }
         free(sn);
         break;
-    }
     case SN_CREATE:
-        ret = pcow_snapshot_create(img, name, NULL, &err);
+        ret = pcow_snapshot_create(img, a->name, NULL, err);
         break;
     case SN_APPLY:
-        ret = pcow_snapshot_revert(img, name, &err);
+        ret = pcow_snapshot_revert(img, a->name, err);
         break;
     case SN_DELETE:
-        ret = pcow_snapshot_delete(img, name, &err);
+        ret = pcow_snapshot_delete(img, a->name, err);
         break;
     }
+    return ret;
+}
+
+int img_snapshot(int argc, char **argv)
+{
+    SnapshotArgs a = { .action = SN_NONE };
+    pcow_open_opts oo = { 0 };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    int ret;
+
+    ret = snapshot_parse_options(argc, argv, &a);
+    if (ret != 0) {
+        return ret > 0 ? EXIT_OK : EXIT_ERR;
+    }
+    if (snapshot_check_args(argc, argv, &a) < 0) {
+        return EXIT_ERR;
+    }
+    if (a.action == SN_LIST) {
+        oo.flags = PCOW_OPEN_NO_BACKING |
+                   (a.force_share ? PCOW_OPEN_NO_LOCK : 0);
+    } else {
+        oo.flags = PCOW_OPEN_RDWR;
+    }
+    ret = pcow_open(a.file, &oo, &img, &err);
     if (ret < 0) {
-        img_pcow_error(file, &err, ret);
+        img_pcow_error(a.file, &err, ret);
+        return EXIT_ERR;
+    }
+    ret = snapshot_run(img, &a, &err);
+    if (ret < 0) {
+        img_pcow_error(a.file, &err, ret);
         pcow_close(img, &err);
         return EXIT_ERR;
     }
     ret = pcow_close(img, &err);
     if (ret < 0) {
-        img_pcow_error(file, &err, ret);
+        img_pcow_error(a.file, &err, ret);
         return EXIT_ERR;
     }
     return EXIT_OK;

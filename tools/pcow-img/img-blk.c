@@ -209,6 +209,43 @@ int img_blk_write(ImgBlk *b, uint64_t off, const void *buf, uint64_t len)
     return 0;
 }
 
+int img_blk_write_changed(ImgBlk *b, uint64_t off, const uint8_t *data,
+                          const uint8_t *ref, uint64_t len,
+                          uint64_t *written)
+{
+    uint64_t i = 0;
+
+    while (i < len) {
+        uint64_t j = i;
+
+        /* A run of differing blocks is written with one call. */
+        while (j < len) {
+            uint64_t bl = MIN(IMG_BLOCK - (off + j) % IMG_BLOCK, len - j);
+
+            if (memcmp(data + j, ref + j, bl) == 0) {
+                break;
+            }
+            j += bl;
+        }
+        if (j > i) {
+            int ret = img_blk_write(b, off + i, data + i, j - i);
+
+            if (ret < 0) {
+                return ret;
+            }
+            if (written) {
+                *written += j - i;
+            }
+            i = j;
+        }
+        if (i < len) {
+            /* The block at i is the same in both: skip it. */
+            i += MIN(IMG_BLOCK - (off + i) % IMG_BLOCK, len - i);
+        }
+    }
+    return 0;
+}
+
 int img_blk_zero(ImgBlk *b, uint64_t off, uint64_t len)
 {
     if (len == 0) {

@@ -172,6 +172,20 @@ int img_parse_size(const char *file, const char *what, const char *s,
     return 0;
 }
 
+int img_parse_output(const char *cmd, const char *arg, bool *json)
+{
+    if (strcmp(arg, "json") == 0) {
+        *json = true;
+    } else if (strcmp(arg, "human") == 0) {
+        *json = false;
+    } else {
+        img_error(NULL, "%s: --output must be 'human' or 'json', not '%s'",
+                  cmd, arg);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* --------------------------------------------------------------- -o opts */
 
 void img_print_create_opts_help(void)
@@ -274,6 +288,18 @@ ImgFormat img_format_parse(const char *name)
     return IMG_FMT_NONE;
 }
 
+pcow_backing_format img_backing_format(ImgFormat fmt)
+{
+    switch (fmt) {
+    case IMG_FMT_PCOW:
+        return PCOW_BACKING_PCOW;
+    case IMG_FMT_RAW:
+        return PCOW_BACKING_RAW;
+    default:
+        return PCOW_BACKING_NONE;
+    }
+}
+
 const char *img_format_name(ImgFormat fmt)
 {
     switch (fmt) {
@@ -317,17 +343,6 @@ int img_require_pcow(const char *file)
         return -EINVAL;
     }
     return 0;
-}
-
-char *img_resolve_backing(const char *image, const char *backing)
-{
-    g_autofree char *dir = NULL;
-
-    if (!backing || !*backing || g_path_is_absolute(backing)) {
-        return g_strdup(backing);
-    }
-    dir = g_path_get_dirname(image);
-    return g_build_filename(dir, backing, NULL);
 }
 
 bool img_is_zero(const void *buf, size_t len)

@@ -51,6 +51,11 @@ void img_format_date(char *buf, size_t len, uint64_t sec);
 int img_parse_size(const char *file, const char *what, const char *s,
                    uint64_t *out);
 
+/* --output=human|json of info, check and map; errors are reported */
+int img_parse_output(const char *cmd, const char *arg, bool *json);
+/* The snapshot table of info and "snapshot -l" */
+void img_print_snapshot_table(const pcow_snapshot_info *sn, int n);
+
 /* --------------------------------------------------------------- -o opts */
 
 typedef struct ImgCreateOpts {
@@ -76,6 +81,8 @@ typedef enum ImgFormat {
     IMG_FMT_RAW,
 } ImgFormat;
 
+/* The base format libpcow stores for @fmt (NONE for IMG_FMT_NONE) */
+pcow_backing_format img_backing_format(ImgFormat fmt);
 /* "pcow" / "raw" -> format; IMG_FMT_NONE for anything else. */
 ImgFormat img_format_parse(const char *name);
 const char *img_format_name(ImgFormat fmt);
@@ -113,6 +120,16 @@ bool img_blk_uses_file(ImgBlk *b, const char *path, bool *itself);
 int img_blk_close(ImgBlk *b);
 int img_blk_read(ImgBlk *b, uint64_t off, void *buf, uint64_t len);
 int img_blk_write(ImgBlk *b, uint64_t off, const void *buf, uint64_t len);
+/* Blocks compared by the copying commands (convert -B, rebase) */
+#define IMG_BLOCK 4096u
+/*
+ * Write the IMG_BLOCK blocks of @data that differ from @ref (both @len
+ * bytes at @off), runs of them with one call; *@written (if not NULL)
+ * grows by the bytes written.
+ */
+int img_blk_write_changed(ImgBlk *b, uint64_t off, const uint8_t *data,
+                          const uint8_t *ref, uint64_t len,
+                          uint64_t *written);
 /* Make the range read as zeros, deallocating where possible. */
 int img_blk_zero(ImgBlk *b, uint64_t off, uint64_t len);
 int img_blk_flush(ImgBlk *b);
@@ -132,8 +149,6 @@ bool img_is_zero(const void *buf, size_t len);
  */
 int img_require_pcow(const char *file);
 
-/* Resolve a backing name relative to the directory of @image. */
-char *img_resolve_backing(const char *image, const char *backing);
 
 /* ------------------------------------------------------------------ json */
 
