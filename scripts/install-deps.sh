@@ -25,14 +25,41 @@ packages=(
     seabios qemu-system-data ipxe-qemu
     # test and demo guests, benchmarks
     busybox-static linux-image-amd64 kmod cpio fio zstd e2fsprogs
-    # confined-host tests (tests/pcow/confine/): apparmor_parser, Debian's
-    # libvirt AppArmor abstractions and TEMPLATE.qemu (libvirt-daemon-system)
-    # and virt-aa-helper (libvirt-daemon).  Nothing is started: the tests
-    # only parse and generate profiles.
-    apparmor libvirt-daemon libvirt-daemon-system
+    # confined-host tests (tests/pcow/confine/): apparmor_parser and
+    # virt-aa-helper (libvirt-daemon).  Debian's libvirt AppArmor files come
+    # from libvirt-daemon-system, which is unpacked, not installed (below).
+    apparmor libvirt-daemon
 )
 
 say() { echo "install-deps: $*"; }
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+# libvirt-daemon-system's AppArmor files (abstractions/libvirt-qemu,
+# libvirt/TEMPLATE.qemu) for the confine tests.  Installing the package
+# would start a system libvirtd and its default network on a systemd
+# host, so unpack it into the build tree instead.
+lds_dir=$top/build/deps/libvirt-daemon-system
+lds_unpack() {
+    local t
+    dpkg-query -W -f='${Status}' libvirt-daemon-system 2>/dev/null |
+        grep -q 'ok installed' && return 0
+    [ -f "$lds_dir/etc/apparmor.d/libvirt/TEMPLATE.qemu" ] && return 0
+    say "unpacking libvirt-daemon-system's AppArmor files into $lds_dir"
+    t=$(mktemp -d) && chmod 755 "$t" || return 1
+    if ! (cd "$t" && apt-get download -q libvirt-daemon-system >/dev/null 2>&1) &&
+        ! { "${sudo[@]}" apt-get update -q >/dev/null &&
+            (cd "$t" && apt-get download -q libvirt-daemon-system >/dev/null); }; then
+        rm -rf "$t"
+        say "error: apt-get download libvirt-daemon-system failed" >&2
+        return 1
+    fi
+    rm -rf "$lds_dir.tmp" && mkdir -p "$lds_dir.tmp" &&
+        dpkg-deb -x "$t"/libvirt-daemon-system_*.deb "$lds_dir.tmp" &&
+        rm -rf "$lds_dir" && mv "$lds_dir.tmp" "$lds_dir"
+    local rc=$?
+    rm -rf "$t"
+    return $rc
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -41,20 +68,22 @@ for p in "${packages[@]}"; do
     fi
 done
 
+sudo=()
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null &&
+    sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
     say "all ${#packages[@]} packages installed"
-    exit 0
+    lds_unpack
+    exit
 fi
 say "missing: ${missing[*]}"
 
-sudo=()
-if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        say "error: installing needs root; run as root: apt-get install ${missing[*]}" >&2
-        exit 1
-    fi
+if [ "$(id -u)" != 0 ] && [ ${#sudo[@]} -eq 0 ]; then
+    say "error: installing needs root; run as root: apt-get install ${missing[*]}" >&2
+    exit 1
 fi
 
 # Refresh the package lists unless apt already knows every missing package
@@ -83,4 +112,5 @@ if ! apt_install; then
     "${sudo[@]}" apt-get update -q >/dev/null
     apt_install
 fi
+lds_unpack
 say "done"

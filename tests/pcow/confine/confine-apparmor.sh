@@ -24,8 +24,9 @@
 # (a subdirectory made and removed here; as root only: otherwise the
 # snippet is installed with a private base directory instead).  Needs
 # Debian's apparmor, libvirt-daemon (virt-aa-helper) and
-# libvirt-daemon-system (abstractions, TEMPLATE.qemu): scripts/install-deps.sh
-# installs them.  Env: PCOW_IMG.  Exit: 0 pass, 77 skip, else fail.
+# libvirt-daemon-system's abstractions and TEMPLATE.qemu (installed, or
+# unpacked into build/deps/): scripts/install-deps.sh provides them.
+# Env: PCOW_IMG.  Exit: 0 pass, 77 skip, else fail.
 set -u -o pipefail
 
 top=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -52,9 +53,15 @@ command -v apparmor_parser >/dev/null ||
     skip "no apparmor_parser (package apparmor; scripts/install-deps.sh)"
 [ -x "$VAH" ] ||
     skip "no $VAH (package libvirt-daemon; scripts/install-deps.sh)"
+# libvirt-daemon-system's AppArmor files: the installed package's, or the
+# copy scripts/install-deps.sh unpacks into the build tree
+LDS_AA=
+[ -f "$AA/libvirt/TEMPLATE.qemu" ] ||
+    LDS_AA=$top/build/deps/libvirt-daemon-system/etc/apparmor.d
 for f in abstractions/libvirt-qemu libvirt/TEMPLATE.qemu tunables/global; do
-    [ -f "$AA/$f" ] || skip "no $AA/$f (packages libvirt-daemon-system," \
-                            "apparmor; scripts/install-deps.sh)"
+    [ -f "$AA/$f" ] || { [ -n "$LDS_AA" ] && [ -f "$LDS_AA/$f" ]; } ||
+        skip "no $AA/$f (packages apparmor, libvirt-daemon-system;" \
+             "scripts/install-deps.sh)"
 done
 [ -x "$PCOW_IMG" ] || fail "no pcow-img at $PCOW_IMG"
 
@@ -73,6 +80,9 @@ trap cleanup EXIT
 # leave it (empty local file, none of our files), to install into
 aa_tree() {
     cp -a "$AA" "$1" || fail "cannot copy $AA"
+    if [ -n "$LDS_AA" ]; then
+        cp -an "$LDS_AA/." "$1/" || fail "cannot copy $LDS_AA"
+    fi
     rm -f "$1/abstractions/qemu-pcow"
     : >"$1/local/abstractions/libvirt-qemu"
 }
