@@ -17,7 +17,6 @@
  */
 #include <errno.h>
 #include <signal.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -211,14 +210,11 @@ int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err)
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
         sigemptyset(&sa.sa_mask);
         if (sigaction(SIGSEGV, &sa, &prev_action) < 0) {
+            int e = errno;
+
             pthread_mutex_unlock(&install_lock);
-            if (err) {
-                err->code = -errno;
-                snprintf(err->msg, sizeof(err->msg),
-                         "cannot install the SIGSEGV handler: %s",
-                         strerror(errno));
-            }
-            return -errno;
+            return mon_error(NULL, err, -e, "cannot install the SIGSEGV "
+                             "handler: %s", strerror(e));
         }
         installed = true;
     }
@@ -232,13 +228,8 @@ int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err)
             return 0;
         }
     }
-    if (err) {
-        err->code = -EMFILE;
-        snprintf(err->msg, sizeof(err->msg),
-                 "%s: too many images mapped in this process (at most %d)",
-                 mon->name, MON_SLOTS);
-    }
-    return -EMFILE;
+    return mon_error(mon, err, -EMFILE, "too many images mapped in this "
+                     "process (at most %d)", MON_SLOTS);
 }
 
 void mon_dispatcher_drain(pcow_monitor *mon)

@@ -1,10 +1,21 @@
 /*
  * The pcow Image Monitor: internal interfaces
  *
- * pcow-monitor.c       open/close, mapping, flush, snapshots, statistics
- * pcow-monitor-uffd.c  userfaultfd: hole reads and expansion (one thread)
- * pcow-monitor-cow.c   the process-wide SIGSEGV dispatcher and COW
- * pcow-monitor-pool.c  the cluster pre-allocation thread
+ * One job per file; each calls only files below it in this list, so the
+ * monitor has no call cycle:
+ *
+ * pcow-monitor.c           lifecycle: open, close, accessors
+ * pcow-monitor-snapshot.c  live snapshots (create, delete)
+ * pcow-monitor-uffd.c      userfaultfd: hole reads, expansion, lazy mapping
+ * pcow-monitor-cow.c       the process-wide SIGSEGV dispatcher and COW
+ * pcow-monitor-pool.c      the cluster pre-allocation thread
+ * pcow-monitor-map.c       the mapping: budget, map, remap, flush, prefault
+ * pcow-monitor-stats.c     statistics, reports, errors, /proc parsing
+ *
+ * Contracts below: "signal-safe" means async-signal-safe (callable from
+ * the SIGSEGV handler and the uffd thread, which must not allocate);
+ * "fault_lock" means the caller holds mon->fault_lock; nothing here makes
+ * data durable unless it says so.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -51,7 +62,7 @@ struct pcow_monitor {
     uint32_t cow_escalate;
     bool read_only;
     /*
-     * Too many extents to map at open (each mmap costs 7-12 us here):
+     * Too many extents to map at open (an mmap costs microseconds):
      * data clusters are mapped on first touch by the uffd thread.
      */
     bool lazy;
@@ -89,34 +100,86 @@ struct pcow_monitor {
     char name[256];             /* image file name for messages */
 };
 
-/* Helpers shared by the files (pcow-monitor.c). */
+static inline bool test_bit64(const uint64_t *map, uint64_t i)
+{
+    return map[i / 64] & (1ull << (i % 64));
+}
+
+static inline void set_bit64(uint64_t *map, uint64_t i)
+{
+    map[i / 64] |= 1ull << (i % 64);
+}
+
+/* pcow-monitor-stats.c: calls nothing else of the monitor */
+/* Monotonic clock.  Signal-safe. */
 uint64_t mon_now_ns(void);
+/* Count one latency in @lat.  Signal-safe, lock-free. */
 void mon_latency_add(mon_latency *lat, uint64_t ns);
-void mon_kick_pool(pcow_monitor *mon);
-/* Async-signal-safe one-line message on stderr. */
+/* One line "pcow-monitor: IMAGE: WHAT guest offset 0x..: ERR" on stderr.
+ * Signal-safe (its own formatter; no stdio, no strerror). */
 void mon_report(pcow_monitor *mon, const char *what, uint64_t offset,
                 int err);
-/* Account VMAs a new mapping may create; false when over budget. */
-bool mon_vma_budget(pcow_monitor *mon, uint64_t add);
+/* pcow_set_error() (code, kind, message) with the message prefixed with
+ * the image's name unless @mon is NULL; nothing if @err is NULL.  Returns
+ * @code.  Not signal-safe (vsnprintf). */
+int mon_error(pcow_monitor *mon, pcow_error *err, int code,
+              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* A decimal number from a /proc file, @dflt if unreadable.  Not
+ * signal-safe (strtoull). */
+uint64_t mon_proc_read_u64(const char *path, uint64_t dflt);
+/* Mappings of this process starting in [lo, hi), all with lo == hi == 0
+ * (/proc/self/maps).  Not signal-safe (64 KiB of stack). */
+uint64_t mon_proc_count_maps(uintptr_t lo, uintptr_t hi);
 
-/* Map [off, off + len) as the image says (pcow-monitor.c). */
+/* pcow-monitor-map.c: calls stats */
+/* Account @add VMAs a new mapping may create; false when over budget.
+ * Signal-safe, lock-free. */
+bool mon_vma_budget(pcow_monitor *mon, uint64_t add);
+/* Read-only (or @prot) anonymous memory over [off, off + len).  Returns
+ * 0 or -errno.  Signal-safe (one mmap). */
+int mon_map_anon(pcow_monitor *mon, uint64_t off, uint64_t len, int prot);
+/* Map [off, off + len) as the image says; with @count_only, only count.
+ * Returns the number of mappings or -errno (@err set if not NULL).
+ * Signal-safe with @err NULL (the uffd thread's lazy mapping); the caller
+ * serialises it against remaps (open, or the uffd thread). */
 int64_t mon_map_range(pcow_monitor *mon, uint64_t off, uint64_t len,
                       bool count_only, pcow_error *err);
+/* At open: the VMA budget (@max_vmas, 0: from vm.max_map_count), the
+ * mappings the image needs against it, and eager or lazy mapping.
+ * Returns 0 or -errno with @err set.  Not signal-safe. */
+int mon_map_plan(pcow_monitor *mon, uint64_t max_vmas, pcow_error *err);
+/* At open, after mon_map_plan and the uffd registration: map the image
+ * (nothing when lazy).  Returns 0 or -errno with @err set. */
+int mon_map_image(pcow_monitor *mon, pcow_error *err);
+/* Give every data mapping the image's writability now: after a snapshot
+ * everything mapped is frozen; after a delete some becomes ours.
+ * fault_lock.  Returns 0 or -errno with @err set. */
+int mon_remap_data(pcow_monitor *mon, bool make_writable, pcow_error *err);
 
-/* pcow-monitor-uffd.c */
-int mon_uffd_open(pcow_error *err);
-int mon_uffd_setup(pcow_monitor *mon, pcow_error *err);
-int mon_uffd_start(pcow_monitor *mon, pcow_error *err);
+/* pcow-monitor-pool.c: calls stats */
+/* Wake the pre-allocation thread if the reserve runs low.  Signal-safe
+ * (an eventfd write). */
+void mon_kick_pool(pcow_monitor *mon);
+/* Start the pre-allocation thread.  Returns 0 or -errno with @err set. */
+int mon_pool_start(pcow_monitor *mon, pcow_error *err);
 
-/* pcow-monitor-cow.c */
+/* pcow-monitor-cow.c: calls map, pool, stats */
 /* Fault handlers this thread runs now (pcow_monitor_in_handler) */
 extern __thread volatile unsigned mon_handler_depth;
+/* Install the SIGSEGV handler once per process and take a slot for @mon.
+ * Returns 0 or -errno with @err set.  Takes the install lock. */
 int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err);
+/* Leave the slot and wait for the handlers running for @mon. */
 void mon_dispatcher_unregister(pcow_monitor *mon);
-/* Wait until no SIGSEGV handler runs for @mon. */
+/* Wait until no SIGSEGV handler runs for @mon (sleeps). */
 void mon_dispatcher_drain(pcow_monitor *mon);
 
-/* pcow-monitor-pool.c */
-int mon_pool_start(pcow_monitor *mon, pcow_error *err);
+/* pcow-monitor-uffd.c: calls cow (handler depth), pool, map, stats */
+/* Open a userfaultfd and register the reserved range MISSING|WP.
+ * Returns 0 or -errno with @err set. */
+int mon_uffd_setup(pcow_monitor *mon, pcow_error *err);
+/* Start the thread that serves the faults (takes fault_lock per batch).
+ * Returns 0 or -errno with @err set. */
+int mon_uffd_start(pcow_monitor *mon, pcow_error *err);
 
 #endif /* PCOW_MONITOR_INT_H */

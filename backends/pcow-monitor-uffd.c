@@ -1,43 +1,20 @@
 /*
  * The pcow Image Monitor: holes, through userfaultfd
  *
- * Hole handling, decided by measurement on kernel 6.18 (2 vCPUs, tmpfs,
- * 64 KiB clusters, 1024 faults, latency of the faulting store):
- *
  * Holes are private anonymous memory registered MISSING|WP (THP off).
- *
- * - Read of a hole: MISSING event without the WRITE flag.  We answer with
- *   UFFDIO_ZEROPAGE over the whole cluster (DONTWAKE), then
- *   UFFDIO_WRITEPROTECT it, then wake.  Zero pages cost no memory (a 64 MiB
- *   scan grew RSS by 20 KiB) and nothing is allocated in the image; the
- *   uffd-wp bit on the zero-page PTEs turns a later write into a WP event
- *   instead of a silent copy into anonymous memory.  p50 5-17 us (one
- *   round trip, then the other 15 pages of the cluster read for free).
- * - Between the ZEROPAGE and the WRITEPROTECT another thread could write a
- *   zero page and the kernel would copy it to anonymous memory.  We detect
- *   that with one PAGEMAP_SCAN ioctl (present and not the zero pfn, 0.7 us)
- *   and, if it happened, expand the cluster at once, copying what was
- *   written (it is write-protected by then, so it is stable).
- * - Rejected: UFFD_FEATURE_WP_UNPOPULATED markers over all holes.  Reads
- *   then never leave the kernel (1.0 us), but installing the markers costs
- *   2.7 ms and 2 MiB of page tables per GiB of hole (128 GiB for a 64 TiB
- *   image), and they cannot be installed lazily: UFFDIO_ZEROPAGE over a
- *   marker fails with EEXIST and a MISSING registration still reports a
- *   read of a marker as MISSING.
- * - Write to a hole (MISSING|WRITE, or WP after a read): pcow_expand_cluster
- *   (takes a reserved cluster, commits the entry durably), mmap the cluster
- *   MAP_SHARED|MAP_FIXED read-write over the hole, populate, UFFDIO_WAKE.
- *   Population, measured in a standalone experiment on resident pages:
- *   none 6.0/10.8 us (p50/p99) but then a fault per page; MAP_POPULATE
- *   9.1/21.6 us; MADV_POPULATE_WRITE 13.4/212 us.  But the reserve's
- *   clusters are fallocated, not resident, and populating 16 such pages
- *   costs ~40 us (page allocation and zeroing, under memory pressure), so
- *   in the monitor MAP_POPULATE gave 49 us p50.  Chosen: populate only the
- *   faulting page (MADV_POPULATE_WRITE, 4 KiB), wake, then populate the
- *   rest of the cluster (racing the woken thread is harmless): 13.7 us
- *   p50, 36 us p99 end to end with the pool, 24/68 us without it.
- *   The pool thread is kicked after the wake: its fallocate/msync
- *   contended with the fault path for mmap_lock (p50 96 us before).
+ * A read of a hole gets UFFDIO_ZEROPAGE over the whole cluster, then
+ * UFFDIO_WRITEPROTECT: no memory, nothing allocated in the image, and the
+ * uffd-wp bit turns a later write into a WP event instead of a silent copy
+ * into anonymous memory.  A write (MISSING|WRITE, or WP after a read)
+ * expands the cluster (pcow_expand_cluster), maps it read-write over the
+ * hole, populates the faulting page, wakes, then populates the rest.  A
+ * write racing in between the ZEROPAGE and the WRITEPROTECT is found with
+ * PAGEMAP_SCAN and its cluster expanded at once (copying what was written;
+ * without PAGEMAP_SCAN a read gets one zero page by UFFDIO_COPY in WP
+ * mode, atomic).  Why
+ * this and not the alternatives (WP_UNPOPULATED markers, MAP_POPULATE,
+ * kicking the pool before the wake), with the measurements that decided
+ * it: docs/benchmarks.rst, "Image Monitor design measurements".
  *
  * One thread per monitor reads the uffd and handles events in order, so a
  * cluster is expanded once however many threads fault on it; duplicate and
@@ -100,17 +77,7 @@ static inline uint64_t cluster_len(pcow_monitor *mon, uint64_t vc)
                                                  : mon->cluster_size;
 }
 
-static inline bool test_bit64(const uint64_t *map, uint64_t i)
-{
-    return map[i / 64] & (1ull << (i % 64));
-}
-
-static inline void set_bit64(uint64_t *map, uint64_t i)
-{
-    map[i / 64] |= 1ull << (i % 64);
-}
-
-int mon_uffd_open(pcow_error *err)
+static int uffd_open(pcow_error *err)
 {
     int fd, dev;
     int flags = O_CLOEXEC | O_NONBLOCK;
@@ -128,15 +95,10 @@ int mon_uffd_open(pcow_error *err)
             return fd;
         }
     }
-    if (err) {
-        err->code = -EPERM;
-        snprintf(err->msg, sizeof(err->msg),
-                 "userfaultfd is not available to this process (%s); grant "
-                 "access to /dev/userfaultfd (chmod/ACL for the QEMU user) "
-                 "or set sysctl vm.unprivileged_userfaultfd=1",
-                 strerror(errno));
-    }
-    return -EPERM;
+    return mon_error(NULL, err, -EPERM, "userfaultfd is not available to "
+                     "this process (%s); grant access to /dev/userfaultfd "
+                     "(chmod/ACL for the QEMU user) or set sysctl "
+                     "vm.unprivileged_userfaultfd=1", strerror(errno));
 }
 
 int mon_uffd_setup(pcow_monitor *mon, pcow_error *err)
@@ -149,7 +111,8 @@ int mon_uffd_setup(pcow_monitor *mon, pcow_error *err)
         .range = { .start = (uintptr_t)mon->base, .len = mon->size },
         .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
     };
-    int fd = mon_uffd_open(err);
+    int fd = uffd_open(err);
+    int e;
 
     if (fd < 0) {
         return fd;
@@ -179,14 +142,10 @@ int mon_uffd_setup(pcow_monitor *mon, pcow_error *err)
     return 0;
 
 fail:
-    if (err) {
-        err->code = -errno;
-        snprintf(err->msg, sizeof(err->msg),
-                 "%s: cannot register the image range with userfaultfd "
-                 "(MISSING|WP on anonymous memory): %s", mon->name,
-                 strerror(errno));
-    }
-    return -errno;
+    e = errno;
+    return mon_error(mon, err, -e, "cannot register the image range with "
+                     "userfaultfd (MISSING|WP on anonymous memory): %s",
+                     strerror(e));
 }
 
 static void wake_range(pcow_monitor *mon, char *addr, uint64_t len)
@@ -206,8 +165,8 @@ static void fail_hole(pcow_monitor *mon, char *addr, uint64_t vc, int r)
 {
     atomic_fetch_add(&mon->st.errors, 1);
     mon_report(mon, "cannot expand the hole at", vc << mon->cluster_bits, r);
-    mmap(addr, cluster_len(mon, vc), PROT_READ,
-         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    mon_map_anon(mon, vc << mon->cluster_bits, cluster_len(mon, vc),
+                 PROT_READ);
     wake_range(mon, addr, cluster_len(mon, vc));
 }
 
@@ -409,8 +368,7 @@ static bool map_lazy(pcow_monitor *mon, uint64_t vc)
         atomic_fetch_add(&mon->st.errors, 1);
         mon_report(mon, "cannot map the data at", vc << mon->cluster_bits,
                    -ENOMEM);
-        mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
-             MAP_NORESERVE, -1, 0);
+        mon_map_anon(mon, vc << mon->cluster_bits, len, PROT_NONE);
         wake_range(mon, addr, len);
         return true;
     }
@@ -486,13 +444,8 @@ int mon_uffd_start(pcow_monitor *mon, pcow_error *err)
     int r = pthread_create(&mon->uffd_thread, NULL, uffd_thread, mon);
 
     if (r) {
-        if (err) {
-            err->code = -r;
-            snprintf(err->msg, sizeof(err->msg),
-                     "%s: cannot start the expansion thread: %s", mon->name,
-                     strerror(r));
-        }
-        return -r;
+        return mon_error(mon, err, -r, "cannot start the expansion thread: "
+                         "%s", strerror(r));
     }
     mon->uffd_running = true;
     return 0;

@@ -86,6 +86,17 @@ int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
 int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
 
 /*
+ * Prefault the mapping for reading (QEMU's prealloc=on): page tables for
+ * every data extent, so the guest's first reads take no fault.  Holes stay
+ * holes and frozen data is not copied (the image stays thin).  Returns 0
+ * (also when the kernel has no MADV_POPULATE_READ, before 5.14), -errno
+ * with @err set when the image's mapping cannot be read, or 1 with @err
+ * set when the kernel failed to prefault (a hint only: the rest is left to
+ * the first touch).
+ */
+int pcow_monitor_prefault(pcow_monitor *mon, pcow_error *err);
+
+/*
  * True while the calling thread serves a fault: in the monitor's SIGSEGV
  * handler (not the previous action it chains to), or in a monitor's
  * userfaultfd thread handling events.  For tests: an interposed malloc

@@ -1078,6 +1078,94 @@ static int t_blockdev_base(void)
     return 0;
 }
 
+/* Is the page at @p mapped in this process's page table? (pagemap bit 63) */
+static bool page_present(const void *p)
+{
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    uint64_t e = 0;
+
+    CHECK(fd >= 0);
+    CHECK(pread(fd, &e, 8, (uintptr_t)p / 4096 * 8) == 8);
+    close(fd);
+    return e >> 63;
+}
+
+static void check_present(const uint8_t *base, uint64_t off, uint64_t len,
+                          bool want)
+{
+    uint64_t o;
+
+    for (o = off; o < off + len; o += 4096) {
+        if (page_present(base + o) != want) {
+            fprintf(stderr, "page at 0x%" PRIx64 " is %spresent\n", o,
+                    want ? "not " : "");
+            exit(1);
+        }
+    }
+}
+
+/*
+ * --- prefault (QEMU's prealloc=on): data mapped, the image stays thin ----
+ * Over a raw base that ends inside a cluster, with frozen and active data:
+ * every data page gets its page table entry, no hole and nothing past the
+ * raw base's end is touched, and nothing is expanded or copied.
+ */
+static int t_prefault(void)
+{
+    const char *dir = test_dir("prefault");
+    char raw[4200], top[4200];
+    uint64_t size = 8 * MiB;
+    uint64_t raw_len = 3 * MiB + 1234;
+    uint8_t *shadow = calloc(1, size);
+    pcow_error err = { 0 };
+    pcow_monitor_stats s;
+    pcow_monitor *mon;
+    pcow_info before, after;
+    uint8_t *base;
+    int fd;
+
+    snprintf(raw, sizeof(raw), "%s/base.raw", dir);
+    snprintf(top, sizeof(top), "%s/top.pcow", dir);
+    fill(shadow, 0, raw_len, 1);
+    fd = open(raw, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    CHECK(write(fd, shadow, raw_len) == (ssize_t)raw_len);
+    close(fd);
+    make_image(top, size, CL, "base.raw", PCOW_BACKING_RAW);
+    mon = open_mon(top, PCOW_MONITOR_NO_POOL, 0);
+    put(mon, shadow, 1 * MiB + 100, 10, 2);     /* COW over raw data */
+    put(mon, shadow, 5 * MiB, 10, 3);           /* expanded, then frozen */
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s", NULL, &err), &err);
+    close_mon(mon);
+    mon = open_mon(top, PCOW_MONITOR_NO_POOL, 0);
+    put(mon, shadow, 6 * MiB, 10, 4);           /* active */
+    close_mon(mon);
+
+    mon = open_mon(top, PCOW_MONITOR_NO_POOL, 0);
+    base = pcow_monitor_base(mon);
+    pcow_get_info(pcow_monitor_image(mon), &before);
+    CHECK(!page_present(base));
+    CHECK_EQ(pcow_monitor_prefault(mon, &err), 0);
+    check_present(base, 0, 3 * MiB + 4096, true);
+    check_present(base, 5 * MiB, CL, true);
+    check_present(base, 6 * MiB, CL, true);
+    check_present(base, 3 * MiB + 4096, CL - 4096, false);
+    check_present(base, 4 * MiB, MiB, false);
+    check_present(base, 7 * MiB, MiB, false);
+    stats(mon, &s);
+    CHECK_EQ(s.expansions, 0);
+    CHECK_EQ(s.cow_unit_faults + s.cow_cluster_faults, 0);
+    CHECK_EQ(s.hole_read_faults, 0);
+    CHECK_EQ(s.errors, 0);
+    pcow_get_info(pcow_monitor_image(mon), &after);
+    CHECK_EQ(after.allocated_clusters, before.allocated_clusters);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(top);
+    free(shadow);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -1096,6 +1184,7 @@ static const struct {
     { "crash", t_crash },
     { "file-kinds", t_file_kinds },
     { "blockdev-base", t_blockdev_base },
+    { "prefault", t_prefault },
 };
 
 int main(int argc, char **argv)

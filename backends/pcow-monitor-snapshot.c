@@ -1,0 +1,57 @@
+/*
+ * The pcow Image Monitor: live snapshots
+ *
+ * The caller has stopped every thread that writes the range (QEMU pauses
+ * the vCPUs).  Under fault_lock (the uffd thread waits) and once the COW
+ * handlers in flight are drained, the image snapshot is taken or deleted
+ * and the mapping is given the image's new writability.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+
+#include "pcow-monitor-int.h"
+
+int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
+                                 uint64_t *id, pcow_error *err)
+{
+    int r;
+
+    if (mon->read_only) {
+        return mon_error(mon, err, -EROFS, "image is read-only");
+    }
+    /* Fail before the flush touches the image if it was truncated */
+    r = pcow_check_file_size(mon->img, err);
+    if (r < 0) {
+        return r;
+    }
+    pthread_mutex_lock(&mon->fault_lock);
+    mon_dispatcher_drain(mon);
+    r = pcow_monitor_flush(mon, err);
+    if (r == 0) {
+        r = pcow_snapshot_create(mon->img, name, id, err);
+    }
+    if (r == 0) {
+        r = mon_remap_data(mon, false, err);
+    }
+    pthread_mutex_unlock(&mon->fault_lock);
+    return r;
+}
+
+int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
+                                 pcow_error *err)
+{
+    int r;
+
+    if (mon->read_only) {
+        return mon_error(mon, err, -EROFS, "image is read-only");
+    }
+    pthread_mutex_lock(&mon->fault_lock);
+    mon_dispatcher_drain(mon);
+    r = pcow_snapshot_delete(mon->img, name_or_id, err);
+    if (r == 0) {
+        r = mon_remap_data(mon, true, err);
+    }
+    pthread_mutex_unlock(&mon->fault_lock);
+    return r;
+}
