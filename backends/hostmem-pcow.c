@@ -38,10 +38,6 @@
 #include "backends/hostmem-pcow.h"
 #include "pcow/monitor.h"
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
-
 struct HostMemPcow {
     HostMemoryBackend *backend;
     pcow_monitor *mon;          /* NULL once closed */
@@ -63,7 +59,7 @@ bool hostmem_pcow_name_selects_pcow(const char *mem_path)
     return mem_path && g_str_has_suffix(mem_path, ".pcow");
 }
 
-static const char *pcow_error_msg(const pcow_error *perr, int ret)
+const char *hostmem_pcow_error_msg(const pcow_error *perr, int ret)
 {
     return perr->msg[0] ? perr->msg : strerror(-ret);
 }
@@ -83,7 +79,7 @@ static void hostmem_pcow_close(HostMemPcow *pc)
     qemu_mutex_unlock(&pc->lock);
     if (ret < 0) {
         error_report("pcow: closing image '%s' failed: %s", pc->path,
-                     pcow_error_msg(&perr, ret));
+                     hostmem_pcow_error_msg(&perr, ret));
     }
 }
 
@@ -180,9 +176,9 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
         if (opts->format_from_name && ret != -ENOENT && !pcow_probe(path)) {
             error_setg(errp, "%s (format=pcow was chosen because the name "
                        "ends in .pcow; use format=raw for a raw file)",
-                       pcow_error_msg(&perr, ret));
+                       hostmem_pcow_error_msg(&perr, ret));
         } else {
-            error_setg(errp, "%s", pcow_error_msg(&perr, ret));
+            error_setg(errp, "%s", hostmem_pcow_error_msg(&perr, ret));
         }
         return NULL;
     }
@@ -241,63 +237,25 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     return pc;
 }
 
-/* Is @fd the file of a raw base somewhere in @img's backing chain? */
-static bool fd_is_raw_base(pcow_image *img, int fd)
-{
-    for (; img; img = pcow_backing(img)) {
-        if (pcow_backing_raw_fd(img) == fd) {
-            return true;
-        }
-    }
-    return false;
-}
-
 void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp)
 {
-    pcow_image *img;
-    uint64_t off = 0;
-    size_t page = qemu_real_host_page_size();
+    pcow_error perr = { 0 };
+    int ret;
 
     if (!pc->mon) {
         return;
     }
-    img = pcow_monitor_image(pc->mon);
-
     /*
      * Prefault for reading only: writing would expand every hole (the image
      * would stop being thin) and copy every frozen cluster.  Allocated data
      * is already allocated on the host, so this only loads page tables.
      */
-    while (off < pc->size) {
-        pcow_extent ext;
-        uint64_t len;
-        int ret;
-
-        ret = pcow_get_extent(img, off, pc->size - off, &ext);
-        if (ret < 0) {
-            error_setg_errno(errp, -ret, "pcow image '%s': cannot read its "
-                             "mapping at offset 0x%" PRIx64, pc->path, off);
-            return;
-        }
-        if (!ext.length) {
-            break;
-        }
-        len = ext.length;
-        if (ext.kind == PCOW_EXTENT_DATA && fd_is_raw_base(img, ext.fd)) {
-            /* Past a raw base's end there is no page to fault in. */
-            len = MIN(len, ROUND_UP(ext.valid_length, page));
-        }
-        if (ext.kind == PCOW_EXTENT_DATA && len &&
-            madvise(pc->base + ext.offset, len, MADV_POPULATE_READ)) {
-            if (errno != EINVAL) {
-                warn_report("pcow image '%s': prealloc: prefaulting offset "
-                            "0x%" PRIx64 " failed: %s; continuing without",
-                            pc->path, ext.offset, strerror(errno));
-            }
-            /* EINVAL: kernel older than 5.14; prealloc is only a hint. */
-            return;
-        }
-        off = ext.offset + ext.length;
+    ret = pcow_monitor_prefault(pc->mon, &perr);
+    if (ret < 0) {
+        error_setg(errp, "%s", hostmem_pcow_error_msg(&perr, ret));
+    } else if (ret > 0) {
+        /* prealloc is only a hint */
+        warn_report("prealloc: %s; continuing without", perr.msg);
     }
 }
 
@@ -340,7 +298,7 @@ int hostmem_pcow_flush(HostMemPcow *pc)
     qemu_mutex_unlock(&pc->lock);
     if (ret < 0) {
         error_report_once("pcow image '%s': flush failed: %s", pc->path,
-                          pc->mon ? pcow_error_msg(&perr, ret)
+                          pc->mon ? hostmem_pcow_error_msg(&perr, ret)
                                   : "image is closed");
     }
     return ret;

@@ -50,6 +50,13 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
  */
 void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp);
 
+/*
+ * The message of a libpcow/monitor error for the user: @perr's, or
+ * strerror(-@ret) when the call left none.
+ */
+struct pcow_error;
+const char *hostmem_pcow_error_msg(const struct pcow_error *perr, int ret);
+
 /* The pcow state of @backend, or NULL if it is not a pcow backend. */
 HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);
 

@@ -36,11 +36,6 @@ typedef struct PcowBackendRef {
     pcow_monitor *mon;
 } PcowBackendRef;
 
-static const char *pcow_qmp_error_msg(const pcow_error *perr, int ret)
-{
-    return perr->msg[0] ? perr->msg : strerror(-ret);
-}
-
 /*
  * Was the image truncated behind QEMU's back (the lock is advisory)?  Then
  * its metadata mappings raise SIGBUS: check before touching them.
@@ -53,7 +48,8 @@ static bool pcow_backend_check_size(const char *id, HostMemPcow *pc,
 
     if (ret < 0) {
         error_setg(errp, "pcow image '%s' (memory backend '%s'): %s",
-                   hostmem_pcow_path(pc), id, pcow_qmp_error_msg(&perr, ret));
+                   hostmem_pcow_path(pc), id,
+                   hostmem_pcow_error_msg(&perr, ret));
         return false;
     }
     return true;
@@ -325,7 +321,7 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     if (ret < 0) {
         error_setg(errp, "pcow image '%s' (memory backend '%s'): snapshot "
                    "'%s' failed: %s", hostmem_pcow_path(ref.pc), id, name,
-                   pcow_qmp_error_msg(&perr, ret));
+                   hostmem_pcow_error_msg(&perr, ret));
         return NULL;
     }
 
@@ -397,7 +393,7 @@ void qmp_pcow_snapshot_delete(const char *id, bool has_name,
         error_setg(errp, "pcow image '%s' (memory backend '%s'): deleting "
                    "snapshot '%s' (id %" PRIu64 ") failed: %s",
                    hostmem_pcow_path(ref.pc), id, ename, sn.id,
-                   pcow_qmp_error_msg(&perr, ret));
+                   hostmem_pcow_error_msg(&perr, ret));
     }
 }
 
