@@ -117,7 +117,7 @@ static void check_print_problems(const pcow_check_result *res)
                "Data may be corrupted, or further writes to the image "
                "may corrupt it.\n", res->corruptions);
         if (res->first_problem[0]) {
-            g_autofree char *fp = img_escape_text(res->first_problem);
+            g_autofree char *fp = pcow_escape_text(res->first_problem);
 
             printf("First problem: %s\n", fp);
         }

@@ -190,7 +190,7 @@ static int create_raw(const CreateArgs *a)
         return EXIT_ERR;
     }
     if (!a->quiet) {
-        g_autofree char *efile = img_escape_text(a->file);
+        g_autofree char *efile = pcow_escape_text(a->file);
 
         printf("Formatting '%s', fmt=raw size=%" PRIu64 "\n", efile,
                a->size);
@@ -214,7 +214,7 @@ static int create_raw(const CreateArgs *a)
 static void announce_formatting(void *opaque, const pcow_create_opts *co)
 {
     const CreateArgs *a = opaque;
-    g_autofree char *efile = img_escape_text(a->file);
+    g_autofree char *efile = pcow_escape_text(a->file);
 
     if (a->quiet) {
         return;
@@ -223,7 +223,7 @@ static void announce_formatting(void *opaque, const pcow_create_opts *co)
            " cluster_size=%u cow_unit=%u", efile, co->virtual_size,
            co->cluster_size, co->cow_unit);
     if (co->backing_file) {
-        g_autofree char *ebase = img_escape_text(co->backing_file);
+        g_autofree char *ebase = pcow_escape_text(co->backing_file);
 
         printf(" backing_file=%s backing_fmt=%s", ebase,
                co->backing_format == PCOW_BACKING_PCOW ? "pcow" : "raw");

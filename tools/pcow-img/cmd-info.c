@@ -63,13 +63,13 @@ static void chain_files(const char *path, bool force_share, ImgJson *j)
             json_end_array(j);
         }
     } else if (n < 0) {
-        g_autofree char *emsg = img_escape_text(err.msg);
+        g_autofree char *emsg = pcow_escape_text(err.msg);
 
         printf("chain files: unknown (%s)\n", emsg);
     } else {
         printf("chain files:");
         for (int i = 0; i < n; i++) {
-            g_autofree char *ef = img_escape_text(files[i]);
+            g_autofree char *ef = pcow_escape_text(files[i]);
 
             printf("%s %s", i ? "," : "", ef);
         }
@@ -83,7 +83,7 @@ void img_print_snapshot_table(const pcow_snapshot_info *sn, int n)
     printf("%-9s %-16s %8s%20s%16s%8s\n", "ID", "TAG", "VM SIZE", "DATE",
            "VM CLOCK", "ICOUNT");
     for (int i = 0; i < n; i++) {
-        g_autofree char *name = img_escape_text(sn[i].name);
+        g_autofree char *name = pcow_escape_text(sn[i].name);
         char date[32], id[24];
 
         img_format_date(date, sizeof(date), sn[i].date_sec);
@@ -174,7 +174,7 @@ static int info_raw(const char *path, ImgJson *j)
         json_bool(j, "dirty-flag", false);
         json_end_object(j);
     } else {
-        g_autofree char *epath = img_escape_text(path);
+        g_autofree char *epath = pcow_escape_text(path);
 
         vs = img_size_to_str(size);
         ds = img_size_to_str((uint64_t)st.st_blocks * 512);
@@ -263,8 +263,8 @@ static void info_pcow_json(ImgJson *j, const PcowDesc *d)
 
 static void backing_human(const pcow_info *info)
 {
-    g_autofree char *ebf = img_escape_text(info->backing_file);
-    g_autofree char *ebp = img_escape_text(info->backing_path);
+    g_autofree char *ebf = pcow_escape_text(info->backing_file);
+    g_autofree char *ebp = pcow_escape_text(info->backing_path);
 
     if (strcmp(info->backing_file, info->backing_path)) {
         printf("backing file: %s (actual path: %s)\n", ebf, ebp);
@@ -284,7 +284,7 @@ static void info_pcow_human(const PcowDesc *d)
     const pcow_info *info = d->info;
     g_autofree char *vs = img_size_to_str(info->virtual_size);
     g_autofree char *ds = img_size_to_str(info->disk_size);
-    g_autofree char *epath = img_escape_text(d->path);
+    g_autofree char *epath = pcow_escape_text(d->path);
 
     printf("image: %s\n", epath);
     printf("file format: pcow\n");

@@ -36,7 +36,7 @@ static void map_emit(const MapEntry *e, bool json, bool *first)
         fputs(s->str, stdout);
         g_string_free(s, TRUE);
     } else if (e->data) {
-        g_autofree char *name = img_escape_text(e->filename);
+        g_autofree char *name = pcow_escape_text(e->filename);
 
         printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
                e->start, e->length, e->offset, name);

@@ -21,12 +21,13 @@ static void print_escaped_line(const char *prefix, const char *file,
                                const char *fmt, va_list ap)
 {
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
-    g_autofree char *emsg = img_escape_text(msg);
+    g_autofree char *emsg = pcow_escape_text(msg);
+    g_autofree char *efile = file ? pcow_escape_text(file) : NULL;
 
     fflush(stdout);
-    if (file) {
-        g_autofree char *efile = img_escape_text(file);
-
+    if (!emsg || (file && !efile)) {
+        fprintf(stderr, "pcow-img: out of memory\n");
+    } else if (file) {
         fprintf(stderr, "pcow-img: %s%s: %s\n", prefix, efile, emsg);
     } else {
         fprintf(stderr, "pcow-img: %s%s\n", prefix, emsg);
@@ -117,20 +118,6 @@ static int utf8_char(const char *p, size_t rest, gunichar *c)
 static bool is_control(gunichar c)
 {
     return c < 0x20 || (c >= 0x7f && c < 0xa0);
-}
-
-/* libpcow's rule for printing names from images made elsewhere */
-char *img_escape_text(const char *s)
-{
-    char *e = pcow_escape_text(s);
-    char *o;
-
-    if (!e) {
-        g_error("out of memory");
-    }
-    o = g_strdup(e);
-    free(e);
-    return o;
 }
 
 char *img_size_to_str(uint64_t val)

@@ -37,11 +37,10 @@ void img_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* ----------------------------------------------------------- formatting */
 
 /*
- * @s made safe for a terminal (human output): control characters (C0, DEL,
- * C1) and bytes that are not UTF-8 become \xHH, one per byte; the rest is
- * kept.  Not reversible: --output=json is the machine form.  g_free it.
+ * Names from images are printed through libpcow's pcow_escape_text()
+ * (control characters and bytes that are not UTF-8 as \xHH; --output=json
+ * is the machine form).  Its result is malloc'd, so g_autofree frees it.
  */
-char *img_escape_text(const char *s);
 /* "128 GiB", "1.5 MiB", "196 KiB"; the result must be g_free'd. */
 char *img_size_to_str(uint64_t val);
 /* "YYYY-MM-DD hh:mm:ss" (local time) into @buf of at least 20 bytes. */
