@@ -115,6 +115,7 @@ static int create_parse_legacy(char **pos, int nargs, CreateArgs *a)
     uint64_t ckib, sgib;
 
     a->file = pos[2];
+    /* (1 << 21 KiB keeps the cluster size in 32 bits; libpcow checks it) */
     if (pcow_parse_size(pos[0], &ckib) < 0 || ckib > (1u << 21) ||
         pcow_parse_size(pos[1], &sgib) < 0 || sgib > (UINT64_MAX >> 30)) {
         img_error(a->file, "invalid legacy arguments '%s %s' (expected "
@@ -124,7 +125,9 @@ static int create_parse_legacy(char **pos, int nargs, CreateArgs *a)
     if (ckib == 0) {
         /* 0 is not "the default" here: the form always names it */
         img_error(a->file, "invalid cluster size 0 KiB in the legacy form "
-                  "(give 4..2048, a power of two)");
+                  "(give %u..%u, a power of two)",
+                  1u << (PCOW_MIN_CLUSTER_BITS - 10),
+                  1u << (PCOW_MAX_CLUSTER_BITS - 10));
         return -1;
     }
     a->o.cluster_size = (uint32_t)(ckib * KiB);

@@ -188,6 +188,26 @@ static void test_create_request(void **state)
     assert_true(res.opts.cluster_size >= 4 * KiB);
 }
 
+static void test_backing_path(void **state)
+{
+    struct {
+        const char *image, *name, *want;
+    } cases[] = {
+        { "top.pcow", "base.pcow", "./base.pcow" },
+        { "a/b/top.pcow", "../base.pcow", "a/b/../base.pcow" },
+        { "a/top.pcow", "/abs/base.raw", "/abs/base.raw" },
+        { "/d/top.pcow", "sub/base.pcow", "/d/sub/base.pcow" },
+    };
+
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char *p = pcow_backing_path(cases[k].image, cases[k].name);
+
+        assert_non_null(p);
+        assert_string_equal(p, cases[k].want);
+        free(p);
+    }
+}
+
 static void test_chain_role(void **state)
 {
     char base[512], raw[512], top[512], other[512], alias[512];
@@ -229,6 +249,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_create_request, setup,
                                         teardown),
+        cmocka_unit_test(test_backing_path),
         cmocka_unit_test_setup_teardown(test_chain_role, setup, teardown),
     };
 
