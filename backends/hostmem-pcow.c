@@ -111,106 +111,100 @@ static HostMemPcow *hostmem_pcow_user(const char *path, bool *as_base)
     return NULL;
 }
 
-HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
-                                const HostMemPcowOptions *opts,
-                                Error **errp)
+/* The backend's properties that a pcow image refuses; sets *@align. */
+static bool hostmem_pcow_check_opts(HostMemoryBackend *backend,
+                                    const HostMemPcowOptions *opts,
+                                    uint64_t *align, Error **errp)
 {
     const char *path = opts->mem_path;
-    uint64_t align = opts->align;
-    pcow_monitor_opts mopts = { 0 };
-    pcow_monitor *mon = NULL;
-    pcow_error perr = { 0 };
-    HostMemPcow *pc;
-    uint64_t size;
-    char *name;
-    bool as_base = false;
-    int ret;
 
     if (!backend->share) {
         error_setg(errp, "pcow image '%s' needs share=on: with share=off "
                    "guest writes would never reach the image", path);
-        return NULL;
+        return false;
     }
     if (opts->discard_data) {
         error_setg(errp, "discard-data=on is not supported with a pcow "
                    "image ('%s'): it would zero image data behind the "
                    "image's back", path);
-        return NULL;
+        return false;
     }
     /* Same rules as file_ram_alloc() for raw files. */
-    if (align % qemu_real_host_page_size()) {
+    if (opts->align % qemu_real_host_page_size()) {
         error_setg(errp, "alignment 0x%" PRIx64
                    " must be multiples of page size 0x%zx",
-                   align, (size_t)qemu_real_host_page_size());
-        return NULL;
+                   opts->align, (size_t)qemu_real_host_page_size());
+        return false;
     }
-    if (align && !is_power_of_2(align)) {
+    if (opts->align && !is_power_of_2(opts->align)) {
         error_setg(errp, "alignment 0x%" PRIx64 " must be a power of two",
-                   align);
-        return NULL;
+                   opts->align);
+        return false;
     }
-    align = MAX(align, qemu_real_host_page_size());
+    *align = MAX(opts->align, qemu_real_host_page_size());
+    return true;
+}
 
-    if (opts->readonly) {
-        mopts.flags |= PCOW_MONITOR_READONLY;
+/* pcow_monitor_open() failed with @ret: QEMU's message for it */
+static void hostmem_pcow_open_error(const HostMemPcowOptions *opts, int ret,
+                                    const pcow_error *perr, Error **errp)
+{
+    const char *path = opts->mem_path;
+    bool as_base = false;
+    HostMemPcow *user = ret == -EBUSY ? hostmem_pcow_user(path, &as_base)
+                                      : NULL;
+
+    if (user) {
+        error_setg(errp, "pcow image '%s' is already in use by memory "
+                   "backend '%s'%s in this process", path,
+                   object_get_canonical_path_component(
+                       OBJECT(user->backend)),
+                   as_base ? " (as a base of its image)" : "");
+        return;
     }
-    ret = pcow_monitor_open(path, &mopts, &mon, &perr);
-    if (ret < 0) {
-        HostMemPcow *user = ret == -EBUSY ? hostmem_pcow_user(path, &as_base)
-                                          : NULL;
-
-        if (user) {
-            error_setg(errp, "pcow image '%s' is already in use by memory "
-                       "backend '%s'%s in this process", path,
-                       object_get_canonical_path_component(
-                           OBJECT(user->backend)),
-                       as_base ? " (as a base of its image)" : "");
-            return NULL;
-        }
-        /* Locked by another process: QEMU's own hint, from the code */
-        if (perr.kind == PCOW_ERR_IN_USE) {
-            error_setg(errp, "%s (another QEMU, or pcow-img writing it)",
-                       perr.msg);
-            return NULL;
-        }
-        if (opts->format_from_name && ret != -ENOENT && !pcow_probe(path)) {
-            error_setg(errp, "%s (format=pcow was chosen because the name "
-                       "ends in .pcow; use format=raw for a raw file)",
-                       hostmem_pcow_error_msg(&perr, ret));
-        } else {
-            error_setg(errp, "%s", hostmem_pcow_error_msg(&perr, ret));
-        }
-        return NULL;
+    /* Locked by another process: QEMU's own hint, from the code */
+    if (perr->kind == PCOW_ERR_IN_USE) {
+        error_setg(errp, "%s (another QEMU, or pcow-img writing it)",
+                   perr->msg);
+        return;
     }
+    if (opts->format_from_name && ret != -ENOENT && !pcow_probe(path)) {
+        error_setg(errp, "%s (format=pcow was chosen because the name "
+                   "ends in .pcow; use format=raw for a raw file)",
+                   hostmem_pcow_error_msg(perr, ret));
+    } else {
+        error_setg(errp, "%s", hostmem_pcow_error_msg(perr, ret));
+    }
+}
 
-    size = pcow_monitor_size(mon);
+/* The image's virtual size against the backend's size= and the page */
+static bool hostmem_pcow_check_size(HostMemoryBackend *backend,
+                                    const char *path, uint64_t size,
+                                    Error **errp)
+{
     if (backend->size && backend->size != size) {
         error_setg(errp, "size=%" PRIu64 " does not match the virtual size "
                    "%" PRIu64 " of pcow image '%s' (omit size to take it "
                    "from the image)", backend->size, size, path);
-        pcow_monitor_close(mon, NULL);
-        return NULL;
+        return false;
     }
     if (size % qemu_real_host_page_size()) {
         /* libpcow guarantees this; a RAM block needs whole pages. */
         error_setg(errp, "pcow image '%s': virtual size %" PRIu64
                    " is not a multiple of the page size", path, size);
-        pcow_monitor_close(mon, NULL);
-        return NULL;
+        return false;
     }
+    return true;
+}
 
-    pc = g_new0(HostMemPcow, 1);
-    pc->backend = backend;
-    pc->mon = mon;
-    pc->path = g_strdup(path);
-    pc->base = pcow_monitor_base(mon);
-    pc->size = size;
-    pc->readonly = opts->readonly;
-    qemu_mutex_init(&pc->lock);
+/* @backend->mr: RAM at the monitor's range */
+static void hostmem_pcow_init_region(HostMemPcow *pc, uint64_t align)
+{
+    HostMemoryBackend *backend = pc->backend;
+    char *name = host_memory_backend_get_name(backend);
 
-    backend->size = size;
-    name = host_memory_backend_get_name(backend);
-    memory_region_init_ram_ptr(&backend->mr, OBJECT(backend), name, size,
+    backend->size = pc->size;
+    memory_region_init_ram_ptr(&backend->mr, OBJECT(backend), name, pc->size,
                                pc->base);
     g_free(name);
     /*
@@ -221,15 +215,55 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
      * mappings would need 2 MiB runs, which 64 KiB clusters rarely give.
      * Mappings the monitor makes later start without either flag.
      */
-    qemu_madvise(pc->base, size, QEMU_MADV_NOHUGEPAGE);
+    qemu_madvise(pc->base, pc->size, QEMU_MADV_NOHUGEPAGE);
     backend->mr.align = align;
-    if (opts->readonly) {
+    if (pc->readonly) {
         /*
          * Guest writes are dropped (TCG) or exit to QEMU (KVM read-only
          * memslot) and never reach the read-only mapping.
          */
         memory_region_set_readonly(&backend->mr, true);
     }
+}
+
+HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
+                                const HostMemPcowOptions *opts,
+                                Error **errp)
+{
+    const char *path = opts->mem_path;
+    pcow_monitor_opts mopts = { 0 };
+    pcow_monitor *mon = NULL;
+    pcow_error perr = { 0 };
+    HostMemPcow *pc;
+    uint64_t align;
+    int ret;
+
+    if (!hostmem_pcow_check_opts(backend, opts, &align, errp)) {
+        return NULL;
+    }
+    if (opts->readonly) {
+        mopts.flags |= PCOW_MONITOR_READONLY;
+    }
+    ret = pcow_monitor_open(path, &mopts, &mon, &perr);
+    if (ret < 0) {
+        hostmem_pcow_open_error(opts, ret, &perr, errp);
+        return NULL;
+    }
+    if (!hostmem_pcow_check_size(backend, path, pcow_monitor_size(mon),
+                                 errp)) {
+        pcow_monitor_close(mon, NULL);
+        return NULL;
+    }
+
+    pc = g_new0(HostMemPcow, 1);
+    pc->backend = backend;
+    pc->mon = mon;
+    pc->path = g_strdup(path);
+    pc->base = pcow_monitor_base(mon);
+    pc->size = pcow_monitor_size(mon);
+    pc->readonly = opts->readonly;
+    qemu_mutex_init(&pc->lock);
+    hostmem_pcow_init_region(pc, align);
 
     pc->exit_notifier.notify = hostmem_pcow_exit_notify;
     qemu_add_exit_notifier(&pc->exit_notifier);
