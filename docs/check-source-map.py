@@ -72,7 +72,9 @@ def main():
         sys.exit('usage: check-source-map.py SOURCE_ROOT')
     root = sys.argv[1]
     text = section_text(root)
-    named = set(NAMED.findall(text))
+    # Entries are definition-list terms: lines that start with ``name``
+    named = {n for line in text.split('\n') if line.startswith('``')
+             for n in NAMED.findall(line)}
     files = sorted({os.path.relpath(f, root)
                     for p in PATTERNS
                     for f in glob.glob(os.path.join(root, p))
