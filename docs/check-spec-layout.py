@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""The spec's header and hot line tables match pcow-int.h, field by field.
+
+  check-spec-layout.py SOURCE_ROOT
+
+docs/interop/pcow-spec.rst gives the header slot and the hot line as tables
+of offset, size and field; block/pcow/pcow-int.h names the same offsets
+(PCOW_H_*, PCOW_HOT_*) with the size in a comment ("u32", "u64"), and the
+code encodes and decodes through those names only.  This fails, one line
+per difference, when an offset, a size or a field name differs, or when
+either side has a field the other lacks.
+"""
+import os
+import re
+import sys
+
+SPEC = 'docs/interop/pcow-spec.rst'
+HDR = 'block/pcow/pcow-int.h'
+ROW = re.compile(r'^(\d+)\s+(\d+|n)\s+(.*)$')
+FIELD = re.compile(r'``([a-z0-9_]+)``')
+DEFINE = re.compile(r'^#define (PCOW_H_[A-Z0-9_]+|PCOW_HOT_[A-Z0-9_]+)'
+                    r'\s+(\d+)\s*(?:/\*\s*(.*?)\s*\*/)?')
+# Table rows whose field is described, not named with ``...``
+DESCRIBED = {'reserved': 'reserved', 'backing file name': 'backing_name'}
+
+
+def spec_table(lines, title):
+    """Rows (offset, size, field) of the first table after @title"""
+    i = lines.index(title)
+    rows, rules = [], 0
+    for line in lines[i:]:
+        if line.startswith('====') and '  ' in line:
+            rules += 1
+            if rules == 3:
+                break
+            continue
+        if rules != 2:
+            continue
+        m = ROW.match(line)
+        if not m:
+            continue
+        off, size, text = int(m.group(1)), m.group(2), m.group(3)
+        f = FIELD.match(text)
+        if f:
+            name = f.group(1)
+        else:
+            name = next((v for k, v in DESCRIBED.items()
+                         if text.startswith(k)), text.split()[0])
+        rows.append((off, None if size == 'n' else int(size), name))
+    return rows
+
+
+def code_fields(path):
+    """{offset: (size, name, macro)} of PCOW_H_* and PCOW_HOT_* fields"""
+    hdr, hot = {}, {}
+    with open(path, encoding='utf-8') as fh:
+        for line in fh:
+            m = DEFINE.match(line)
+            if not m:
+                continue
+            macro, off, comment = m.group(1), int(m.group(2)), m.group(3)
+            if macro in ('PCOW_HOT_OFFSET', 'PCOW_HOT_SIZE'):
+                continue
+            words = (comment or '').replace(',', ' ').split()
+            size = {'u32': 4, 'u64': 8}.get(words[0] if words else '')
+            # "u32 header_length": the spec's name where the macro's differs
+            if len(words) > 1 and re.fullmatch(r'[a-z0-9]+_[a-z0-9_]+',
+                                               words[1]):
+                name = words[1]
+            else:
+                name = macro.split('_', 2)[2].lower()
+            target = hdr if macro.startswith('PCOW_H_') else hot
+            target[off] = (size, name, macro)
+    # Without a size comment a field reaches the next one
+    for fields in (hdr, hot):
+        offs = sorted(fields)
+        for a, b in zip(offs, offs[1:]):
+            if fields[a][0] is None:
+                fields[a] = (b - a,) + fields[a][1:]
+    return hdr, hot
+
+
+def compare(what, rows, fields):
+    bad = 0
+    seen = set()
+    for off, size, name in rows:
+        rel = off
+        seen.add(rel)
+        if rel not in fields and name == 'reserved':
+            continue                # need not be named in the code
+        if rel not in fields:
+            print('not ok - %s: the spec has %s at %d; pcow-int.h has no '
+                  'field there' % (what, name, off))
+            bad += 1
+            continue
+        csize, cname, macro = fields[rel]
+        if size is not None and csize is not None and csize != size:
+            print('not ok - %s: %s at %d is %d bytes in the spec, %s in '
+                  'pcow-int.h (%s)' % (what, name, off, size, csize, macro))
+            bad += 1
+        if cname != name:
+            print('not ok - %s: at %d the spec has %s, pcow-int.h %s (%s)'
+                  % (what, off, name, cname, macro))
+            bad += 1
+    for rel in sorted(set(fields) - seen):
+        print('not ok - %s: pcow-int.h has %s at %d; the spec has no field '
+              'there' % (what, fields[rel][2], rel))
+        bad += 1
+    return bad
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit('usage: check-spec-layout.py SOURCE_ROOT')
+    root = sys.argv[1]
+    with open(os.path.join(root, SPEC), encoding='utf-8') as fh:
+        lines = fh.read().split('\n')
+    hdr_rows = spec_table(lines, 'Header slots')
+    hot_rows = spec_table(lines, 'Hot line')
+    hdr, hot = code_fields(os.path.join(root, HDR))
+    if len(hdr_rows) < 20 or len(hot_rows) < 2 or len(hdr) < 20:
+        sys.exit('tables not found: %d header rows, %d hot line rows in the '
+                 'spec, %d header fields in pcow-int.h'
+                 % (len(hdr_rows), len(hot_rows), len(hdr)))
+    bad = compare('header slot', hdr_rows, hdr)
+    bad += compare('hot line', hot_rows, hot)   # file offsets on both sides
+    print('%d header and %d hot line fields compared, %d difference%s'
+          % (len(hdr_rows), len(hot_rows), bad, '' if bad == 1 else 's'))
+    return 1 if bad else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
