@@ -8,8 +8,9 @@
  * mappings, holes are anonymous memory served by userfaultfd, frozen data is
  * read-only and copied on write from a SIGSEGV handler.  QEMU gets that
  * range as an ordinary RAM block with a host pointer
- * (memory_region_init_ram_ptr), so the guest's loads and stores go straight
- * to it through the MMU (EPT or the TCG softmmu TLB) with no emulation.
+ * (memory_region_init_ram_flags_ptr), so the guest's loads and stores go
+ * straight to it through the MMU (EPT or the TCG softmmu TLB) with no
+ * emulation.
  * QEMU's RAM code never allocates or unmaps a host-pointer block; the
  * monitor owns the mapping from open to close.
  *
@@ -204,8 +205,13 @@ static void hostmem_pcow_init_region(HostMemPcow *pc, uint64_t align)
     char *name = host_memory_backend_get_name(backend);
 
     backend->size = pc->size;
-    memory_region_init_ram_ptr(&backend->mr, OBJECT(backend), name, pc->size,
-                               pc->base);
+    /*
+     * RAM_START_CLEAN: no initial dirty marking, which would make QEMU's
+     * dirty bitmaps resident (97.5 MiB per TiB of image); see
+     * patches/0013-physmem-let-a-RAM-block-start-clean.patch.
+     */
+    memory_region_init_ram_flags_ptr(&backend->mr, OBJECT(backend), name,
+                                     pc->size, RAM_START_CLEAN, pc->base);
     g_free(name);
     /*
      * ram_block_add() has just madvise(MADV_HUGEPAGE)d the whole range; the
