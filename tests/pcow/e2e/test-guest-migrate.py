@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Live migration to a file and back with a pcow NVDIMM (TCG).
+
+A pcow NVDIMM starts clean for migration's dirty bitmap (issue 16 item 10,
+patches/0013-physmem-let-a-RAM-block-start-clean.patch): what the guest
+writes before and during a migration must still reach the destination.
+
+Source (1 GiB image A, bigger than the 512 MiB of RAM, so the NVDIMM is
+the first block migration sends): the guest writes one 4 KiB block per
+iteration, each to a page never written before, at 64 KiB strides, and
+records the iteration count in its RAM (tmpfs), until a line arrives on
+its second serial port.  The host migrates it live (exec:cat > FILE, at
+a limited bandwidth so that iterations fall inside the migration) while
+it writes; the source ends paused.
+Destination (a fresh, empty 1 GiB image B: the data can only come from
+the migration stream): -incoming exec:cat FILE.  The host sends "go";
+the guest checks every block written so far, the ones written on the
+source included, and exits 0.
+Host: at least one iteration ran during the migration; image B holds every
+block the guest wrote, on the source and on the destination; A holds the
+source's; both are clean.
+Env: QEMU, PCOW_IMG.  Exit 0 pass, 77 skip (last line says why), 1 fail.
+"""
+
+import importlib.util
+import os
+import re
+import socket
+import sys
+import time
+
+spec = importlib.util.spec_from_file_location(
+    "common", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "test-guest-common.py"))
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
+guest = common.guest
+MiB, KiB, GiB = common.MiB, common.KiB, common.GiB
+
+SIZE = 1 * GiB
+BASE = 16 * MiB                   # block i is at BASE + i * STRIDE
+STRIDE = 64 * KiB
+MAX_ITER = 2000                   # 125 MiB: stays inside the image
+
+# The guest: iterate until "go" arrives on ttyS1, then verify.
+SCRIPT = common.GUEST_PRELUDE + rf"""
+blk() {{ yes "pcow-migrate block $1" | head -c 4096; }}
+exec 3</dev/ttyS1 || fail "no /dev/ttyS1"
+i=0
+while [ $i -lt {MAX_ITER} ]; do
+    if read -t 0.2 -u 3 line; then
+        case $line in *go*) break ;; esac
+    fi
+    i=$((i + 1))
+    blk $i > /tmp/blk
+    dd if=/tmp/blk of=/dev/pmem0 bs=4096 count=1 \
+        seek=$(( ({BASE} + i * {STRIDE}) / 4096 )) conv=notrunc,fsync \
+        2>/dev/null || fail "dd write $i"
+    echo $i > /tmp/last
+    echo "ITER $i"
+done
+last=$(cat /tmp/last)
+echo "GOT-GO after $last"
+bad=0
+j=1
+while [ $j -le $last ]; do
+    want=$(blk $j | md5sum | cut -d" " -f1)
+    got=$(dd if=/dev/pmem0 bs=4096 count=1 \
+          skip=$(( ({BASE} + j * {STRIDE}) / 4096 )) 2>/dev/null |
+          md5sum | cut -d" " -f1)
+    [ "$want" = "$got" ] || {{ echo "MISMATCH $j"; bad=$((bad + 1)); }}
+    j=$((j + 1))
+done
+echo "VERIFIED $last BAD $bad"
+[ $bad -eq 0 ]
+"""
+
+
+def block(i):
+    s = f"pcow-migrate block {i}\n".encode()
+    return (s * (4096 // len(s) + 1))[:4096]
+
+
+def last_iter(lines):
+    n = 0
+    for ln in lines:
+        m = re.match(r"ITER (\d+)$", ln.strip())
+        if m:
+            n = int(m.group(1))
+    return n
+
+
+def vm_args(img, ctl):
+    return common.nvdimm_args([img]) + [
+        "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
+        "-device", "isa-serial,chardev=ctl,index=1"]
+
+
+def wait_migration(m, what, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = m.execute("query-migrate").get("status")
+        if st in ("completed", "failed", "cancelled"):
+            return st
+        time.sleep(0.2)
+    return f"{what}: still not done after {timeout} s"
+
+
+def send_go(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(path))
+    s.sendall(b"go\n")
+    time.sleep(0.5)
+    s.close()
+
+
+def main():
+    t = common.Test("guest-migrate")
+    a, b = t.tmp / "a.pcow", t.tmp / "b.pcow"
+    state = t.tmp / "state"
+    t.img("create", a, "1G")
+    t.img("create", b, "1G")
+    kw = dict(common.GUEST_KW, qmp=True)
+
+    # --- source: iterate, migrate live to a file
+    src = guest.Guest(SCRIPT, vm_args(a, t.tmp / "ctl-src"), **kw)
+    with src:
+        try:
+            src.wait_for_line(r"^ITER 3$")
+            m = src.qmp()
+            m.execute("migrate-set-parameters", {"max-bandwidth": 16 * MiB})
+            before = last_iter(src.lines)
+            m.execute("migrate", uri=f"exec:cat > {state}")
+            st = wait_migration(m, "outgoing")
+            after = last_iter(src.lines)
+            vm = m.execute("query-status")["status"]
+            m.execute("quit")
+            r = src.wait(timeout=60)    # quit closes the image
+        except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
+            t.fatal(f"source: {e}")
+    t.boots.append(("source", r))
+    t.check(st == "completed", f"source: migration to a file {st}")
+    t.check(vm == "postmigrate", f"source: paused after migrating ({vm})")
+    t.note(f"iterations: {before} before the migration, {after} at its end")
+    t.check(after > before, "source: the guest wrote to fresh NVDIMM pages "
+            f"during the migration ({after - before} iterations)")
+    t.check_clean(a, "source image after quit")
+
+    # --- destination: a fresh image, state from the file, then "go"
+    dst = guest.Guest(SCRIPT, vm_args(b, t.tmp / "ctl-dst") +
+                      ["-incoming", f"exec:cat {state}"], **kw)
+    st = None
+    with dst:
+        try:
+            m = dst.qmp(timeout=60)
+            st = wait_migration(m, "incoming")
+            deadline = time.monotonic() + 60
+            while (m.execute("query-status")["status"] != "running" and
+                   time.monotonic() < deadline):
+                time.sleep(0.2)
+            send_go(t.tmp / "ctl-dst")
+            dst.wait_for_line(r"^VERIFIED ")
+        except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
+            t.check(False, f"destination: {e}")
+        r = dst.wait()
+    t.boots.append(("destination", r))
+    t.check(st == "completed", f"destination: incoming migration {st}")
+    text = "\n".join(r.lines)
+    m = re.search(r"^VERIFIED (\d+) BAD (\d+)", text, re.M)
+    total = int(m.group(1)) if m else 0
+    if m is None or m.group(2) != "0" or r.rc != 0:
+        print("\n".join("   # " + ln for ln in r.lines[-40:]))
+    t.check(m is not None and m.group(2) == "0" and total >= after,
+            f"guest on the destination: all {total} blocks read back "
+            f"({m.group(0) if m else 'no VERIFIED line'}), {after} of them "
+            "written on the source")
+    t.check(r.rc == 0, f"destination: guest script exit {r.rc}")
+
+    # --- host: B has every block (from the stream or written after it)
+    t.check_clean(b, "destination image after poweroff")
+    # (The source may have written a block whose ITER line it did not
+    # print before it stopped: no zeros check there.)
+    for img, n, what in ((b, total, "destination"), (a, after, "source")):
+        raw = t.to_raw(img)
+        bad = [i for i in range(1, n + 1)
+               if common.read_at(raw, BASE + i * STRIDE, 4096) != block(i)]
+        t.check(n > 0 and not bad, f"{what} image: blocks 1..{n} at their "
+                f"offsets" + (f" (wrong: {bad[:10]})" if bad else ""))
+        if img == b:
+            t.check(common.read_at(raw, BASE + (n + 1) * STRIDE, 4096) ==
+                    bytes(4096), f"{what} image: zeros after block {n}")
+        raw.unlink()
+    t.finish()
+
+
+if __name__ == "__main__":
+    main()
