@@ -1,15 +1,16 @@
 #!/usr/bin/python3
 """QEMU's memory overhead against NVDIMM size, pcow against raw.
 
-For each size, starts QEMU paused (-S, TCG) with one NVDIMM backed by a
-thin pcow image (pcow-img create) or a sparse raw file (truncate -s),
-waits for QMP, and records /proc/PID/smaps_rollup (RSS, PSS), the page
-tables (VmPTE), and the biggest anonymous mappings (where the dirty
-bitmaps live).  Prints a table and writes the results as JSON.
+For each size and accelerator, starts QEMU paused (-S) with one NVDIMM
+backed by a thin pcow image (pcow-img create) or a sparse raw file
+(truncate -s), waits for QMP, and records /proc/PID/smaps_rollup (RSS,
+PSS), the page tables (VmPTE), and the biggest anonymous mappings (where
+the dirty bitmaps live).  Prints a table and writes the results as JSON.
 
 Usage: bench-overhead.py --qemu Q --pcow-img P --dir DIR --out FILE
-                         [--publish DIR] [SIZE...]
-SIZE is in GiB (default: 1 64 1024 4096 16384).
+                         [--publish DIR] [--tag T] [--accel A,...] [SIZE...]
+SIZE is in GiB (default: 1 64 1024 4096 16384).  --accel: tcg (default),
+kvm or both (tcg,kvm).  --tag T publishes results-<date>-nvdimm-overhead-T.json.
 
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
@@ -81,7 +82,7 @@ def qmp(path, cmds, timeout):
     return replies[1:]
 
 
-def one(args, fmt, gib):
+def one(args, fmt, gib, accel):
     d = Path(args.dir)
     img = d / f"nv-{gib}g.{'pcow' if fmt == 'pcow' else 'raw'}"
     sock = d / "qmp.sock"
@@ -97,9 +98,9 @@ def one(args, fmt, gib):
         except OSError as e:
             # ext4 files end below 16 TiB: say so, as a result
             img.unlink(missing_ok=True)
-            return {"format": fmt, "size_gib": gib,
+            return {"format": fmt, "size_gib": gib, "accel": accel,
                     "error": f"truncate -s {gib}G: {e.strerror}"}
-    cmd = [args.qemu, "-S", "-machine", "pc,nvdimm=on", "-accel", "tcg",
+    cmd = [args.qemu, "-S", "-machine", "pc,nvdimm=on", "-accel", accel,
            "-cpu", "qemu64,phys-bits=48",
            "-m", f"256M,slots=2,maxmem={gib + 1}G",
            "-nographic", "-display", "none", "-nodefaults",
@@ -107,7 +108,7 @@ def one(args, fmt, gib):
            "-object", f"memory-backend-file,id=pm,mem-path={img},"
            f"format={fmt},share=on,size={gib}G",
            "-device", "nvdimm,id=nv0,memdev=pm"]
-    res = {"format": fmt, "size_gib": gib}
+    res = {"format": fmt, "size_gib": gib, "accel": accel}
     t0 = time.time()
     q = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
@@ -115,8 +116,13 @@ def one(args, fmt, gib):
         # Wait for the socket or for QEMU to give up.
         while not sock.exists() and q.poll() is None:
             time.sleep(0.05)
+        st = None
         if q.poll() is None:
-            st = qmp(str(sock), ["query-status"], args.timeout)[0]
+            try:
+                st = qmp(str(sock), ["query-status"], args.timeout)[0]
+            except (OSError, ValueError):
+                pass                # QEMU died while starting: its error
+        if st is not None and q.poll() is None:
             res["start_s"] = round(time.time() - t0, 2)
             res["status"] = st.get("return", {}).get("status")
             r = kib_fields(f"/proc/{q.pid}/smaps_rollup")
@@ -147,25 +153,29 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--publish")
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--tag")
+    ap.add_argument("--accel", default="tcg")
     ap.add_argument("sizes", nargs="*", type=int,
                     default=[1, 64, 1024, 4096, 16384])
     a = ap.parse_args()
     load0 = benchmeta.loadavg()
     started = benchmeta.now()
     rows = []
-    print(f"{'size':>8} {'fmt':>5} {'RSS MiB':>9} {'PSS MiB':>9} "
-          f"{'PTE MiB':>8} {'start s':>8}")
-    for gib in a.sizes:
-        for fmt in ("pcow", "raw"):
-            r = one(a, fmt, gib)
-            rows.append(r)
-            if "error" in r:
-                print(f"{gib:>7}G {fmt:>5} failed: {r['error']}")
-            else:
-                print(f"{gib:>7}G {fmt:>5} {r['rss_kib'] / 1024:9.1f} "
-                      f"{r['pss_kib'] / 1024:9.1f} "
-                      f"{r['vm_pte_kib'] / 1024:8.1f} {r['start_s']:8.2f}")
-            sys.stdout.flush()
+    print(f"{'size':>8} {'accel':>5} {'fmt':>5} {'RSS MiB':>9} "
+          f"{'PSS MiB':>9} {'PTE MiB':>8} {'start s':>8}")
+    for gib, accel, fmt in ((g, ac, f) for g in a.sizes
+                            for ac in a.accel.split(",")
+                            for f in ("pcow", "raw")):
+        r = one(a, fmt, gib, accel)
+        rows.append(r)
+        if "error" in r:
+            print(f"{gib:>7}G {accel:>5} {fmt:>5} failed: {r['error']}")
+        else:
+            print(f"{gib:>7}G {accel:>5} {fmt:>5} "
+                  f"{r['rss_kib'] / 1024:9.1f} "
+                  f"{r['pss_kib'] / 1024:9.1f} "
+                  f"{r['vm_pte_kib'] / 1024:8.1f} {r['start_s']:8.2f}")
+        sys.stdout.flush()
     res = {"what": "nvdimm-overhead",
            "command": " ".join(sys.argv),
            "meta": dict(benchmeta.machine(), started=started,
@@ -173,7 +183,8 @@ def main():
                         loadavg_end=benchmeta.loadavg(),
                         mem_total_kib=kib_fields("/proc/meminfo")["MemTotal"]),
            "results": rows}
-    benchmeta.write_results(res, a.out, a.publish, "nvdimm-overhead")
+    benchmeta.write_results(res, a.out, a.publish, "nvdimm-overhead"
+                            + (f"-{a.tag}" if a.tag else ""))
     return 0
 
 
