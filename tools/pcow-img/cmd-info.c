@@ -78,21 +78,6 @@ static void chain_files(const char *path, bool force_share, ImgJson *j)
     pcow_chain_files_free(n >= 0 ? files : NULL);
 }
 
-void img_print_snapshot_table(const pcow_snapshot_info *sn, int n)
-{
-    printf("%-9s %-16s %8s%20s%16s%8s\n", "ID", "TAG", "VM SIZE", "DATE",
-           "VM CLOCK", "ICOUNT");
-    for (int i = 0; i < n; i++) {
-        g_autofree char *name = pcow_escape_text(sn[i].name);
-        char date[32], id[24];
-
-        img_format_date(date, sizeof(date), sn[i].date_sec);
-        snprintf(id, sizeof(id), "%" PRIu64, sn[i].id);
-        printf("%-9s %-16s %8s%20s%16s%8s\n", id, name, "0 B", date,
-               "0000:00:00.000", "--");
-    }
-}
-
 static void storage_json(ImgJson *j, const pcow_storage_info *si)
 {
     json_begin_object(j, "storage");
