@@ -140,9 +140,12 @@ static int measure_pcow(const MeasureArgs *a, ImgBlk *b, uint64_t size,
     int ret = pcow_measure(size, a->o.cluster_size, a->o.cow_unit,
                            b ? &src : NULL, res, &err);
 
-    /* A callback's error was reported by img_blk_*; err stays clear */
+    /*
+     * A geometry error names no file; a callback's error was reported by
+     * img_blk_* and leaves err clear.
+     */
     if (ret < 0 && err.code) {
-        img_pcow_error(a->src, &err, ret);
+        img_error(a->src, "%s", err.msg);
     }
     return ret;
 }

@@ -120,7 +120,19 @@ static int snapshot_check_args(int argc, char **argv, SnapshotArgs *a)
                   PCOW_MAX_SNAPSHOT_NAME);
         return -1;
     }
-    return img_require_pcow(a->file) < 0 ? -1 : 0;
+    if (img_require_pcow(a->file) < 0) {
+        return -1;
+    }
+    if (a->action == SN_CREATE) {
+        pcow_error err = { 0 };
+
+        /* libpcow's rule for new names; its message names no file */
+        if (pcow_snapshot_name_check(a->name, &err) < 0) {
+            img_error(a->file, "%s", err.msg);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int snapshot_run(pcow_image *img, const SnapshotArgs *a,

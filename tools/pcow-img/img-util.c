@@ -52,54 +52,20 @@ void img_warn(const char *fmt, ...)
     va_end(ap);
 }
 
-/*
- * Does @msg already start with a file name ("some/file.pcow: ...")?  libpcow
- * names the file in its messages; avoid printing the name twice.
- */
-static bool msg_has_file_prefix(const char *file, const char *msg)
-{
-    const char *colon;
-    size_t n;
-
-    if (file) {
-        n = strlen(file);
-        if (strncmp(msg, file, n) == 0 && msg[n] == ':') {
-            return true;
-        }
-    }
-    colon = strstr(msg, ": ");
-    if (!colon || colon == msg) {
-        return false;
-    }
-    for (const char *p = msg; p < colon; p++) {
-        if (*p == ' ') {
-            return false;
-        }
-    }
-    /* Looks like a path: contains a slash or a dot. */
-    return memchr(msg, '/', colon - msg) || memchr(msg, '.', colon - msg);
-}
-
 void img_pcow_error(const char *file, const pcow_error *err, int ret)
 {
-    char one_line[sizeof(err->msg)];
     const char *hint;
 
     if (!err || !err->msg[0]) {
         img_error(file, "%s", strerror(ret < 0 ? -ret : EIO));
         return;
     }
-    /* img_error escapes any line break a name brings along */
-    g_strlcpy(one_line, err->msg, sizeof(one_line));
     /* Locked, most likely by the QEMU that runs a guest on it. */
     hint = err->kind == PCOW_ERR_IN_USE ?
            " (use -U to inspect it read-only); for a running VM use QMP "
            "pcow-snapshot-create, pcow-snapshot-delete or query-pcow" : "";
-    if (msg_has_file_prefix(file, one_line)) {
-        img_error(NULL, "%s%s", one_line, hint);
-    } else {
-        img_error(file, "%s%s", one_line, hint);
-    }
+    /* libpcow's message names its file; img_error escapes line breaks */
+    img_error(NULL, "%s%s", err->msg, hint);
 }
 
 /* ----------------------------------------------------------- formatting */

@@ -29,7 +29,12 @@
  * NULL) as one line on stderr.
  */
 void img_error(const char *file, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-/* Report a libpcow failure: its message if any, else strerror(-ret). */
+/*
+ * Report a libpcow failure: its message, which names the file it is about
+ * (plus pcow-img's advice for the error's kind), else "FILE: strerror".
+ * The few libpcow messages that name no file (pcow_geometry_for,
+ * pcow_measure, pcow_snapshot_name_check) go through img_error(FILE, ...).
+ */
 void img_pcow_error(const char *file, const pcow_error *err, int ret);
 /* Warning: "pcow-img: warning: ..." on stderr. */
 void img_warn(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
