@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Which file permissions does a compiled AppArmor profile grant a path?
 
-    aa-perms.py RULE-EXPRS PATH=PERMS...
+    aa-perms.py RULE-EXPRS PATH=PERMS... PATH!PERMS...
 
 RULE-EXPRS is what `apparmor_parser -D rule-exprs` printed for one profile:
 one "rule: REGEX  ->  TREE [deny ](ALLOW/AUDIT)< ...>" line per file rule,
@@ -12,8 +12,12 @@ are letters from "rwaklmx".  A permission counts only when the profile
 grants it both to the file's owner and to others (the top image is owned
 by the QEMU user while the domain runs, the bases are not).
 
-Prints one line per PATH; exits 0 when every PATH gets all its PERMS, 1
-when one does not, 2 on bad input.
+PATH!PERMS asks the opposite: the profile must grant none of PERMS, to
+the owner or to others.
+
+Prints one line per PATH; exits 0 when every PATH=PERMS gets all its
+PERMS and every PATH!PERMS none of them, 1 when one does not, 2 on bad
+input.
 """
 import re
 import sys
@@ -44,7 +48,7 @@ def load(path):
     return rules
 
 
-def granted(rules, path):
+def granted(rules, path, either=False):
     allow = deny = 0
     for rx, is_deny, mask in rules:
         if rx.fullmatch(path):
@@ -55,6 +59,8 @@ def granted(rules, path):
     mask = allow & ~deny
     owner = mask & ((1 << OTHER_SHIFT) - 1)
     other = mask >> OTHER_SHIFT
+    if either:
+        return ''.join(p for p, b in BITS.items() if (owner | other) & b)
     return ''.join(p for p, b in BITS.items() if owner & b and other & b)
 
 
@@ -65,11 +71,23 @@ def main(argv):
     rules = load(argv[1])
     bad = 0
     for arg in argv[2:]:
-        path, sep, want = arg.rpartition('=')
+        sep = '=' if arg.rfind('=') > arg.rfind('!') else '!'
+        path, sep, want = arg.rpartition(sep)
         if not sep or not path.startswith('/') or set(want) - set(BITS):
-            print('aa-perms: bad argument %r (PATH=PERMS)' % arg,
-                  file=sys.stderr)
+            print('aa-perms: bad argument %r (PATH=PERMS or PATH!PERMS)'
+                  % arg, file=sys.stderr)
             return 2
+        if sep == '!':
+            have = granted(rules, path, either=True)
+            extra = ''.join(p for p in want if p in have)
+            if extra:
+                bad += 1
+                print('GRANTED: %s must not get %s, the profile grants "%s"'
+                      % (path, want, have))
+            else:
+                print('denied: %s %s (profile grants "%s")'
+                      % (path, want, have))
+            continue
         have = granted(rules, path)
         missing = ''.join(p for p in want if p not in have)
         if missing:

@@ -12,13 +12,23 @@
 #                               libvirt makes it (TEMPLATE.qemu, Debian's
 #                               abstractions, our snippet, virt-aa-helper's
 #                               rules); a broken snippet must fail to parse
+#   confine-apparmor.sh local   what the installer does to a host: every
+#                               domain's profile still compiles once the
+#                               abstraction is removed again (uninstall);
+#                               the administrator's last line stays a line
+#                               of its own; a prefix with a space or "&"
+#                               gives rules for that very path; one the
+#                               AppArmor syntax cannot hold is refused
+#                               before anything is written
 #   confine-apparmor.sh cover   virt-aa-helper's rules for a domain whose
 #                               NVDIMM is a pcow overlay contain the image
 #                               ("rw"); with the snippet, the compiled
 #                               profile grants every file `pcow-img info`
 #                               lists for the chain (image rwk, bases rk),
 #                               /dev/userfaultfd (rw) and the installed QEMU
-#                               (rmx); without it, it does not
+#                               (rmx); without it, it does not; and
+#                               no more: bases are not writable, another
+#                               domain's .pcow image gets no r or w
 #
 # The chain's bases sit in the documented base directory /var/lib/pcow/base
 # (a subdirectory made and removed here; as root only: otherwise the
@@ -46,8 +56,8 @@ fail() { echo "FAIL [confine-apparmor $mode]: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 
 case $mode in
-parse|cover) ;;
-*) echo "usage: $0 parse|cover" >&2; exit 2 ;;
+parse|cover|local) ;;
+*) echo "usage: $0 parse|cover|local" >&2; exit 2 ;;
 esac
 command -v apparmor_parser >/dev/null ||
     skip "no apparmor_parser (package apparmor; scripts/install-deps.sh)"
@@ -79,6 +89,7 @@ trap cleanup EXIT
 # aa_tree DIR: a copy of the host's /etc/apparmor.d as Debian's packages
 # leave it (empty local file, none of our files), to install into
 aa_tree() {
+    rm -rf "$1"
     cp -a "$AA" "$1" || fail "cannot copy $AA"
     if [ -n "$LDS_AA" ]; then
         cp -an "$LDS_AA/." "$1/" || fail "cannot copy $LDS_AA"
@@ -145,7 +156,7 @@ compile() {
 }
 
 case_parse() {
-    local tree=$T/aa line='#include <abstractions/qemu-pcow>' c snip
+    local tree=$T/aa line='include if exists <abstractions/qemu-pcow>' c snip
     aa_tree "$tree"
     install_aa "$tree" --base-dir "$T/base"
     install_aa "$tree" --base-dir "$T/base"
@@ -153,9 +164,9 @@ case_parse() {
     c=$(grep -cxF "$line" "$tree/local/abstractions/libvirt-qemu")
     [ "$c" = 1 ] ||
         fail "after two installs the local file has $c include lines, not 1"
-    grep -qF "$T/base/** rk," "$snip" ||
+    grep -qF "\"$T/base/**\" rk," "$snip" ||
         fail "the installed snippet does not name the base directory"
-    grep -qF "$PREFIX/bin/qemu-system-x86_64 rmix," "$snip" ||
+    grep -qF "\"$PREFIX/bin/qemu-system-x86_64\" rmix," "$snip" ||
         fail "the installed snippet does not name $PREFIX/bin's QEMU"
     ! grep -q '@[A-Z]*@' "$snip" ||
         fail "the installed snippet has unfilled @...@ fields"
@@ -169,7 +180,8 @@ case_parse() {
         fail "--destdir: no snippet under the staging directory"
     [ ! -e "$st/etc/apparmor.d/local" ] ||
         fail "--destdir: the administrator's local/ file was written"
-    grep -qxF "  $BASEDIR/** rk," "$st/etc/apparmor.d/abstractions/qemu-pcow" ||
+    grep -qxF "  \"$BASEDIR/**\" rk," \
+        "$st/etc/apparmor.d/abstractions/qemu-pcow" ||
         fail "the default base directory is not $BASEDIR"
     [ -d "$st$BASEDIR" ] || fail "--destdir: no $BASEDIR staged"
     install_aa "$T/no-apparmor-here"
@@ -196,6 +208,67 @@ case_parse() {
         { cat "$T/rules.bad"; fail "the parse error does not name the snippet"; }
     ok "a broken snippet fails to parse:" \
        "$(grep -m1 -o 'in profile.*' "$T/rules.bad")"
+}
+
+# domain_compiles TREE WHAT: the domain profile made from TREE compiles
+# (its rules in $T/rules.last)
+domain_compiles() {
+    profile "$1" "$T/vm/nv.pcow"
+    compile "$1" "$T/rules.last" ||
+        { cat "$T/rules.last"; fail "$2: the domain profile does not compile"; }
+}
+
+case_local() {
+    local tree=$T/aa lf rc q=$T/quote
+    lf=$tree/local/abstractions/libvirt-qemu
+
+    # Uninstall: the abstraction goes, the include line may stay
+    aa_tree "$tree"
+    install_aa "$tree" --base-dir "$T/base"
+    rm "$tree/abstractions/qemu-pcow"
+    domain_compiles "$tree" "abstraction removed"
+    ok "with abstractions/qemu-pcow removed again, every domain's profile" \
+       "still compiles (the include line is 'include if exists')"
+
+    # The administrator's file, its last line without a newline
+    aa_tree "$tree"
+    printf '  /srv/vm-extra/** r,' >"$lf"
+    install_aa "$tree" --base-dir "$T/base"
+    grep -qxF '  /srv/vm-extra/** r,' "$lf" ||
+        { cat "$lf"; fail "the administrator's last line was changed"; }
+    grep -qxF 'include if exists <abstractions/qemu-pcow>' "$lf" ||
+        { cat "$lf"; fail "no include line of its own"; }
+    domain_compiles "$tree" "no trailing newline"
+    ok "a local file without a final newline keeps its last line"
+
+    # Prefixes with a space and with "&": rules for exactly that path
+    local p
+    for p in "/opt/my qemu" "/opt/a&b"; do
+        aa_tree "$tree"
+        "$top/scripts/install-apparmor.sh" --prefix "$p" --base-dir \
+            "$T/base" --apparmor-dir "$tree" >"$T/install.out" 2>&1 ||
+            { cat "$T/install.out"; fail "install-apparmor.sh --prefix '$p'"; }
+        domain_compiles "$tree" "prefix '$p'"
+        cover_check "$T/rules.last" "$T/cover" \
+            "$p/bin/qemu-system-x86_64=rmx" "$p/share/qemu/keymaps/en-us=r" ||
+            { cat "$T/cover"; fail "prefix '$p': its QEMU is not granted"; }
+    done
+    ok "prefixes '/opt/my qemu' and '/opt/a&b': the profile grants that QEMU"
+
+    # A prefix no AppArmor rule can name: refused, nothing written
+    aa_tree "$tree"
+    printf '  /srv/vm-extra/** r,\n' >"$lf"
+    cp "$lf" "$T/lf.before"
+    "$top/scripts/install-apparmor.sh" --prefix '/opt/q"x' \
+        --apparmor-dir "$tree" --base-dir "$T/base" >"$q" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] || { cat "$q"; fail "a prefix with '\"' was installed"; }
+    [ "$(grep -c . "$q")" = 1 ] || { cat "$q"; fail "not a one-line error"; }
+    [ ! -e "$tree/abstractions/qemu-pcow" ] ||
+        fail "a prefix with '\"': the abstraction was written"
+    cmp -s "$lf" "$T/lf.before" ||
+        fail "a prefix with '\"': the local file was changed"
+    ok "a prefix with '\"' is refused (exit $rc): $(cat "$q")"
 }
 
 # cover_check RULES OUT WANT...: aa-perms.py's verdict (0 all covered,
@@ -283,6 +356,20 @@ print("\n".join(json.loads(sys.argv[1])["chain-files"]))' "$json") ||
     sed 's/^/    /' "$T/cover"
     ok "with the snippet the profile grants the image rwk, each base rk," \
        "/dev/userfaultfd rw, QEMU rmx"
+
+    # and no more: a base is not writable, nothing new can be created in
+    # the base directory, another domain's image gets the lock only
+    local deny=()
+    while read -r f; do
+        [ "$f" = "$img" ] || deny+=("$f!wa")
+    done <<<"$files"
+    deny+=("$base/new.pcow!wa" "/var/lib/libvirt/images/other-vm.pcow!rwam"
+           "$T/other-vm.pcow!rwam")
+    cover_check "$T/rules" "$T/deny" "${deny[@]}" ||
+        { cat "$T/deny"; fail "the profile with our snippet grants too much"; }
+    sed 's/^/    /' "$T/deny"
+    ok "with the snippet no base is writable and another domain's" \
+       "image is neither readable nor writable"
 }
 
 case_$mode
