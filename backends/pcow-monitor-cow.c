@@ -18,7 +18,10 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -30,6 +33,13 @@ typedef struct mon_slot {
     _Atomic(pcow_monitor *) mon;
     /* Handlers running on this slot; unregister waits for 0. */
     _Atomic int inflight;
+    /*
+     * Handlers waiting for space (not in inflight while they sleep, so
+     * that snapshots and close do not wait for space), and the futex word
+     * that mon_cow_wake() bumps to make them retry.
+     */
+    _Atomic uint32_t held;
+    _Atomic uint32_t gen;
 } mon_slot;
 
 static mon_slot slots[MON_SLOTS];
@@ -90,8 +100,11 @@ static bool is_write_fault(void *ctx)
 #endif
 }
 
-/* Returns true when the fault was served and the access can be retried. */
-static bool cow_fault(pcow_monitor *mon, uint64_t off)
+/*
+ * Returns 0 when the fault was served and the access can be retried, else
+ * -errno (reported and counted, unless the policy holds it).
+ */
+static int cow_fault(pcow_monitor *mon, uint64_t off)
 {
     uint64_t t0 = mon_now_ns();
     pcow_extent ext;
@@ -102,7 +115,7 @@ static bool cow_fault(pcow_monitor *mon, uint64_t off)
     if (mon->read_only) {
         atomic_fetch_add(&mon->st.errors, 1);
         mon_report(mon, "write to a read-only image at", off, -EROFS);
-        return false;
+        return -EROFS;
     }
     whole = mon->cow_escalate != UINT32_MAX &&
             pcow_cow_units_copied(mon->img, off) >= mon->cow_escalate;
@@ -115,31 +128,34 @@ static bool cow_fault(pcow_monitor *mon, uint64_t off)
     r = pcow_cow(mon->img, off, whole, &ext);
     if (r == -EEXIST && ext.length == 0) {
         /* Another thread copied it and maps it now: retry the store. */
-        return true;
+        return 0;
     }
     if (r < 0 && r != -EEXIST) {
-        atomic_fetch_add(&mon->st.errors, 1);
-        mon_report(mon, "cannot copy-on-write", off, r);
-        return false;
+        if (!mon_holds(mon, r)) {
+            atomic_fetch_add(&mon->st.errors, 1);
+            mon_report(mon, "cannot copy-on-write", off, r);
+        }
+        return r;
     }
     if (ext.kind != PCOW_EXTENT_DATA || !ext.writable || ext.length == 0 ||
         ext.offset > off || off - ext.offset >= ext.length) {
         atomic_fetch_add(&mon->st.errors, 1);
         mon_report(mon, "copy-on-write returned a bad extent at", off, -EIO);
-        return false;
+        return -EIO;
     }
     if (!mon_vma_budget(mon, 2)) {
         atomic_fetch_add(&mon->st.errors, 1);
         mon_report(mon, "too many mappings (raise vm.max_map_count) at",
                    off, -ENOMEM);
-        return false;
+        return -ENOMEM;
     }
     p = mmap(mon->base + ext.offset, ext.length, PROT_READ | PROT_WRITE,
              MAP_SHARED | MAP_FIXED | MAP_POPULATE, ext.fd, ext.file_offset);
     if (p == MAP_FAILED) {
         atomic_fetch_add(&mon->st.errors, 1);
-        mon_report(mon, "cannot map the copied data at", off, -errno);
-        return false;
+        r = -errno;
+        mon_report(mon, "cannot map the copied data at", off, r);
+        return r;
     }
     mon_kick_pool(mon);
     if (r == 0) {
@@ -150,7 +166,51 @@ static bool cow_fault(pcow_monitor *mon, uint64_t off)
         }
         mon_latency_add(&mon->st.cow_latency, mon_now_ns() - t0);
     }
-    return true;
+    return 0;
+}
+
+void mon_cow_wake(pcow_monitor *mon)
+{
+    mon_slot *s;
+
+    if (mon->slot < 0) {
+        return;
+    }
+    s = &slots[mon->slot];
+    atomic_fetch_add(&s->gen, 1);
+    if (atomic_load(&s->held)) {
+        syscall(SYS_futex, &s->gen, FUTEX_WAKE_PRIVATE, INT32_MAX,
+                NULL, NULL, 0);
+    }
+}
+
+/*
+ * No space for the copy (policy stall): wait on the slot's futex until
+ * mon_cow_wake() or PCOW_MONITOR_RETRY_MS, and try again; out of the
+ * slot's inflight count while asleep.  Returns 0 when served, -ESTALE
+ * when the monitor went away meanwhile (the access is retried and finds
+ * whatever is mapped there now), or another error.
+ */
+static int cow_hold(mon_slot *s, pcow_monitor *mon, uint64_t off, int r)
+{
+    struct timespec ts = { 0, PCOW_MONITOR_RETRY_MS * 1000000L };
+
+    atomic_fetch_add(&s->held, 1);
+    mon_nospace_begin(mon, "no space: holding the copy-on-write at", off);
+    while (mon_holds(mon, r)) {
+        uint32_t gen = atomic_load(&s->gen);
+
+        atomic_fetch_sub(&s->inflight, 1);
+        syscall(SYS_futex, &s->gen, FUTEX_WAIT_PRIVATE, gen, &ts, NULL, 0);
+        atomic_fetch_add(&s->inflight, 1);
+        if (atomic_load(&s->mon) != mon) {
+            r = -ESTALE;
+            break;
+        }
+        r = cow_fault(mon, off);
+    }
+    atomic_fetch_sub(&s->held, 1);
+    return r;
 }
 
 static void segv_handler(int sig, siginfo_t *info, void *ctx)
@@ -174,7 +234,13 @@ static void segv_handler(int sig, siginfo_t *info, void *ctx)
                 addr - (uintptr_t)mon->base < mon->size) {
                 mine = true;
                 if (is_write_fault(ctx)) {
-                    served = cow_fault(mon, addr - (uintptr_t)mon->base);
+                    uint64_t off = addr - (uintptr_t)mon->base;
+                    int r = cow_fault(mon, off);
+
+                    if (mon_holds(mon, r)) {
+                        r = cow_hold(s, mon, off, r);
+                    }
+                    served = r == 0 || r == -ESTALE;
                 } else {
                     mon_report(mon, "unexpected read fault at",
                                addr - (uintptr_t)mon->base, -EFAULT);
@@ -223,8 +289,11 @@ int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err)
     for (i = 0; i < MON_SLOTS; i++) {
         pcow_monitor *expected = NULL;
 
-        if (atomic_compare_exchange_strong(&slots[i].mon, &expected, mon)) {
+        /* Not a slot that a waiter of a closed monitor still counts in. */
+        if (atomic_load(&slots[i].held) == 0 &&
+            atomic_compare_exchange_strong(&slots[i].mon, &expected, mon)) {
             mon->slot = i;
+            mon->cow_held = &slots[i].held;
             return 0;
         }
     }

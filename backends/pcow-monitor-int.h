@@ -22,6 +22,7 @@
 #ifndef PCOW_MONITOR_INT_H
 #define PCOW_MONITOR_INT_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -94,6 +95,23 @@ struct pcow_monitor {
     size_t map_bytes;
 
     _Atomic int pool_error;     /* last reservation error (negative errno) */
+
+    /*
+     * Out of space (policy stall): clusters whose expansion is held
+     * (held_map, touched by the uffd thread only, from held_lo on), the
+     * threads waiting in a COW (*cow_held, in the dispatcher's static
+     * slot: a waiter may outlive the monitor), and the episode.
+     */
+    bool nospace_fail;
+    int retry_efd;              /* wakes the uffd thread to retry now */
+    int event_efd;              /* episode start/end, for the user */
+    uint64_t *held_map;
+    uint64_t held_lo;
+    _Atomic uint64_t uffd_held;
+    _Atomic uint32_t *cow_held;
+    _Atomic bool episode;
+    _Atomic uint64_t episodes;
+    _Atomic uint64_t episode_offset;
     int slot;                   /* dispatcher slot */
 
     mon_stats st;
@@ -108,6 +126,11 @@ static inline bool test_bit64(const uint64_t *map, uint64_t i)
 static inline void set_bit64(uint64_t *map, uint64_t i)
 {
     map[i / 64] |= 1ull << (i % 64);
+}
+
+static inline void clear_bit64(uint64_t *map, uint64_t i)
+{
+    map[i / 64] &= ~(1ull << (i % 64));
 }
 
 /* pcow-monitor-stats.c: calls nothing else of the monitor */
@@ -130,6 +153,18 @@ uint64_t mon_proc_read_u64(const char *path, uint64_t dflt);
 /* Mappings of this process starting in [lo, hi), all with lo == hi == 0
  * (/proc/self/maps).  Not signal-safe (64 KiB of stack). */
 uint64_t mon_proc_count_maps(uintptr_t lo, uintptr_t hi);
+
+/* Is @r an out-of-space error that the policy holds (stall)? */
+static inline bool mon_holds(pcow_monitor *mon, int r)
+{
+    return !mon->nospace_fail && (r == -ENOSPC || r == -EDQUOT);
+}
+/* A fault at @offset is held for space: opens the episode unless one is
+ * open (one report, the user's eventfd, the uffd thread's retry timer).
+ * Signal-safe. */
+void mon_nospace_begin(pcow_monitor *mon, const char *what, uint64_t offset);
+/* Ends the episode if one is open and no fault is held.  Signal-safe. */
+void mon_nospace_end(pcow_monitor *mon);
 
 /* pcow-monitor-map.c: calls stats */
 /* Account @add VMAs a new mapping may create; false when over budget.
@@ -171,6 +206,9 @@ extern __thread volatile unsigned mon_handler_depth;
 int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err);
 /* Leave the slot and wait for the handlers running for @mon. */
 void mon_dispatcher_unregister(pcow_monitor *mon);
+/* Wake the threads waiting for space in a COW, to retry now.
+ * Signal-safe (a futex wake). */
+void mon_cow_wake(pcow_monitor *mon);
 /* Wait until no SIGSEGV handler runs for @mon (sleeps). */
 void mon_dispatcher_drain(pcow_monitor *mon);
 

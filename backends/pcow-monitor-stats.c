@@ -74,6 +74,7 @@ static char *fmt_str(char *p, char *end, const char *s)
 static const char *errno_name(int e)
 {
     switch (e) {
+    case 0: return "done";
     case ENOSPC: return "no space left on device";
     case EROFS: return "read-only";
     case EIO: return "I/O error";
@@ -106,6 +107,44 @@ void mon_report(pcow_monitor *mon, const char *what, uint64_t offset,
     if (write(STDERR_FILENO, buf, p - buf) < 0) {
         /* nowhere left to report to */
     }
+}
+
+static void efd_signal(int fd)
+{
+    uint64_t one = 1;
+
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+        /* Counter saturated: the reader is due anyway. */
+    }
+}
+
+void mon_nospace_begin(pcow_monitor *mon, const char *what, uint64_t offset)
+{
+    bool closed = false;
+
+    if (!atomic_compare_exchange_strong(&mon->episode, &closed, true)) {
+        return;
+    }
+    atomic_store(&mon->episode_offset, offset);
+    atomic_fetch_add(&mon->episodes, 1);
+    mon_report(mon, what, offset, -ENOSPC);
+    efd_signal(mon->event_efd);
+    /* The uffd thread retries on a timer while the episode is open. */
+    efd_signal(mon->retry_efd);
+}
+
+void mon_nospace_end(pcow_monitor *mon)
+{
+    bool open = true;
+
+    if (atomic_load(&mon->uffd_held) ||
+        (mon->cow_held && atomic_load(mon->cow_held)) ||
+        !atomic_compare_exchange_strong(&mon->episode, &open, false)) {
+        return;
+    }
+    mon_report(mon, "space is back; resumed the faults held since",
+               atomic_load(&mon->episode_offset), 0);
+    efd_signal(mon->event_efd);
 }
 
 int mon_error(pcow_monitor *mon, pcow_error *err, int code,
@@ -208,6 +247,10 @@ void pcow_monitor_get_stats(pcow_monitor *mon, pcow_monitor_stats *s)
     s->pool_misses = atomic_load(&mon->st.pool_misses);
     s->errors = atomic_load(&mon->st.errors);
     s->vmas = exact;
+    s->held_faults = atomic_load(&mon->uffd_held) +
+                     (mon->cow_held ? atomic_load(mon->cow_held) : 0);
+    s->nospace_episodes = atomic_load(&mon->episodes);
+    s->nospace_offset = atomic_load(&mon->episode_offset);
     copy_latency(&s->expansion_latency, &mon->st.expansion_latency);
     copy_latency(&s->cow_latency, &mon->st.cow_latency);
     copy_latency(&s->hole_read_latency, &mon->st.hole_read_latency);

@@ -171,6 +171,24 @@ static void fail_hole(pcow_monitor *mon, char *addr, uint64_t vc, int r)
 }
 
 /*
+ * No space for @vc's expansion (policy stall): hold the fault.  Nothing is
+ * woken: the writers stay blocked in the kernel, every other fault is
+ * served, and retry_held() expands the cluster once space returns.
+ */
+static void hold_hole(pcow_monitor *mon, uint64_t vc)
+{
+    if (!test_bit64(mon->held_map, vc)) {
+        set_bit64(mon->held_map, vc);
+        atomic_fetch_add(&mon->uffd_held, 1);
+        if (vc < mon->held_lo) {
+            mon->held_lo = vc;
+        }
+    }
+    mon_nospace_begin(mon, "no space: holding the write fault at",
+                      vc << mon->cluster_bits);
+}
+
+/*
  * Give virtual cluster @vc its data cluster and map it read-write.
  * @copy (@ncopy regions) are anonymous pages that a racing writer put into
  * a zero page: copy them into the new cluster first.  Only those: touching
@@ -200,6 +218,10 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
         atomic_fetch_add(&mon->st.pool_misses, 1);
     }
     r = pcow_expand_cluster(mon->img, vc, &foff);
+    if (mon_holds(mon, r)) {
+        hold_hole(mon, vc);
+        return;
+    }
     if (r < 0 && r != -EEXIST) {
         fail_hole(mon, addr, vc, r);
         return;
@@ -399,24 +421,102 @@ static void handle_fault(pcow_monitor *mon, const struct uffd_msg *msg)
     }
 }
 
+/*
+ * Expand the held clusters, in order, until one finds no space again (the
+ * rest would not either).  fault_lock.
+ */
+static void retry_held(pcow_monitor *mon)
+{
+    struct mon_page_region written[16];
+    uint64_t vc;
+
+    for (vc = mon->held_lo; vc < mon->nb_clusters &&
+         atomic_load(&mon->uffd_held); vc++) {
+        int n = 0;
+
+        if (!mon->held_map[vc / 64]) {
+            vc |= 63;
+            continue;
+        }
+        if (!test_bit64(mon->held_map, vc)) {
+            continue;
+        }
+        clear_bit64(mon->held_map, vc);
+        atomic_fetch_sub(&mon->uffd_held, 1);
+        /* A read made it zero pages first: keep what a racer wrote. */
+        if (test_bit64(mon->zero_map, vc) && mon->pagemap_fd >= 0) {
+            n = cluster_written(mon, mon->base + (vc << mon->cluster_bits),
+                                cluster_len(mon, vc), written, 16);
+        }
+        expand(mon, vc, 0, written, n > 0 ? n : 0);
+        if (test_bit64(mon->held_map, vc)) {
+            break;
+        }
+    }
+    if (!atomic_load(&mon->uffd_held)) {
+        mon->held_lo = UINT64_MAX;
+    }
+}
+
+/* Timer tick or pcow_monitor_retry() during an out-of-space episode. */
+static void retry_tick(pcow_monitor *mon)
+{
+    uint64_t v;
+
+    if (read(mon->retry_efd, &v, sizeof(v)) < 0) {
+        /* EAGAIN: the timer, not a kick */
+    }
+    pthread_mutex_lock(&mon->fault_lock);
+    mon_handler_depth++;
+    retry_held(mon);
+    mon_handler_depth--;
+    pthread_mutex_unlock(&mon->fault_lock);
+    mon_cow_wake(mon);
+    mon_nospace_end(mon);
+}
+
 static void *uffd_thread(void *opaque)
 {
     pcow_monitor *mon = opaque;
     struct uffd_msg msgs[16];
-    struct pollfd pfd[2] = {
+    struct pollfd pfd[3] = {
         { .fd = mon->uffd, .events = POLLIN },
         { .fd = mon->stop_efd, .events = POLLIN },
+        { .fd = mon->retry_efd, .events = POLLIN },
     };
 
+    uint64_t next_retry = 0;
+
     for (;;) {
+        bool episode = atomic_load(&mon->episode);
+        uint64_t now = mon_now_ns();
+        int timeout = -1;
         ssize_t n;
         int i;
 
-        if (poll(pfd, 2, -1) < 0) {
+        /* While faults wait for space: retry on time, however busy. */
+        if (episode && next_retry && now >= next_retry) {
+            retry_tick(mon);
+            now = mon_now_ns();
+            next_retry = 0;
+        }
+        if (episode) {
+            if (!next_retry) {
+                next_retry = now + PCOW_MONITOR_RETRY_MS * 1000000ull;
+            }
+            timeout = (next_retry - now) / 1000000 + 1;
+        }
+        if (poll(pfd, 3, timeout) < 0) {
             continue;
         }
         if (pfd[1].revents) {
             break;
+        }
+        if (pfd[2].revents) {
+            retry_tick(mon);
+        }
+        if (!pfd[0].revents) {
+            continue;
         }
         n = read(mon->uffd, msgs, sizeof(msgs));
         if (n <= 0) {

@@ -32,6 +32,9 @@ static pcow_monitor *new_monitor(const char *path,
         return NULL;
     }
     mon->uffd = mon->stop_efd = mon->pool_efd = mon->pagemap_fd = -1;
+    mon->retry_efd = mon->event_efd = -1;
+    mon->held_lo = UINT64_MAX;
+    mon->nospace_fail = opts->flags & PCOW_MONITOR_NOSPACE_FAIL;
     mon->slot = -1;
     pthread_mutex_init(&mon->fault_lock, NULL);
     snprintf(mon->name, sizeof(mon->name), "%s", path);
@@ -54,6 +57,9 @@ static void free_monitor(pcow_monitor *mon)
     if (mon->mapped_map) {
         munmap(mon->mapped_map, mon->map_bytes);
     }
+    if (mon->held_map) {
+        munmap(mon->held_map, mon->map_bytes);
+    }
     if (mon->uffd >= 0) {
         close(mon->uffd);
     }
@@ -62,6 +68,12 @@ static void free_monitor(pcow_monitor *mon)
     }
     if (mon->pool_efd >= 0) {
         close(mon->pool_efd);
+    }
+    if (mon->retry_efd >= 0) {
+        close(mon->retry_efd);
+    }
+    if (mon->event_efd >= 0) {
+        close(mon->event_efd);
     }
     if (mon->pagemap_fd >= 0) {
         close(mon->pagemap_fd);
@@ -95,6 +107,15 @@ static int open_image(pcow_monitor *mon, const char *path,
     return 0;
 }
 
+/* A per-cluster bitmap; pages appear where bits are set.  NULL if none. */
+static uint64_t *new_map(pcow_monitor *mon)
+{
+    void *p = mmap(NULL, mon->map_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+    return p == MAP_FAILED ? NULL : p;
+}
+
 /*
  * The range, the eventfds, the per-cluster maps and the userfaultfd
  * registration.  Returns 0 or -errno (@err set where there is more to say
@@ -122,19 +143,15 @@ static int reserve_range(pcow_monitor *mon, pcow_error *err)
     if (mon->read_only) {
         return 0;
     }
-    mon->zero_map = mmap(NULL, mon->map_bytes, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    mon->mapped_map = mmap(NULL, mon->map_bytes, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                           -1, 0);
-    if (mon->zero_map == MAP_FAILED || mon->mapped_map == MAP_FAILED) {
-        /* free_monitor() must not unmap MAP_FAILED */
-        if (mon->zero_map == MAP_FAILED) {
-            mon->zero_map = NULL;
-        }
-        if (mon->mapped_map == MAP_FAILED) {
-            mon->mapped_map = NULL;
-        }
+    mon->retry_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    mon->event_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (mon->retry_efd < 0 || mon->event_efd < 0) {
+        return -errno;
+    }
+    mon->zero_map = new_map(mon);
+    mon->mapped_map = new_map(mon);
+    mon->held_map = new_map(mon);
+    if (!mon->zero_map || !mon->mapped_map || !mon->held_map) {
         return -ENOMEM;
     }
     return mon_uffd_setup(mon, err);
@@ -248,4 +265,19 @@ uint64_t pcow_monitor_size(pcow_monitor *mon)
 pcow_image *pcow_monitor_image(pcow_monitor *mon)
 {
     return mon->img;
+}
+
+int pcow_monitor_event_fd(pcow_monitor *mon)
+{
+    return mon->event_efd;
+}
+
+void pcow_monitor_retry(pcow_monitor *mon)
+{
+    uint64_t one = 1;
+
+    if (mon->retry_efd >= 0 && write(mon->retry_efd, &one, sizeof(one)) < 0) {
+        /* Counter saturated: a retry is due anyway. */
+    }
+    mon_cow_wake(mon);
 }

@@ -24,6 +24,15 @@ typedef struct pcow_monitor pcow_monitor;
 #define PCOW_MONITOR_READONLY (1u << 0) /* map everything read-only */
 #define PCOW_MONITOR_NO_POOL  (1u << 1) /* no pre-allocation thread */
 #define PCOW_MONITOR_NO_LOCK  (1u << 2) /* tests only: share the image */
+/*
+ * What a fault that finds no space (ENOSPC, EDQUOT) does.  Default
+ * ("stall"): it is held -- the faulting thread waits, in the kernel
+ * (userfaultfd) or in the SIGSEGV handler -- and retried every
+ * PCOW_MONITOR_RETRY_MS and on pcow_monitor_retry(), until space returns.
+ * With NOSPACE_FAIL, the access gets SIGSEGV as for any other failure.
+ */
+#define PCOW_MONITOR_NOSPACE_FAIL (1u << 3)
+#define PCOW_MONITOR_RETRY_MS 200
 
 typedef struct pcow_monitor_opts {
     unsigned flags;
@@ -54,6 +63,15 @@ typedef struct pcow_monitor_stats {
     uint64_t pool_misses;
     uint64_t errors;                /* faults that could not be served */
     uint64_t vmas;                  /* mappings the monitor holds now */
+    /*
+     * Out of space: faults held now (clusters waiting to be expanded plus
+     * threads waiting in a copy-on-write), episodes so far (an episode
+     * runs from the first held fault until none is left), and the guest
+     * offset of the first fault held in the last episode.
+     */
+    uint64_t held_faults;
+    uint64_t nospace_episodes;
+    uint64_t nospace_offset;
     pcow_latency expansion_latency;
     pcow_latency cow_latency;
     pcow_latency hole_read_latency;
@@ -95,6 +113,17 @@ int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
  * the first touch).
  */
 int pcow_monitor_prefault(pcow_monitor *mon, pcow_error *err);
+
+/*
+ * An eventfd (non-blocking) that becomes readable when an out-of-space
+ * episode starts and again when it ends; read it to reset it, then look at
+ * held_faults and nospace_episodes in the statistics.  -1 for read-only
+ * monitors.  Owned by the monitor: do not close it.
+ */
+int pcow_monitor_event_fd(pcow_monitor *mon);
+
+/* Retry the held faults now (after space was freed).  Signal-safe. */
+void pcow_monitor_retry(pcow_monitor *mon);
 
 /*
  * True while the calling thread serves a fault: in the monitor's SIGSEGV

@@ -6,7 +6,9 @@
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -778,7 +780,7 @@ static int t_cow_fail(void)
     return 0;
 }
 
-/* --- disk full during expansion ----------------------------------------- */
+/* --- disk full during expansion, policy fail ----------------------------- */
 static int t_disk_full(void)
 {
     char dir[] = "/tmp/pcow-mon-full-XXXXXX";
@@ -809,7 +811,8 @@ static int t_disk_full(void)
         int i;
 
         dup2(pipefd[1], 2);
-        mon = open_mon(path, 0, 0);
+        /* Policy fail: today's behaviour, the access gets its signal */
+        mon = open_mon(path, PCOW_MONITOR_NOSPACE_FAIL, 0);
         p = pcow_monitor_base(mon);
         for (i = 0; i < 1024; i++) {
             p[(uint64_t)i * CL] = 1;
@@ -839,6 +842,187 @@ static int t_disk_full(void)
     umount(dir);
     rmdir(dir);
     return 0;
+}
+
+/*
+ * --- disk full, policy stall: faults wait for space ----------------------
+ *
+ * 16 threads write 4 clusters each of an image on a small tmpfs that a
+ * filler file has filled up.  Their faults must be held (threads blocked,
+ * the process alive, one episode on the event fd), and once space returns
+ * every thread must finish with its data in the mapping and the image.
+ * Hole variant: expansions through userfaultfd, space back by remounting
+ * the tmpfs larger.  COW variant: the clusters are frozen by a snapshot,
+ * so the faults are copy-on-writes in the SIGSEGV handler; space back by
+ * removing the filler.
+ */
+#define NS_CLUSTERS 4
+
+typedef struct ns_arg {
+    pcow_monitor *mon;
+    uint8_t *shadow;
+    int id;
+    _Atomic int *done;
+} ns_arg;
+
+static uint64_t ns_off(int id, int c)
+{
+    return (uint64_t)(id * NS_CLUSTERS + c) * CL + (uint64_t)id * 64 + 100;
+}
+
+static void *ns_thread(void *opaque)
+{
+    ns_arg *a = opaque;
+    uint8_t *p = pcow_monitor_base(a->mon);
+    int c;
+
+    for (c = 0; c < NS_CLUSTERS; c++) {
+        uint64_t off = ns_off(a->id, c);
+
+        fill(a->shadow + off, off, 4000, 9000 + a->id * 16 + c);
+        memcpy(p + off, a->shadow + off, 4000);
+    }
+    atomic_fetch_add(a->done, 1);
+    return NULL;
+}
+
+/* Mount a tmpfs of @size at a new directory in @dir; 77 if not root. */
+static int ns_mount(char *dir, const char *size)
+{
+    char opts[64];
+
+    if (geteuid() != 0 || !mkdtemp(dir)) {
+        printf("SKIP: needs root to mount a small tmpfs\n");
+        return 77;
+    }
+    snprintf(opts, sizeof(opts), "size=%s", size);
+    if (mount("pcownospace", dir, "tmpfs", 0, opts) < 0) {
+        printf("SKIP: cannot mount tmpfs: %s\n", strerror(errno));
+        rmdir(dir);
+        return 77;
+    }
+    return 0;
+}
+
+/* Fill the file system of @dir up with @dir/filler (until ENOSPC). */
+static void ns_fill(const char *dir)
+{
+    static char buf[64 * KiB];
+    char path[4200];
+    size_t chunk = sizeof(buf);
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/filler", dir);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    memset(buf, 0xf1, sizeof(buf));
+    while (chunk >= 4096) {
+        if (write(fd, buf, chunk) < 0) {
+            CHECK(errno == ENOSPC);
+            chunk /= 2;
+        }
+    }
+    close(fd);
+}
+
+static bool ns_event(pcow_monitor *mon)
+{
+    struct pollfd pfd = { .fd = pcow_monitor_event_fd(mon), .events = POLLIN };
+    uint64_t v;
+
+    if (poll(&pfd, 1, 5000) != 1) {
+        return false;
+    }
+    CHECK(read(pfd.fd, &v, sizeof(v)) == sizeof(v));
+    return true;
+}
+
+static int nospace_stall(bool cow)
+{
+    char dir[] = "/tmp/pcow-mon-nospace-XXXXXX";
+    char path[4200], cmd[4300];
+    uint64_t size = 16 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pthread_t th[NTHREADS];
+    ns_arg args[NTHREADS];
+    _Atomic int done = 0;
+    pcow_monitor_stats s;
+    pcow_monitor *mon;
+    pcow_error err = { 0 };
+    int i, r;
+
+    r = ns_mount(dir, "1m");
+    if (r) {
+        return r;
+    }
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    if (cow) {
+        /* Everything the threads write is frozen: room for that first */
+        CHECK(mount(NULL, dir, NULL, MS_REMOUNT, "size=16m") == 0);
+        for (i = 0; i < NTHREADS * NS_CLUSTERS; i++) {
+            put(mon, shadow, (uint64_t)i * CL, CL, 500 + i);
+        }
+        CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", NULL, &err), &err);
+    }
+    ns_fill(dir);
+    alarm(120);
+    for (i = 0; i < NTHREADS; i++) {
+        args[i] = (ns_arg){ mon, shadow, i, &done };
+        CHECK(pthread_create(&th[i], NULL, ns_thread, &args[i]) == 0);
+    }
+    /* The episode starts, the faults are held, nobody dies */
+    CHECK(ns_event(mon));
+    usleep(3 * PCOW_MONITOR_RETRY_MS * 1000);
+    stats(mon, &s);
+    printf("held %" PRIu64 " faults, %d of %d threads done, episodes %"
+           PRIu64 ", first at 0x%" PRIx64 "\n", s.held_faults,
+           atomic_load(&done), NTHREADS, s.nospace_episodes,
+           s.nospace_offset);
+    CHECK(s.held_faults > 0);
+    CHECK(atomic_load(&done) < NTHREADS);
+    CHECK_EQ(s.nospace_episodes, 1);
+    CHECK_EQ(s.errors, 0);
+    /* Space comes back: every thread finishes by itself */
+    if (cow) {
+        snprintf(cmd, sizeof(cmd), "%s/filler", dir);
+        CHECK(unlink(cmd) == 0);
+    } else {
+        CHECK(mount(NULL, dir, NULL, MS_REMOUNT, "size=16m") == 0);
+    }
+    for (i = 0; i < NTHREADS; i++) {
+        pthread_join(th[i], NULL);
+    }
+    alarm(0);
+    CHECK_EQ(atomic_load(&done), NTHREADS);
+    CHECK(ns_event(mon));       /* the episode ended */
+    stats(mon, &s);
+    printf("after: held %" PRIu64 ", episodes %" PRIu64 ", expansions %"
+           PRIu64 ", cow units %" PRIu64 " clusters %" PRIu64 "\n",
+           s.held_faults, s.nospace_episodes, s.expansions,
+           s.cow_unit_faults, s.cow_cluster_faults);
+    CHECK_EQ(s.held_faults, 0);
+    CHECK_EQ(s.nospace_episodes, 1);
+    CHECK_EQ(s.errors, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    umount(dir);
+    rmdir(dir);
+    return 0;
+}
+
+static int t_nospace_hole(void)
+{
+    return nospace_stall(false);
+}
+
+static int t_nospace_cow(void)
+{
+    return nospace_stall(true);
 }
 
 /* --- kill -9 in the middle of expansions and COWs ----------------------- */
@@ -1181,6 +1365,8 @@ static const struct {
     { "foreign-segv", t_foreign_segv },
     { "cow-fail", t_cow_fail },
     { "disk-full", t_disk_full },
+    { "nospace-hole", t_nospace_hole },
+    { "nospace-cow", t_nospace_cow },
     { "crash", t_crash },
     { "file-kinds", t_file_kinds },
     { "blockdev-base", t_blockdev_base },
