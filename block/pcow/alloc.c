@@ -186,21 +186,134 @@ static int punch_runs(pcow_image *img, const uint8_t *mark, uint64_t n)
     return 0;
 }
 
+/* WRITABLE exactly where no snapshot and no source shares the cluster */
+static int normalise_writable_locked(pcow_image *img, const PcowWalk *w)
+{
+    uint64_t cs = img->cluster_size;
+    uint32_t i, j;
+    int ret;
+
+    for (i = 0; i < img->hdr.l1_size; i++) {
+        uint64_t *t = img->l2[i];
+        uint64_t l2off;
+        bool stored = false;
+
+        if (!t || !img->l1[i]) {
+            continue;
+        }
+        l2off = pcow_le64(img->l1[i]) & ~(cs - 1);
+        for (j = 0; j < img->l2_entries; j++) {
+            uint64_t map = pcow_word(t + j * 4);
+            uint64_t nm;
+            bool shared;
+
+            if (pcow_entry_kind(map) == PCOW_ENTRY_HOLE) {
+                continue;
+            }
+            shared = w->cls[map >> img->cluster_bits] &
+                     (PCOW_C_SNAP | PCOW_C_SOURCE);
+            nm = shared ? map & ~PCOW_F_WRITABLE : map | PCOW_F_WRITABLE;
+            if (nm != map) {
+                pcow_persist_store64_nosync(img, t + j * 4,
+                                            l2off + j * 32ull, nm);
+                stored = true;
+            }
+        }
+        if (stored) {
+            ret = pcow_persist_mapped(img, t, l2off, cs);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+/*
+ * Every unreferenced cluster onto the free list; punch the ones that were
+ * not free already (all of them with @punch_all).
+ */
+static int reclaim_free_locked(pcow_image *img, const PcowWalk *w,
+                               bool punch_all)
+{
+    uint8_t *newly;
+    uint64_t i;
+    int ret = bm_grow(img, w->nclusters);
+
+    if (ret < 0) {
+        return ret;
+    }
+    newly = calloc(w->nclusters ? w->nclusters : 1, 1);
+    if (!newly) {
+        return -ENOMEM;
+    }
+    for (i = 1; i < w->nclusters; i++) {
+        bool is_free = (w->cls[i] & (PCOW_C_KIND | PCOW_C_RING)) ==
+                       PCOW_C_FREE;
+
+        if (is_free && i < free_limit(img, w) &&
+            (punch_all || !bm_test(img, i))) {
+            newly[i] = 1;
+        }
+        if (!is_free) {
+            bm_clear(img, i);
+        }
+    }
+    ret = punch_runs(img, newly, w->nclusters);
+    for (i = 1; i < w->nclusters && ret == 0; i++) {
+        if (newly[i]) {
+            bm_set(img, i);
+        }
+    }
+    free(newly);
+    return ret;
+}
+
+/*
+ * Nothing in flight: lower the frontier to the end of the highest used
+ * cluster (it is an upper bound, so lowering it first is safe) and cut
+ * the file there; blocks beyond it are unused reserve or leaks of an
+ * interrupted reservation.
+ */
+static int trim_frontier_locked(pcow_image *img, const PcowWalk *w)
+{
+    uint64_t end = pcow_walk_used_end(img, w), i;
+    struct stat st;
+    int ret;
+
+    if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
+        img->ring_count == 0 && end < pcow_frontier(img)) {
+        ret = pcow_persist_hot_store(img, PCOW_HOT_FRONTIER, end);
+        if (ret < 0) {
+            return ret;
+        }
+        for (i = end >> img->cluster_bits; i < w->nclusters; i++) {
+            bm_clear(img, i);
+        }
+        if (img->free_hint > (end >> img->cluster_bits)) {
+            img->free_hint = end >> img->cluster_bits;
+        }
+        img->alloc_end = pcow_frontier(img);
+    }
+    /* Never cut clusters in use above a frontier that is too low */
+    if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
+        end <= pcow_frontier(img) && fstat(img->fd, &st) == 0 &&
+        (uint64_t)st.st_size > pcow_frontier(img)) {
+        return pcow_persist_truncate(img, pcow_frontier(img));
+    }
+    return 0;
+}
+
 /*
  * Recovery and reclaim: normalise WRITABLE bits of the active layer, put
  * every unreferenced cluster on the free list and punch the ones that were
- * not already free (all of them with @punch_all).  Used by a read-write
- * open, close, and after snapshot delete/revert.
+ * not already free (all of them with @punch_all), lower the frontier.
+ * Used by a read-write open, close, and after snapshot delete/revert.
  */
 int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
 {
     PcowProblems pr = { 0 };
     PcowWalk w;
-    uint64_t cs = img->cluster_size;
-    uint8_t *newly = NULL;
-    uint64_t i, v;
-    struct stat st;
-    bool stored = false;
     int ret;
 
     pcow_lock(img);
@@ -213,112 +326,17 @@ int pcow_alloc_recover(pcow_image *img, bool punch_all, pcow_error *err)
         pcow_walk_free(&w);
         return pcow_img_error(img, err, ret, "%s", pr.first);
     }
-    /* WRITABLE exactly where no snapshot and no source shares the cluster */
-    for (i = 0; i < img->hdr.l1_size; i++) {
-        uint64_t *t = img->l2[i];
-        uint32_t j;
-
-        if (!t || !img->l1[i]) {
-            continue;
-        }
-        for (j = 0; j < img->l2_entries; j++) {
-            uint64_t map = pcow_word(t + j * 4);
-            uint64_t nm;
-            bool shared;
-
-            if (!(map & PCOW_F_PRESENT)) {
-                continue;
-            }
-            shared = w.cls[map >> img->cluster_bits] &
-                     (PCOW_C_SNAP | PCOW_C_SOURCE);
-            nm = shared ? map & ~PCOW_F_WRITABLE : map | PCOW_F_WRITABLE;
-            if (nm != map) {
-                v = (uint64_t)i * img->l2_entries + j;
-                pcow_persist_store64_nosync(img, t + j * 4,
-                                            (pcow_le64(img->l1[i]) &
-                                             ~(cs - 1)) + j * 32ull, nm);
-                stored = true;
-                (void)v;
-            }
-        }
-        if (stored) {
-            ret = pcow_persist_mapped(img, t, pcow_le64(img->l1[i]) &
-                                      ~(cs - 1), cs);
-            stored = false;
-            if (ret < 0) {
-                goto out;
-            }
-        }
+    ret = normalise_writable_locked(img, &w);
+    if (ret == 0) {
+        ret = reclaim_free_locked(img, &w, punch_all);
     }
-    ret = bm_grow(img, w.nclusters);
-    if (ret < 0) {
-        goto out;
+    if (ret == 0) {
+        ret = trim_frontier_locked(img, &w);
     }
-    newly = calloc(w.nclusters ? w.nclusters : 1, 1);
-    if (!newly) {
-        ret = -ENOMEM;
-        goto out;
+    if (ret == 0) {
+        ret = pcow_persist_barrier(img);
     }
-    for (i = 1; i < w.nclusters; i++) {
-        bool is_free = (w.cls[i] & (PCOW_C_KIND | PCOW_C_RING)) ==
-                       PCOW_C_FREE;
-
-        if (is_free && i < free_limit(img, &w) &&
-            (punch_all || !bm_test(img, i))) {
-            newly[i] = 1;
-        }
-        if (!is_free) {
-            bm_clear(img, i);
-        }
-    }
-    ret = punch_runs(img, newly, w.nclusters);
-    if (ret < 0) {
-        goto out;
-    }
-    for (i = 1; i < w.nclusters; i++) {
-        if (newly[i]) {
-            bm_set(img, i);
-        }
-    }
-    /*
-     * Nothing in flight: lower the frontier to the end of the highest used
-     * cluster (it is an upper bound, so lowering it first is safe) and cut
-     * the file there; blocks beyond it are unused reserve or leaks of an
-     * interrupted reservation.
-     */
-    if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
-        img->ring_count == 0) {
-        uint64_t h = (pcow_walk_used_end(img, &w) >> img->cluster_bits) - 1;
-
-        if (((h + 1) << img->cluster_bits) < pcow_frontier(img)) {
-            ret = pcow_persist_hot_store(img, PCOW_HOT_FRONTIER,
-                                         (h + 1) << img->cluster_bits);
-            if (ret < 0) {
-                goto out;
-            }
-            for (i = h + 1; i < w.nclusters; i++) {
-                bm_clear(img, i);
-            }
-            if (img->free_hint > h + 1) {
-                img->free_hint = h + 1;
-            }
-            img->alloc_end = pcow_frontier(img);
-        }
-    }
-    /* Never cut clusters in use above a frontier that is too low */
-    if (img->alloc_end == pcow_frontier(img) && img->inflight_n == 0 &&
-        pcow_walk_used_end(img, &w) <= pcow_frontier(img) &&
-        fstat(img->fd, &st) == 0 &&
-        (uint64_t)st.st_size > pcow_frontier(img)) {
-        ret = pcow_persist_truncate(img, pcow_frontier(img));
-        if (ret < 0) {
-            goto out;
-        }
-    }
-    ret = pcow_persist_barrier(img);
-out:
     pcow_unlock(img);
-    free(newly);
     pcow_walk_free(&w);
     if (ret < 0) {
         return pcow_img_error(img, err, ret, "recovery failed: %s",
@@ -673,10 +691,30 @@ int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared)
         }
         if (stored) {
             ret = pcow_persist_mapped(img, t,
-                                      pcow_entry_file_off(img, i * img->l2_entries,
-                                                     0), img->cluster_size);
+                                      pcow_entry_file_off(img, i *
+                                                          img->l2_entries, 0),
+                                      img->cluster_size);
         }
     }
     pcow_unlock(img);
     return ret;
+}
+
+/*
+ * Clear the active entries at or beyond @vsize, then reclaim (recovery:
+ * unreferenced clusters go back to the free list, punched; every free one
+ * with @punch_all).  Without @always, reclaim only if entries were cleared.
+ */
+int pcow_reclaim_beyond(pcow_image *img, uint64_t vsize, bool punch_all,
+                        bool always, pcow_error *err)
+{
+    uint64_t n;
+    int ret = pcow_clear_beyond(img, vsize, &n);
+
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot clear the mappings "
+                              "beyond %llu bytes: %s",
+                              (unsigned long long)vsize, strerror(-ret));
+    }
+    return n || always ? pcow_alloc_recover(img, punch_all, err) : 0;
 }

@@ -1,6 +1,8 @@
 /*
  * libpcow backing chain: opening bases read-only with shared locks, name
- * resolution, raw bases, loop and depth checks, rebase -u and resize
+ * resolution, raw bases, loop and depth checks, rebase -u.  A base is
+ * opened as an image (image.c), which opens its own base here: the one
+ * cycle between modules that stays (image <-> backing).
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -26,6 +28,28 @@ int pcow_resolve_backing(const char *dir, const char *name, char *out,
         n = snprintf(out, outlen, "%s/%s", dir, name);
     }
     return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+/* Add the file @st describes to @c */
+void pcow_chain_push(PcowChain *c, const struct stat *st)
+{
+    c->dev[c->n] = st->st_dev;
+    c->ino[c->n] = st->st_ino;
+    c->n++;
+}
+
+/* A chain that starts with @img itself, for checking a base of it */
+int pcow_chain_start(pcow_image *img, PcowChain *c, pcow_error *err)
+{
+    struct stat st;
+
+    c->n = 0;
+    if (fstat(img->fd, &st) < 0) {
+        return pcow_img_error(img, err, -errno, "cannot stat: %s",
+                              strerror(errno));
+    }
+    pcow_chain_push(c, &st);
+    return 0;
 }
 
 /*
@@ -170,19 +194,17 @@ int pcow_check_base(const char *owner, const char *dir, const char *name,
 int pcow_check_backing(pcow_image *img, const char *backing_file,
                        pcow_backing_format fmt, pcow_error *err)
 {
-    PcowChain chain = { .n = 1 };
+    PcowChain chain;
     uint32_t f = fmt;
-    struct stat st;
+    int ret;
 
     if (!img || !backing_file || !*backing_file || fmt > PCOW_BACKING_RAW) {
         return pcow_set_error(err, -EINVAL, "invalid arguments");
     }
-    if (fstat(img->fd, &st) < 0) {
-        return pcow_img_error(img, err, -errno, "cannot stat: %s",
-                              strerror(errno));
+    ret = pcow_chain_start(img, &chain, err);
+    if (ret < 0) {
+        return ret;
     }
-    chain.dev[0] = st.st_dev;
-    chain.ino[0] = st.st_ino;
     return pcow_check_base(img->filename, img->dirname, backing_file, &f,
                            false, &chain, NULL, err);
 }
@@ -278,26 +300,6 @@ void pcow_backing_close(pcow_image *img)
     img->backing_path[0] = '\0';
 }
 
-/*
- * Set the header's backing limit (0: none) and keep the incompatible
- * feature bit set exactly while the header or a snapshot has a limit.
- */
-static void set_limit(pcow_image *img, PcowHeader *h, uint64_t limit)
-{
-    bool any = limit != 0;
-    uint32_t k;
-
-    for (k = 0; k < img->hdr.nb_snapshots; k++) {
-        any |= img->snaps[k].backing_limit != 0;
-    }
-    h->backing_limit = limit;
-    if (any) {
-        h->incompatible_features |= PCOW_INCOMPAT_BACKING_LIMIT;
-    } else {
-        h->incompatible_features &= ~PCOW_INCOMPAT_BACKING_LIMIT;
-    }
-}
-
 int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
 {
     PcowHeader h = img->hdr;
@@ -312,7 +314,7 @@ int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
     if (limit == h.backing_limit) {
         return 0;
     }
-    set_limit(img, &h, limit);
+    pcow_header_set_limit(img, &h, limit);
     return pcow_header_commit(img, &h, err);   /* P-HEADER-COMMIT */
 }
 
@@ -344,16 +346,13 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
         return pcow_img_error(img, err, -EINVAL, "invalid backing format");
     }
     if (len) {
-        PcowChain chain = { .n = 1 };
+        PcowChain chain;
         uint32_t f = fmt;
-        struct stat st;
 
-        if (fstat(img->fd, &st) < 0) {
-            return pcow_img_error(img, err, -errno, "cannot stat: %s",
-                                  strerror(errno));
+        ret = pcow_chain_start(img, &chain, err);
+        if (ret < 0) {
+            return ret;
         }
-        chain.dev[0] = st.st_dev;
-        chain.ino[0] = st.st_ino;
         /* Unsafe (NO_BACKING): a named format may refer to a future file */
         ret = pcow_check_base(img->filename, img->dirname, backing_file, &f,
                               !open_new && fmt != PCOW_BACKING_NONE, &chain,
@@ -374,7 +373,7 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     h.backing_name_length = len;
     if (!len) {
         /* No base: nothing to hide any more */
-        set_limit(img, &h, 0);
+        pcow_header_set_limit(img, &h, 0);
     }
     memset(h.backing_name, 0, sizeof(h.backing_name));
     if (len) {
@@ -397,206 +396,4 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     }
     pcow_unlock(img);
     return 0;
-}
-
-/*
- * Clear the active entries at or beyond @vsize (durably, P-RESIZE-CLEAR)
- * and give back the clusters only they held.
- */
-static int drop_beyond(pcow_image *img, uint64_t vsize, pcow_error *err)
-{
-    uint64_t n;
-    int ret = pcow_clear_beyond(img, vsize, &n);
-
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot clear the mappings "
-                              "beyond %llu bytes: %s",
-                              (unsigned long long)vsize, strerror(-ret));
-    }
-    return n ? pcow_alloc_recover(img, false, err) : 0;
-}
-
-/* Open the backing chain of an image opened without it */
-static int open_chain(pcow_image *img, pcow_error *err)
-{
-    PcowChain chain = { .n = 1 };
-    struct stat st;
-
-    if (fstat(img->fd, &st) < 0) {
-        return pcow_img_error(img, err, -errno, "cannot stat");
-    }
-    chain.dev[0] = st.st_dev;
-    chain.ino[0] = st.st_ino;
-    return pcow_backing_open(img, &chain, err);
-}
-
-/*
- * Before a grow from @old_size (inside a cluster) commits: zero what a
- * shrink left of this image's own data past the old end in that cluster.
- * A hole there needs nothing: it reads zeros, or the base, which the new
- * backing limit @limit hides past the old end.  Invisible until the
- * commit.
- */
-static int zero_tail(pcow_image *img, uint64_t old_size, uint64_t new_size,
-                     uint64_t limit, pcow_error *err)
-{
-    uint64_t cs = img->cluster_size, end = pcow_round_up(old_size, cs);
-    PcowHeader saved = img->hdr;
-    bool opened = false;
-    uint64_t *e, map;
-    int ret;
-
-    pcow_lock(img);
-    e = pcow_l2_entry(img, old_size / cs);
-    map = e ? pcow_word(e) : 0;
-    pcow_unlock(img);
-    if (!map) {
-        return 0;
-    }
-    if (img->hdr.backing_format != PCOW_FMT_NONE && !img->backing &&
-        img->backing_raw_fd < 0 &&
-        (map & (PCOW_F_WRITABLE | PCOW_F_PARTIAL)) != PCOW_F_WRITABLE) {
-        /* Copy on write may read the base: open it for the time being */
-        ret = open_chain(img, err);
-        if (ret < 0) {
-            return ret;
-        }
-        opened = true;
-    }
-    img->hdr.virtual_size = new_size;
-    img->hdr.backing_limit = limit;
-    ret = pcow_zero_range(img, old_size,
-                          (end < new_size ? end : new_size) - old_size, err);
-    img->hdr.virtual_size = saved.virtual_size;
-    img->hdr.backing_limit = saved.backing_limit;
-    if (opened) {
-        pcow_lock(img);
-        pcow_backing_close(img);
-        pcow_unlock(img);
-    }
-    return ret;
-}
-
-/* P-RESIZE-L1: a larger copy of the L1 table in new clusters */
-static int grow_l1(pcow_image *img, uint64_t need, PcowHeader *h,
-                   pcow_error *err)
-{
-    uint64_t cs = img->cluster_size, chunk, pos, k, off;
-    uint64_t bytes = (uint64_t)h->l1_size * 8;
-    uint8_t *buf = (uint8_t *)img->l1;
-    int ret;
-
-    ret = pcow_alloc_clusters(img, pcow_div_round_up(need * 8, cs), &off);
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot allocate the new L1 "
-                              "table: %s", strerror(-ret));
-    }
-    /* New clusters read as zeros: copy only the non-zero parts */
-    for (pos = 0; pos < bytes; pos += chunk) {
-        chunk = bytes - pos < 4096 ? bytes - pos : 4096;
-        for (k = 0; k < chunk && !buf[pos + k]; k++) {
-        }
-        if (k < chunk) {
-            ret = pcow_persist_pwrite(img, off + pos, buf + pos, chunk);
-            if (ret < 0) {
-                return pcow_img_error(img, err, ret, "cannot write the L1 "
-                                      "table");
-            }
-        }
-    }
-    ret = pcow_persist_barrier(img);
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot write the L1 table");
-    }
-    h->l1_table_offset = off;
-    h->l1_size = need;
-    return 0;
-}
-
-int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
-                pcow_error *err)
-{
-    PcowHeader h = img->hdr;
-    uint64_t cs = img->cluster_size;
-    uint64_t old_size = img->hdr.virtual_size;
-    uint64_t need = pcow_l1_size_for(new_size, img->cluster_bits);
-    uint64_t old_l1 = img->hdr.l1_table_offset;
-    uint64_t old_l1c = pcow_div_round_up((uint64_t)h.l1_size * 8, cs);
-    PcowProblems pr = { 0 };
-    pcow_error gerr;
-    int ret;
-
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
-    }
-    ret = pcow_header_can_commit(img, err);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = pcow_geometry_for(new_size, cs, 1u << img->cow_unit_bits, NULL,
-                            &gerr);
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "%s", gerr.msg);
-    }
-    if (new_size < old_size && !shrink) {
-        return pcow_img_error(img, err, -EINVAL, "shrinking from %llu to "
-                              "%llu bytes needs the shrink option",
-                              (unsigned long long)old_size,
-                              (unsigned long long)new_size);
-    }
-    if (new_size == old_size) {
-        return 0;
-    }
-    h.virtual_size = new_size;
-    if (new_size > old_size && h.backing_format != PCOW_FMT_NONE &&
-        (!h.backing_limit || h.backing_limit > old_size)) {
-        /* The grown range reads zeros, not what the base holds there */
-        set_limit(img, &h, old_size);
-    } else if (h.backing_limit > new_size) {
-        set_limit(img, &h, new_size);
-    }
-    if (new_size > old_size) {
-        /*
-         * Nothing beyond the old end may show once the commit makes it
-         * visible: a shrink interrupted after its commit leaves entries
-         * there (open recovery clears them too; this grow must not rely
-         * on it), a shrink into a cluster its data in the rest of it.
-         */
-        ret = drop_beyond(img, old_size, err);
-        if (ret == 0 && old_size % cs) {
-            ret = zero_tail(img, old_size, new_size, h.backing_limit, err);
-        }
-        if (ret == 0 && need > h.l1_size) {
-            ret = grow_l1(img, need, &h, err);
-        }
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    ret = pcow_header_commit(img, &h, err);    /* P-HEADER-COMMIT */
-    if (ret < 0) {
-        return ret;
-    }
-    if (h.l1_table_offset != old_l1) {
-        /* Switch the in-memory tables to the new L1 */
-        pcow_lock(img);
-        pcow_tables_unload(img);
-        ret = pcow_tables_load(img, &pr);
-        pcow_unlock(img);
-        if (ret < 0) {
-            return pcow_img_error(img, err, ret, "%s", pr.first);
-        }
-        ret = pcow_free_clusters(img, old_l1, old_l1c);
-        if (ret < 0) {
-            return pcow_img_error(img, err, ret, "cannot free the old L1");
-        }
-    }
-    if (new_size < old_size) {
-        /* After the commit: a crash before it keeps the old size intact */
-        ret = drop_beyond(img, new_size, err);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    return pcow_persist_barrier(img);
 }

@@ -134,6 +134,7 @@ static uint64_t count_bad_writable(pcow_image *img, const PcowWalk *w,
             uint64_t map = pcow_word(t + j * 4);
             uint64_t idx = map >> img->cluster_bits;
 
+            /* The raw bit: check judges words that may be invalid */
             if ((map & PCOW_F_WRITABLE) && idx < w->nclusters &&
                 (w->cls[idx] & (PCOW_C_SNAP | PCOW_C_SOURCE))) {
                 pcow_problem(pr, -EINVAL, "L2 entry for guest offset 0x%llx "
@@ -317,12 +318,8 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
     res->stale_entries = w.stale;
     res->leaks = count_leaks(img, &w) + w.stale;
     if (res->leaks && (repair & PCOW_REPAIR_LEAKS) && res->corruptions == 0) {
-        uint64_t n;
-
-        ret = pcow_clear_beyond(img, img->hdr.virtual_size, &n);
-        if (ret == 0) {
-            ret = pcow_alloc_recover(img, true, err);
-        }
+        ret = pcow_reclaim_beyond(img, img->hdr.virtual_size, true, true,
+                                  err);
         if (ret == 0) {
             scan(img, &w, &pr);
             found = count_leaks(img, &w) + w.stale;

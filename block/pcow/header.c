@@ -1,17 +1,16 @@
 /*
- * libpcow header: slots A/B, CRC-32C, hot line, validation, create,
- * open/close, feature bits and locking
+ * libpcow header: the codec of slots A/B and their CRC-32C, picking the
+ * current slot, the header commit (a structural change) and the hot line
+ * (frontier, in-use flag) -- cf. qcow2.c's header code.  The image's life
+ * (create, open, close, info) is image.c's.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "pcow-int.h"
@@ -72,28 +71,29 @@ void pcow_header_encode(const PcowHeader *h, uint8_t *slot)
     uint32_t len = header_length_for(h->backing_name_length);
 
     memset(slot, 0, PCOW_SLOT_SIZE);
-    pcow_st32(slot + 0, PCOW_MAGIC);
-    pcow_st32(slot + 4, h->version);
-    pcow_st32(slot + 8, len);
-    pcow_st64(slot + 16, h->generation);
-    pcow_st64(slot + 24, h->incompatible_features);
-    pcow_st64(slot + 32, h->compatible_features);
-    pcow_st64(slot + 40, h->autoclear_features);
-    pcow_st32(slot + 48, h->cluster_bits);
-    pcow_st32(slot + 52, h->cow_unit_bits);
-    pcow_st64(slot + 56, h->virtual_size);
-    pcow_st64(slot + 64, h->l1_table_offset);
-    pcow_st32(slot + 72, h->l1_size);
-    pcow_st32(slot + 76, h->nb_snapshots);
-    pcow_st64(slot + 80, h->snapshots_offset);
-    pcow_st32(slot + 88, h->snapshots_size);
-    pcow_st32(slot + 92, h->snapshots_crc32c);
-    pcow_st64(slot + 96, h->next_snapshot_id);
-    pcow_st32(slot + 104, h->backing_format);
-    pcow_st32(slot + 108, h->backing_name_length);
-    pcow_st64(slot + 112, h->backing_limit);
-    memcpy(slot + 128, h->backing_name, h->backing_name_length);
-    pcow_st32(slot + 12, pcow_crc32c(0, slot, len));
+    pcow_st32(slot + PCOW_H_MAGIC, PCOW_MAGIC);
+    pcow_st32(slot + PCOW_H_VERSION, h->version);
+    pcow_st32(slot + PCOW_H_LENGTH, len);
+    pcow_st64(slot + PCOW_H_GENERATION, h->generation);
+    pcow_st64(slot + PCOW_H_INCOMPAT, h->incompatible_features);
+    pcow_st64(slot + PCOW_H_COMPAT, h->compatible_features);
+    pcow_st64(slot + PCOW_H_AUTOCLEAR, h->autoclear_features);
+    pcow_st32(slot + PCOW_H_CLUSTER_BITS, h->cluster_bits);
+    pcow_st32(slot + PCOW_H_COW_UNIT_BITS, h->cow_unit_bits);
+    pcow_st64(slot + PCOW_H_VIRTUAL_SIZE, h->virtual_size);
+    pcow_st64(slot + PCOW_H_L1_OFFSET, h->l1_table_offset);
+    pcow_st32(slot + PCOW_H_L1_SIZE, h->l1_size);
+    pcow_st32(slot + PCOW_H_NB_SNAPSHOTS, h->nb_snapshots);
+    pcow_st64(slot + PCOW_H_SNAP_OFFSET, h->snapshots_offset);
+    pcow_st32(slot + PCOW_H_SNAP_SIZE, h->snapshots_size);
+    pcow_st32(slot + PCOW_H_SNAP_CRC, h->snapshots_crc32c);
+    pcow_st64(slot + PCOW_H_NEXT_SNAP_ID, h->next_snapshot_id);
+    pcow_st32(slot + PCOW_H_BACKING_FORMAT, h->backing_format);
+    pcow_st32(slot + PCOW_H_BACKING_NAME_LEN, h->backing_name_length);
+    pcow_st64(slot + PCOW_H_BACKING_LIMIT, h->backing_limit);
+    memcpy(slot + PCOW_H_BACKING_NAME, h->backing_name,
+           h->backing_name_length);
+    pcow_st32(slot + PCOW_H_CRC, pcow_crc32c(0, slot, len));
 }
 
 /* 0: valid; -EINVAL bad magic; -ENOTSUP bad version; -EBADMSG otherwise */
@@ -102,44 +102,45 @@ static int header_decode(const uint8_t *slot, PcowHeader *h)
     uint8_t tmp[PCOW_SLOT_SIZE];
     uint32_t len;
 
-    if (pcow_ld32(slot) != PCOW_MAGIC) {
+    if (pcow_ld32(slot + PCOW_H_MAGIC) != PCOW_MAGIC) {
         return -EINVAL;
     }
-    h->version = pcow_ld32(slot + 4);
+    h->version = pcow_ld32(slot + PCOW_H_VERSION);
     if (h->version != PCOW_VERSION) {
         return -ENOTSUP;
     }
-    len = pcow_ld32(slot + 8);
+    len = pcow_ld32(slot + PCOW_H_LENGTH);
     if (len < PCOW_HEADER_FIXED || len > PCOW_SLOT_SIZE || len % 8) {
         return -EBADMSG;
     }
     memcpy(tmp, slot, len);
-    memset(tmp + 12, 0, 4);
-    if (pcow_crc32c(0, tmp, len) != pcow_ld32(slot + 12)) {
+    memset(tmp + PCOW_H_CRC, 0, 4);
+    if (pcow_crc32c(0, tmp, len) != pcow_ld32(slot + PCOW_H_CRC)) {
         return -EBADMSG;
     }
     h->header_length = len;
-    h->generation = pcow_ld64(slot + 16);
-    h->incompatible_features = pcow_ld64(slot + 24);
-    h->compatible_features = pcow_ld64(slot + 32);
-    h->autoclear_features = pcow_ld64(slot + 40);
-    h->cluster_bits = pcow_ld32(slot + 48);
-    h->cow_unit_bits = pcow_ld32(slot + 52);
-    h->virtual_size = pcow_ld64(slot + 56);
-    h->l1_table_offset = pcow_ld64(slot + 64);
-    h->l1_size = pcow_ld32(slot + 72);
-    h->nb_snapshots = pcow_ld32(slot + 76);
-    h->snapshots_offset = pcow_ld64(slot + 80);
-    h->snapshots_size = pcow_ld32(slot + 88);
-    h->snapshots_crc32c = pcow_ld32(slot + 92);
-    h->next_snapshot_id = pcow_ld64(slot + 96);
-    h->backing_format = pcow_ld32(slot + 104);
-    h->backing_name_length = pcow_ld32(slot + 108);
-    h->backing_limit = pcow_ld64(slot + 112);
+    h->generation = pcow_ld64(slot + PCOW_H_GENERATION);
+    h->incompatible_features = pcow_ld64(slot + PCOW_H_INCOMPAT);
+    h->compatible_features = pcow_ld64(slot + PCOW_H_COMPAT);
+    h->autoclear_features = pcow_ld64(slot + PCOW_H_AUTOCLEAR);
+    h->cluster_bits = pcow_ld32(slot + PCOW_H_CLUSTER_BITS);
+    h->cow_unit_bits = pcow_ld32(slot + PCOW_H_COW_UNIT_BITS);
+    h->virtual_size = pcow_ld64(slot + PCOW_H_VIRTUAL_SIZE);
+    h->l1_table_offset = pcow_ld64(slot + PCOW_H_L1_OFFSET);
+    h->l1_size = pcow_ld32(slot + PCOW_H_L1_SIZE);
+    h->nb_snapshots = pcow_ld32(slot + PCOW_H_NB_SNAPSHOTS);
+    h->snapshots_offset = pcow_ld64(slot + PCOW_H_SNAP_OFFSET);
+    h->snapshots_size = pcow_ld32(slot + PCOW_H_SNAP_SIZE);
+    h->snapshots_crc32c = pcow_ld32(slot + PCOW_H_SNAP_CRC);
+    h->next_snapshot_id = pcow_ld64(slot + PCOW_H_NEXT_SNAP_ID);
+    h->backing_format = pcow_ld32(slot + PCOW_H_BACKING_FORMAT);
+    h->backing_name_length = pcow_ld32(slot + PCOW_H_BACKING_NAME_LEN);
+    h->backing_limit = pcow_ld64(slot + PCOW_H_BACKING_LIMIT);
     memset(h->backing_name, 0, sizeof(h->backing_name));
     if (h->backing_name_length <= PCOW_MAX_BACKING_NAME &&
         PCOW_HEADER_FIXED + h->backing_name_length <= len) {
-        memcpy(h->backing_name, slot + 128, h->backing_name_length);
+        memcpy(h->backing_name, slot + PCOW_H_BACKING_NAME,
+               h->backing_name_length);
     }
     return 0;
 }
@@ -227,62 +228,6 @@ static int header_check(const PcowHeader *h, char *msg, size_t msglen)
     return 0;
 }
 
-/*
- * The generation never wraps: a commit of generation 0 after 2^64-1 would
- * lose to the stale slot, which names tables that may already be freed.
- */
-int pcow_header_can_commit(pcow_image *img, pcow_error *err)
-{
-    if (img->hdr.generation == UINT64_MAX) {
-        return pcow_img_error(img, err, -EOVERFLOW, "header generation is "
-                              "at its maximum (%llu): no structural change "
-                              "is possible; copy the image to a new one",
-                              (unsigned long long)img->hdr.generation);
-    }
-    return 0;
-}
-
-/* Structural change: write the whole new header into the other slot */
-int pcow_header_commit(pcow_image *img, const PcowHeader *h,
-                       pcow_error *err)
-{
-    uint8_t slot[PCOW_SLOT_SIZE];
-    PcowHeader nh = *h;
-    int other = !img->cur_slot;
-    int ret;
-
-    ret = pcow_header_can_commit(img, err);
-    if (ret < 0) {
-        return ret;
-    }
-    nh.version = PCOW_VERSION;
-    nh.generation = img->hdr.generation + 1;
-    nh.header_length = header_length_for(nh.backing_name_length);
-    /* A writer clears autoclear bits it does not know */
-    nh.autoclear_features &= PCOW_AUTOCLEAR_KNOWN;
-    pcow_header_encode(&nh, slot);
-    ret = pcow_persist_pwrite(img, other ? PCOW_SLOT_B : PCOW_SLOT_A,
-                              slot, PCOW_SLOT_SIZE);
-    if (ret == 0) {
-        ret = pcow_persist_sync_range(img, 0, 4096);
-    }
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "header commit failed: %s",
-                              strerror(-ret));
-    }
-    img->hdr = nh;
-    img->cur_slot = other;
-    return 0;
-}
-
-uint64_t pcow_frontier(pcow_image *img)
-{
-    if (img->c0) {
-        return pcow_word((uint64_t *)(img->c0 + PCOW_HOT_FRONTIER));
-    }
-    return img->frontier_ro;
-}
-
 static int read_full(int fd, void *buf, size_t len, uint64_t off)
 {
     uint8_t *p = buf;
@@ -305,288 +250,12 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
     return done;
 }
 
-bool pcow_probe_fd(int fd)
-{
-    uint8_t buf[PCOW_PROBE_BYTES];
-    int n = read_full(fd, buf, sizeof(buf), 0);
-
-    return n > 0 && pcow_probe_buf(buf, n);
-}
-
-bool pcow_probe(const char *path)
-{
-    struct stat st;
-    uint64_t size;
-    char why[256];
-    int fd = pcow_open_data(path, O_RDONLY, true, &st, &size, why,
-                            sizeof(why));
-    bool ret;
-
-    if (fd < 0) {
-        return false;
-    }
-    ret = pcow_probe_fd(fd);
-    close(fd);
-    return ret;
-}
-
-/* Largest virtual size with clusters of 1 << @cbits */
-static uint64_t max_virtual_size(uint32_t cbits)
-{
-    uint64_t by_l1 = (uint64_t)PCOW_MAX_L1_SIZE << (cbits + cbits - 5);
-
-    return by_l1 < PCOW_MAX_VIRTUAL_SIZE ? by_l1 : PCOW_MAX_VIRTUAL_SIZE;
-}
-
-int pcow_geometry_for(uint64_t virtual_size, uint32_t cluster_size,
-                      uint32_t cow_unit, pcow_geometry *g, pcow_error *err)
-{
-    uint32_t cs = cluster_size ? cluster_size :
-                  1u << PCOW_DEFAULT_CLUSTER_BITS;
-    uint32_t cu = cow_unit;
-    uint32_t cbits;
-    uint64_t max;
-
-    if (cs & (cs - 1) || cs < (1u << PCOW_MIN_CLUSTER_BITS) ||
-        cs > (1u << PCOW_MAX_CLUSTER_BITS)) {
-        return pcow_set_error(err, -EINVAL, "invalid cluster size %u (must "
-                              "be a power of two, 4K..2M)", cs);
-    }
-    cbits = __builtin_ctz(cs);
-    if (!cu) {
-        cu = cs / PCOW_MAX_COW_UNITS;
-        if (cu < (1u << PCOW_MIN_COW_UNIT_BITS)) {
-            cu = 1u << PCOW_MIN_COW_UNIT_BITS;
-        }
-    }
-    if (cu & (cu - 1) || cu < (1u << PCOW_MIN_COW_UNIT_BITS) || cu > cs ||
-        cs / cu > PCOW_MAX_COW_UNITS) {
-        return pcow_set_error(err, -EINVAL, "invalid COW unit %u for "
-                              "cluster size %u (must be a power of two, at "
-                              "least 4K and 1/%d of the cluster)", cu, cs,
-                              PCOW_MAX_COW_UNITS);
-    }
-    if (virtual_size == 0 || virtual_size % 4096) {
-        return pcow_set_error(err, -EINVAL, "invalid virtual size %llu "
-                              "(must be a non-zero multiple of 4096)",
-                              (unsigned long long)virtual_size);
-    }
-    max = max_virtual_size(cbits);
-    if (virtual_size > max_virtual_size(PCOW_MAX_CLUSTER_BITS)) {
-        return pcow_set_error(err, -EFBIG, "virtual size %llu too large: "
-                              "the format's limit is %llu",
-                              (unsigned long long)virtual_size,
-                              (unsigned long long)
-                              max_virtual_size(PCOW_MAX_CLUSTER_BITS));
-    }
-    if (virtual_size > max) {
-        return pcow_set_error(err, -EFBIG, "virtual size %llu too large for "
-                              "cluster size %u (at most %llu; larger "
-                              "clusters allow more)",
-                              (unsigned long long)virtual_size, cs,
-                              (unsigned long long)max);
-    }
-    if (g) {
-        g->virtual_size = virtual_size;
-        g->cluster_size = cs;
-        g->cow_unit = cu;
-        g->clusters = pcow_div_round_up(virtual_size, cs);
-        g->l2_entries = cs / PCOW_L2_ENTRY_SIZE;
-        g->l1_size = pcow_l1_size_for(virtual_size, cbits);
-        g->empty_size = cs + pcow_round_up(g->l1_size * 8, cs);
-        g->max_virtual_size = max;
-    }
-    return 0;
-}
-
-static int create_geometry(const char *path, uint64_t vsize,
-                           const pcow_create_opts *opts, pcow_geometry *g,
-                           pcow_error *err)
-{
-    pcow_error gerr;
-    int ret = pcow_geometry_for(vsize, opts->cluster_size, opts->cow_unit, g,
-                                &gerr);
-
-    return ret < 0 ? pcow_set_error(err, ret, "%s: %s", path, gerr.msg) : 0;
-}
-
 /*
- * Check the base of a new image, probe its format if not given and get its
- * size.  The new file already exists (@fd), so a chain that leads back to
- * its name is found as a loop.
+ * Read both slots, pick the current one (valid, highest generation) and
+ * check its fields; sets the geometry derived from it and the hot line as
+ * read.  Errors name the image.
  */
-static int check_create_base(const char *path, int fd, const char *name,
-                             pcow_backing_format *fmt, uint64_t *size,
-                             pcow_error *err)
-{
-    PcowChain chain = { .n = 1 };
-    char *tmp = strdup(path);
-    uint32_t f = *fmt;
-    struct stat st;
-    int ret;
-
-    if (!tmp) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
-    }
-    if (fstat(fd, &st) < 0) {
-        ret = -errno;
-        free(tmp);
-        return pcow_set_error(err, ret, "%s: cannot stat: %s", path,
-                              strerror(-ret));
-    }
-    chain.dev[0] = st.st_dev;
-    chain.ino[0] = st.st_ino;
-    ret = pcow_check_base(path, dirname(tmp), name, &f, false, &chain, size,
-                          err);
-    free(tmp);
-    *fmt = f;
-    return ret;
-}
-
-/* P-CREATE-BODY: cluster 0 and the (sparse) L1 table */
-static int write_new_image(int fd, const char *path,
-                           const pcow_create_opts *opts,
-                           const pcow_geometry *g, pcow_backing_format fmt,
-                           pcow_error *err)
-{
-    size_t name_len = fmt ? strlen(opts->backing_file) : 0;
-    pcow_image tmp;
-    PcowHeader h;
-    uint8_t *c0;
-    int ret;
-
-    memset(&h, 0, sizeof(h));
-    h.version = PCOW_VERSION;
-    h.generation = 1;
-    h.cluster_bits = __builtin_ctz(g->cluster_size);
-    h.cow_unit_bits = __builtin_ctz(g->cow_unit);
-    h.virtual_size = g->virtual_size;
-    h.l1_table_offset = g->cluster_size;
-    h.l1_size = g->l1_size;
-    h.next_snapshot_id = 1;
-    h.backing_format = fmt;
-    h.backing_name_length = name_len;
-    if (name_len) {
-        memcpy(h.backing_name, opts->backing_file, name_len);
-    }
-
-    c0 = calloc(1, 4096);
-    if (!c0) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
-    }
-    pcow_header_encode(&h, c0 + PCOW_SLOT_A);
-    pcow_st64(c0 + PCOW_HOT_FRONTIER, g->empty_size);
-    memset(&tmp, 0, sizeof(tmp));
-    tmp.fd = fd;
-    tmp.hook = opts->hook;
-    tmp.hook_opaque = opts->hook_opaque;
-    ret = pcow_persist_pwrite(&tmp, 0, c0, 4096);
-    if (ret == 0) {
-        ret = pcow_persist_truncate(&tmp, g->empty_size);
-    }
-    if (ret == 0) {
-        ret = pcow_persist_barrier(&tmp);
-    }
-    free(c0);
-    if (ret < 0) {
-        return pcow_set_error(err, ret, "%s: cannot write: %s", path,
-                              strerror(-ret));
-    }
-    return 0;
-}
-
-int pcow_create(const char *path, const pcow_create_opts *opts,
-                pcow_error *err)
-{
-    pcow_backing_format fmt = PCOW_BACKING_NONE;
-    uint64_t vsize, bsize = 0;
-    bool size_from_base;
-    pcow_geometry g;
-    int fd, ret;
-
-    if (!path || !opts) {
-        return pcow_set_error(err, -EINVAL, "invalid arguments");
-    }
-    /* The geometry alone first (the size may still come from the base) */
-    ret = create_geometry(path, 4096, opts, &g, err);
-    if (ret < 0) {
-        return ret;
-    }
-    vsize = opts->virtual_size;
-    if (opts->backing_file) {
-        size_t name_len = strlen(opts->backing_file);
-
-        if (name_len == 0 || name_len > PCOW_MAX_BACKING_NAME) {
-            return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                                  "must be 1..%d bytes", path,
-                                  PCOW_MAX_BACKING_NAME);
-        }
-        fmt = opts->backing_format;
-        if (fmt > PCOW_BACKING_RAW) {
-            return pcow_set_error(err, -EINVAL, "%s: invalid backing format",
-                                  path);
-        }
-    } else if (opts->backing_format != PCOW_BACKING_NONE) {
-        return pcow_set_error(err, -EINVAL, "%s: backing format given "
-                              "without a backing file", path);
-    }
-    size_from_base = vsize == 0 && opts->size_from_backing &&
-                     opts->backing_file;
-    if (!size_from_base) {
-        ret = create_geometry(path, vsize, opts, &g, err);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-
-    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = -errno;
-        return pcow_set_error(err, ret, "%s: cannot create: %s", path,
-                              strerror(-ret));
-    }
-    if (opts->backing_file) {
-        ret = check_create_base(path, fd, opts->backing_file, &fmt, &bsize,
-                                err);
-        if (ret == 0 && size_from_base) {
-            ret = create_geometry(path, pcow_round_up(bsize, 4096), opts, &g,
-                                  err);
-        }
-    }
-    if (ret == 0) {
-        ret = write_new_image(fd, path, opts, &g, fmt, err);
-    }
-    close(fd);
-    if (ret < 0) {
-        unlink(path);
-    }
-    return ret;
-}
-
-static int take_lock(pcow_image *img, pcow_error *err)
-{
-    struct flock fl = {
-        .l_type = img->read_only ? F_RDLCK : F_WRLCK,
-        .l_whence = SEEK_SET,
-        .l_start = 0,
-        .l_len = 1,
-    };
-
-    if (img->flags & PCOW_OPEN_NO_LOCK) {
-        return 0;
-    }
-    if (fcntl(img->fd, F_OFD_SETLK, &fl) < 0) {
-        if (errno == EAGAIN || errno == EACCES) {
-            return pcow_set_error(err, -EBUSY, "%s: image is in use by "
-                                  "another process", img->filename);
-        }
-        return pcow_img_error(img, err, -errno, "cannot lock: %s",
-                              strerror(errno));
-    }
-    return 0;
-}
-
-static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
+int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err)
 {
     uint8_t buf[4096];
     PcowHeader a, b;
@@ -647,6 +316,62 @@ static int read_header(pcow_image *img, uint64_t file_size, pcow_error *err)
 }
 
 /*
+ * The generation never wraps: a commit of generation 0 after 2^64-1 would
+ * lose to the stale slot, which names tables that may already be freed.
+ */
+int pcow_header_can_commit(pcow_image *img, pcow_error *err)
+{
+    if (img->hdr.generation == UINT64_MAX) {
+        return pcow_img_error(img, err, -EOVERFLOW, "header generation is "
+                              "at its maximum (%llu): no structural change "
+                              "is possible; copy the image to a new one",
+                              (unsigned long long)img->hdr.generation);
+    }
+    return 0;
+}
+
+/* Structural change: write the whole new header into the other slot */
+int pcow_header_commit(pcow_image *img, const PcowHeader *h,
+                       pcow_error *err)
+{
+    uint8_t slot[PCOW_SLOT_SIZE];
+    PcowHeader nh = *h;
+    int other = !img->cur_slot;
+    int ret;
+
+    ret = pcow_header_can_commit(img, err);
+    if (ret < 0) {
+        return ret;
+    }
+    nh.version = PCOW_VERSION;
+    nh.generation = img->hdr.generation + 1;
+    nh.header_length = header_length_for(nh.backing_name_length);
+    /* A writer clears autoclear bits it does not know */
+    nh.autoclear_features &= PCOW_AUTOCLEAR_KNOWN;
+    pcow_header_encode(&nh, slot);
+    ret = pcow_persist_pwrite(img, other ? PCOW_SLOT_B : PCOW_SLOT_A,
+                              slot, PCOW_SLOT_SIZE);
+    if (ret == 0) {
+        ret = pcow_persist_sync_range(img, 0, 4096);
+    }
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "header commit failed: %s",
+                              strerror(-ret));
+    }
+    img->hdr = nh;
+    img->cur_slot = other;
+    return 0;
+}
+
+uint64_t pcow_frontier(pcow_image *img)
+{
+    if (img->c0) {
+        return pcow_word((uint64_t *)(img->c0 + PCOW_HOT_FRONTIER));
+    }
+    return img->frontier_ro;
+}
+
+/*
  * Where table entries may point: below the frontier; in check mode also
  * into whole clusters of the file above it, so that check can tell a
  * frontier that is too low (repaired by raising it) from garbage.
@@ -659,434 +384,13 @@ uint64_t pcow_valid_end(pcow_image *img)
 }
 
 /*
- * The most an image of this geometry can use: cluster 0, the snapshot
- * table, and per layer (active and each snapshot) its L1 table, every L2
- * table and every data cluster; twice that, plus the reserve ring, covers
- * what is in flight.  Saturates at UINT64_MAX.
- */
-static uint64_t frontier_reach(pcow_image *img)
-{
-    uint64_t cs = img->cluster_size, layer, n;
-    uint64_t vcl = pcow_div_round_up(img->hdr.virtual_size, cs);
-    uint64_t l1cl = pcow_div_round_up((uint64_t)img->hdr.l1_size * 8, cs);
-
-    layer = vcl + img->hdr.l1_size + l1cl;
-    if (__builtin_mul_overflow(layer, 1 + (uint64_t)img->hdr.nb_snapshots,
-                               &n) ||
-        __builtin_add_overflow(n, pcow_div_round_up(img->hdr.snapshots_size,
-                                                    cs) + 1, &n) ||
-        __builtin_mul_overflow(n, 2, &n) ||
-        __builtin_add_overflow(n, PCOW_RING_CAP, &n) ||
-        __builtin_mul_overflow(n, cs, &n)) {
-        return UINT64_MAX;
-    }
-    return n;
-}
-
-static int check_frontier(pcow_image *img, uint64_t file_size,
-                          pcow_error *err)
-{
-    uint64_t f = img->frontier_ro;
-    uint64_t l1_end = img->hdr.l1_table_offset +
-                      pcow_round_up((uint64_t)img->hdr.l1_size * 8,
-                                    img->cluster_size);
-    bool check = img->flags & PCOW_OPEN_CHECK;
-
-    /* Check reports a malformed frontier; check -r all rewrites it */
-    if ((f % img->cluster_size || f < img->cluster_size) && !check) {
-        return pcow_img_error(img, err, -EINVAL, "frontier 0x%llx is not a "
-                              "multiple of the cluster size",
-                              (unsigned long long)f);
-    }
-    /*
-     * Every cluster below the frontier lies in the file: a shorter file
-     * lost data (a cut copy).  Only check reads it (read-only, to report
-     * it) or, for check -r all, extends it; a writer would extend it and
-     * make the loss look like zeros.
-     */
-    if (f > file_size && !(check && (img->read_only ||
-                                     (img->flags & PCOW_OPEN_FIX_SHORT)))) {
-        return pcow_img_error(img, err, -EINVAL, "file truncated: its size "
-                              "0x%llx is below the frontier 0x%llx",
-                              (unsigned long long)file_size,
-                              (unsigned long long)f);
-    }
-    if (check) {
-        img->check_end = file_size & ~(img->cluster_size - 1);
-        /* Past the file and past any use: garbage, not a cut copy */
-        img->frontier_wild = f > file_size && f > frontier_reach(img);
-    }
-    if (img->hdr.l1_table_offset == 0 ||
-        img->hdr.l1_table_offset % img->cluster_size ||
-        l1_end > pcow_valid_end(img) || l1_end < img->hdr.l1_table_offset) {
-        return pcow_img_error(img, err, -EINVAL, "L1 table at 0x%llx (%u "
-                              "entries) lies outside the image (frontier "
-                              "0x%llx)",
-                              (unsigned long long)img->hdr.l1_table_offset,
-                              img->hdr.l1_size, (unsigned long long)f);
-    }
-    return 0;
-}
-
-static char *dup_dirname(const char *path)
-{
-    char *tmp = strdup(path);
-    char *d;
-
-    if (!tmp) {
-        return NULL;
-    }
-    d = strdup(dirname(tmp));
-    free(tmp);
-    return d;
-}
-
-void pcow_image_free(pcow_image *img)
-{
-    if (!img) {
-        return;
-    }
-    pcow_backing_close(img);
-    pcow_tables_unload(img);
-    pcow_alloc_fini(img);
-    pcow_persist_fini(img);
-    free(img->snaps);
-    if (img->fd >= 0) {
-        close(img->fd);     /* also drops the OFD lock */
-    }
-    free(img->filename);
-    free(img->dirname);
-    free(img);
-}
-
-static int finish_rdwr_open(pcow_image *img, const PcowWalk *w,
-                            pcow_error *err)
-{
-    struct timespec ts;
-    uint64_t token;
-    int ret;
-
-    ret = pcow_alloc_init(img, w);
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot set up allocation: %s",
-                              strerror(-ret));
-    }
-    if (!(img->flags & PCOW_OPEN_NO_RECOVER)) {
-        uint64_t n;
-
-        /* P-OPEN-CLEAR: what a shrink cut by a crash left beyond the end */
-        ret = pcow_clear_beyond(img, img->hdr.virtual_size, &n);
-        if (ret < 0) {
-            return pcow_img_error(img, err, ret, "cannot clear the mappings "
-                                  "beyond the virtual size: %s",
-                                  strerror(-ret));
-        }
-        ret = pcow_alloc_recover(img, img->was_dirty, err);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    if (img->hdr.autoclear_features) {
-        ret = pcow_header_commit(img, &img->hdr, err);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    /* P-OPEN-INUSE */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    token = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^
-            ((uint64_t)ts.tv_sec << 20);
-    img->in_use_token = token | 1;
-    ret = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, img->in_use_token);
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot mark image in use: %s",
-                              strerror(-ret));
-    }
-    return 0;
-}
-
-/*
- * The first problem a table walk found, as the error of an open: the
- * image is corrupt unless the walk itself failed (memory, I/O).
- */
-static int problems_error(const char *path, const PcowProblems *pr, int ret,
-                          pcow_error *err)
-{
-    pcow_error_kind k = pcow_error_kind_of(ret);
-
-    pcow_set_error(err, ret, "%s: %s", path, pr->first);
-    if (k == PCOW_ERR_INVALID || k == PCOW_ERR_LIMIT) {
-        pcow_error_mark(err, PCOW_ERR_CORRUPT, ret);
-    }
-    return ret;
-}
-
-int pcow_open_internal(const char *path, unsigned flags,
-                       pcow_persist_hook hook, void *opaque,
-                       PcowChain *chain, unsigned depth,
-                       PcowProblems *pr, pcow_image **out,
-                       pcow_error *err)
-{
-    PcowProblems local = { 0 };
-    PcowWalk w = { 0 };
-    pcow_image *img;
-    struct stat st;
-    uint64_t size;
-    char why[256];
-    int ret;
-
-    *out = NULL;
-    if (!pr) {
-        pr = &local;
-    }
-    img = calloc(1, sizeof(*img));
-    if (!img) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
-    }
-    atomic_flag_clear(&img->lock);
-    img->fd = -1;
-    img->backing_raw_fd = -1;
-    img->flags = flags;
-    img->read_only = !(flags & PCOW_OPEN_RDWR);
-    img->hook = hook;
-    img->hook_opaque = opaque;
-    img->depth = depth;
-    img->filename = strdup(path);
-    img->dirname = dup_dirname(path);
-    if (!img->filename || !img->dirname) {
-        ret = pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
-    /* An image is a regular file: it grows, and holes are punched in it */
-    img->fd = pcow_open_data(path, img->read_only ? O_RDONLY : O_RDWR, false,
-                             &st, &size, why, sizeof(why));
-    if (img->fd < 0) {
-        ret = img->fd;
-        pcow_set_error(err, ret, "%s: cannot open: %s", path, why);
-        goto fail;
-    }
-    if (chain) {
-        chain->dev[chain->n] = st.st_dev;
-        chain->ino[chain->n] = st.st_ino;
-        chain->n++;
-    }
-    ret = take_lock(img, err);
-    if (ret < 0) {
-        goto fail;
-    }
-    ret = read_header(img, st.st_size, err);
-    if (ret < 0) {
-        goto fail;
-    }
-    ret = pcow_error_mark(err, PCOW_ERR_CORRUPT,
-                          check_frontier(img, st.st_size, err));
-    if (ret < 0) {
-        goto fail;
-    }
-    if (!img->read_only) {
-        ret = pcow_persist_init(img);
-        if (ret < 0) {
-            ret = pcow_img_error(img, err, ret, "cannot map header: %s",
-                                 strerror(-ret));
-            goto fail;
-        }
-        /* check -r all: a short file gets its lost tail back, as zeros */
-        if ((uint64_t)st.st_size < img->frontier_ro && !img->frontier_wild) {
-            ret = pcow_persist_truncate(img, img->frontier_ro);
-            if (ret < 0) {
-                ret = pcow_img_error(img, err, ret, "cannot extend: %s",
-                                     strerror(-ret));
-                goto fail;
-            }
-            img->short_size = st.st_size;
-        }
-    }
-    if (!img->read_only) {
-        /*
-         * P-OPEN-TABLES.  Cluster 0's first page (hot line) and the L1
-         * table are mapped shared, and a store on a hole needs a block:
-         * SIGBUS on a full disk.  The L1 table is often sparse; the first
-         * page can hold a hole only on file systems with blocks smaller
-         * than a page.  Allocate both now, when running out of space is
-         * still a clean error (the L2 tables: pcow_tables_load).
-         */
-        ret = pcow_persist_allocate(img, 0, PCOW_HOT_OFFSET + PCOW_HOT_SIZE);
-        if (ret < 0) {
-            ret = pcow_img_error(img, err, ret, "cannot allocate the header: "
-                                 "%s", strerror(-ret));
-            goto fail;
-        }
-        ret = pcow_persist_allocate(img, img->hdr.l1_table_offset,
-                                    pcow_round_up((uint64_t)img->hdr.l1_size
-                                                  * 8, img->cluster_size));
-        if (ret < 0) {
-            ret = pcow_img_error(img, err, ret, "cannot allocate the L1 "
-                                 "table: %s", strerror(-ret));
-            goto fail;
-        }
-    }
-    ret = pcow_snapshots_load(img, pr);
-    if (ret < 0) {
-        problems_error(path, pr, ret, err);
-        goto fail;
-    }
-    ret = pcow_tables_load(img, pr);
-    if (ret < 0) {
-        problems_error(path, pr, ret, err);
-        goto fail;
-    }
-    ret = pcow_walk(img, &w, pr, false);
-    if (ret < 0) {
-        problems_error(path, pr, ret, err);
-        goto fail;
-    }
-    if (pr->count && !pr->collect) {
-        ret = problems_error(path, pr, pr->first_code, err);
-        goto fail;
-    }
-    if (!(flags & PCOW_OPEN_NO_BACKING) && img->hdr.backing_format) {
-        PcowChain local_chain = { .n = 0 };
-
-        if (!chain) {
-            local_chain.dev[0] = st.st_dev;
-            local_chain.ino[0] = st.st_ino;
-            local_chain.n = 1;
-            chain = &local_chain;
-        }
-        ret = pcow_backing_open(img, chain, err);
-        if (ret < 0) {
-            goto fail;
-        }
-    }
-    if (!img->read_only) {
-        if (pr->count) {
-            /* Check mode found corruption: leave fixing to check */
-            ret = pcow_alloc_init(img, &w);
-            if (ret < 0) {
-                goto fail;
-            }
-        } else {
-            ret = finish_rdwr_open(img, &w, err);
-            if (ret < 0) {
-                goto fail;
-            }
-        }
-    }
-    pcow_walk_free(&w);
-    *out = img;
-    return 0;
-
-fail:
-    pcow_walk_free(&w);
-    pcow_image_free(img);
-    return ret;
-}
-
-int pcow_open(const char *path, const pcow_open_opts *opts,
-              pcow_image **out, pcow_error *err)
-{
-    unsigned flags = opts ? opts->flags : 0;
-
-    if (err) {
-        err->code = 0;
-        err->kind = PCOW_ERR_NONE;
-        err->msg[0] = '\0';
-    }
-    if (!path || !out) {
-        return pcow_set_error(err, -EINVAL, "invalid arguments");
-    }
-    flags &= PCOW_OPEN_RDWR | PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING |
-             PCOW_OPEN_NO_RECOVER;
-    return pcow_open_internal(path, flags, opts ? opts->hook : NULL,
-                              opts ? opts->hook_opaque : NULL, NULL, 0,
-                              NULL, out, err);
-}
-
-int pcow_close(pcow_image *img, pcow_error *err)
-{
-    int ret = 0, r;
-
-    if (!img) {
-        return 0;
-    }
-    if (!img->read_only && img->c0) {
-        /* Truncated behind our back: touch no table, leave it in use */
-        ret = pcow_check_file_size(img, err);
-    }
-    if (!img->read_only && img->c0 && ret == 0) {
-        r = pcow_ring_drain(img);
-        if (r < 0 && ret == 0) {
-            ret = pcow_img_error(img, err, r, "cannot release reserved "
-                                 "clusters: %s", strerror(-r));
-        }
-        if (!(img->flags & PCOW_OPEN_NO_RECOVER) && ret == 0) {
-            /* P-CLOSE-TRIM: give back what COW and the reserve orphaned */
-            r = pcow_alloc_recover(img, false, err);
-            if (r < 0) {
-                ret = r;
-            }
-        }
-        r = pcow_persist_barrier(img);
-        if (r < 0 && ret == 0) {
-            ret = pcow_img_error(img, err, r, "flush failed: %s",
-                                 strerror(-r));
-        }
-        /* P-CLOSE-CLEAN, only when everything before is durable */
-        if (ret == 0) {
-            r = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, 0);
-            if (r < 0) {
-                ret = pcow_img_error(img, err, r, "cannot mark image clean: "
-                                     "%s", strerror(-r));
-            }
-        }
-    }
-    pcow_image_free(img);
-    return ret;
-}
-
-const char *pcow_filename(pcow_image *img)
-{
-    return img->filename;
-}
-
-uint64_t pcow_virtual_size(pcow_image *img)
-{
-    return img->hdr.virtual_size;
-}
-
-uint32_t pcow_cluster_size(pcow_image *img)
-{
-    return img->cluster_size;
-}
-
-uint32_t pcow_cow_unit(pcow_image *img)
-{
-    return 1u << img->cow_unit_bits;
-}
-
-int pcow_fd(pcow_image *img)
-{
-    return img->fd;
-}
-
-pcow_image *pcow_backing(pcow_image *img)
-{
-    return img->backing;
-}
-
-int pcow_backing_raw_fd(pcow_image *img)
-{
-    return img->backing_raw_fd;
-}
-
-/*
  * Our table mappings end where the file ends: after a truncation behind
  * our back (the lock is advisory) touching them raises SIGBUS.  With the
  * image lock held our own allocations, which only grow the file, cannot
  * race with the check.  Cluster 0's first page (the frontier) must be
  * there before the frontier itself is read from its mapping.
  */
-static int check_size_locked(pcow_image *img, pcow_error *err)
+int pcow_check_size_locked(pcow_image *img, pcow_error *err)
 {
     struct stat st;
     uint64_t f;
@@ -1113,62 +417,52 @@ int pcow_check_file_size(pcow_image *img, pcow_error *err)
     int ret;
 
     pcow_lock(img);
-    ret = check_size_locked(img, err);
+    ret = pcow_check_size_locked(img, err);
     pcow_unlock(img);
     return ret;
 }
 
-void pcow_get_info(pcow_image *img, pcow_info *info)
+bool pcow_probe_fd(int fd)
 {
-    PcowProblems pr = { .collect = true };
-    PcowWalk w = { 0 };
-    struct stat st;
+    uint8_t buf[PCOW_PROBE_BYTES];
+    int n = read_full(fd, buf, sizeof(buf), 0);
 
-    memset(info, 0, sizeof(*info));
-    info->version = img->hdr.version;
-    info->virtual_size = img->hdr.virtual_size;
-    info->cluster_size = img->cluster_size;
-    info->cow_unit = 1u << img->cow_unit_bits;
-    info->incompatible_features = img->hdr.incompatible_features;
-    info->compatible_features = img->hdr.compatible_features;
-    info->autoclear_features = img->hdr.autoclear_features;
-    info->generation = img->hdr.generation;
-    memcpy(info->backing_file, img->hdr.backing_name,
-           img->hdr.backing_name_length);
-    info->backing_file[img->hdr.backing_name_length] = '\0';
-    if (img->hdr.backing_format) {
-        if (img->backing_path[0]) {
-            snprintf(info->backing_path, sizeof(info->backing_path), "%s",
-                     img->backing_path);
-        } else {
-            pcow_resolve_backing(img->dirname, info->backing_file,
-                                 info->backing_path,
-                                 sizeof(info->backing_path));
-        }
+    return n > 0 && pcow_probe_buf(buf, n);
+}
+
+bool pcow_probe(const char *path)
+{
+    struct stat st;
+    uint64_t size;
+    char why[256];
+    int fd = pcow_open_data(path, O_RDONLY, true, &st, &size, why,
+                            sizeof(why));
+    bool ret;
+
+    if (fd < 0) {
+        return false;
     }
-    info->backing_format = img->hdr.backing_format;
-    info->backing_limit = img->hdr.backing_limit;
-    if (fstat(img->fd, &st) == 0) {
-        info->file_size = st.st_size;
-        info->disk_size = (uint64_t)st.st_blocks * 512;
+    ret = pcow_probe_fd(fd);
+    close(fd);
+    return ret;
+}
+
+/*
+ * Set the header's backing limit (0: none) and keep the incompatible
+ * feature bit set exactly while the header or a snapshot has a limit.
+ */
+void pcow_header_set_limit(pcow_image *img, PcowHeader *h, uint64_t limit)
+{
+    bool any = limit != 0;
+    uint32_t k;
+
+    for (k = 0; k < img->hdr.nb_snapshots; k++) {
+        any |= img->snaps[k].backing_limit != 0;
     }
-    pcow_lock(img);
-    if (check_size_locked(img, NULL) < 0) {
-        /* Truncated behind our back: report no counts rather than die */
-        pcow_unlock(img);
-        goto out;
+    h->backing_limit = limit;
+    if (any) {
+        h->incompatible_features |= PCOW_INCOMPAT_BACKING_LIMIT;
+    } else {
+        h->incompatible_features &= ~PCOW_INCOMPAT_BACKING_LIMIT;
     }
-    info->frontier = pcow_frontier(img);
-    if (pcow_walk(img, &w, &pr, false) == 0) {
-        info->allocated_clusters = w.data_clusters;
-        info->active_clusters = w.active_clusters;
-        info->metadata_clusters = w.meta_clusters;
-    }
-    pcow_unlock(img);
-    pcow_walk_free(&w);
-out:
-    info->nb_snapshots = img->hdr.nb_snapshots;
-    info->was_dirty = img->was_dirty;
-    info->read_only = img->read_only;
-    info->persist_method = img->method;
 }

@@ -175,7 +175,7 @@ static int zero_cluster(pcow_image *img, uint64_t v)
         if (map) {
             /* Unmap; copied/source are meaningless once PARTIAL is gone */
             ret = pcow_set_map_locked(img, v, 0);
-            if (ret == 0 && (map & PCOW_F_WRITABLE)) {
+            if (ret == 0 && pcow_entry_is_ours(pcow_entry_kind(map))) {
                 ret = pcow_persist_punch(img, data, cs);
                 if (ret == 0) {
                     pcow_free_clusters_locked(img, data, 1);
@@ -187,7 +187,7 @@ static int zero_cluster(pcow_image *img, uint64_t v)
         pcow_unlock(img);
         return ret;
     }
-    if ((map & PCOW_F_WRITABLE) && !(map & PCOW_F_PARTIAL)) {
+    if (pcow_entry_kind(map) == PCOW_ENTRY_OWNED) {
         /* Our own cluster: deallocate its blocks but keep it ready */
         ret = pcow_persist_punch(img, data, cs);
         if (ret == 0) {
@@ -213,7 +213,7 @@ static int zero_cluster(pcow_image *img, uint64_t v)
         ret = pcow_set_map_locked(img, v, n | PCOW_F_PRESENT |
                                   PCOW_F_WRITABLE);
     }
-    if (ret == 0 && (map & PCOW_F_WRITABLE)) {
+    if (ret == 0 && pcow_entry_is_ours(pcow_entry_kind(map))) {
         ret = pcow_persist_punch(img, data, cs);
         if (ret == 0) {
             pcow_free_clusters_locked(img, data, 1);

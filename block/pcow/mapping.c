@@ -45,16 +45,25 @@ static uint64_t l1_map_len(pcow_image *img)
     return pcow_round_up((uint64_t)img->hdr.l1_size * 8, 4096);
 }
 
-int pcow_map_l2(pcow_image *img, uint32_t i, uint64_t off)
+int pcow_map_l2_shared(pcow_image *img, uint32_t i, uint64_t off)
+{
+    uint64_t *t = pcow_persist_map(img, off, img->cluster_size);
+
+    if (!t) {
+        return -errno ? -errno : -ENOMEM;
+    }
+    __atomic_store_n(&img->l2[i], t, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Shared mapping (read-write), else a private copy (read-only) */
+static int map_l2(pcow_image *img, uint32_t i, uint64_t off)
 {
     uint64_t *t;
     int ret;
 
     if (img->tables_mapped) {
-        t = pcow_persist_map(img, off, img->cluster_size);
-        if (!t) {
-            return -errno ? -errno : -ENOMEM;
-        }
+        return pcow_map_l2_shared(img, i, off);
     } else {
         t = malloc(img->cluster_size);
         if (!t) {
@@ -179,7 +188,7 @@ int pcow_tables_load(pcow_image *img, PcowProblems *pr)
                 return ret;
             }
         }
-        ret = pcow_map_l2(img, i, e);
+        ret = map_l2(img, i, e);
         if (ret < 0) {
             pcow_problem(pr, ret, "cannot load the L2 table at 0x%llx",
                          (unsigned long long)e);
@@ -323,7 +332,7 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
     ext->kind = PCOW_EXTENT_DATA;
     ext->fd = img->fd;
     data = map & ~(cs - 1);
-    if (!(map & PCOW_F_PARTIAL)) {
+    if (!pcow_entry_is_partial(pcow_entry_kind(map))) {
         uint64_t flags = map & PCOW_F_ALL;
         uint64_t next = v + 1;
 
@@ -343,7 +352,7 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
         ext->valid_length = ext->length;
         ext->file_offset = data + in;
         ext->writable = depth == 0 && !img->read_only &&
-                        (map & PCOW_F_WRITABLE);
+                        pcow_entry_is_ours(pcow_entry_kind(map));
         return 0;
     } else {
         uint64_t *e = pcow_l2_entry(img, v);
@@ -365,10 +374,10 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
             ext->valid_length = len;
             ext->file_offset = data + in;
             ext->writable = depth == 0 && !img->read_only &&
-                            (map & PCOW_F_WRITABLE);
+                            pcow_entry_is_ours(pcow_entry_kind(map));
             return 0;
         }
-        if (source & PCOW_F_PRESENT) {
+        if (pcow_entry_kind(source) != PCOW_ENTRY_HOLE) {
             ext->length = len;
             ext->valid_length = len;
             ext->file_offset = (source & ~(cs - 1)) + in;

@@ -23,6 +23,80 @@
 #define PCOW_HOT_IN_USE         3080
 #define PCOW_HOT_SIZE           64
 #define PCOW_HEADER_FIXED       128
+
+/*
+ * Header slot fields: the table of docs/interop/pcow-spec.rst, "Header
+ * slots", offset by offset.  pcow_header_encode() and header_decode() use
+ * these names only.
+ */
+#define PCOW_H_MAGIC            0   /* u32 */
+#define PCOW_H_VERSION          4   /* u32 */
+#define PCOW_H_LENGTH           8   /* u32 header_length */
+#define PCOW_H_CRC              12  /* u32 header_crc32c */
+#define PCOW_H_GENERATION       16  /* u64 */
+#define PCOW_H_INCOMPAT         24  /* u64 incompatible_features */
+#define PCOW_H_COMPAT           32  /* u64 compatible_features */
+#define PCOW_H_AUTOCLEAR        40  /* u64 autoclear_features */
+#define PCOW_H_CLUSTER_BITS     48  /* u32 */
+#define PCOW_H_COW_UNIT_BITS    52  /* u32 */
+#define PCOW_H_VIRTUAL_SIZE     56  /* u64 */
+#define PCOW_H_L1_OFFSET        64  /* u64 l1_table_offset */
+#define PCOW_H_L1_SIZE          72  /* u32 */
+#define PCOW_H_NB_SNAPSHOTS     76  /* u32 */
+#define PCOW_H_SNAP_OFFSET      80  /* u64 snapshots_offset */
+#define PCOW_H_SNAP_SIZE        88  /* u32 snapshots_size */
+#define PCOW_H_SNAP_CRC         92  /* u32 snapshots_crc32c */
+#define PCOW_H_NEXT_SNAP_ID     96  /* u64 next_snapshot_id */
+#define PCOW_H_BACKING_FORMAT   104 /* u32 */
+#define PCOW_H_BACKING_NAME_LEN 108 /* u32 backing_name_length */
+#define PCOW_H_BACKING_LIMIT    112 /* u64 */
+#define PCOW_H_RESERVED         120 /* u64, zero */
+#define PCOW_H_BACKING_NAME     128 /* name bytes, zero padded to 8 */
+
+/* Each field follows the one before, as in the spec's table */
+_Static_assert(PCOW_H_VERSION == PCOW_H_MAGIC + 4, "header layout");
+_Static_assert(PCOW_H_LENGTH == PCOW_H_VERSION + 4, "header layout");
+_Static_assert(PCOW_H_CRC == PCOW_H_LENGTH + 4, "header layout");
+_Static_assert(PCOW_H_GENERATION == PCOW_H_CRC + 4, "header layout");
+_Static_assert(PCOW_H_INCOMPAT == PCOW_H_GENERATION + 8, "header layout");
+_Static_assert(PCOW_H_COMPAT == PCOW_H_INCOMPAT + 8, "header layout");
+_Static_assert(PCOW_H_AUTOCLEAR == PCOW_H_COMPAT + 8, "header layout");
+_Static_assert(PCOW_H_CLUSTER_BITS == PCOW_H_AUTOCLEAR + 8, "header layout");
+_Static_assert(PCOW_H_COW_UNIT_BITS == PCOW_H_CLUSTER_BITS + 4,
+               "header layout");
+_Static_assert(PCOW_H_VIRTUAL_SIZE == PCOW_H_COW_UNIT_BITS + 4,
+               "header layout");
+_Static_assert(PCOW_H_L1_OFFSET == PCOW_H_VIRTUAL_SIZE + 8, "header layout");
+_Static_assert(PCOW_H_L1_SIZE == PCOW_H_L1_OFFSET + 8, "header layout");
+_Static_assert(PCOW_H_NB_SNAPSHOTS == PCOW_H_L1_SIZE + 4, "header layout");
+_Static_assert(PCOW_H_SNAP_OFFSET == PCOW_H_NB_SNAPSHOTS + 4,
+               "header layout");
+_Static_assert(PCOW_H_SNAP_SIZE == PCOW_H_SNAP_OFFSET + 8, "header layout");
+_Static_assert(PCOW_H_SNAP_CRC == PCOW_H_SNAP_SIZE + 4, "header layout");
+_Static_assert(PCOW_H_NEXT_SNAP_ID == PCOW_H_SNAP_CRC + 4, "header layout");
+_Static_assert(PCOW_H_BACKING_FORMAT == PCOW_H_NEXT_SNAP_ID + 8,
+               "header layout");
+_Static_assert(PCOW_H_BACKING_NAME_LEN == PCOW_H_BACKING_FORMAT + 4,
+               "header layout");
+_Static_assert(PCOW_H_BACKING_LIMIT == PCOW_H_BACKING_NAME_LEN + 4,
+               "header layout");
+_Static_assert(PCOW_H_RESERVED == PCOW_H_BACKING_LIMIT + 8, "header layout");
+_Static_assert(PCOW_H_BACKING_NAME == PCOW_H_RESERVED + 8, "header layout");
+/* 8-aligned u64 fields; the fixed part, then the longest name, fit a slot */
+_Static_assert(PCOW_H_GENERATION % 8 == 0 && PCOW_H_VIRTUAL_SIZE % 8 == 0 &&
+               PCOW_H_NEXT_SNAP_ID % 8 == 0 && PCOW_H_BACKING_LIMIT % 8 == 0,
+               "header alignment");
+_Static_assert(PCOW_H_BACKING_NAME == PCOW_HEADER_FIXED, "header size");
+_Static_assert(PCOW_HEADER_FIXED + ((PCOW_MAX_BACKING_NAME + 7) & ~7) <=
+               PCOW_SLOT_SIZE, "longest header fits its slot");
+/* Cluster 0: slot A, slot B, the hot line, all in the smallest cluster */
+_Static_assert(PCOW_SLOT_B == PCOW_SLOT_A + PCOW_SLOT_SIZE, "slot layout");
+_Static_assert(PCOW_HOT_OFFSET == PCOW_SLOT_B + PCOW_SLOT_SIZE, "hot line");
+_Static_assert(PCOW_HOT_OFFSET % 64 == 0, "hot line is one cache line");
+_Static_assert(PCOW_HOT_FRONTIER == PCOW_HOT_OFFSET &&
+               PCOW_HOT_IN_USE == PCOW_HOT_OFFSET + 8, "hot line fields");
+_Static_assert(PCOW_HOT_OFFSET + PCOW_HOT_SIZE <=
+               (1u << PCOW_MIN_CLUSTER_BITS), "cluster 0 holds the header");
 #define PCOW_MAX_L1_SIZE        (1u << 22)
 #define PCOW_L2_ENTRY_SIZE      32
 #define PCOW_SNAP_FIXED         64
@@ -40,6 +114,45 @@
                                  PCOW_F_PARTIAL)
 #define PCOW_HIGH_RESERVED      (0xffull << 56)
 
+/*
+ * What a map word stands for: the table of map states in
+ * docs/interop/pcow-spec.rst (Mapping: L1 and L2 tables).  By the flags
+ * alone; whether the word is valid at all is the walk's to say.
+ */
+typedef enum PcowEntryKind {
+    PCOW_ENTRY_HOLE,            /* 0: the base (below the limit) or zeros */
+    PCOW_ENTRY_FROZEN,          /* PRESENT: shared, a write copies it */
+    PCOW_ENTRY_OWNED,           /* PRESENT|WRITABLE: ours, read-write */
+    PCOW_ENTRY_PARTIAL,         /* PRESENT|WRITABLE|PARTIAL: copied units
+                                   read-write, the rest from the source */
+    PCOW_ENTRY_PARTIAL_FROZEN,  /* PRESENT|PARTIAL: as above, frozen */
+} PcowEntryKind;
+
+/* Async-signal-safe; no lock needed (pure) */
+static inline PcowEntryKind pcow_entry_kind(uint64_t map)
+{
+    if (!(map & PCOW_F_PRESENT)) {
+        return PCOW_ENTRY_HOLE;
+    }
+    if (map & PCOW_F_PARTIAL) {
+        return map & PCOW_F_WRITABLE ? PCOW_ENTRY_PARTIAL
+                                     : PCOW_ENTRY_PARTIAL_FROZEN;
+    }
+    return map & PCOW_F_WRITABLE ? PCOW_ENTRY_OWNED : PCOW_ENTRY_FROZEN;
+}
+
+/* Has the entry a copied bitmap and a source (words 1 and 2)? */
+static inline bool pcow_entry_is_partial(PcowEntryKind k)
+{
+    return k == PCOW_ENTRY_PARTIAL || k == PCOW_ENTRY_PARTIAL_FROZEN;
+}
+
+/* Does the active layer own (some of) the cluster: WRITABLE? */
+static inline bool pcow_entry_is_ours(PcowEntryKind k)
+{
+    return k == PCOW_ENTRY_OWNED || k == PCOW_ENTRY_PARTIAL;
+}
+
 /* Known feature bits */
 #define PCOW_INCOMPAT_BACKING_LIMIT (1ull << 0) /* backing_limit fields */
 #define PCOW_INCOMPAT_KNOWN     PCOW_INCOMPAT_BACKING_LIMIT
@@ -53,6 +166,18 @@
 #define PCOW_OPEN_BASE          (1u << 17)  /* opened as someone's base */
 #define PCOW_OPEN_FIX_SHORT     (1u << 18)  /* check -r all: extend a file
                                                shorter than its frontier */
+
+/*
+ * How an image's persists are made durable, chosen once at open by
+ * pcow_persist_init() (persist.c describes each).  0 for an image that
+ * writes nothing but whole-file barriers (create's scratch image).
+ */
+typedef enum PcowSync {
+    PCOW_SYNC_MSYNC_TEMP = 0,   /* page cache, msync of a temporary map */
+    PCOW_SYNC_MSYNC,            /* page cache, msync through a window */
+    PCOW_SYNC_PMEM,             /* DAX + MAP_SYNC: CPU flush + fence */
+    PCOW_SYNC_TMPFS,            /* tmpfs: the page cache is the medium */
+} PcowSync;
 
 typedef struct PcowHeader {
     uint32_t version;
@@ -123,12 +248,12 @@ struct pcow_image {
     uint32_t l2_entries;
     uint64_t l2_words;      /* 64-bit words per L2 table */
 
-    /* persistence */
-    pcow_persist_method method;
+    /* persistence (persist.c), chosen once at open */
+    pcow_persist_method method; /* as reported: PMEM or MSYNC */
+    PcowSync sync;          /* how persists are made durable */
     uint64_t page_size;
     uint8_t *c0;            /* cluster 0 (first page) mapped, RDWR only */
-    bool volatile_fs;       /* tmpfs: the page cache is the medium */
-    void *sync_win;         /* PROT_NONE MAP_SHARED window for msync */
+    void *sync_win;         /* PCOW_SYNC_MSYNC: PROT_NONE shared window */
     uint64_t sync_win_len;
     uint64_t frontier_ro;   /* frontier as read, when c0 is not mapped */
     uint64_t check_end;     /* check mode: end of the whole clusters in the
@@ -246,26 +371,33 @@ static inline uint64_t pcow_div_round_up(uint64_t v, uint64_t d)
     return v / d + (v % d != 0);
 }
 
-/* Spinlock: async-signal-safe mutual exclusion of runtime operations */
-void pcow_lock(pcow_image *img);
-void pcow_unlock(pcow_image *img);
+/*
+ * Function contracts, one line each (cf. qcow2.h).  Tags:
+ *   durable   what it changed is on the medium when it returns 0 (a
+ *             persist point of the spec, or a barrier); "not durable":
+ *             until the next barrier
+ *   sig-safe  async-signal-safe: no allocation, no stdio, no lock but the
+ *             image spinlock; may run in the monitor's SIGSEGV handler
+ *   lock      takes the image spinlock itself (pcow_lock)
+ *   locked    the caller holds the image spinlock
+ *   -         neither: single-threaded use (open, close, structural
+ *             operations, which the caller serialises)
+ * Errors are negative errnos; functions with a pcow_error fill it too.
+ */
 
 /* util.c */
-/* Set err->kind to @kind when @ret is an error; returns @ret */
+void pcow_lock(pcow_image *img);            /* sig-safe; spins, yields */
+void pcow_unlock(pcow_image *img);          /* sig-safe */
+/* Set err->kind to @kind when @ret is an error; returns @ret.  sig-safe */
 int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret);
+/* pcow_set_error() with the image's name first, as every message has */
 int pcow_img_error(pcow_image *img, pcow_error *err, int code,
                    const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Count a problem of a walk, keep the first message.  Not sig-safe */
 void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-uint64_t pcow_now_ns(void);
-/*
- * pcow_snapshot_create() without the rule for new names (length only):
- * the tests make images "made elsewhere" with it, whose names hold
- * control characters that readers must escape.
- */
-int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
-                                  uint64_t *id, pcow_error *err);
+uint64_t pcow_now_ns(void);                 /* sig-safe: CLOCK_MONOTONIC */
 /*
  * Open @path (@oflags O_RDONLY or O_RDWR) for its data without ever
  * blocking, accepting only a regular file or, with @blk_ok, a block device.
@@ -276,59 +408,91 @@ int pcow_open_data(const char *path, int oflags, bool blk_ok,
                    struct stat *st, uint64_t *size, char *why,
                    size_t whylen);
 
-/* header.c */
-bool pcow_probe_fd(int fd);
-uint32_t pcow_crc32c(uint32_t crc, const void *buf, size_t len);
+/* header.c: codec, CRC, header commit, hot line */
+uint32_t pcow_crc32c(uint32_t crc, const void *buf, size_t len); /* sig-safe */
+uint64_t pcow_l1_size_for(uint64_t virtual_size, uint32_t cluster_bits);
+/* Encode @h into a PCOW_SLOT_SIZE slot, CRC included.  Pure */
 void pcow_header_encode(const PcowHeader *h, uint8_t *slot);
+/* Pick and check the current slot, set the geometry.  - */
+int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err);
+/* Could a header commit happen (generation not at its maximum)?  Pure */
 int pcow_header_can_commit(pcow_image *img, pcow_error *err);
+/* Write @h, generation + 1, to the other slot.  durable (P-xxx-COMMIT); - */
 int pcow_header_commit(pcow_image *img, const PcowHeader *h,
                        pcow_error *err);
-uint64_t pcow_l1_size_for(uint64_t virtual_size, uint32_t cluster_bits);
-uint64_t pcow_frontier(pcow_image *img);
-uint64_t pcow_valid_end(pcow_image *img);
+/* Set @h's backing limit and the feature bit that goes with it.  Pure */
+void pcow_header_set_limit(pcow_image *img, PcowHeader *h, uint64_t limit);
+uint64_t pcow_frontier(pcow_image *img);    /* sig-safe: hot line load */
+uint64_t pcow_valid_end(pcow_image *img);   /* sig-safe: where entries
+                                               may point */
+/* Does the file still reach the frontier (fstat)?  locked */
+int pcow_check_size_locked(pcow_image *img, pcow_error *err);
+bool pcow_probe_fd(int fd);                 /* reads 3 KiB; - */
+
+/* image.c: create, open, close, info */
+/*
+ * Open @path as an image (@flags: public and internal PCOW_OPEN_*); a base
+ * joins @chain at @depth; @pr collects problems in check mode.  -
+ */
 int pcow_open_internal(const char *path, unsigned flags,
                        pcow_persist_hook hook, void *opaque,
                        PcowChain *chain, unsigned depth,
                        PcowProblems *pr, pcow_image **out,
                        pcow_error *err);
+/* Release everything, closing the base chain; no persist.  - */
 void pcow_image_free(pcow_image *img);
 
-/* persist.c: the only code that writes image files */
-int pcow_persist_init(pcow_image *img);
+/* persist.c: the only code that writes image files; all report to the hook */
+int pcow_persist_init(pcow_image *img);     /* choose img->sync once; - */
+void pcow_persist_fini(pcow_image *img);    /* - */
 /* storage.c: a successful MAP_SYNC mapping means CPU flushes persist */
 bool pcow_map_sync_means_pmem(void);
-void pcow_persist_fini(pcow_image *img);
 int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
-                        uint64_t len);
-int pcow_persist_barrier(pcow_image *img);
+                        uint64_t len);      /* not durable; sig-safe */
+int pcow_persist_barrier(pcow_image *img);  /* durable: fdatasync; sig-safe */
+/* The range written by pwrite: durable, nothing else; sig-safe */
 int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len);
+/* One aligned word of a shared table mapping: durable; sig-safe */
 int pcow_persist_store64(pcow_image *img, uint64_t *p, uint64_t file_off,
                          uint64_t val);
+/* The same, not durable (a later pcow_persist_mapped); sig-safe */
 void pcow_persist_store64_nosync(pcow_image *img, uint64_t *p,
                                  uint64_t file_off, uint64_t val);
+/* [addr, addr + len) of a shared mapping: durable; sig-safe */
 int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t file_off,
                         uint64_t len);
+/* Blocks for [off, off + len), reading zeros: not durable; sig-safe */
 int pcow_persist_allocate(pcow_image *img, uint64_t off, uint64_t len);
+/* Deallocate, reading zeros: not durable; sig-safe */
 int pcow_persist_punch(pcow_image *img, uint64_t off, uint64_t len);
-int pcow_persist_truncate(pcow_image *img, uint64_t size);
+int pcow_persist_truncate(pcow_image *img, uint64_t size);  /* not durable */
+/* A hot line word (frontier, in-use): durable; sig-safe */
 int pcow_persist_hot_store(pcow_image *img, unsigned hot_off, uint64_t val);
+/* Shared read-write mapping of a table range; sig-safe (mmap) */
 void *pcow_persist_map(pcow_image *img, uint64_t off, uint64_t len);
 void pcow_persist_unmap(pcow_image *img, void *addr, uint64_t len);
 
-/* mapping.c */
+/* mapping.c: table mappings, extents, reads through the chain */
+/* Map the active L1 and every L2 table (read-only: copies).  - */
 int pcow_tables_load(pcow_image *img, PcowProblems *pr);
-void pcow_tables_unload(pcow_image *img);
-int pcow_map_l2(pcow_image *img, uint32_t l1_idx, uint64_t off);
+void pcow_tables_unload(pcow_image *img);   /* - */
+/* Map the L2 table at @off for L1 index @l1_idx (read-write).  sig-safe */
+int pcow_map_l2_shared(pcow_image *img, uint32_t l1_idx, uint64_t off);
+/* The active entry of @vcluster, NULL without an L2 table.  sig-safe */
 uint64_t *pcow_l2_entry(pcow_image *img, uint64_t vcluster);
 int pcow_extent_locked(pcow_image *img, uint64_t offset, uint64_t max_len,
-                       pcow_extent *ext);
+                       pcow_extent *ext);   /* locked; sig-safe */
+/* Bytes of [off, off + len) where the base may show.  Pure; sig-safe */
 uint64_t pcow_below_limit(pcow_image *img, uint64_t off, uint64_t len);
+/* What the layers below show at @offset (pread).  sig-safe */
 int pcow_read_below(pcow_image *img, uint64_t offset, void *buf,
                     uint64_t len);
+/* The image's own view, extent by extent.  lock */
 int pcow_read_view(pcow_image *img, uint64_t off, void *buf, uint64_t len);
+/* pread of a table, zeros past EOF.  sig-safe */
 int pcow_read_table(pcow_image *img, uint64_t off, void *buf, uint64_t len);
 
-/* alloc.c */
+/* walk.c: the reference walk and validation */
 #define PCOW_C_KIND      0x03
 #define PCOW_C_FREE      0x00
 #define PCOW_C_META      0x01
@@ -350,40 +514,84 @@ typedef struct PcowWalk {
     uint64_t stale;             /* active entries beyond the virtual size */
 } PcowWalk;
 
+/* Classify every cluster, validate every entry; @repair clears bad ones
+   (durable).  Allocates; locked or single-threaded */
 int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair);
 void pcow_walk_free(PcowWalk *w);
+/* End of the highest cluster in use or reserved.  Pure */
 uint64_t pcow_walk_used_end(pcow_image *img, const PcowWalk *w);
-int pcow_alloc_raise_frontier(pcow_image *img, uint64_t end);
-/* check -r all: set a garbage frontier to @end. Durable; takes the lock */
-int pcow_alloc_set_frontier(pcow_image *img, uint64_t end);
+
+/* alloc.c: free bitmap, reserve ring, allocation, recovery */
+/* Free bitmap and ring from a walk.  Allocates; - */
 int pcow_alloc_init(pcow_image *img, const PcowWalk *w);
-void pcow_alloc_fini(pcow_image *img);
+void pcow_alloc_fini(pcow_image *img);      /* - */
+/* Normalise WRITABLE, free and punch the unreferenced, lower the frontier.
+   durable; lock */
 int pcow_alloc_recover(pcow_image *img, bool punch_free, pcow_error *err);
+/* check -r all: raise a too low frontier to @end.  durable; lock */
+int pcow_alloc_raise_frontier(pcow_image *img, uint64_t end);
+/* check -r all: set a garbage frontier to @end.  durable; lock */
+int pcow_alloc_set_frontier(pcow_image *img, uint64_t end);
+/* @n contiguous zeroed clusters.  durable (P-RESERVE-*); lock */
 int pcow_alloc_clusters(pcow_image *img, uint64_t n, uint64_t *off);
+/* One zeroed cluster, from the reserve first.  durable; lock */
 int pcow_alloc_one(pcow_image *img, uint64_t *off);
+/* The same, for the runtime: durable; locked; sig-safe */
 int pcow_take_locked(pcow_image *img, uint64_t *off);
+/* Back to the front of the reserve.  locked; sig-safe */
 void pcow_untake_locked(pcow_image *img, uint64_t off);
+/* Onto the free list (no punch).  locked; sig-safe (mremap) */
 void pcow_free_clusters_locked(pcow_image *img, uint64_t off, uint64_t n);
+/* Punch and free.  Not durable; lock */
 int pcow_free_clusters(pcow_image *img, uint64_t off, uint64_t n);
-int pcow_ring_drain(pcow_image *img);
+int pcow_ring_drain(pcow_image *img);       /* forget the reserve; lock */
+/* Clear the active entries at or beyond @vsize.  durable; lock */
+int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared);
+/* pcow_clear_beyond, then pcow_alloc_recover (if any cleared, or
+   @always).  durable; lock */
+int pcow_reclaim_beyond(pcow_image *img, uint64_t vsize, bool punch_all,
+                        bool always, pcow_error *err);
+
+/* runtime.c: expansion and COW (the public pcow_expand_cluster/pcow_cow) */
+/* A new empty L2 table for L1 index @l1_idx.  durable if @sync; locked;
+   sig-safe */
 int pcow_new_l2_locked(pcow_image *img, uint32_t l1_idx, bool sync);
+/* pcow_expand_cluster(), durable only with @sync.  lock; sig-safe */
 int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
                          uint64_t *file_offset, bool sync);
+/* Store an active entry's map word.  durable; locked; sig-safe */
 int pcow_set_map_locked(pcow_image *img, uint64_t vcluster, uint64_t map);
-int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared);
 
 /* snapshot.c */
+/* Parse and check the snapshot table.  Allocates; - */
 int pcow_snapshots_load(pcow_image *img, PcowProblems *pr);
+/* Index of the snapshot named @name_or_id, else of that id; -1.  Pure */
 int pcow_snapshot_find(pcow_image *img, const char *name_or_id);
+/* Report bad or duplicate ids; returns how many.  Pure */
 uint64_t pcow_snapshot_ids_check(pcow_image *img, PcowProblems *pr);
+/* check -r all: renumber bad ids.  durable (header commit); - */
 int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err);
+/*
+ * pcow_snapshot_create() without the rule for new names (length only):
+ * the tests make images "made elsewhere" with it, whose names hold
+ * control characters that readers must escape.  durable; -
+ */
+int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
+                                  uint64_t *id, pcow_error *err);
 
-/* backing.c */
+/* backing.c: the chain below an image */
+void pcow_chain_push(PcowChain *c, const struct stat *st);  /* pure */
+/* A chain holding @img itself (fstat), to check a base against.  - */
+int pcow_chain_start(pcow_image *img, PcowChain *c, pcow_error *err);
+/* Open the base (an image, or a raw file) under a shared lock.  - */
 int pcow_backing_open(pcow_image *img, PcowChain *chain, pcow_error *err);
+/* Can @name (relative to @dir) be @owner's base: kind, format, loops?  - */
 int pcow_check_base(const char *owner, const char *dir, const char *name,
                     uint32_t *fmt, bool missing_ok, PcowChain *chain,
                     uint64_t *size, pcow_error *err);
+/* Close the base chain; locked if the image is shared with faults */
 void pcow_backing_close(pcow_image *img);
+/* @name relative to @dir (absolute names as they are).  Pure */
 int pcow_resolve_backing(const char *dir, const char *name, char *out,
                          size_t outlen);
 

@@ -7,15 +7,22 @@
  * (fdatasync: the whole file) or a SYNC of a file range (msync of a range,
  * pmem_persist of cache lines: only that range).
  *
- * Two methods: on real PM (a MAP_SYNC mapping works, see
- * pcow_map_sync_means_pmem) mapped stores are made durable with
- * pmem_persist(); elsewhere with msync(MS_SYNC) of the
- * touched pages, and pwrite()s with a ranged msync() (through a standing
- * PROT_NONE window over the file, so no mmap per call) or fdatasync().
- * On tmpfs the page cache is the medium: a store or pwrite is as durable
- * as it will ever be once made, msync/fdatasync are no-ops in the kernel
- * (noop_fsync), so the runtime persists skip the system call and keep only
- * a full fence (ordering) and the barrier report.
+ * The method is chosen once per image, at open (pcow_persist_init; cf.
+ * libpmem2's choice per mapping), and kept in img->sync (PcowSync):
+ * - PCOW_SYNC_PMEM: real PM (a MAP_SYNC mapping works, see
+ *   pcow_map_sync_means_pmem): mapped stores are made durable with
+ *   pmem_persist(), pwrite()s with fdatasync();
+ * - PCOW_SYNC_MSYNC: page cache: msync(MS_SYNC) of the touched pages, and
+ *   pwrite()s with a ranged msync() through a standing PROT_NONE window
+ *   over the file (no mmap per call; past the window as below);
+ * - PCOW_SYNC_MSYNC_TEMP: the same without a window (finite RLIMIT_AS, or
+ *   it could not be mapped): a temporary mapping per ranged sync, or
+ *   fdatasync() if that cannot be mapped;
+ * - PCOW_SYNC_TMPFS: the page cache is the medium: a store or pwrite is as
+ *   durable as it will ever be once made, msync/fdatasync are no-ops in the
+ *   kernel (noop_fsync), so the runtime persists skip the system call and
+ *   keep only a full fence (ordering) and the report to the hook.
+ * Barriers are fdatasync() with every method.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -75,7 +82,7 @@ static void sync_init(pcow_image *img)
     void *p;
 
     if (fstatfs(img->fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC) {
-        img->volatile_fs = true;
+        img->sync = PCOW_SYNC_TMPFS;
         return;
     }
     if (sizeof(void *) < 8 || getrlimit(RLIMIT_AS, &rl) < 0 ||
@@ -87,6 +94,7 @@ static void sync_init(pcow_image *img)
           len > SYNC_WIN_MAX ? SYNC_WIN_MAX : pcow_round_up(len, 1ull << 30);
     p = mmap(NULL, len, PROT_NONE, MAP_SHARED | MAP_NORESERVE, img->fd, 0);
     if (p != MAP_FAILED) {
+        img->sync = PCOW_SYNC_MSYNC;
         img->sync_win = p;
         img->sync_win_len = len;
     }
@@ -100,6 +108,7 @@ int pcow_persist_init(pcow_image *img)
     /* Not sysconf() on the runtime paths: it is not async-signal-safe */
     img->page_size = ps > 0 ? (uint64_t)ps : PAGE_SIZE_MIN;
     img->method = PCOW_PERSIST_MSYNC;
+    img->sync = PCOW_SYNC_MSYNC_TEMP;
     if (img->read_only) {
         return 0;
     }
@@ -109,6 +118,7 @@ int pcow_persist_init(pcow_image *img)
     if (p != MAP_FAILED) {
         if (pcow_map_sync_means_pmem()) {
             img->method = PCOW_PERSIST_PMEM;
+            img->sync = PCOW_SYNC_PMEM;
             img->c0 = p;
             return 0;
         }
@@ -141,7 +151,7 @@ void *pcow_persist_map(pcow_image *img, uint64_t off, uint64_t len)
 {
     void *p;
 
-    if (img->method == PCOW_PERSIST_PMEM) {
+    if (img->sync == PCOW_SYNC_PMEM) {
         p = mmap(NULL, len, PROT_READ | PROT_WRITE,
                  MAP_SHARED_VALIDATE | MAP_SYNC, img->fd, off);
         if (p != MAP_FAILED) {
@@ -207,18 +217,24 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
     void *p;
     int ret = 0;
 
-    if (img->method == PCOW_PERSIST_PMEM) {
+    switch (img->sync) {
+    case PCOW_SYNC_PMEM:
         /* DAX writes bypass the page cache; only fs metadata remains */
         return pcow_persist_barrier(img);
-    }
-    if (img->volatile_fs) {
+    case PCOW_SYNC_TMPFS:
         /* tmpfs: written is persisted (fdatasync would be a no-op) */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    } else if (img->sync_win && start + mlen <= img->sync_win_len) {
-        if (msync((uint8_t *)img->sync_win + start, mlen, MS_SYNC) < 0) {
-            return -errno;
+        break;
+    case PCOW_SYNC_MSYNC:
+        if (start + mlen <= img->sync_win_len) {
+            if (msync((uint8_t *)img->sync_win + start, mlen, MS_SYNC) < 0) {
+                return -errno;
+            }
+            break;
         }
-    } else {
+        /* Past the window: a temporary mapping */
+        /* fall through */
+    case PCOW_SYNC_MSYNC_TEMP:
         p = mmap(NULL, mlen, PROT_READ, MAP_SHARED, img->fd, start);
         if (p == MAP_FAILED) {
             return pcow_persist_barrier(img);
@@ -230,6 +246,7 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
         if (ret < 0) {
             return ret;
         }
+        break;
     }
     hook(img, PCOW_OP_SYNC, start, NULL, mlen);
     return 0;
@@ -244,13 +261,13 @@ int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t file_off,
                         uint64_t len)
 {
     uintptr_t a = (uintptr_t)addr;
-    uintptr_t g = img->method == PCOW_PERSIST_PMEM ? 64 : img->page_size;
+    uintptr_t g = img->sync == PCOW_SYNC_PMEM ? 64 : img->page_size;
     uintptr_t start = a & ~(g - 1);
     uintptr_t end = pcow_round_up(a + len, g);
 
-    if (img->method == PCOW_PERSIST_PMEM) {
+    if (img->sync == PCOW_SYNC_PMEM) {
         pmem_persist(addr, len);
-    } else if (img->volatile_fs) {
+    } else if (img->sync == PCOW_SYNC_TMPFS) {
         /* tmpfs: the store is in the medium; msync would be a no-op */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
     } else if (msync((void *)start, end - start, MS_SYNC) < 0) {

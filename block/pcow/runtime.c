@@ -8,9 +8,11 @@
  * memory (no malloc/realloc/free, no stdio) and uses only plain system
  * calls (pread, pwrite, fallocate, msync, mmap, mremap).  Its callees are
  * the allocation primitives pcow_take_locked/pcow_untake_locked/
- * pcow_free_clusters_locked, the table mapping (pcow_map_l2, pcow_l2_entry,
- * pcow_read_below) and the persistence module.  Keep it so: check with
- * nm(1) on runtime.c.o that no allocating symbol appears.
+ * pcow_free_clusters_locked, the table mapping (pcow_map_l2_shared,
+ * pcow_l2_entry, pcow_read_below) and the persistence module.  The unit
+ * test runtime-sigsafe (scripts/pcow-sigsafe.py) follows every call from
+ * here through libpcow and fails on any library function outside its
+ * list of async-signal-safe ones.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -42,7 +44,7 @@ static int install_l2_locked(pcow_image *img, uint32_t i, uint64_t off,
     int ret;
 
     /* Map before publishing, so the entry is usable once it is durable */
-    ret = pcow_map_l2(img, i, off);
+    ret = pcow_map_l2_shared(img, i, off);
     if (ret < 0) {
         return ret;
     }
@@ -195,7 +197,7 @@ static int copy_unit(pcow_image *img, uint64_t v, unsigned u, uint64_t src,
     for (done = 0; done < unit; done += sizeof(buf)) {
         uint64_t pos = in + done;
 
-        if (src & PCOW_F_PRESENT) {
+        if (pcow_entry_kind(src) != PCOW_ENTRY_HOLE) {
             uint64_t so = (src & ~(cs - 1)) + pos;
             uint64_t got = 0;
 
@@ -260,154 +262,201 @@ static void cow_extent(pcow_image *img, uint64_t v, uint64_t data,
     ext->valid_length = ext->length;
 }
 
-/* Source map word of unit @u in entry state (map, copied, source) */
-static uint64_t unit_source(uint64_t map, uint64_t copied, uint64_t source,
-                            unsigned u)
+/* The entry of virtual cluster @v as copy-on-write finds it */
+typedef struct CowEntry {
+    uint64_t v;
+    uint64_t *e;            /* NULL: no L2 table yet */
+    uint64_t map;
+    PcowEntryKind kind;
+    uint64_t copied;        /* PARTIAL: units copied so far */
+    uint64_t source;        /* PARTIAL: where the other units still are */
+} CowEntry;
+
+static void cow_entry_load(pcow_image *img, uint64_t v, CowEntry *c)
 {
-    if (!(map & PCOW_F_PARTIAL)) {
-        return map;
+    c->v = v;
+    c->e = pcow_l2_entry(img, v);
+    c->map = c->e ? pcow_word(c->e) : 0;
+    c->kind = pcow_entry_kind(c->map);
+    c->copied = 0;
+    c->source = 0;
+    if (pcow_entry_is_partial(c->kind)) {
+        c->copied = pcow_word(c->e + 1) & img->units_mask;
+        c->source = pcow_word(c->e + 2);
     }
-    return (copied >> u) & 1 ? map : source;
+}
+
+/* Source map word of unit @u */
+static uint64_t unit_source(const CowEntry *c, unsigned u)
+{
+    if (!pcow_entry_is_partial(c->kind)) {
+        return c->map;
+    }
+    return (c->copied >> u) & 1 ? c->map : c->source;
+}
+
+/* New home @n could not be referenced: it goes back, zeroed */
+static int give_back_locked(pcow_image *img, uint64_t n, int ret)
+{
+    pcow_persist_punch(img, n, img->cluster_size);
+    pcow_free_clusters_locked(img, n, 1);
+    return ret;
+}
+
+/* PARTIAL and ours: fill in unit @u (every missing one, @whole) in place */
+static int cow_fill_locked(pcow_image *img, CowEntry *c, unsigned u,
+                           bool whole, pcow_extent *ext)
+{
+    uint64_t cs = img->cluster_size, data = c->map & ~(cs - 1);
+    uint64_t unit = 1ull << img->cow_unit_bits;
+    unsigned k;
+    int ret = 0;
+
+    if (whole) {
+        for (k = 0; k < img->units && ret == 0; k++) {
+            if (!((c->copied >> k) & 1)) {
+                ret = copy_unit(img, c->v, k, c->source, data);
+            }
+        }
+        if (ret == 0) {
+            ret = pcow_persist_sync_range(img, data, cs);  /* P-COW-DATA */
+        }
+    } else {
+        ret = copy_unit(img, c->v, u, c->source, data);
+        if (ret == 0) {
+            ret = pcow_persist_sync_range(img, data + u * unit, unit);
+        }
+        if (ret == 0) {
+            c->copied |= 1ull << u;
+            /* P-COW-BIT */
+            ret = pcow_persist_store64(img, c->e + 1,
+                                       pcow_entry_file_off(img, c->v, 1),
+                                       c->copied);
+        }
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (whole || c->copied == img->units_mask) {
+        /* P-COW-DONE: the source may now be unreferenced */
+        ret = pcow_persist_store64(img, c->e,
+                                   pcow_entry_file_off(img, c->v, 0),
+                                   data | PCOW_F_PRESENT | PCOW_F_WRITABLE);
+        if (ret == 0) {
+            cow_extent(img, c->v, data, -1, ext);
+        }
+        return ret;
+    }
+    cow_extent(img, c->v, data, u, ext);
+    return 0;
+}
+
+/* Every unit into new home @n, then commit it writable */
+static int cow_whole_locked(pcow_image *img, CowEntry *c, uint64_t n,
+                            pcow_extent *ext)
+{
+    unsigned k;
+    int ret = 0;
+
+    for (k = 0; k < img->units && ret == 0; k++) {
+        ret = copy_unit(img, c->v, k, unit_source(c, k), n);
+    }
+    if (ret == 0) {
+        /* P-COW-DATA */
+        ret = pcow_persist_sync_range(img, n, img->cluster_size);
+    }
+    if (ret < 0) {
+        return give_back_locked(img, n, ret);
+    }
+    /* P-COW-COMMIT, whole-cluster form */
+    ret = pcow_persist_store64(img, c->e, pcow_entry_file_off(img, c->v, 0),
+                               n | PCOW_F_PRESENT | PCOW_F_WRITABLE);
+    if (ret == 0) {
+        cow_extent(img, c->v, n, -1, ext);
+    }
+    return ret;
+}
+
+/* Unit @u into new home @n; the entry becomes PARTIAL with the old map */
+static int cow_unit_locked(pcow_image *img, CowEntry *c, unsigned u,
+                           uint64_t n, pcow_extent *ext)
+{
+    uint64_t off1 = pcow_entry_file_off(img, c->v, 1);
+    int ret = copy_unit(img, c->v, u, c->map, n);
+
+    if (ret == 0) {
+        ret = pcow_persist_sync_range(img, n +
+                                      ((uint64_t)u << img->cow_unit_bits),
+                                      1ull << img->cow_unit_bits);
+    }
+    if (ret == 0) {
+        /* P-COW-PREPARE: invisible until PARTIAL is set */
+        pcow_persist_store64_nosync(img, c->e + 1, off1, 1ull << u);
+        pcow_persist_store64_nosync(img, c->e + 2, off1 + 8, c->map);
+        ret = pcow_persist_mapped(img, c->e + 1, off1, 16);
+    }
+    if (ret < 0) {
+        return give_back_locked(img, n, ret);
+    }
+    /* P-COW-COMMIT */
+    ret = pcow_persist_store64(img, c->e, pcow_entry_file_off(img, c->v, 0),
+                               n | PCOW_F_PRESENT | PCOW_F_WRITABLE |
+                               PCOW_F_PARTIAL);
+    if (ret == 0) {
+        cow_extent(img, c->v, n, u, ext);
+    }
+    return ret;
+}
+
+/* Frozen, hole or backing: the cluster gets a new home */
+static int cow_move_locked(pcow_image *img, CowEntry *c, unsigned u,
+                           bool whole, pcow_extent *ext)
+{
+    uint64_t n, l2off = 0;
+    int ret = take_pair_locked(img, !c->e, &l2off, &n);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (!c->e) {
+        /* A hole without an L2 table: P-EXPAND-L1 first */
+        ret = install_l2_locked(img, c->v / img->l2_entries, l2off, true);
+        if (ret < 0) {
+            pcow_untake_locked(img, n);
+            pcow_untake_locked(img, l2off);
+            return ret;
+        }
+        c->e = pcow_l2_entry(img, c->v);
+    }
+    if (whole || pcow_entry_is_partial(c->kind)) {
+        return cow_whole_locked(img, c, n, ext);
+    }
+    return cow_unit_locked(img, c, u, n, ext);
 }
 
 static int cow_locked(pcow_image *img, uint64_t v, unsigned u, bool whole,
                       pcow_extent *ext)
 {
-    uint64_t cs = img->cluster_size;
-    uint64_t *e = pcow_l2_entry(img, v);
-    uint64_t map, copied = 0, source = 0, n, data, l2off = 0;
-    unsigned k;
-    int ret;
+    uint64_t data;
+    CowEntry c;
 
-    map = e ? pcow_word(e) : 0;
-    if (map & PCOW_F_PARTIAL) {
-        copied = pcow_word(e + 1) & img->units_mask;
-        source = pcow_word(e + 2);
-    }
-    data = map & ~(cs - 1);
-    if ((map & PCOW_F_WRITABLE) && !(map & PCOW_F_PARTIAL)) {
+    cow_entry_load(img, v, &c);
+    data = c.map & ~(img->cluster_size - 1);
+    if (c.kind == PCOW_ENTRY_OWNED) {
         cow_extent(img, v, data, -1, ext);
         return -EEXIST;
     }
-    if ((map & PCOW_F_WRITABLE) && ((copied >> u) & 1) && !whole) {
+    if (c.kind == PCOW_ENTRY_PARTIAL && ((c.copied >> u) & 1) && !whole) {
         cow_extent(img, v, data, u, ext);
         return -EEXIST;
     }
     if (img->units == 1) {
         whole = true;
     }
-    if (map & PCOW_F_WRITABLE) {
-        /* PARTIAL and ours: fill in units from the source */
-        if (whole) {
-            for (k = 0; k < img->units; k++) {
-                if (!((copied >> k) & 1)) {
-                    ret = copy_unit(img, v, k, source, data);
-                    if (ret < 0) {
-                        return ret;
-                    }
-                }
-            }
-            ret = pcow_persist_sync_range(img, data, cs);  /* P-COW-DATA */
-        } else {
-            uint64_t unit = 1ull << img->cow_unit_bits;
-
-            ret = copy_unit(img, v, u, source, data);
-            if (ret == 0) {
-                ret = pcow_persist_sync_range(img, data + u * unit, unit);
-            }
-            if (ret == 0) {
-                copied |= 1ull << u;
-                /* P-COW-BIT */
-                ret = pcow_persist_store64(img, e + 1,
-                                           pcow_entry_file_off(img, v, 1),
-                                           copied);
-            }
-        }
-        if (ret < 0) {
-            return ret;
-        }
-        if (whole || copied == img->units_mask) {
-            /* P-COW-DONE: the source may now be unreferenced */
-            ret = pcow_persist_store64(img, e, pcow_entry_file_off(img, v, 0),
-                                       data | PCOW_F_PRESENT |
-                                       PCOW_F_WRITABLE);
-            if (ret == 0) {
-                cow_extent(img, v, data, -1, ext);
-            }
-            return ret;
-        }
-        cow_extent(img, v, data, u, ext);
-        return 0;
+    if (c.kind == PCOW_ENTRY_PARTIAL) {
+        return cow_fill_locked(img, &c, u, whole, ext);
     }
-
-    /* Frozen, hole or backing: the cluster gets a new home N */
-    ret = take_pair_locked(img, !e, &l2off, &n);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!e) {
-        /* A hole without an L2 table: P-EXPAND-L1 first */
-        ret = install_l2_locked(img, v / img->l2_entries, l2off, true);
-        if (ret < 0) {
-            pcow_untake_locked(img, n);
-            pcow_untake_locked(img, l2off);
-            return ret;
-        }
-        e = pcow_l2_entry(img, v);
-    }
-    if (whole || (map & PCOW_F_PARTIAL)) {
-        for (k = 0; k < img->units; k++) {
-            ret = copy_unit(img, v, k, unit_source(map, copied, source, k),
-                            n);
-            if (ret < 0) {
-                goto fail;
-            }
-        }
-        ret = pcow_persist_sync_range(img, n, cs);      /* P-COW-DATA */
-        if (ret < 0) {
-            goto fail;
-        }
-        /* P-COW-COMMIT, whole-cluster form */
-        ret = pcow_persist_store64(img, e, pcow_entry_file_off(img, v, 0),
-                                   n | PCOW_F_PRESENT | PCOW_F_WRITABLE);
-        if (ret < 0) {
-            return ret;
-        }
-        cow_extent(img, v, n, -1, ext);
-        return 0;
-    }
-    ret = copy_unit(img, v, u, map, n);
-    if (ret == 0) {
-        ret = pcow_persist_sync_range(img, n +
-                                      ((uint64_t)u << img->cow_unit_bits),
-                                      1ull << img->cow_unit_bits);
-    }
-    if (ret < 0) {
-        goto fail;
-    }
-    /* P-COW-PREPARE: invisible until PARTIAL is set */
-    pcow_persist_store64_nosync(img, e + 1, pcow_entry_file_off(img, v, 1),
-                                1ull << u);
-    pcow_persist_store64_nosync(img, e + 2, pcow_entry_file_off(img, v, 2), map);
-    ret = pcow_persist_mapped(img, e + 1, pcow_entry_file_off(img, v, 1), 16);
-    if (ret < 0) {
-        goto fail;
-    }
-    /* P-COW-COMMIT */
-    ret = pcow_persist_store64(img, e, pcow_entry_file_off(img, v, 0),
-                               n | PCOW_F_PRESENT | PCOW_F_WRITABLE |
-                               PCOW_F_PARTIAL);
-    if (ret < 0) {
-        return ret;
-    }
-    cow_extent(img, v, n, u, ext);
-    return 0;
-
-fail:
-    /* N was never referenced: it goes back, zeroed */
-    pcow_persist_punch(img, n, cs);
-    pcow_free_clusters_locked(img, n, 1);
-    return ret;
+    return cow_move_locked(img, &c, u, whole, ext);
 }
 
 int pcow_cow(pcow_image *img, uint64_t offset, bool whole_cluster,
@@ -442,10 +491,16 @@ unsigned pcow_cow_units_copied(pcow_image *img, uint64_t offset)
     pcow_lock(img);
     e = pcow_l2_entry(img, offset >> img->cluster_bits);
     map = e ? pcow_word(e) : 0;
-    if (map & PCOW_F_PARTIAL) {
+    switch (pcow_entry_kind(map)) {
+    case PCOW_ENTRY_PARTIAL:
+    case PCOW_ENTRY_PARTIAL_FROZEN:
         n = __builtin_popcountll(pcow_word(e + 1) & img->units_mask);
-    } else if (map & PCOW_F_WRITABLE) {
+        break;
+    case PCOW_ENTRY_OWNED:
         n = img->units;
+        break;
+    default:
+        break;
     }
     pcow_unlock(img);
     return n;

@@ -22,13 +22,84 @@ static uint32_t record_len(uint32_t name_len)
     return PCOW_SNAP_FIXED + pcow_round_up(name_len, 8);
 }
 
+/*
+ * Decode and check snapshot record @k at @pos of the table @buf into
+ * img->snaps[k].  Returns its length, 0 after reporting a problem.
+ */
+static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
+                              uint32_t pos, uint32_t k, PcowProblems *pr)
+{
+    PcowHeader *h = &img->hdr;
+    PcowSnapshot *sn = &img->snaps[k];
+    const uint8_t *r = buf + pos;
+    uint32_t nl, need, j;
+
+    if (pos + PCOW_SNAP_FIXED > h->snapshots_size) {
+        pcow_problem(pr, -EINVAL, "snapshot table truncated at record "
+                     "%u", k);
+        return 0;
+    }
+    nl = pcow_ld32(r + 20);
+    if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME ||
+        pos + record_len(nl) > h->snapshots_size) {
+        pcow_problem(pr, -EINVAL, "snapshot record %u has an invalid "
+                     "name length %u", k, nl);
+        return 0;
+    }
+    sn->id = pcow_ld64(r);
+    sn->l1_table_offset = pcow_ld64(r + 8);
+    sn->l1_size = pcow_ld32(r + 16);
+    sn->virtual_size = pcow_ld64(r + 24);
+    sn->date_sec = pcow_ld64(r + 32);
+    sn->date_nsec = pcow_ld32(r + 40);
+    sn->backing_limit = pcow_ld64(r + 48);
+    memcpy(sn->name, r + PCOW_SNAP_FIXED, nl);
+    sn->name[nl] = '\0';
+    if (memchr(sn->name, '\0', nl)) {
+        pcow_problem(pr, -EINVAL, "snapshot record %u: name contains a "
+                     "NUL byte", k);
+        return 0;
+    }
+    if (sn->virtual_size == 0 || sn->virtual_size % 4096) {
+        pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid virtual "
+                     "size %llu", sn->name,
+                     (unsigned long long)sn->virtual_size);
+        return 0;
+    }
+    if (sn->backing_limit &&
+        (!(h->incompatible_features & PCOW_INCOMPAT_BACKING_LIMIT) ||
+         sn->backing_limit % 4096 ||
+         sn->backing_limit > sn->virtual_size)) {
+        pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid backing "
+                     "limit %llu", sn->name,
+                     (unsigned long long)sn->backing_limit);
+        return 0;
+    }
+    need = pcow_l1_size_for(sn->virtual_size, img->cluster_bits) >
+           PCOW_MAX_L1_SIZE ? UINT32_MAX :
+           pcow_l1_size_for(sn->virtual_size, img->cluster_bits);
+    if (sn->l1_size < need || sn->l1_size > PCOW_MAX_L1_SIZE) {
+        pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid L1 size "
+                     "%u", sn->name, sn->l1_size);
+        return 0;
+    }
+    for (j = 0; j < k; j++) {
+        if (!strcmp(img->snaps[j].name, sn->name)) {
+            pcow_problem(pr, -EINVAL, "duplicate snapshot name '%s'",
+                         sn->name);
+            return 0;
+        }
+    }
+    return record_len(nl);
+}
+
 int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
 {
     PcowHeader *h = &img->hdr;
     uint64_t cs = img->cluster_size;
     uint64_t frontier = pcow_valid_end(img);
     uint8_t *buf;
-    uint32_t pos = 0, k, j;
+    uint32_t pos = 0, k;
     int ret;
 
     free(img->snaps);
@@ -65,67 +136,12 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
         goto out;
     }
     for (k = 0; k < h->nb_snapshots; k++) {
-        PcowSnapshot *sn = &img->snaps[k];
-        const uint8_t *r = buf + pos;
-        uint32_t nl, need;
+        uint32_t len = record_decode(img, buf, pos, k, pr);
 
-        if (pos + PCOW_SNAP_FIXED > h->snapshots_size) {
-            pcow_problem(pr, -EINVAL, "snapshot table truncated at record "
-                         "%u", k);
+        if (!len) {
             goto out;
         }
-        nl = pcow_ld32(r + 20);
-        if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME ||
-            pos + record_len(nl) > h->snapshots_size) {
-            pcow_problem(pr, -EINVAL, "snapshot record %u has an invalid "
-                         "name length %u", k, nl);
-            goto out;
-        }
-        sn->id = pcow_ld64(r);
-        sn->l1_table_offset = pcow_ld64(r + 8);
-        sn->l1_size = pcow_ld32(r + 16);
-        sn->virtual_size = pcow_ld64(r + 24);
-        sn->date_sec = pcow_ld64(r + 32);
-        sn->date_nsec = pcow_ld32(r + 40);
-        sn->backing_limit = pcow_ld64(r + 48);
-        memcpy(sn->name, r + PCOW_SNAP_FIXED, nl);
-        sn->name[nl] = '\0';
-        if (memchr(sn->name, '\0', nl)) {
-            pcow_problem(pr, -EINVAL, "snapshot record %u: name contains a "
-                         "NUL byte", k);
-            goto out;
-        }
-        if (sn->virtual_size == 0 || sn->virtual_size % 4096) {
-            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid virtual "
-                         "size %llu", sn->name,
-                         (unsigned long long)sn->virtual_size);
-            goto out;
-        }
-        if (sn->backing_limit &&
-            (!(h->incompatible_features & PCOW_INCOMPAT_BACKING_LIMIT) ||
-             sn->backing_limit % 4096 ||
-             sn->backing_limit > sn->virtual_size)) {
-            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid backing "
-                         "limit %llu", sn->name,
-                         (unsigned long long)sn->backing_limit);
-            goto out;
-        }
-        need = pcow_l1_size_for(sn->virtual_size, img->cluster_bits) >
-               PCOW_MAX_L1_SIZE ? UINT32_MAX :
-               pcow_l1_size_for(sn->virtual_size, img->cluster_bits);
-        if (sn->l1_size < need || sn->l1_size > PCOW_MAX_L1_SIZE) {
-            pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid L1 size "
-                         "%u", sn->name, sn->l1_size);
-            goto out;
-        }
-        for (j = 0; j < k; j++) {
-            if (!strcmp(img->snaps[j].name, sn->name)) {
-                pcow_problem(pr, -EINVAL, "duplicate snapshot name '%s'",
-                             sn->name);
-                goto out;
-            }
-        }
-        pos += record_len(nl);
+        pos += len;
     }
     if (pos != h->snapshots_size) {
         pcow_problem(pr, -EINVAL, "snapshot table has %u trailing bytes",
@@ -469,6 +485,42 @@ static int check_rw(pcow_image *img, pcow_error *err)
     return pcow_header_can_commit(img, err);
 }
 
+/* Clear WRITABLE in every active entry (one persisted batch per table) */
+static int freeze_active(pcow_image *img)
+{
+    uint64_t cs = img->cluster_size;
+    uint32_t i, j;
+    int ret;
+
+    for (i = 0; i < img->hdr.l1_size; i++) {
+        uint64_t *t = img->l2[i];
+        bool any = false;
+
+        if (!t || !img->l1[i]) {
+            continue;
+        }
+        for (j = 0; j < img->l2_entries; j++) {
+            uint64_t map = pcow_word(t + j * 4);
+
+            if (pcow_entry_is_ours(pcow_entry_kind(map))) {
+                pcow_persist_store64_nosync(img, t + j * 4,
+                                            (pcow_le64(img->l1[i]) &
+                                             ~(cs - 1)) + j * 32ull,
+                                            map & ~PCOW_F_WRITABLE);
+                any = true;
+            }
+        }
+        if (any) {
+            ret = pcow_persist_mapped(img, t, pcow_le64(img->l1[i]) &
+                                      ~(cs - 1), cs);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
 int pcow_snapshot_create(pcow_image *img, const char *name, uint64_t *id,
                          pcow_error *err)
 {
@@ -486,7 +538,7 @@ int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
     uint64_t old_off = h.snapshots_offset, cs = img->cluster_size;
     uint64_t old_n = pcow_div_round_up(h.snapshots_size, cs);
     uint64_t l1_off;
-    uint32_t n = h.nb_snapshots, i, j;
+    uint32_t n = h.nb_snapshots, i;
     size_t nl = name ? strlen(name) : 0;
     int ret;
 
@@ -536,31 +588,9 @@ int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
         goto fail;
     }
     /* P-SNAP-FREEZE: the active layer now shares every data cluster */
-    for (i = 0; i < h.l1_size; i++) {
-        uint64_t *t = img->l2[i];
-        bool any = false;
-
-        if (!t || !img->l1[i]) {
-            continue;
-        }
-        for (j = 0; j < img->l2_entries; j++) {
-            uint64_t map = pcow_word(t + j * 4);
-
-            if (map & PCOW_F_WRITABLE) {
-                pcow_persist_store64_nosync(img, t + j * 4,
-                                            (pcow_le64(img->l1[i]) &
-                                             ~(cs - 1)) + j * 32ull,
-                                            map & ~PCOW_F_WRITABLE);
-                any = true;
-            }
-        }
-        if (any) {
-            ret = pcow_persist_mapped(img, t, pcow_le64(img->l1[i]) &
-                                      ~(cs - 1), cs);
-            if (ret < 0) {
-                goto fail;
-            }
-        }
+    ret = freeze_active(img);
+    if (ret < 0) {
+        goto fail;
     }
     h.next_snapshot_id++;
     ret = pcow_header_commit(img, &h, err);     /* P-SNAP-COMMIT */
@@ -687,6 +717,15 @@ static int find_or_fail(pcow_image *img, const char *name_or_id,
     return k;
 }
 
+/* The index of the snapshot to revert to or delete, if the image can */
+static int find_writable(pcow_image *img, const char *name_or_id,
+                         pcow_error *err)
+{
+    int ret = check_rw(img, err);
+
+    return ret < 0 ? ret : find_or_fail(img, name_or_id, err);
+}
+
 int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
                          pcow_error *err)
 {
@@ -696,11 +735,7 @@ int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
     uint64_t *l1 = NULL, l1_off;
     int k, ret;
 
-    ret = check_rw(img, err);
-    if (ret < 0) {
-        return ret;
-    }
-    k = find_or_fail(img, name_or_id, err);
+    k = find_writable(img, name_or_id, err);
     if (k < 0) {
         return k;
     }
@@ -748,11 +783,7 @@ int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
     uint32_t n = h.nb_snapshots, i, m = 0;
     int k, ret;
 
-    ret = check_rw(img, err);
-    if (ret < 0) {
-        return ret;
-    }
-    k = find_or_fail(img, name_or_id, err);
+    k = find_writable(img, name_or_id, err);
     if (k < 0) {
         return k;
     }

@@ -312,6 +312,113 @@ void pcow_walk_free(PcowWalk *w)
     memset(w, 0, sizeof(*w));
 }
 
+/* Stop at the first problem, unless collecting them all */
+static bool stop(const WalkCtx *c)
+{
+    return c->pr->count && !c->pr->collect;
+}
+
+/* The snapshot table and every L1 table; read snapshot L1s into @sl1 */
+static int walk_tables_meta(WalkCtx *c, uint64_t **sl1)
+{
+    pcow_image *img = c->img;
+    uint64_t cs = img->cluster_size;
+    uint32_t s;
+
+    if (img->hdr.nb_snapshots) {
+        mark_meta(c, img->hdr.snapshots_offset,
+                  pcow_div_round_up(img->hdr.snapshots_size, cs),
+                  "snapshot table", NULL);
+        if (stop(c)) {
+            return 0;
+        }
+    }
+    mark_meta(c, img->hdr.l1_table_offset,
+              pcow_div_round_up((uint64_t)img->hdr.l1_size * 8, cs),
+              "L1 table", NULL);
+    for (s = 0; s < img->hdr.nb_snapshots && !stop(c); s++) {
+        PcowSnapshot *sn = &img->snaps[s];
+
+        if (mark_meta(c, sn->l1_table_offset,
+                      pcow_div_round_up((uint64_t)sn->l1_size * 8, cs),
+                      "L1 table", sn)) {
+            sl1[s] = malloc((uint64_t)sn->l1_size * 8);
+            if (!sl1[s]) {
+                pcow_problem(c->pr, -ENOMEM, "out of memory");
+                return -ENOMEM;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Ring and in-flight reservations are in use, though unreferenced */
+static void walk_reserved(pcow_image *img, PcowWalk *w)
+{
+    uint32_t i;
+
+    for (i = 0; i < img->ring_count; i++) {
+        uint64_t o = img->ring[(img->ring_head + i) % PCOW_RING_CAP];
+
+        if ((o >> img->cluster_bits) < w->nclusters) {
+            w->cls[o >> img->cluster_bits] |= PCOW_C_RING;
+        }
+    }
+    for (i = 0; i < img->inflight_n; i++) {
+        uint64_t o = img->inflight[i];
+
+        if ((o >> img->cluster_bits) < w->nclusters) {
+            w->cls[o >> img->cluster_bits] |= PCOW_C_RING;
+        }
+    }
+}
+
+/*
+ * Every L2 table (active, then the snapshots'), so that data entries can
+ * be told from metadata; then every entry of them.
+ */
+static int walk_layers(WalkCtx *c, uint64_t **sl1, uint64_t *buf)
+{
+    pcow_image *img = c->img;
+    uint64_t cs = img->cluster_size;
+    uint32_t i, s;
+    int ret;
+
+    for (i = 0; i < img->hdr.l1_size && !stop(c); i++) {
+        uint64_t e = pcow_le64(img->l1[i]);
+
+        if (e && img->l2[i] &&
+            !mark_meta(c, e & ~(cs - 1), 1, "L2 table", NULL)) {
+            repair_word(c, img->hdr.l1_table_offset + i * 8ull, 0);
+        }
+    }
+    for (s = 0; s < img->hdr.nb_snapshots && !stop(c); s++) {
+        if (sl1[s]) {
+            ret = walk_snapshot(c, &img->snaps[s], sl1[s], buf);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    for (i = 0; i < img->hdr.l1_size && !stop(c); i++) {
+        uint64_t e = pcow_le64(img->l1[i]);
+
+        if (e && img->l2[i]) {
+            walk_l2(c, img->l2[i], e & ~(cs - 1),
+                    (uint64_t)i * img->l2_entries, NULL);
+        }
+    }
+    for (s = 0; s < img->hdr.nb_snapshots && !stop(c); s++) {
+        if (sl1[s]) {
+            ret = walk_snapshot_l2(c, &img->snaps[s], sl1[s], buf);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
 /*
  * Classify every cluster below the frontier, validating every table entry
  * on the way.  Problems go to @pr; unless pr->collect, the walk stops at
@@ -323,7 +430,7 @@ int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair)
     uint64_t cs = img->cluster_size;
     uint64_t **sl1 = NULL;
     uint64_t *buf = NULL;
-    uint32_t i, s;
+    uint32_t s;
     int ret = 0;
 
     memset(w, 0, sizeof(*w));
@@ -341,84 +448,11 @@ int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair)
         goto out;
     }
     w->cls[0] = PCOW_C_META;
-#define STOP() do { if (pr->count && !pr->collect) { goto out; } } while (0)
-    if (img->hdr.nb_snapshots) {
-        mark_meta(&c, img->hdr.snapshots_offset,
-                  pcow_div_round_up(img->hdr.snapshots_size, cs),
-                  "snapshot table", NULL);
-        STOP();
+    ret = walk_tables_meta(&c, sl1);
+    if (ret == 0 && !stop(&c)) {
+        walk_reserved(img, w);
+        ret = walk_layers(&c, sl1, buf);
     }
-    mark_meta(&c, img->hdr.l1_table_offset,
-              pcow_div_round_up((uint64_t)img->hdr.l1_size * 8, cs),
-              "L1 table", NULL);
-    STOP();
-    for (s = 0; s < img->hdr.nb_snapshots; s++) {
-        PcowSnapshot *sn = &img->snaps[s];
-
-        if (mark_meta(&c, sn->l1_table_offset,
-                      pcow_div_round_up((uint64_t)sn->l1_size * 8, cs),
-                      "L1 table", sn)) {
-            sl1[s] = malloc((uint64_t)sn->l1_size * 8);
-            if (!sl1[s]) {
-                pcow_problem(pr, -ENOMEM, "out of memory");
-                ret = -ENOMEM;
-                goto out;
-            }
-        }
-        STOP();
-    }
-    /* Ring and in-flight reservations are in use, though unreferenced */
-    for (i = 0; i < img->ring_count; i++) {
-        uint64_t o = img->ring[(img->ring_head + i) % PCOW_RING_CAP];
-
-        if ((o >> img->cluster_bits) < w->nclusters) {
-            w->cls[o >> img->cluster_bits] |= PCOW_C_RING;
-        }
-    }
-    for (i = 0; i < img->inflight_n; i++) {
-        uint64_t o = img->inflight[i];
-
-        if ((o >> img->cluster_bits) < w->nclusters) {
-            w->cls[o >> img->cluster_bits] |= PCOW_C_RING;
-        }
-    }
-    for (i = 0; i < img->hdr.l1_size; i++) {
-        uint64_t e = pcow_le64(img->l1[i]);
-
-        if (e && img->l2[i] &&
-            !mark_meta(&c, e & ~(cs - 1), 1, "L2 table", NULL)) {
-            repair_word(&c, img->hdr.l1_table_offset + i * 8ull, 0);
-        }
-        STOP();
-    }
-    for (s = 0; s < img->hdr.nb_snapshots; s++) {
-        if (sl1[s]) {
-            ret = walk_snapshot(&c, &img->snaps[s], sl1[s], buf);
-            if (ret < 0) {
-                goto out;
-            }
-        }
-        STOP();
-    }
-    for (i = 0; i < img->hdr.l1_size; i++) {
-        uint64_t e = pcow_le64(img->l1[i]);
-
-        if (e && img->l2[i]) {
-            walk_l2(&c, img->l2[i], e & ~(cs - 1),
-                    (uint64_t)i * img->l2_entries, NULL);
-        }
-        STOP();
-    }
-    for (s = 0; s < img->hdr.nb_snapshots; s++) {
-        if (sl1[s]) {
-            ret = walk_snapshot_l2(&c, &img->snaps[s], sl1[s], buf);
-            if (ret < 0) {
-                goto out;
-            }
-        }
-        STOP();
-    }
-#undef STOP
 out:
     if (repair && w->fixed) {
         pcow_persist_barrier(img);
