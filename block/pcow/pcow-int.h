@@ -13,7 +13,7 @@
 
 #include "pcow/pcow.h"
 
-/* On-disk layout (docs/pcow.rst) */
+/* On-disk layout (docs/interop/pcow-spec.rst) */
 #define PCOW_MAGIC              0x574f4350u /* bytes "PCOW" read as LE u32 */
 #define PCOW_SLOT_SIZE          1536
 #define PCOW_SLOT_A             0

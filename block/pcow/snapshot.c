@@ -2,10 +2,10 @@
  * libpcow snapshots: table parsing, create, list, revert, delete
  *
  * Each operation writes new tables into new clusters, persists them, and
- * commits with a header write (docs/pcow.rst, persist points P-SNAP-*,
- * P-REVERT-*, P-DELETE-*).  Old clusters are reclaimed afterwards by the
- * reference walk, so a crash at any point leaves old or new state plus
- * leaks.
+ * commits with a header write (docs/interop/pcow-spec.rst, persist points
+ * P-SNAP-*, P-REVERT-*, P-DELETE-*).  Old clusters are reclaimed afterwards
+ * by the reference walk, so a crash at any point leaves old or new state
+ * plus leaks.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */

@@ -2,8 +2,9 @@
  * libpcow: the pcow image format driver (public API)
  *
  * pcow ("PM copy-on-write") is an image format for virtual persistent
- * memory.  The on-disk format is specified in docs/pcow.rst; this header is
- * the library's contract with pcow-img, the Image Monitor and QEMU.
+ * memory.  The on-disk format is specified in docs/interop/pcow-spec.rst;
+ * this header is the library's contract with pcow-img, the Image Monitor
+ * and QEMU.
  *
  * Conventions:
  * - Functions return 0 (or a non-negative count) on success and a negative
@@ -83,7 +84,8 @@ typedef enum pcow_backing_format {
     PCOW_BACKING_RAW = 2,
 } pcow_backing_format;
 
-/* How durable writes are made durable (see docs/pcow.rst, Persistence). */
+/* How durable writes are made durable (docs/interop/pcow-spec.rst,
+ * Persistence) */
 typedef enum pcow_persist_method {
     PCOW_PERSIST_MSYNC = 0,     /* page cache: msync/fdatasync */
     PCOW_PERSIST_PMEM = 1,      /* real PM (DAX + MAP_SYNC): CPU flush+fence */
@@ -358,7 +360,7 @@ int pcow_check_backing(pcow_image *img, const char *backing_file,
 /*
  * Growing an image with a base sets its backing limit to the old size (if
  * lower than the limit it has): the grown range reads zeros, never what
- * the base holds there (docs/pcow.rst, backing_limit).
+ * the base holds there (docs/interop/pcow-spec.rst, Backing limit).
  */
 int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
                 pcow_error *err);
