@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""The developer map of docs/pcow.rst and MAINTAINERS name every source file.
+"""docs/pcow.rst's developer map, README.md's map and MAINTAINERS name
+every source file.
 
   check-source-map.py SOURCE_ROOT
 
 docs/pcow.rst's section "For developers: the source tree" gives each file of
 libpcow, the Image Monitor, the QEMU glue, pcow-img and scripts/ one entry.
 This fails, one line per problem, when a file there has no entry, when an
-entry names a file that does not exist, or when MAINTAINERS has no F:
-pattern covering a file.
+entry names a file that does not exist, when README.md's "What is here"
+does not name it (by path or file name, in backquotes), or when
+MAINTAINERS has no F: pattern covering a file.
 """
 import fnmatch
 import glob
@@ -49,6 +51,15 @@ def section_text(root):
     return '\n'.join(out)
 
 
+def readme_names(root):
+    with open(os.path.join(root, 'README.md'), encoding='utf-8') as fh:
+        text = fh.read()
+    m = re.search(r'^## What is here\n(.*?)^## ', text, re.S | re.M)
+    if not m:
+        sys.exit('README.md has no section "## What is here"')
+    return set(re.findall(r'`([^`]+)`', m.group(1)))
+
+
 def maintainers_patterns(root):
     pats = []
     with open(os.path.join(root, 'MAINTAINERS'), encoding='utf-8') as fh:
@@ -80,11 +91,16 @@ def main():
                     for f in glob.glob(os.path.join(root, p))
                     if os.path.isfile(f)})
     pats = maintainers_patterns(root)
+    readme = readme_names(root)
     bad = 0
     for f in files:
         if f not in named and os.path.basename(f) not in named:
             print('not ok - %s has no entry in %s, "%s"'
                   % (f, GUIDE, SECTION))
+            bad += 1
+        if f not in readme and os.path.basename(f) not in readme:
+            print('not ok - %s is not named in README.md, "What is here"'
+                  % f)
             bad += 1
         if not covered(f, pats):
             print('not ok - %s is in no F: pattern of MAINTAINERS' % f)
