@@ -5,7 +5,7 @@
  * monitor has no call cycle:
  *
  * pcow-monitor.c           lifecycle: open, close, accessors
- * pcow-monitor-snapshot.c  live snapshots (create, delete)
+ * pcow-monitor-snapshot.c  live snapshots (create, delete, revert)
  * pcow-monitor-uffd.c      userfaultfd: hole reads, expansion, lazy mapping
  * pcow-monitor-cow.c       the process-wide SIGSEGV dispatcher and COW
  * pcow-monitor-pool.c      the cluster pre-allocation thread
@@ -191,6 +191,12 @@ int mon_map_image(pcow_monitor *mon, pcow_error *err);
  * fault_lock.  Returns 0 or -errno with @err set. */
 int mon_remap_data(pcow_monitor *mon, bool make_writable, pcow_error *err);
 
+/* After a revert: the whole range one hole again (unregistered: the
+ * caller registers it with mon_uffd_register, then maps it with
+ * mon_map_image), the per-cluster maps cleared, the mappings counted
+ * against the budget.  fault_lock.  Returns 0 or -errno with @err set. */
+int mon_map_reset(pcow_monitor *mon, pcow_error *err);
+
 /* pcow-monitor-pool.c: calls stats */
 /* Wake the pre-allocation thread if the reserve runs low.  Signal-safe
  * (an eventfd write). */
@@ -216,6 +222,9 @@ void mon_dispatcher_drain(pcow_monitor *mon);
 /* Open a userfaultfd and register the reserved range MISSING|WP.
  * Returns 0 or -errno with @err set. */
 int mon_uffd_setup(pcow_monitor *mon, pcow_error *err);
+/* Register the whole range (MISSING|WP) again after it was replaced by
+ * mon_map_reset().  Returns 0 or -errno with @err set. */
+int mon_uffd_register(pcow_monitor *mon, pcow_error *err);
 /* Start the thread that serves the faults (takes fault_lock per batch).
  * Returns 0 or -errno with @err set. */
 int mon_uffd_start(pcow_monitor *mon, pcow_error *err);

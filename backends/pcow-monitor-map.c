@@ -223,6 +223,37 @@ int mon_map_image(pcow_monitor *mon, pcow_error *err)
     return maps < 0 ? maps : 0;
 }
 
+int mon_map_reset(pcow_monitor *mon, pcow_error *err)
+{
+    int64_t maps = mon_map_range(mon, 0, mon->size, true, err);
+    void *p;
+
+    if (maps < 0) {
+        return maps;
+    }
+    if ((uint64_t)maps > mon->max_vmas) {
+        return mon_error(mon, err, -ENOMEM, "mapping the image needs %"
+                         PRId64 " mappings but only %" PRIu64 " are left "
+                         "under vm.max_map_count", maps, mon->max_vmas);
+    }
+    /* Same address: QEMU's RAM block keeps pointing at it. */
+    p = mmap(mon->base, mon->size, PROT_READ | PROT_WRITE, MAP_PRIVATE |
+             MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+
+        return mon_error(mon, err, -e, "cannot replace the mapping: %s",
+                         strerror(e));
+    }
+    madvise(mon->base, mon->size, MADV_NOHUGEPAGE);
+    /* Private anonymous: dropping the pages clears the maps. */
+    madvise(mon->zero_map, mon->map_bytes, MADV_DONTNEED);
+    madvise(mon->mapped_map, mon->map_bytes, MADV_DONTNEED);
+    atomic_store(&mon->vmas, maps);
+    mon->lazy = (uint64_t)maps > eager_max();
+    return 0;
+}
+
 /* [off, off + len) of the data extent @ext: the image's writability now */
 static int remap_span(pcow_monitor *mon, const pcow_extent *ext,
                       uint64_t off, uint64_t len, bool make_writable,

@@ -1,5 +1,5 @@
 /*
- * The pcow Image Monitor: live snapshots
+ * The pcow Image Monitor: live snapshots (create, delete, revert)
  *
  * The caller has stopped every thread that writes the range (QEMU pauses
  * the vCPUs).  Under fault_lock (the uffd thread waits) and once the COW
@@ -9,6 +9,7 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
+#include <inttypes.h>
 
 #include "pcow-monitor-int.h"
 
@@ -51,6 +52,45 @@ int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
     r = pcow_snapshot_delete(mon->img, name_or_id, err);
     if (r == 0) {
         r = mon_remap_data(mon, true, err);
+    }
+    pthread_mutex_unlock(&mon->fault_lock);
+    return r;
+}
+
+/*
+ * The guest's memory becomes the snapshot's: the whole range is replaced
+ * by one hole and mapped again as the reverted image says, so that holes
+ * read zeros and what was written since is gone from every page.
+ */
+int pcow_monitor_snapshot_revert(pcow_monitor *mon, const char *name,
+                                 pcow_error *err)
+{
+    pcow_snapshot_info sn;
+    int r;
+
+    if (mon->read_only) {
+        return mon_error(mon, err, -EROFS, "image is read-only");
+    }
+    r = pcow_snapshot_lookup(mon->img, name, false, 0, &sn, err);
+    if (r < 0) {
+        return r;
+    }
+    if (sn.virtual_size != mon->size) {
+        return mon_error(mon, err, -EINVAL, "snapshot '%s' has virtual size "
+                         "%" PRIu64 ", the mapping %" PRIu64, name,
+                         sn.virtual_size, mon->size);
+    }
+    pthread_mutex_lock(&mon->fault_lock);
+    mon_dispatcher_drain(mon);
+    r = pcow_snapshot_revert(mon->img, name, err);
+    if (r == 0) {
+        r = mon_map_reset(mon, err);
+    }
+    if (r == 0) {
+        r = mon_uffd_register(mon, err);
+    }
+    if (r == 0) {
+        r = mon_map_image(mon, err);
     }
     pthread_mutex_unlock(&mon->fault_lock);
     return r;

@@ -539,6 +539,22 @@ static void *uffd_thread(void *opaque)
     return NULL;
 }
 
+int mon_uffd_register(pcow_monitor *mon, pcow_error *err)
+{
+    struct uffdio_register reg = {
+        .range = { .start = (uintptr_t)mon->base, .len = mon->size },
+        .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+    };
+
+    if (ioctl(mon->uffd, UFFDIO_REGISTER, &reg) < 0) {
+        int e = errno;
+
+        return mon_error(mon, err, -e, "cannot register the image range "
+                         "with userfaultfd again: %s", strerror(e));
+    }
+    return 0;
+}
+
 int mon_uffd_start(pcow_monitor *mon, pcow_error *err)
 {
     int r = pthread_create(&mon->uffd_thread, NULL, uffd_thread, mon);

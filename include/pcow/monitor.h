@@ -100,6 +100,15 @@ int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
 int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
                                  pcow_error *err);
 
+/*
+ * Revert the mapped image to snapshot @name (exact name) and map it again
+ * at the same address, with every thread that touches the range stopped
+ * (QEMU's loadvm): the range then reads as the snapshot.  The snapshot
+ * must have the mapping's virtual size.
+ */
+int pcow_monitor_snapshot_revert(pcow_monitor *mon, const char *name,
+                                 pcow_error *err);
+
 /* Make guest writes durable (msync of the writable mappings / PM flush). */
 int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
 

@@ -289,6 +289,72 @@ static int t_snapshot(void)
     return 0;
 }
 
+/* --- revert a mapped image (loadvm): the range reads the snapshot ------ */
+static int t_revert(void)
+{
+    const char *dir = test_dir("revert");
+    char path[4200];
+    uint64_t size = 16 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    uint8_t *old = malloc(size);
+    const uint8_t *p;
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+    uint64_t faults;
+    int i;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    p = pcow_monitor_base(mon);
+    for (i = 0; i < 16; i++) {
+        put(mon, shadow, (uint64_t)i * 4 * CL + i, 3000, i + 1);
+    }
+    memcpy(old, shadow, size);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", NULL, &err), &err);
+    /* After s1: copies of frozen data, expanded holes, a hole read */
+    for (i = 0; i < 16; i++) {
+        put(mon, shadow, (uint64_t)i * 4 * CL + 2 * i, 100, 1000 + i);
+        put(mon, shadow, (uint64_t)i * 4 * CL + 2 * CL, 200, 3000 + i);
+    }
+    CHECK_EQ(p[12 * MiB], 0);
+    verify_mapping(mon, shadow);
+
+    /* An unknown snapshot changes nothing */
+    CHECK(pcow_monitor_snapshot_revert(mon, "nope", &err) == -ENOENT);
+    CHECK(strstr(err.msg, "nope") != NULL);
+    verify_mapping(mon, shadow);
+
+    CHECK_OK(pcow_monitor_snapshot_revert(mon, "s1", &err), &err);
+    memcpy(shadow, old, size);
+    verify_mapping(mon, shadow);
+    /* s1's data is frozen again: writes copy on write */
+    stats(mon, &s);
+    faults = s.cow_unit_faults + s.cow_cluster_faults;
+    put(mon, shadow, 5 * 4 * CL + 7, 50, 5000);
+    /* Holes expanded before the revert are holes again, and expand again */
+    CHECK_EQ(p[3 * 4 * CL + 2 * CL], 0);
+    put(mon, shadow, 3 * 4 * CL + 2 * CL, 300, 5001);
+    put(mon, shadow, 12 * MiB, 300, 5002);
+    stats(mon, &s);
+    CHECK(s.cow_unit_faults + s.cow_cluster_faults > faults);
+    CHECK_EQ(s.errors, 0);
+    verify_mapping(mon, shadow);
+    /* Again from the reverted state: a revert is repeatable */
+    CHECK_OK(pcow_monitor_snapshot_revert(mon, "s1", &err), &err);
+    verify_mapping(mon, old);
+    memcpy(shadow, old, size);
+    put(mon, shadow, 9 * MiB, 4000, 6000);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    free(old);
+    return 0;
+}
+
 /* --- base chain (pcow and raw bases) then write ------------------------- */
 static int t_base(void)
 {
@@ -1358,6 +1424,7 @@ static const struct {
     { "expand", t_expand },
     { "cow", t_cow },
     { "snapshot", t_snapshot },
+    { "revert", t_revert },
     { "base", t_base },
     { "base-cut", t_base_cut },
     { "threads", t_threads },
