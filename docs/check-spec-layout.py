@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""The spec's header and hot line tables match pcow-int.h, field by field.
+"""The spec's layout and limits match pcow-int.h and pcow.h, field by field.
 
   check-spec-layout.py SOURCE_ROOT
 
 docs/interop/pcow-spec.rst gives the header slot and the hot line as tables
 of offset, size and field; block/pcow/pcow-int.h names the same offsets
 (PCOW_H_*, PCOW_HOT_*) with the size in a comment ("u32", "u64"), and the
-code encodes and decodes through those names only.  This fails, one line
-per difference, when an offset, a size or a field name differs, or when
-either side has a field the other lacks.
+code encodes and decodes through those names only.  The spec's limits and
+sizes (cluster 0's layout, cluster bits, name lengths, L1 size, L2 entry
+and snapshot record sizes, chain depth) are compared with the constants of
+the same meaning.  This fails, one line per difference, when an offset, a
+size, a field name or a limit differs, or when either side has a field the
+other lacks.
 """
 import os
 import re
@@ -16,6 +19,33 @@ import sys
 
 SPEC = 'docs/interop/pcow-spec.rst'
 HDR = 'block/pcow/pcow-int.h'
+API = 'include/pcow/pcow.h'
+# (what, regex over the spec with one group per value, macros in order;
+# a macro "A+B" means the value is B - A + 1 bytes from A's value)
+LIMITS = [
+    ('header slot A', r'header slot A\s+bytes\s+(\d+) \.\. (\d+)',
+     ['PCOW_SLOT_A', 'PCOW_SLOT_A+PCOW_SLOT_SIZE']),
+    ('header slot B', r'header slot B\s+bytes\s+(\d+) \.\. (\d+)',
+     ['PCOW_SLOT_B', 'PCOW_SLOT_B+PCOW_SLOT_SIZE']),
+    ('hot line', r'hot line\s+bytes\s+(\d+) \.\. (\d+)',
+     ['PCOW_HOT_OFFSET', 'PCOW_HOT_OFFSET+PCOW_HOT_SIZE']),
+    ('cluster_bits', r'``cluster_bits``: (\d+) \.\. (\d+)',
+     ['PCOW_MIN_CLUSTER_BITS', 'PCOW_MAX_CLUSTER_BITS']),
+    ('backing_name_length', r'``backing_name_length``: 0 \.\. (\d+)',
+     ['PCOW_MAX_BACKING_NAME']),
+    ('snapshot name_length', r'``name_length``: 1 \.\. (\d+)',
+     ['PCOW_MAX_SNAPSHOT_NAME']),
+    ('l1_size', r'``l1_size``: entries.*?at most\s+``1 << (\d+)``',
+     ['log2:PCOW_MAX_L1_SIZE']),
+    ('L2 entry size', r'L2 entries are (\d+) bytes',
+     ['PCOW_L2_ENTRY_SIZE']),
+    ('snapshot record name offset', r'\n(\d+)\s+n\s+name \(no NUL\)',
+     ['PCOW_SNAP_FIXED']),
+    ('backing chain depth', r'depth at most (\d+)',
+     ['PCOW_MAX_CHAIN_DEPTH']),
+]
+CONST = re.compile(r'^#define (PCOW_[A-Z0-9_]+)\s+(?:(\d+)|\((\d+)u? << '
+                   r'(\d+)\))')
 ROW = re.compile(r'^(\d+)\s+(\d+|n)\s+(.*)$')
 FIELD = re.compile(r'``([a-z0-9_]+)``')
 DEFINE = re.compile(r'^#define (PCOW_H_[A-Z0-9_]+|PCOW_HOT_[A-Z0-9_]+)'
@@ -80,6 +110,50 @@ def code_fields(path):
     return hdr, hot
 
 
+def constants(paths):
+    out = {}
+    for path in paths:
+        with open(path, encoding='utf-8') as fh:
+            for line in fh:
+                m = CONST.match(line)
+                if m:
+                    out[m.group(1)] = (int(m.group(2)) if m.group(2) else
+                                       int(m.group(3)) << int(m.group(4)))
+    return out
+
+
+def code_value(macro, consts):
+    if macro.startswith('log2:'):
+        v = consts.get(macro[5:])
+        return None if v is None else v.bit_length() - 1
+    if '+' in macro:
+        a, b = macro.split('+')
+        if a not in consts or b not in consts:
+            return None
+        return consts[a] + consts[b] - 1
+    return consts.get(macro)
+
+
+def compare_limits(text, consts):
+    bad = 0
+    for what, regex, macros in LIMITS:
+        m = re.search(regex, text, re.S)
+        if not m:
+            print('not ok - %s: not found in the spec (/%s/)' % (what, regex))
+            bad += 1
+            continue
+        for value, macro in zip(m.groups(), macros):
+            cv = code_value(macro, consts)
+            if cv is None:
+                print('not ok - %s: %s not found in the code' % (what, macro))
+                bad += 1
+            elif cv != int(value):
+                print('not ok - %s: the spec says %s, the code %s (%s)'
+                      % (what, value, cv, macro))
+                bad += 1
+    return bad
+
+
 def compare(what, rows, fields):
     bad = 0
     seen = set()
@@ -114,7 +188,8 @@ def main():
         sys.exit('usage: check-spec-layout.py SOURCE_ROOT')
     root = sys.argv[1]
     with open(os.path.join(root, SPEC), encoding='utf-8') as fh:
-        lines = fh.read().split('\n')
+        text = fh.read()
+    lines = text.split('\n')
     hdr_rows = spec_table(lines, 'Header slots')
     hot_rows = spec_table(lines, 'Hot line')
     hdr, hot = code_fields(os.path.join(root, HDR))
@@ -124,8 +199,11 @@ def main():
                  % (len(hdr_rows), len(hot_rows), len(hdr)))
     bad = compare('header slot', hdr_rows, hdr)
     bad += compare('hot line', hot_rows, hot)   # file offsets on both sides
-    print('%d header and %d hot line fields compared, %d difference%s'
-          % (len(hdr_rows), len(hot_rows), bad, '' if bad == 1 else 's'))
+    bad += compare_limits(text, constants([os.path.join(root, HDR),
+                                           os.path.join(root, API)]))
+    print('%d header and %d hot line fields and %d limits compared, '
+          '%d difference%s' % (len(hdr_rows), len(hot_rows), len(LIMITS),
+                               bad, '' if bad == 1 else 's'))
     return 1 if bad else 0
 
 
