@@ -203,7 +203,7 @@ static int normalise_writable_locked(pcow_image *img, const PcowWalk *w)
         }
         l2off = pcow_le64(img->l1[i]) & ~(cs - 1);
         for (j = 0; j < img->l2_entries; j++) {
-            uint64_t map = pcow_word(t + j * 4);
+            uint64_t map = pcow_word(t + j * PCOW_L2_WORDS);
             uint64_t nm;
             bool shared;
 
@@ -214,8 +214,9 @@ static int normalise_writable_locked(pcow_image *img, const PcowWalk *w)
                      (PCOW_C_SNAP | PCOW_C_SOURCE);
             nm = shared ? map & ~PCOW_F_WRITABLE : map | PCOW_F_WRITABLE;
             if (nm != map) {
-                pcow_persist_store64_nosync(img, t + j * 4,
-                                            l2off + j * 32ull, nm);
+                pcow_persist_store64_nosync(img, t + j * PCOW_L2_WORDS,
+                                            l2off + j * PCOW_L2_ENTRY_SIZE,
+                                            nm);
                 stored = true;
             }
         }
@@ -675,25 +676,24 @@ int pcow_clear_beyond(pcow_image *img, uint64_t vsize, uint64_t *cleared)
         uint64_t *t = img->l2[i];
         uint32_t j = i == first / img->l2_entries ? first % img->l2_entries
                                                   : 0;
+        uint64_t l2off;
         bool stored = false;
 
         if (!t || !img->l1[i]) {
             continue;
         }
+        l2off = pcow_le64(img->l1[i]) & ~(img->cluster_size - 1);
         for (; j < img->l2_entries; j++) {
-            if (pcow_word(t + j * 4)) {
-                pcow_persist_store64_nosync(img, t + j * 4,
-                                            pcow_entry_file_off(img, i *
-                                                img->l2_entries + j, 0), 0);
+            if (pcow_word(t + j * PCOW_L2_WORDS)) {
+                pcow_persist_store64_nosync(img, t + j * PCOW_L2_WORDS,
+                                            l2off + j * PCOW_L2_ENTRY_SIZE,
+                                            0);
                 stored = true;
                 (*cleared)++;
             }
         }
         if (stored) {
-            ret = pcow_persist_mapped(img, t,
-                                      pcow_entry_file_off(img, i *
-                                                          img->l2_entries, 0),
-                                      img->cluster_size);
+            ret = pcow_persist_mapped(img, t, l2off, img->cluster_size);
         }
     }
     pcow_unlock(img);

@@ -131,7 +131,7 @@ static uint64_t count_bad_writable(pcow_image *img, const PcowWalk *w,
             continue;
         }
         for (j = 0; j < img->l2_entries; j++) {
-            uint64_t map = pcow_word(t + j * 4);
+            uint64_t map = pcow_word(t + j * PCOW_L2_WORDS);
             uint64_t idx = map >> img->cluster_bits;
 
             /* The raw bit: check judges words that may be invalid */

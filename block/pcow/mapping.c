@@ -210,7 +210,7 @@ uint64_t *pcow_l2_entry(pcow_image *img, uint64_t vcluster)
     if (!t) {
         return NULL;
     }
-    return t + (vcluster % img->l2_entries) * 4;
+    return t + (vcluster % img->l2_entries) * PCOW_L2_WORDS;
 }
 
 static uint64_t entry_map(pcow_image *img, uint64_t v)
@@ -356,8 +356,8 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
         return 0;
     } else {
         uint64_t *e = pcow_l2_entry(img, v);
-        uint64_t copied = pcow_word(e + 1) & img->units_mask;
-        uint64_t source = pcow_word(e + 2);
+        uint64_t copied = pcow_word(e + PCOW_W_COPIED) & img->units_mask;
+        uint64_t source = pcow_word(e + PCOW_W_SOURCE);
         unsigned u = in >> img->cow_unit_bits;
         bool is_copied = copied & (1ull << u);
         unsigned w = u + 1;

@@ -1,5 +1,9 @@
 /*
  * libpcow internal definitions, shared by the modules of block/pcow/
+ * (in the manner of qcow2.h): the on-disk layout by name, tied to the
+ * spec's tables by static assertions; the map entry classifier; the
+ * persist method; the image structure; and a one-line contract for each
+ * internal function, module by module.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -102,9 +106,45 @@ _Static_assert(PCOW_HOT_OFFSET + PCOW_HOT_SIZE <=
 #define PCOW_SNAP_FIXED         64
 #define PCOW_MAX_SNAP_TABLE     (64u << 20)
 
+/*
+ * Snapshot record fields: docs/interop/pcow-spec.rst, "Snapshot table".
+ * The record is PCOW_SNAP_FIXED bytes, then the name padded to 8.
+ */
+#define PCOW_S_ID               0   /* u64 */
+#define PCOW_S_L1_OFFSET        8   /* u64 l1_table_offset */
+#define PCOW_S_L1_SIZE          16  /* u32 */
+#define PCOW_S_NAME_LEN         20  /* u32 name_length */
+#define PCOW_S_VIRTUAL_SIZE     24  /* u64 */
+#define PCOW_S_DATE_SEC         32  /* u64 */
+#define PCOW_S_DATE_NSEC        40  /* u32 */
+#define PCOW_S_RESERVED1        44  /* u32, zero */
+#define PCOW_S_BACKING_LIMIT    48  /* u64 */
+#define PCOW_S_RESERVED2        56  /* u64, zero */
+#define PCOW_S_NAME             64  /* name bytes, zero padded to 8 */
+
+_Static_assert(PCOW_S_L1_OFFSET == PCOW_S_ID + 8 &&
+               PCOW_S_L1_SIZE == PCOW_S_L1_OFFSET + 8 &&
+               PCOW_S_NAME_LEN == PCOW_S_L1_SIZE + 4 &&
+               PCOW_S_VIRTUAL_SIZE == PCOW_S_NAME_LEN + 4 &&
+               PCOW_S_DATE_SEC == PCOW_S_VIRTUAL_SIZE + 8 &&
+               PCOW_S_DATE_NSEC == PCOW_S_DATE_SEC + 8 &&
+               PCOW_S_RESERVED1 == PCOW_S_DATE_NSEC + 4 &&
+               PCOW_S_BACKING_LIMIT == PCOW_S_RESERVED1 + 4 &&
+               PCOW_S_RESERVED2 == PCOW_S_BACKING_LIMIT + 8 &&
+               PCOW_S_NAME == PCOW_S_RESERVED2 + 8, "snapshot record");
+_Static_assert(PCOW_S_NAME == PCOW_SNAP_FIXED, "snapshot record size");
+
 #define PCOW_FMT_NONE           0
 #define PCOW_FMT_PCOW           1
 #define PCOW_FMT_RAW            2
+
+/* An L2 entry: PCOW_L2_WORDS little-endian u64 words (spec, Mapping) */
+#define PCOW_W_MAP              0   /* file offset | flags */
+#define PCOW_W_COPIED           1   /* PARTIAL: bitmap of copied COW units */
+#define PCOW_W_SOURCE           2   /* PARTIAL: map word of the other units */
+#define PCOW_W_RESERVED         3   /* zero */
+#define PCOW_L2_WORDS           4
+_Static_assert(PCOW_L2_WORDS * 8 == PCOW_L2_ENTRY_SIZE, "L2 entry size");
 
 /* Flags of an L2 map word */
 #define PCOW_F_PRESENT          (1ull << 0)

@@ -106,7 +106,8 @@ int pcow_set_map_locked(pcow_image *img, uint64_t v, uint64_t map)
     if (!e) {
         return -EIO;
     }
-    return pcow_persist_store64(img, e, pcow_entry_file_off(img, v, 0), map);
+    return pcow_persist_store64(img, e,
+                                pcow_entry_file_off(img, v, PCOW_W_MAP), map);
 }
 
 int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
@@ -150,7 +151,7 @@ int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
         e = pcow_l2_entry(img, vcluster);
     }
     /* P-EXPAND-COMMIT */
-    ret = store_word(img, e, pcow_entry_file_off(img, vcluster, 0),
+    ret = store_word(img, e, pcow_entry_file_off(img, vcluster, PCOW_W_MAP),
                      off | PCOW_F_PRESENT | PCOW_F_WRITABLE, sync);
     pcow_unlock(img);
     if (ret < 0) {
@@ -281,8 +282,8 @@ static void cow_entry_load(pcow_image *img, uint64_t v, CowEntry *c)
     c->copied = 0;
     c->source = 0;
     if (pcow_entry_is_partial(c->kind)) {
-        c->copied = pcow_word(c->e + 1) & img->units_mask;
-        c->source = pcow_word(c->e + 2);
+        c->copied = pcow_word(c->e + PCOW_W_COPIED) & img->units_mask;
+        c->source = pcow_word(c->e + PCOW_W_SOURCE);
     }
 }
 
@@ -329,8 +330,9 @@ static int cow_fill_locked(pcow_image *img, CowEntry *c, unsigned u,
         if (ret == 0) {
             c->copied |= 1ull << u;
             /* P-COW-BIT */
-            ret = pcow_persist_store64(img, c->e + 1,
-                                       pcow_entry_file_off(img, c->v, 1),
+            ret = pcow_persist_store64(img, c->e + PCOW_W_COPIED,
+                                       pcow_entry_file_off(img, c->v,
+                                                           PCOW_W_COPIED),
                                        c->copied);
         }
     }
@@ -340,7 +342,7 @@ static int cow_fill_locked(pcow_image *img, CowEntry *c, unsigned u,
     if (whole || c->copied == img->units_mask) {
         /* P-COW-DONE: the source may now be unreferenced */
         ret = pcow_persist_store64(img, c->e,
-                                   pcow_entry_file_off(img, c->v, 0),
+                                   pcow_entry_file_off(img, c->v, PCOW_W_MAP),
                                    data | PCOW_F_PRESENT | PCOW_F_WRITABLE);
         if (ret == 0) {
             cow_extent(img, c->v, data, -1, ext);
@@ -369,7 +371,8 @@ static int cow_whole_locked(pcow_image *img, CowEntry *c, uint64_t n,
         return give_back_locked(img, n, ret);
     }
     /* P-COW-COMMIT, whole-cluster form */
-    ret = pcow_persist_store64(img, c->e, pcow_entry_file_off(img, c->v, 0),
+    ret = pcow_persist_store64(img, c->e,
+                               pcow_entry_file_off(img, c->v, PCOW_W_MAP),
                                n | PCOW_F_PRESENT | PCOW_F_WRITABLE);
     if (ret == 0) {
         cow_extent(img, c->v, n, -1, ext);
@@ -381,7 +384,7 @@ static int cow_whole_locked(pcow_image *img, CowEntry *c, uint64_t n,
 static int cow_unit_locked(pcow_image *img, CowEntry *c, unsigned u,
                            uint64_t n, pcow_extent *ext)
 {
-    uint64_t off1 = pcow_entry_file_off(img, c->v, 1);
+    uint64_t off1 = pcow_entry_file_off(img, c->v, PCOW_W_COPIED);
     int ret = copy_unit(img, c->v, u, c->map, n);
 
     if (ret == 0) {
@@ -391,15 +394,18 @@ static int cow_unit_locked(pcow_image *img, CowEntry *c, unsigned u,
     }
     if (ret == 0) {
         /* P-COW-PREPARE: invisible until PARTIAL is set */
-        pcow_persist_store64_nosync(img, c->e + 1, off1, 1ull << u);
-        pcow_persist_store64_nosync(img, c->e + 2, off1 + 8, c->map);
-        ret = pcow_persist_mapped(img, c->e + 1, off1, 16);
+        pcow_persist_store64_nosync(img, c->e + PCOW_W_COPIED, off1,
+                                    1ull << u);
+        pcow_persist_store64_nosync(img, c->e + PCOW_W_SOURCE, off1 + 8,
+                                    c->map);
+        ret = pcow_persist_mapped(img, c->e + PCOW_W_COPIED, off1, 16);
     }
     if (ret < 0) {
         return give_back_locked(img, n, ret);
     }
     /* P-COW-COMMIT */
-    ret = pcow_persist_store64(img, c->e, pcow_entry_file_off(img, c->v, 0),
+    ret = pcow_persist_store64(img, c->e,
+                               pcow_entry_file_off(img, c->v, PCOW_W_MAP),
                                n | PCOW_F_PRESENT | PCOW_F_WRITABLE |
                                PCOW_F_PARTIAL);
     if (ret == 0) {
@@ -494,7 +500,8 @@ unsigned pcow_cow_units_copied(pcow_image *img, uint64_t offset)
     switch (pcow_entry_kind(map)) {
     case PCOW_ENTRY_PARTIAL:
     case PCOW_ENTRY_PARTIAL_FROZEN:
-        n = __builtin_popcountll(pcow_word(e + 1) & img->units_mask);
+        n = __builtin_popcountll(pcow_word(e + PCOW_W_COPIED) &
+                                 img->units_mask);
         break;
     case PCOW_ENTRY_OWNED:
         n = img->units;

@@ -39,21 +39,21 @@ static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
                      "%u", k);
         return 0;
     }
-    nl = pcow_ld32(r + 20);
+    nl = pcow_ld32(r + PCOW_S_NAME_LEN);
     if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME ||
         pos + record_len(nl) > h->snapshots_size) {
         pcow_problem(pr, -EINVAL, "snapshot record %u has an invalid "
                      "name length %u", k, nl);
         return 0;
     }
-    sn->id = pcow_ld64(r);
-    sn->l1_table_offset = pcow_ld64(r + 8);
-    sn->l1_size = pcow_ld32(r + 16);
-    sn->virtual_size = pcow_ld64(r + 24);
-    sn->date_sec = pcow_ld64(r + 32);
-    sn->date_nsec = pcow_ld32(r + 40);
-    sn->backing_limit = pcow_ld64(r + 48);
-    memcpy(sn->name, r + PCOW_SNAP_FIXED, nl);
+    sn->id = pcow_ld64(r + PCOW_S_ID);
+    sn->l1_table_offset = pcow_ld64(r + PCOW_S_L1_OFFSET);
+    sn->l1_size = pcow_ld32(r + PCOW_S_L1_SIZE);
+    sn->virtual_size = pcow_ld64(r + PCOW_S_VIRTUAL_SIZE);
+    sn->date_sec = pcow_ld64(r + PCOW_S_DATE_SEC);
+    sn->date_nsec = pcow_ld32(r + PCOW_S_DATE_NSEC);
+    sn->backing_limit = pcow_ld64(r + PCOW_S_BACKING_LIMIT);
+    memcpy(sn->name, r + PCOW_S_NAME, nl);
     sn->name[nl] = '\0';
     if (memchr(sn->name, '\0', nl)) {
         pcow_problem(pr, -EINVAL, "snapshot record %u: name contains a "
@@ -245,15 +245,15 @@ static int write_table(pcow_image *img, const PcowSnapshot *snaps,
         uint8_t *r = buf + pos;
         uint32_t nl = strlen(snaps[k].name);
 
-        pcow_st64(r, snaps[k].id);
-        pcow_st64(r + 8, snaps[k].l1_table_offset);
-        pcow_st32(r + 16, snaps[k].l1_size);
-        pcow_st32(r + 20, nl);
-        pcow_st64(r + 24, snaps[k].virtual_size);
-        pcow_st64(r + 32, snaps[k].date_sec);
-        pcow_st32(r + 40, snaps[k].date_nsec);
-        pcow_st64(r + 48, snaps[k].backing_limit);
-        memcpy(r + PCOW_SNAP_FIXED, snaps[k].name, nl);
+        pcow_st64(r + PCOW_S_ID, snaps[k].id);
+        pcow_st64(r + PCOW_S_L1_OFFSET, snaps[k].l1_table_offset);
+        pcow_st32(r + PCOW_S_L1_SIZE, snaps[k].l1_size);
+        pcow_st32(r + PCOW_S_NAME_LEN, nl);
+        pcow_st64(r + PCOW_S_VIRTUAL_SIZE, snaps[k].virtual_size);
+        pcow_st64(r + PCOW_S_DATE_SEC, snaps[k].date_sec);
+        pcow_st32(r + PCOW_S_DATE_NSEC, snaps[k].date_nsec);
+        pcow_st64(r + PCOW_S_BACKING_LIMIT, snaps[k].backing_limit);
+        memcpy(r + PCOW_S_NAME, snaps[k].name, nl);
         pos += record_len(nl);
     }
     ret = pcow_alloc_clusters(img, pcow_div_round_up(size, cs), &off);
@@ -331,7 +331,9 @@ static int copy_tables(pcow_image *img, const uint64_t *src_l1,
             }
         }
         for (j = 0; j < img->l2_entries; j++) {
-            buf[j * 4] = pcow_le64(pcow_le64(buf[j * 4]) & ~PCOW_F_WRITABLE);
+            uint64_t *m = &buf[j * PCOW_L2_WORDS + PCOW_W_MAP];
+
+            *m = pcow_le64(pcow_le64(*m) & ~PCOW_F_WRITABLE);
         }
         ret = pcow_alloc_one(img, &off);
         if (ret == 0) {
@@ -500,12 +502,13 @@ static int freeze_active(pcow_image *img)
             continue;
         }
         for (j = 0; j < img->l2_entries; j++) {
-            uint64_t map = pcow_word(t + j * 4);
+            uint64_t map = pcow_word(t + j * PCOW_L2_WORDS);
 
             if (pcow_entry_is_ours(pcow_entry_kind(map))) {
-                pcow_persist_store64_nosync(img, t + j * 4,
+                pcow_persist_store64_nosync(img, t + j * PCOW_L2_WORDS,
                                             (pcow_le64(img->l1[i]) &
-                                             ~(cs - 1)) + j * 32ull,
+                                             ~(cs - 1)) +
+                                            j * PCOW_L2_ENTRY_SIZE,
                                             map & ~PCOW_F_WRITABLE);
                 any = true;
             }
@@ -834,7 +837,7 @@ static uint64_t count_clusters(pcow_image *img, const PcowSnapshot *sn)
                 continue;
             }
             for (j = 0; j < img->l2_entries; j++) {
-                if (pcow_le64(buf[j * 4]) & PCOW_F_PRESENT) {
+                if (pcow_le64(buf[j * PCOW_L2_WORDS]) & PCOW_F_PRESENT) {
                     n++;
                 }
             }

@@ -149,19 +149,19 @@ static void walk_l2(WalkCtx *c, const uint64_t *t, uint64_t l2_off,
     char tb[300];
 
     for (j = 0; j < img->l2_entries; j++) {
-        const uint64_t *e = t + j * 4;
+        const uint64_t *e = t + j * PCOW_L2_WORDS;
         uint64_t map = pcow_word(e);
         uint64_t gofs = (first_v + j) * cs;
         uint64_t eoff = l2_off + (uint64_t)j * PCOW_L2_ENTRY_SIZE;
         uint64_t idx, sidx;
         uint8_t *cl;
 
-        if (pcow_word(e + 3)) {
+        if (pcow_word(e + PCOW_W_RESERVED)) {
             pcow_problem(c->pr, -EINVAL, "%sL2 entry for guest offset 0x%llx "
                          "has its reserved word set",
                          table_name(sn, tb, sizeof(tb)),
                          (unsigned long long)gofs);
-            repair_word(c, eoff + 24, 0);
+            repair_word(c, eoff + PCOW_W_RESERVED * 8, 0);
         }
         if (map == 0) {
             continue;
@@ -192,15 +192,16 @@ static void walk_l2(WalkCtx *c, const uint64_t *t, uint64_t l2_off,
             continue;
         }
         if (map & PCOW_F_PARTIAL) {
-            uint64_t copied = pcow_word(e + 1);
-            uint64_t source = pcow_word(e + 2);
+            uint64_t copied = pcow_word(e + PCOW_W_COPIED);
+            uint64_t source = pcow_word(e + PCOW_W_SOURCE);
 
             if (copied & ~img->units_mask) {
                 pcow_problem(c->pr, -EINVAL, "%sL2 entry for guest offset "
                              "0x%llx has copied bits beyond its %u units",
                              table_name(sn, tb, sizeof(tb)),
                              (unsigned long long)gofs, img->units);
-                repair_word(c, eoff + 8, copied & img->units_mask);
+                repair_word(c, eoff + PCOW_W_COPIED * 8,
+                            copied & img->units_mask);
             }
             if (source) {
                 sidx = check_word(c, source, gofs, sn, true);
