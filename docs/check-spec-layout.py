@@ -3,10 +3,11 @@
 
   check-spec-layout.py SOURCE_ROOT
 
-docs/interop/pcow-spec.rst gives the header slot and the hot line as tables
-of offset, size and field; block/pcow/pcow-int.h names the same offsets
-(PCOW_H_*, PCOW_HOT_*) with the size in a comment ("u32", "u64"), and the
-code encodes and decodes through those names only.  The spec's limits and
+docs/interop/pcow-spec.rst gives the header slot, the hot line and the
+snapshot record as tables of offset, size and field, and the L2 entry as a
+table of 8-byte words; block/pcow/pcow-int.h names the same offsets
+(PCOW_H_*, PCOW_HOT_*, PCOW_S_*, PCOW_W_*) with the size in a comment
+("u32", "u64"), and the code encodes and decodes through those names.  The spec's limits and
 sizes (cluster 0's layout, cluster bits, name lengths, L1 size, L2 entry
 and snapshot record sizes, chain depth) are compared with the constants of
 the same meaning.  This fails, one line per difference, when an offset, a
@@ -48,14 +49,17 @@ CONST = re.compile(r'^#define (PCOW_[A-Z0-9_]+)\s+(?:(\d+)|\((\d+)u? << '
                    r'(\d+)\))')
 ROW = re.compile(r'^(\d+)\s+(\d+|n)\s+(.*)$')
 FIELD = re.compile(r'``([a-z0-9_]+)``')
-DEFINE = re.compile(r'^#define (PCOW_H_[A-Z0-9_]+|PCOW_HOT_[A-Z0-9_]+)'
+DEFINE = re.compile(r'^#define (PCOW_(?:H|HOT|S|W)_[A-Z0-9_]+)'
                     r'\s+(\d+)\s*(?:/\*\s*(.*?)\s*\*/)?')
+# Rows of the L2 entry table: word, name
+WORD_ROW = re.compile(r'^(\d+)\s+(?:``([a-z0-9_]+)``|(reserved))\s')
 # Table rows whose field is described, not named with ``...``
 DESCRIBED = {'reserved': 'reserved', 'backing file name': 'backing_name'}
 
 
-def spec_table(lines, title):
-    """Rows (offset, size, field) of the first table after @title"""
+def spec_table(lines, title, words=False):
+    """Rows (offset, size, field) of the first table after @title; with
+    @words, rows (word, 8, name) of the L2 entry table"""
     i = lines.index(title)
     rows, rules = [], 0
     for line in lines[i:]:
@@ -65,6 +69,11 @@ def spec_table(lines, title):
                 break
             continue
         if rules != 2:
+            continue
+        if words:
+            m = WORD_ROW.match(line)
+            if m:
+                rows.append((int(m.group(1)), 8, m.group(2) or m.group(3)))
             continue
         m = ROW.match(line)
         if not m:
@@ -81,8 +90,10 @@ def spec_table(lines, title):
 
 
 def code_fields(path):
-    """{offset: (size, name, macro)} of PCOW_H_* and PCOW_HOT_* fields"""
-    hdr, hot = {}, {}
+    """{offset: (size, name, macro)} of the PCOW_H_* (header), PCOW_HOT_*
+    (hot line), PCOW_S_* (snapshot record) and PCOW_W_* (L2 entry word)
+    fields"""
+    groups = {'H': {}, 'HOT': {}, 'S': {}, 'W': {}}
     with open(path, encoding='utf-8') as fh:
         for line in fh:
             m = DEFINE.match(line)
@@ -99,15 +110,18 @@ def code_fields(path):
                 name = words[1]
             else:
                 name = macro.split('_', 2)[2].lower()
-            target = hdr if macro.startswith('PCOW_H_') else hot
-            target[off] = (size, name, macro)
+                name = re.sub(r'^(reserved)\d+$', r'\1', name)
+            group = macro.split('_')[1]
+            if group == 'W':
+                size = 8
+            groups[group][off] = (size, name, macro)
     # Without a size comment a field reaches the next one
-    for fields in (hdr, hot):
+    for fields in groups.values():
         offs = sorted(fields)
         for a, b in zip(offs, offs[1:]):
             if fields[a][0] is None:
                 fields[a] = (b - a,) + fields[a][1:]
-    return hdr, hot
+    return groups
 
 
 def constants(paths):
@@ -190,20 +204,27 @@ def main():
     with open(os.path.join(root, SPEC), encoding='utf-8') as fh:
         text = fh.read()
     lines = text.split('\n')
-    hdr_rows = spec_table(lines, 'Header slots')
-    hot_rows = spec_table(lines, 'Hot line')
-    hdr, hot = code_fields(os.path.join(root, HDR))
-    if len(hdr_rows) < 20 or len(hot_rows) < 2 or len(hdr) < 20:
-        sys.exit('tables not found: %d header rows, %d hot line rows in the '
-                 'spec, %d header fields in pcow-int.h'
-                 % (len(hdr_rows), len(hot_rows), len(hdr)))
-    bad = compare('header slot', hdr_rows, hdr)
-    bad += compare('hot line', hot_rows, hot)   # file offsets on both sides
+    tables = [('header slot', spec_table(lines, 'Header slots'), 'H', 20),
+              ('hot line', spec_table(lines, 'Hot line'), 'HOT', 2),
+              ('snapshot record', spec_table(lines, 'Snapshot table'), 'S',
+               10),
+              ('L2 entry word', spec_table(lines, 'Mapping: L1 and L2 tables',
+                                           words=True), 'W', 4)]
+    groups = code_fields(os.path.join(root, HDR))
+    bad = nfields = 0
+    for what, rows, group, least in tables:
+        if len(rows) < least or not groups[group]:
+            print('not ok - %s: table not found (%d rows in the spec, %d '
+                  'PCOW_%s_* in pcow-int.h)' % (what, len(rows),
+                                               len(groups[group]), group))
+            bad += 1
+            continue
+        bad += compare(what, rows, groups[group])
+        nfields += len(rows)
     bad += compare_limits(text, constants([os.path.join(root, HDR),
                                            os.path.join(root, API)]))
-    print('%d header and %d hot line fields and %d limits compared, '
-          '%d difference%s' % (len(hdr_rows), len(hot_rows), len(LIMITS),
-                               bad, '' if bad == 1 else 's'))
+    print('%d fields of %d tables and %d limits compared, %d difference%s'
+          % (nfields, len(tables), len(LIMITS), bad, '' if bad == 1 else 's'))
     return 1 if bad else 0
 
 
