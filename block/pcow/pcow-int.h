@@ -12,10 +12,19 @@
 
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
 #include "pcow/pcow.h"
+
+/* Older C libraries lack the DAX mapping flags (persist.c, storage.c) */
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MAP_SYNC
+#define MAP_SYNC 0x80000
+#endif
 
 /* On-disk layout (docs/interop/pcow-spec.rst) */
 #define PCOW_MAGIC              0x574f4350u /* bytes "PCOW" read as LE u32 */

@@ -21,13 +21,6 @@
 
 #include "pcow-int.h"
 
-#ifndef MAP_SHARED_VALIDATE
-#define MAP_SHARED_VALIDATE 0x03
-#endif
-#ifndef MAP_SYNC
-#define MAP_SYNC 0x80000
-#endif
-
 /*
  * A MAP_SYNC mapping succeeded: the file system is DAX and synchronous page
  * faults keep its metadata consistent, so a CPU cache flush is enough to make
