@@ -48,6 +48,7 @@ struct HostMemPcow {
     bool readonly;
     QemuMutex lock;             /* flush (thread pool) against close */
     Notifier exit_notifier;
+    void *vmsnap;               /* savevm/loadvm/delvm hooks */
     QLIST_ENTRY(HostMemPcow) next;
 };
 
@@ -274,6 +275,7 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     pc->exit_notifier.notify = hostmem_pcow_exit_notify;
     qemu_add_exit_notifier(&pc->exit_notifier);
     QLIST_INSERT_HEAD(&hostmem_pcow_list, pc, next);
+    pc->vmsnap = hostmem_pcow_vmsnap_add(backend);
     return pc;
 }
 
@@ -349,6 +351,7 @@ void hostmem_pcow_free(HostMemPcow *pc)
     if (!pc) {
         return;
     }
+    hostmem_pcow_vmsnap_del(pc->vmsnap);
     hostmem_pcow_close(pc);
     qemu_remove_exit_notifier(&pc->exit_notifier);
     QLIST_REMOVE(pc, next);

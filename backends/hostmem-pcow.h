@@ -75,6 +75,13 @@ bool hostmem_pcow_readonly(HostMemPcow *pc);
  */
 int hostmem_pcow_flush(HostMemPcow *pc);
 
+/*
+ * Take part in savevm/loadvm/delvm (backends/hostmem-pcow-vmsnap.c):
+ * returns the handle that hostmem_pcow_vmsnap_del() takes (NULL: nothing).
+ */
+void *hostmem_pcow_vmsnap_add(HostMemoryBackend *backend);
+void hostmem_pcow_vmsnap_del(void *vmsnap);
+
 /* Close the image (flush, clear its in-use flag) and free @pc. */
 void hostmem_pcow_free(HostMemPcow *pc);
 

@@ -1,0 +1,168 @@
+/*
+ * pcow NVDIMMs in internal snapshots of the whole VM
+ *
+ * savevm/loadvm/delvm and the snapshot-save/-load/-delete jobs call these
+ * hooks for every pcow backend (patches/0014-savevm-let-other-state-take-
+ * part-in-internal-snapshots.patch): savevm takes a pcow snapshot with the
+ * same tag while the VM is stopped and leaves the backend's RAM out of the
+ * vmstate, because the image holds it; loadvm reverts the image and maps
+ * it again before any vCPU runs; delvm deletes the snapshot.
+ *
+ * A read-only image takes no part, as a read-only drive: nobody can change
+ * it while QEMU runs, so it gets no snapshot; its RAM is still left out of
+ * the vmstate, which loadvm could not write into a read-only mapping.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "exec/cpu-common.h"
+#include "exec/memory.h"
+#include "migration/snapshot.h"
+#include "sysemu/hostmem.h"
+#include "backends/hostmem-pcow.h"
+#include "pcow/monitor.h"
+
+typedef struct PcowVmSnap {
+    HostMemoryBackend *backend;
+    bool left_out;              /* made unmigratable by vmstate_begin */
+} PcowVmSnap;
+
+static HostMemPcow *vmsnap_pc(PcowVmSnap *vs)
+{
+    return hostmem_pcow_find(vs->backend);
+}
+
+static const char *vmsnap_id(PcowVmSnap *vs)
+{
+    return object_get_canonical_path_component(OBJECT(vs->backend));
+}
+
+static char *vmsnap_describe(void *opaque)
+{
+    PcowVmSnap *vs = opaque;
+
+    return g_strdup_printf("pcow image '%s' (memory backend '%s')",
+                           hostmem_pcow_path(vmsnap_pc(vs)), vmsnap_id(vs));
+}
+
+static bool vmsnap_takes_part(void *opaque)
+{
+    return !hostmem_pcow_readonly(vmsnap_pc(opaque));
+}
+
+static bool vmsnap_can_snapshot(void *opaque, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+
+    if (!hostmem_pcow_monitor(vmsnap_pc(vs))) {
+        g_autofree char *what = vmsnap_describe(vs);
+
+        error_setg(errp, "%s is closed", what);
+        return false;
+    }
+    return true;
+}
+
+static int vmsnap_has_snapshot(void *opaque, const char *name, Error **errp)
+{
+    pcow_monitor *mon = hostmem_pcow_monitor(vmsnap_pc(opaque));
+    pcow_snapshot_info sn;
+
+    return pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
+                                &sn, NULL) == 0;
+}
+
+static void vmsnap_vmstate_begin(void *opaque)
+{
+    PcowVmSnap *vs = opaque;
+    RAMBlock *rb = vs->backend->mr.ram_block;
+
+    vs->left_out = rb && qemu_ram_is_migratable(rb);
+    if (vs->left_out) {
+        qemu_ram_unset_migratable(rb);
+    }
+}
+
+static void vmsnap_vmstate_end(void *opaque)
+{
+    PcowVmSnap *vs = opaque;
+
+    if (vs->left_out) {
+        qemu_ram_set_migratable(vs->backend->mr.ram_block);
+        vs->left_out = false;
+    }
+}
+
+/* "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT 's1': why" */
+static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
+                        int ret, const pcow_error *perr, Error **errp)
+{
+    g_autofree char *dev = vmsnap_describe(vs);
+
+    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what, name,
+               hostmem_pcow_error_msg(perr, ret));
+    return ret;
+}
+
+static int vmsnap_create(void *opaque, const char *name, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+    pcow_error perr = { 0 };
+    int ret = pcow_monitor_snapshot_create(
+        hostmem_pcow_monitor(vmsnap_pc(vs)), name, NULL, &perr);
+
+    return ret < 0 ? vmsnap_error(vs, "create", name, ret, &perr, errp) : 0;
+}
+
+static int vmsnap_goto(void *opaque, const char *name, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+    pcow_error perr = { 0 };
+    int ret = pcow_monitor_snapshot_revert(
+        hostmem_pcow_monitor(vmsnap_pc(vs)), name, &perr);
+
+    return ret < 0 ? vmsnap_error(vs, "revert to", name, ret, &perr, errp)
+                   : 0;
+}
+
+static int vmsnap_delete(void *opaque, const char *name, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+    pcow_error perr = { 0 };
+    int ret = pcow_monitor_snapshot_delete(
+        hostmem_pcow_monitor(vmsnap_pc(vs)), name, &perr);
+
+    return ret < 0 ? vmsnap_error(vs, "delete", name, ret, &perr, errp) : 0;
+}
+
+static const VMSnapshotOps vmsnap_ops = {
+    .describe = vmsnap_describe,
+    .takes_part = vmsnap_takes_part,
+    .can_snapshot = vmsnap_can_snapshot,
+    .has_snapshot = vmsnap_has_snapshot,
+    .vmstate_begin = vmsnap_vmstate_begin,
+    .vmstate_end = vmsnap_vmstate_end,
+    .create = vmsnap_create,
+    .goto_snapshot = vmsnap_goto,
+    .delete = vmsnap_delete,
+};
+
+void *hostmem_pcow_vmsnap_add(HostMemoryBackend *backend)
+{
+    PcowVmSnap *vs = g_new0(PcowVmSnap, 1);
+
+    vs->backend = backend;
+    vm_snapshot_register(&vmsnap_ops, vs);
+    return vs;
+}
+
+void hostmem_pcow_vmsnap_del(void *vmsnap)
+{
+    if (vmsnap) {
+        vm_snapshot_unregister(vmsnap);
+        g_free(vmsnap);
+    }
+}

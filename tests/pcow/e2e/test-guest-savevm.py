@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Internal snapshots of the whole VM with a pcow NVDIMM (TCG; issue 10).
+
+A guest with a qcow2 disk (if=none, it holds the vmstate) and a 1 GiB pcow
+NVDIMM, driven by commands on its second serial port: "w TAG REGION"
+writes TAG's pattern there, "c" prints the md5 of every region (after
+dropping the page cache, so the NVDIMM itself is read; writes drop it
+too, or the vmstate would carry the data as page cache), "q" exits.
+Regions: R0 and R1 (64 KiB each), BIG (32 MiB).
+
+- w A R0, w A BIG; HMP savevm s1: the pcow image has snapshot s1 (query-
+  pcow), the vmstate grew by far less than BIG since a reference savevm s0
+  (the NVDIMM is not in it), and savevm read no hole of the NVDIMM.
+- w B R0, w B R1; HMP loadvm s1: the guest sees A in R0, zeros in R1 and
+  A in BIG.  HMP delvm s1: gone from the image and from the qcow2 disk.
+- QMP jobs: snapshot-save s2, w C R1, snapshot-load s2 (the guest sees the
+  state of s2), snapshot-delete s2.
+- All or nothing: snapshot-save of a tag the pcow image already has (a
+  live pcow snapshot) fails naming the image, and no qcow2 snapshot is
+  left; snapshot-save of a tag pcow refuses (a control character) fails
+  after the qcow2 snapshot was made: that one is deleted again.
+- Host: the image is clean, holds only the live snapshot.
+Env: QEMU, PCOW_IMG, QEMU_IMG (default: qemu-img next to QEMU).
+Exit 0 pass, 77 skip (last line says why), 1 fail.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+spec = importlib.util.spec_from_file_location(
+    "common", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "test-guest-common.py"))
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
+guest = common.guest
+MiB, KiB, GiB = common.MiB, common.KiB, common.GiB
+
+SIZE = 1 * GiB
+REGIONS = {"R0": (1 * MiB, 64 * KiB), "R1": (300 * MiB, 64 * KiB),
+           "BIG": (512 * MiB, 32 * MiB)}
+
+SCRIPT = common.GUEST_PRELUDE + r"""
+exec 3</dev/ttyS1 || fail "no /dev/ttyS1"
+echo READY
+while read -u 3 cmd tag reg; do
+    case "$cmd $reg" in
+""" + "".join(
+    f"""    "w {r}") yes "pcow-savevm $tag" | head -c {n} |
+        dd of=/dev/pmem0 bs=65536 seek={off // 65536} conv=notrunc,fsync \\
+        2>/dev/null || fail "write $tag {r}"
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        echo "WROTE $tag {r}" ;;
+""" for r, (off, n) in REGIONS.items()) + r"""
+    "c ") sync; echo 3 > /proc/sys/vm/drop_caches
+        line=SEE
+""" + "".join(
+    f"""        line="$line {r}=$(dd if=/dev/pmem0 bs=65536 skip={off // 65536} \\
+            count={n // 65536} 2>/dev/null | md5sum | cut -d' ' -f1)"
+""" for r, (off, n) in REGIONS.items()) + r"""        echo "$line" ;;
+    "q ") echo BYE; exit 0 ;;
+    esac
+done
+fail "ttyS1 closed"
+"""
+
+
+def region_md5(tag, reg):
+    n = REGIONS[reg][1]
+    if tag is None:
+        return common.md5(bytes(n))
+    s = f"pcow-savevm {tag}\n".encode()
+    return common.md5((s * (n // len(s) + 1))[:n])
+
+
+class Vm:
+    """The guest, its control port and its QMP."""
+
+    def __init__(self, t, g, ctl):
+        self.t, self.g = t, g
+        self.ctl = socket.socket(socket.AF_UNIX)
+        self.ctl.connect(str(ctl))
+        self.m = g.qmp(timeout=60)
+        self.m.sock.settimeout(600)     # savevm under TCG on a busy host
+
+    def send(self, line, expect, timeout=120):
+        self.ctl.sendall(line.encode() + b"\n")
+        return self.g.wait_for_line(expect, timeout=timeout)
+
+    def write(self, tag, reg):
+        self.send(f"w {tag} {reg}", rf"^WROTE {tag} {reg}$")
+
+    def check(self, state, what):
+        line = self.send("c", r"^SEE ")
+        got = dict(kv.split("=") for kv in line.split()[1:])
+        bad = [r for r in REGIONS if got.get(r) != region_md5(state.get(r), r)]
+        self.t.check(not bad, f"{what}: the guest reads "
+                     f"{ {r: state.get(r) for r in REGIONS} }"
+                     + (f" (wrong: {bad})" if bad else ""))
+
+    def hmp(self, cmd):
+        out = self.m.hmp(cmd)
+        print(f"   (hmp) {cmd} -> {out.strip()!r}")
+        return out
+
+    def pcow(self):
+        return self.m.execute("query-pcow")[0]
+
+    def pcow_snaps(self):
+        return [s["name"] for s in self.pcow()["snapshots"]]
+
+    def vm_sizes(self):
+        """{tag: VM SIZE in bytes} from HMP info snapshots"""
+        sizes = {}
+        mult = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB}
+        for ln in self.m.hmp("info snapshots").splitlines():
+            m = re.match(r"\s*\S+\s+(\S+)\s+([\d.]+)\s+(B|KiB|MiB|GiB)\s", ln)
+            if m:
+                sizes[m.group(1)] = float(m.group(2)) * mult[m.group(3)]
+        return sizes
+
+    def job(self, cmd, **args):
+        """Run a snapshot-* job to its end; returns its error or None."""
+        jid = f"{cmd}-{time.monotonic_ns()}"
+        self.m.execute(cmd, {"job-id": jid, **args})
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            jobs = {j["id"]: j for j in self.m.execute("query-jobs")}
+            j = jobs.get(jid)
+            if j and j["status"] == "concluded":
+                self.m.execute("job-dismiss", id=jid)
+                print(f"   (qmp) {cmd} {args} -> {j.get('error', 'ok')}")
+                return j.get("error")
+            time.sleep(0.2)
+        raise guest.GuestError(f"{cmd}: job not concluded after 600 s")
+
+
+def main():
+    t = common.Test("guest-savevm")
+    qemu_img = os.environ.get("QEMU_IMG") or os.path.join(
+        os.path.dirname(os.path.realpath(common.QEMU)), "qemu-img")
+    img, disk = t.tmp / "pm.pcow", t.tmp / "disk.qcow2"
+    t.img("create", img, "1G")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk),
+                    "64M"], check=True)
+    ctl = t.tmp / "ctl"
+    args = common.nvdimm_args([img]) + [
+        "-drive", f"if=none,id=d0,format=qcow2,file={disk}",
+        "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
+        "-device", "isa-serial,chardev=ctl,index=1"]
+    g = guest.Guest(SCRIPT, args, **dict(common.GUEST_KW, qmp=True))
+    with g:
+        try:
+            g.wait_for_line(r"^READY$")
+            run(t, Vm(t, g, ctl))
+        except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
+            t.check(False, f"guest: {e}")
+            print("\n".join("   # " + ln for ln in g.lines[-30:]))
+        r = g.wait(timeout=120)
+    t.boots.append(("guest", r))
+    t.check(r.rc == 0, f"guest script exit {r.rc}")
+    t.check_clean(img, "image after poweroff")
+    snaps = [s["name"] for s in t.info(img).get("snapshots", [])]
+    t.check(snaps == ["live"], f"image snapshots after the test: {snaps}, "
+            "expected only ['live']")
+    out = subprocess.run([qemu_img, "snapshot", "-l", str(disk)],
+                         stdout=subprocess.PIPE, text=True).stdout
+    tags = [ln.split()[1] for ln in out.splitlines()[2:] if ln.split()]
+    t.check(tags == ["s0"], f"qcow2 disk: snapshots {tags} (qemu-img "
+            "snapshot -l), expected only ['s0']")
+    t.finish()
+
+
+def run(t, vm):
+    state = {}
+    vm.check(state, "at boot")
+    vm.hmp("savevm s0")             # reference: RAM and devices only
+    for reg in ("R0", "BIG"):
+        vm.write("A", reg)
+        state[reg] = "A"
+    holes0 = vm.pcow()["statistics"]["hole-read-faults"]
+    out = vm.hmp("savevm s1")
+    t.check(out.strip() == "", f"savevm s1 succeeded ({out.strip()!r})")
+    holes = vm.pcow()["statistics"]["hole-read-faults"] - holes0
+    t.check(holes < 64, f"savevm read {holes} holes of the NVDIMM "
+            "(it reads none of it: the image holds it)")
+    t.check("s1" in vm.pcow_snaps(),
+            f"query-pcow lists snapshot s1 ({vm.pcow_snaps()})")
+    sizes = vm.vm_sizes()
+    grew = sizes.get("s1", 0) - sizes.get("s0", 0)
+    t.note(f"VM SIZE s0 {sizes.get('s0', 0) / MiB:.1f} MiB, "
+           f"s1 {sizes.get('s1', 0) / MiB:.1f} MiB")
+    t.check("s1" in sizes and grew < REGIONS["BIG"][1] // 2,
+            f"the vmstate grew by {grew / MiB:.1f} MiB from s0 to s1, "
+            f"with {REGIONS['BIG'][1] // MiB} MiB written to the NVDIMM "
+            "(the NVDIMM is not in it)")
+
+    s1 = dict(state)
+    vm.write("B", "R0")
+    vm.write("B", "R1")
+    vm.check({**s1, "R0": "B", "R1": "B"}, "after writing B")
+    out = vm.hmp("loadvm s1")
+    t.check(out.strip() == "", f"loadvm s1 succeeded ({out.strip()!r})")
+    vm.check(s1, "after loadvm s1")
+    vm.hmp("delvm s1")
+    t.check("s1" not in vm.pcow_snaps() and "s1" not in vm.vm_sizes(),
+            "delvm s1: gone from the pcow image and the qcow2 disk")
+
+    # --- the QMP jobs
+    err = vm.job("snapshot-save", tag="s2", vmstate="d0", devices=["d0"])
+    t.check(err is None and "s2" in vm.pcow_snaps(),
+            f"snapshot-save s2: {err or 'ok'}, pcow {vm.pcow_snaps()}")
+    vm.write("C", "R1")
+    err = vm.job("snapshot-load", tag="s2", vmstate="d0", devices=["d0"])
+    t.check(err is None, f"snapshot-load s2: {err or 'ok'}")
+    vm.check(s1, "after snapshot-load s2")
+    err = vm.job("snapshot-delete", tag="s2", devices=["d0"])
+    t.check(err is None and "s2" not in vm.pcow_snaps(),
+            f"snapshot-delete s2: {err or 'ok'}, pcow {vm.pcow_snaps()}")
+
+    # --- all or nothing
+    vm.m.execute("pcow-snapshot-create", id="pm0", name="live")
+    err = vm.job("snapshot-save", tag="live", vmstate="d0", devices=["d0"])
+    t.check(err is not None and "pm.pcow" in err and "pm0" in err and
+            "already exists" in err,
+            f"snapshot-save of a tag the image has fails naming it: {err}")
+    t.check("live" not in vm.vm_sizes(), "... and no qcow2 snapshot 'live'")
+    bad = "bad\x01tag"
+    err = vm.job("snapshot-save", tag=bad, vmstate="d0", devices=["d0"])
+    t.check(err is not None and "pm.pcow" in err and "pm0" in err,
+            f"snapshot-save of a tag pcow refuses fails naming it: {err}")
+    t.check(len(vm.vm_sizes()) == 1 and vm.pcow_snaps() == ["live"],
+            f"... and nothing half-made: qcow2 {sorted(vm.vm_sizes())}, "
+            f"pcow {vm.pcow_snaps()}")
+    vm.check(s1, "the guest runs on after the failed snapshots")
+    vm.send("q", r"^BYE$")
+
+
+if __name__ == "__main__":
+    main()
