@@ -101,9 +101,11 @@ static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
                         int ret, const pcow_error *perr, Error **errp)
 {
     g_autofree char *dev = vmsnap_describe(vs);
+    char *shown = pcow_escape_text(name);     /* a tag may hold anything */
 
-    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what, name,
-               hostmem_pcow_error_msg(perr, ret));
+    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what,
+               shown ? shown : name, hostmem_pcow_error_msg(perr, ret));
+    free(shown);
     return ret;
 }
 

@@ -4,8 +4,9 @@
 A guest with a qcow2 disk (if=none, it holds the vmstate) and a 1 GiB pcow
 NVDIMM, driven by commands on its second serial port: "w TAG REGION"
 writes TAG's pattern there, "c" prints the md5 of every region (after
-dropping the page cache, so the NVDIMM itself is read; writes drop it
-too, or the vmstate would carry the data as page cache), "q" exits.
+dropping the page cache, with O_DIRECT, so the NVDIMM itself is read;
+writes use O_DIRECT too, or the vmstate would carry the data as page
+cache), "q" exits.
 Regions: R0 and R1 (64 KiB each), BIG (32 MiB).
 
 - w A R0, w A BIG; HMP savevm s1: the pcow image has snapshot s1 (query-
@@ -19,7 +20,11 @@ Regions: R0 and R1 (64 KiB each), BIG (32 MiB).
   live pcow snapshot) fails naming the image, and no qcow2 snapshot is
   left; snapshot-save of a tag pcow refuses (a control character) fails
   after the qcow2 snapshot was made: that one is deleted again.
-- Host: the image is clean, holds only the live snapshot.
+- Host: the image is clean and holds s0 and the live snapshot only; the
+  qcow2 disk holds s0 only.
+- A second, read-only pcow NVDIMM (64 MiB, data in its first MiB) takes no
+  part: no snapshot; the guest reads its data after every loadvm (its RAM
+  is not in the vmstate either, which loadvm could not write back).
 Env: QEMU, PCOW_IMG, QEMU_IMG (default: qemu-img next to QEMU).
 Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
@@ -41,27 +46,36 @@ guest = common.guest
 MiB, KiB, GiB = common.MiB, common.KiB, common.GiB
 
 SIZE = 1 * GiB
+DISK = {"vmstate": "disk0", "devices": ["disk0"]}     # the qcow2 node
 REGIONS = {"R0": (1 * MiB, 64 * KiB), "R1": (300 * MiB, 64 * KiB),
            "BIG": (512 * MiB, 32 * MiB)}
 
-SCRIPT = common.GUEST_PRELUDE + r"""
-exec 3</dev/ttyS1 || fail "no /dev/ttyS1"
+RO_SIZE = 64 * MiB                  # the read-only NVDIMM
+RO_DATA = common.pattern("savevm-ro", 1 * MiB)
+
+SCRIPT = common.GUEST_PRELUDE + rf"""
+pm=/dev/$(pmem_of_size {SIZE}) || fail "no {SIZE}-byte pmem"
+ro=/dev/$(pmem_of_size {RO_SIZE}) || fail "no {RO_SIZE}-byte pmem"
+""" + r"""exec 3</dev/ttyS1 || fail "no /dev/ttyS1"
 echo READY
 while read -u 3 cmd tag reg; do
     case "$cmd $reg" in
 """ + "".join(
     f"""    "w {r}") yes "pcow-savevm $tag" | head -c {n} |
-        dd of=/dev/pmem0 bs=65536 seek={off // 65536} conv=notrunc,fsync \\
-        2>/dev/null || fail "write $tag {r}"
-        sync; echo 3 > /proc/sys/vm/drop_caches
+        dd of=$pm bs=65536 seek={off // 65536} iflag=fullblock \\
+        oflag=direct conv=notrunc,fsync 2>/dev/null || fail "write $tag {r}"
         echo "WROTE $tag {r}" ;;
 """ for r, (off, n) in REGIONS.items()) + r"""
     "c ") sync; echo 3 > /proc/sys/vm/drop_caches
         line=SEE
 """ + "".join(
-    f"""        line="$line {r}=$(dd if=/dev/pmem0 bs=65536 skip={off // 65536} \\
-            count={n // 65536} 2>/dev/null | md5sum | cut -d' ' -f1)"
-""" for r, (off, n) in REGIONS.items()) + r"""        echo "$line" ;;
+    f"""        line="$line {r}=$(dd if=$pm bs=65536 skip={off // 65536} \\
+            count={n // 65536} iflag=direct 2>/dev/null |
+            md5sum | cut -d' ' -f1)"
+""" for r, (off, n) in REGIONS.items()) + r"""
+        line="$line RO=$(dd if=$ro bs=65536 count=16 iflag=direct \
+            2>/dev/null | md5sum | cut -d' ' -f1)"
+        echo "$line" ;;
     "q ") echo BYE; exit 0 ;;
     esac
 done
@@ -98,6 +112,8 @@ class Vm:
         line = self.send("c", r"^SEE ")
         got = dict(kv.split("=") for kv in line.split()[1:])
         bad = [r for r in REGIONS if got.get(r) != region_md5(state.get(r), r)]
+        if got.get("RO") != common.md5(RO_DATA):
+            bad.append("RO (the read-only NVDIMM)")
         self.t.check(not bad, f"{what}: the guest reads "
                      f"{ {r: state.get(r) for r in REGIONS} }"
                      + (f" (wrong: {bad})" if bad else ""))
@@ -108,7 +124,8 @@ class Vm:
         return out
 
     def pcow(self):
-        return self.m.execute("query-pcow")[0]
+        return next(p for p in self.m.execute("query-pcow")
+                    if p["id"] == "pm0")
 
     def pcow_snaps(self):
         return [s["name"] for s in self.pcow()["snapshots"]]
@@ -144,12 +161,18 @@ def main():
     qemu_img = os.environ.get("QEMU_IMG") or os.path.join(
         os.path.dirname(os.path.realpath(common.QEMU)), "qemu-img")
     img, disk = t.tmp / "pm.pcow", t.tmp / "disk.qcow2"
+    ro, raw = t.tmp / "ro.pcow", t.tmp / "ro.raw"
     t.img("create", img, "1G")
+    with open(raw, "wb") as f:
+        f.write(RO_DATA)
+        f.truncate(RO_SIZE)
+    t.img("convert", "-O", "pcow", raw, ro)
     subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk),
                     "64M"], check=True)
     ctl = t.tmp / "ctl"
-    args = common.nvdimm_args([img]) + [
-        "-drive", f"if=none,id=d0,format=qcow2,file={disk}",
+    args = common.nvdimm_args([img, (ro, "readonly=on", "unarmed=on")]) + [
+        "-drive",
+        f"if=none,id=d0,node-name=disk0,format=qcow2,file={disk}",
         "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
         "-device", "isa-serial,chardev=ctl,index=1"]
     g = guest.Guest(SCRIPT, args, **dict(common.GUEST_KW, qmp=True))
@@ -164,9 +187,12 @@ def main():
     t.boots.append(("guest", r))
     t.check(r.rc == 0, f"guest script exit {r.rc}")
     t.check_clean(img, "image after poweroff")
+    t.check_clean(ro, "read-only image after poweroff")
+    t.check(not t.info(ro).get("snapshots"), "the read-only image took no "
+            "part: no snapshot")
     snaps = [s["name"] for s in t.info(img).get("snapshots", [])]
-    t.check(snaps == ["live"], f"image snapshots after the test: {snaps}, "
-            "expected only ['live']")
+    t.check(snaps == ["s0", "live"], f"image snapshots after the test: "
+            f"{snaps}, expected ['s0', 'live']")
     out = subprocess.run([qemu_img, "snapshot", "-l", str(disk)],
                          stdout=subprocess.PIPE, text=True).stdout
     tags = [ln.split()[1] for ln in out.splitlines()[2:] if ln.split()]
@@ -178,16 +204,16 @@ def main():
 def run(t, vm):
     state = {}
     vm.check(state, "at boot")
+    holes0 = vm.pcow()["statistics"]["hole-read-faults"]
     vm.hmp("savevm s0")             # reference: RAM and devices only
     for reg in ("R0", "BIG"):
         vm.write("A", reg)
         state[reg] = "A"
-    holes0 = vm.pcow()["statistics"]["hole-read-faults"]
     out = vm.hmp("savevm s1")
     t.check(out.strip() == "", f"savevm s1 succeeded ({out.strip()!r})")
     holes = vm.pcow()["statistics"]["hole-read-faults"] - holes0
-    t.check(holes < 64, f"savevm read {holes} holes of the NVDIMM "
-            "(it reads none of it: the image holds it)")
+    t.check(holes < 64, f"savevm s0 and s1 read {holes} holes of the "
+            "NVDIMM (none: the image holds it)")
     t.check("s1" in vm.pcow_snaps(),
             f"query-pcow lists snapshot s1 ({vm.pcow_snaps()})")
     sizes = vm.vm_sizes()
@@ -211,29 +237,34 @@ def run(t, vm):
             "delvm s1: gone from the pcow image and the qcow2 disk")
 
     # --- the QMP jobs
-    err = vm.job("snapshot-save", tag="s2", vmstate="d0", devices=["d0"])
+    err = vm.job("snapshot-save", tag="s2", **DISK)
     t.check(err is None and "s2" in vm.pcow_snaps(),
             f"snapshot-save s2: {err or 'ok'}, pcow {vm.pcow_snaps()}")
     vm.write("C", "R1")
-    err = vm.job("snapshot-load", tag="s2", vmstate="d0", devices=["d0"])
-    t.check(err is None, f"snapshot-load s2: {err or 'ok'}")
+    err = vm.job("snapshot-load", tag="s2", **DISK)
+    st = vm.m.execute("query-status")["status"]
+    t.check(err is None and st == "running",
+            f"snapshot-load s2: {err or 'ok'}, VM {st}")
+    if st != "running":
+        vm.m.execute("cont")        # a failed load leaves the VM stopped
     vm.check(s1, "after snapshot-load s2")
-    err = vm.job("snapshot-delete", tag="s2", devices=["d0"])
+    err = vm.job("snapshot-delete", tag="s2", devices=DISK["devices"])
     t.check(err is None and "s2" not in vm.pcow_snaps(),
             f"snapshot-delete s2: {err or 'ok'}, pcow {vm.pcow_snaps()}")
 
     # --- all or nothing
     vm.m.execute("pcow-snapshot-create", id="pm0", name="live")
-    err = vm.job("snapshot-save", tag="live", vmstate="d0", devices=["d0"])
+    err = vm.job("snapshot-save", tag="live", **DISK)
     t.check(err is not None and "pm.pcow" in err and "pm0" in err and
             "already exists" in err,
             f"snapshot-save of a tag the image has fails naming it: {err}")
     t.check("live" not in vm.vm_sizes(), "... and no qcow2 snapshot 'live'")
     bad = "bad\x01tag"
-    err = vm.job("snapshot-save", tag=bad, vmstate="d0", devices=["d0"])
+    err = vm.job("snapshot-save", tag=bad, **DISK)
     t.check(err is not None and "pm.pcow" in err and "pm0" in err,
             f"snapshot-save of a tag pcow refuses fails naming it: {err}")
-    t.check(len(vm.vm_sizes()) == 1 and vm.pcow_snaps() == ["live"],
+    t.check(sorted(vm.vm_sizes()) == ["s0"] and
+            vm.pcow_snaps() == ["s0", "live"],
             f"... and nothing half-made: qcow2 {sorted(vm.vm_sizes())}, "
             f"pcow {vm.pcow_snaps()}")
     vm.check(s1, "the guest runs on after the failed snapshots")
