@@ -23,6 +23,13 @@
 #               checks it reads the base's data, writes next to it and
 #               elsewhere.
 #   raw         control: a raw file named *.img behaves as upstream QEMU's.
+#   snapshot    a qcow2 disk and a pcow NVDIMM, libvirt internal snapshots
+#               of the running domain (issue 10): the guest writes A,
+#               virsh snapshot-create-as s1, writes B, virsh
+#               snapshot-revert s1, and checks it reads A again (B gone);
+#               the pcow image holds s1 until virsh snapshot-delete.  The
+#               guest takes commands on its second serial port (a unix
+#               socket), so it runs on across the snapshot and the revert.
 #   refusals    no boot: a raw file named *.pcow is refused (the name selects
 #               pcow, the content must then be pcow); QEMU as libvirt-qemu
 #               without userfaultfd access fails with a message naming it.
@@ -52,7 +59,8 @@
 #
 # Env: QEMU (default build/qemu-system-x86_64), PCOW_IMG (default
 #      build/pcow-img), PCOW_LV_KEEP=1 keeps the work directory,
-#      PCOW_LV_CASES="root qemu-user raw refusals" to run a subset,
+#      PCOW_LV_CASES="root snapshot qemu-user raw refusals" to run a
+#      subset, QEMU_IMG (default: qemu-img next to QEMU),
 #      PCOW_LV_VERBOSE=1 prints the guest consoles.
 # Exit: 0 pass, 77 skip (one line saying why), anything else fail.
 set -u -o pipefail
@@ -60,7 +68,7 @@ set -u -o pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 QEMU=${QEMU:-$top/build/qemu-system-x86_64}
 PCOW_IMG=${PCOW_IMG:-$top/build/pcow-img}
-CASES=${PCOW_LV_CASES:-root qemu-user raw refusals}
+CASES=${PCOW_LV_CASES:-root snapshot qemu-user raw refusals}
 VSIZE=$((1024 * 1024 * 1024))      # virtual size of the pcow images
 RAWSIZE=$((128 * 1024 * 1024))     # the raw control image (preallocated!)
 QUSER=libvirt-qemu
@@ -515,6 +523,108 @@ sync" || { uffd_restore; return; }
     check_owner raw "$img"
 }
 
+# wait_console DIR REGEX: the guest printed a line matching REGEX (60 s)
+wait_console() {
+    local i
+    for i in $(seq 600); do
+        grep -q -E "$2" "$1/console.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    tail -20 "$1/console.log"
+    return 1
+}
+
+# guest_cmd DIR CMD: one line to the guest's second serial port
+guest_cmd() {
+    python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+time.sleep(0.3)
+s.close()' "$1/ctl.sock" "$2"
+}
+
+# info_pcow NAME: HMP "info pcow" of the running domain NAME
+info_pcow() { virsh_ qemu-monitor-command "$1" --hmp 'info pcow'; }
+
+case_snapshot() {
+    local dir=$W/snapshot name=pcow-lv-snap img qemu_img out i
+    mkdir -p "$dir"; img=$dir/nv.pcow
+    qemu_img=${QEMU_IMG:-$(dirname "$QEMU")/qemu-img}
+    "$PCOW_IMG" create -q -f pcow "$img" "$VSIZE" &&
+        "$qemu_img" create -q -f qcow2 "$dir/disk.qcow2" 64M ||
+        { fail "snapshot: creating the images"; return; }
+    make_initrd "$dir" "$GUEST_LIB"'
+exec 3</dev/ttyS1
+w 10 a10; w 20000 a20000; sync
+echo GUEST-WROTE-A
+while read -u 3 cmd; do
+    case $cmd in
+    b) w 10 b10; w 30000 b30000; sync; echo GUEST-WROTE-B ;;
+    c) echo 3 > /proc/sys/vm/drop_caches
+       if [ "$(r 10)" = "$(e a10)" ] && [ "$(r 20000)" = "$(e a20000)" ] &&
+          [ "$(r 30000)" = "$(z)" ]; then
+           echo GUEST-SEES-A
+       else
+           echo GUEST-SEES-WRONG
+       fi ;;
+    q) echo GUEST-DONE; exit 0 ;;
+    esac
+done'
+    domain_xml "$name" "$dir" "$(nvdimm_xml "$img" "$VSIZE")
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$dir/disk.qcow2'/>
+      <target dev='hda' bus='ide'/>
+    </disk>
+    <serial type='unix'>
+      <source mode='bind' path='$dir/ctl.sock'/>
+      <target port='1'/>
+    </serial>" >"$dir/domain.xml"
+    virsh_ define "$dir/domain.xml" >/dev/null || { fail "snapshot: virsh define"; return; }
+    DOMAINS+=("$dir $name")
+    virsh_ start "$name" >"$dir/start.out" 2>&1 ||
+        { cat "$dir/start.out"; fail "snapshot: virsh start"; return; }
+    wait_console "$dir" '^GUEST-WROTE-A' || { fail "snapshot: guest did not write A"; return; }
+    if ! out=$(virsh_ snapshot-create-as "$name" s1 2>&1); then
+        fail "snapshot: virsh snapshot-create-as: $out"; return
+    fi
+    info_pcow "$name" | grep -q -w s1 &&
+        log "snapshot: virsh snapshot-create-as s1: the pcow image has snapshot s1" ||
+        fail "snapshot: no pcow snapshot s1 after snapshot-create-as ($(info_pcow "$name" | tr '\n' ' '))"
+    guest_cmd "$dir" b
+    wait_console "$dir" '^GUEST-WROTE-B' || { fail "snapshot: guest did not write B"; return; }
+    if ! out=$(virsh_ snapshot-revert "$name" s1 2>&1); then
+        fail "snapshot: virsh snapshot-revert: $out"; return
+    fi
+    [ "$(virsh_ domstate "$name")" = running ] || fail "snapshot: not running after the revert"
+    guest_cmd "$dir" c
+    if wait_console "$dir" '^GUEST-SEES-'; then
+        grep -q '^GUEST-SEES-A' "$dir/console.log" &&
+            log "snapshot: after virsh snapshot-revert s1 the guest reads A, B is gone" ||
+            fail "snapshot: after the revert the guest does not read A"
+    else
+        fail "snapshot: guest did not answer after the revert"
+    fi
+    if ! out=$(virsh_ snapshot-delete "$name" s1 2>&1); then
+        fail "snapshot: virsh snapshot-delete: $out"
+    fi
+    info_pcow "$name" | grep -q -w s1 &&
+        fail "snapshot: pcow snapshot s1 still there after snapshot-delete" ||
+        log "snapshot: virsh snapshot-delete s1 deleted the pcow snapshot"
+    guest_cmd "$dir" q
+    wait_console "$dir" '^PCOW-GUEST-EXIT 0' || fail "snapshot: guest did not exit 0"
+    for i in $(seq 300); do
+        [ "$(virsh_ domstate "$name" 2>/dev/null)" = "shut off" ] && break
+        sleep 0.1
+    done
+    virsh_ undefine "$name" >/dev/null || fail "snapshot: virsh undefine"
+    "$PCOW_IMG" check "$img" >/dev/null || fail "snapshot: pcow-img check"
+    "$PCOW_IMG" snapshot -l "$img" | grep -q -w s1 &&
+        fail "snapshot: s1 left in the image"
+    check_content snapshot "$img" "$(expect_file "$dir" "$VSIZE" "10 a10" "20000 a20000")"
+}
+
 # start_must_fail NAME DIR IMG SIZE REGEX: QEMU refuses; its message matches
 start_must_fail() {
     local name=$1 dir=$2 img=$3 size=$4 rx=$5
@@ -559,10 +669,11 @@ case_refusals_user() {      # runs with the libvirt-qemu daemon, no uffd access
 want() { [[ " $CASES " == *" $1 "* ]]; }
 
 log "QEMU=$QEMU PCOW_IMG=$PCOW_IMG work=$W"
-if want root || want refusals; then
+if want root || want snapshot || want refusals; then
     daemon_start root root
     log "libvirtd (QEMU as root) pid $DAEMON_PID"
     want root && case_root
+    want snapshot && case_snapshot
     want refusals && case_refusals_root
     daemon_stop
 fi
