@@ -16,6 +16,8 @@ Regions: R0 and R1 (64 KiB each), BIG (32 MiB).
   A in BIG.  HMP delvm s1: gone from the image and from the qcow2 disk.
 - QMP jobs: snapshot-save s2, w C R1, snapshot-load s2 (the guest sees the
   state of s2), snapshot-delete s2.
+- loadvm of a tag whose pcow snapshot is gone (pcow-snapshot-delete)
+  fails naming the image, and changes nothing.
 - All or nothing: snapshot-save of a tag the pcow image already has (a
   live pcow snapshot) fails naming the image, and no qcow2 snapshot is
   left; snapshot-save of a tag pcow refuses (a control character) fails
@@ -252,6 +254,21 @@ def run(t, vm):
     t.check(err is None and "s2" not in vm.pcow_snaps(),
             f"snapshot-delete s2: {err or 'ok'}, pcow {vm.pcow_snaps()}")
 
+    # --- loadvm of a snapshot the image lacks: refused before any change
+    vm.hmp("savevm s3")
+    vm.m.execute("pcow-snapshot-delete", id="pm0", name="s3")
+    vm.write("D", "R1")
+    out = vm.hmp("loadvm s3")
+    t.check("s3" in out and "does not exist in pcow image" in out and
+            "pm.pcow" in out and "pm0" in out,
+            f"loadvm of a snapshot the image lacks fails naming it: {out!r}")
+    st = vm.m.execute("query-status")["status"]
+    vm.m.execute("cont")            # HMP loadvm leaves a VM it stopped so
+    vm.check({**s1, "R1": "D"}, f"... and changes nothing (VM was {st})")
+    vm.hmp("delvm s3")
+    vm.write("E", "R1")
+    vm.check({**s1, "R1": "E"}, "guest writes go on")
+
     # --- all or nothing
     vm.m.execute("pcow-snapshot-create", id="pm0", name="live")
     err = vm.job("snapshot-save", tag="live", **DISK)
@@ -267,7 +284,8 @@ def run(t, vm):
             vm.pcow_snaps() == ["s0", "live"],
             f"... and nothing half-made: qcow2 {sorted(vm.vm_sizes())}, "
             f"pcow {vm.pcow_snaps()}")
-    vm.check(s1, "the guest runs on after the failed snapshots")
+    vm.check({**s1, "R1": "E"},
+             "the guest runs on after the failed snapshots")
     vm.send("q", r"^BYE$")
 
 
