@@ -20,6 +20,15 @@
  * poweroff, SIGTERM/SIGINT/SIGHUP and exit() on an error path all return
  * through exit() and so run it.
  *
+ * Out of space (nospace=stall, the default): the monitor holds the faults
+ * that find the host file system full and signals an eventfd once per
+ * episode; its handler here, in the main loop, emits PCOW_IO_ERROR.  The
+ * held faults complete by themselves when space returns (the monitor
+ * retries every 200 ms; a VM that is continued retries at once).  A vCPU
+ * blocked in a held fault cannot acknowledge a pause, so the VM is never
+ * paused for it: stop and everything that pauses waits for space
+ * (docs/pcow.rst, "Out of space").
+ *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.
  */
@@ -30,12 +39,15 @@
 #include "qemu/error-report.h"
 #include "qemu/queue.h"
 #include "qemu/notify.h"
+#include "qemu/main-loop.h"
 #include "qemu/thread.h"
 #include "qemu/madvise.h"
 #include "exec/memory.h"
 #include "exec/address-spaces.h"
 #include "sysemu/sysemu.h"
 #include "sysemu/hostmem.h"
+#include "sysemu/runstate.h"
+#include "qapi/qapi-events-pcow.h"
 #include "backends/hostmem-pcow.h"
 #include "pcow/monitor.h"
 
@@ -46,6 +58,10 @@ struct HostMemPcow {
     uint8_t *base;
     uint64_t size;
     bool readonly;
+    bool nospace_fail;
+    int event_fd;               /* the monitor's episode eventfd, or -1 */
+    uint64_t episodes_reported;
+    VMChangeStateEntry *vm_change;
     QemuMutex lock;             /* flush (thread pool) against close */
     Notifier exit_notifier;
     void *vmsnap;               /* savevm/loadvm/delvm hooks */
@@ -66,11 +82,54 @@ const char *hostmem_pcow_error_msg(const pcow_error *perr, int ret)
     return perr->msg[0] ? perr->msg : strerror(-ret);
 }
 
+/* The monitor's episode eventfd: one PCOW_IO_ERROR per episode. */
+static void hostmem_pcow_episode(void *opaque)
+{
+    HostMemPcow *pc = opaque;
+    pcow_monitor_stats st;
+    uint64_t v;
+    char *id;
+
+    if (read(pc->event_fd, &v, sizeof(v)) < 0 || !pc->mon) {
+        return;
+    }
+    pcow_monitor_get_stats(pc->mon, &st);
+    if (st.nospace_episodes != pc->episodes_reported) {
+        pc->episodes_reported = st.nospace_episodes;
+        id = host_memory_backend_get_name(pc->backend);
+        error_report("pcow image '%s' (backend '%s'): the host file system "
+                     "is full; guest writes wait for space (nospace=stall)",
+                     pc->path, id);
+        qapi_event_send_pcow_io_error(id, pc->path, st.nospace_offset, true,
+                                      PCOW_NOSPACE_POLICY_STALL);
+        g_free(id);
+    }
+    if (!st.held_faults && st.nospace_episodes) {
+        info_report("pcow image '%s': space is back; the held guest writes "
+                    "completed", pc->path);
+    }
+}
+
+/* A VM that is continued retries the held faults at once. */
+static void hostmem_pcow_vm_change(void *opaque, bool running,
+                                   RunState state)
+{
+    HostMemPcow *pc = opaque;
+
+    if (running && pc->mon) {
+        pcow_monitor_retry(pc->mon);
+    }
+}
+
 static void hostmem_pcow_close(HostMemPcow *pc)
 {
     pcow_error perr = { 0 };
     int ret;
 
+    if (pc->event_fd >= 0) {
+        qemu_set_fd_handler(pc->event_fd, NULL, NULL, NULL);
+        pc->event_fd = -1;
+    }
     qemu_mutex_lock(&pc->lock);
     if (!pc->mon) {
         qemu_mutex_unlock(&pc->lock);
@@ -251,6 +310,9 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     if (opts->readonly) {
         mopts.flags |= PCOW_MONITOR_READONLY;
     }
+    if (opts->nospace_fail) {
+        mopts.flags |= PCOW_MONITOR_NOSPACE_FAIL;
+    }
     ret = pcow_monitor_open(path, &mopts, &mon, &perr);
     if (ret < 0) {
         hostmem_pcow_open_error(opts, ret, &perr, errp);
@@ -269,8 +331,16 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     pc->base = pcow_monitor_base(mon);
     pc->size = pcow_monitor_size(mon);
     pc->readonly = opts->readonly;
+    pc->nospace_fail = opts->nospace_fail;
     qemu_mutex_init(&pc->lock);
     hostmem_pcow_init_region(pc, align);
+
+    pc->event_fd = pcow_monitor_event_fd(mon);
+    if (pc->event_fd >= 0) {
+        qemu_set_fd_handler(pc->event_fd, hostmem_pcow_episode, NULL, pc);
+    }
+    pc->vm_change = qemu_add_vm_change_state_handler(hostmem_pcow_vm_change,
+                                                     pc);
 
     pc->exit_notifier.notify = hostmem_pcow_exit_notify;
     qemu_add_exit_notifier(&pc->exit_notifier);
@@ -328,6 +398,11 @@ bool hostmem_pcow_readonly(HostMemPcow *pc)
     return pc->readonly;
 }
 
+bool hostmem_pcow_nospace_fail(HostMemPcow *pc)
+{
+    return pc->nospace_fail;
+}
+
 int hostmem_pcow_flush(HostMemPcow *pc)
 {
     pcow_error perr = { 0 };
@@ -353,6 +428,7 @@ void hostmem_pcow_free(HostMemPcow *pc)
     }
     hostmem_pcow_vmsnap_del(pc->vmsnap);
     hostmem_pcow_close(pc);
+    qemu_del_vm_change_state_handler(pc->vm_change);
     qemu_remove_exit_notifier(&pc->exit_notifier);
     QLIST_REMOVE(pc, next);
     qemu_mutex_destroy(&pc->lock);

@@ -25,6 +25,7 @@ typedef struct HostMemPcowOptions {
     bool readonly;
     bool discard_data;
     bool format_from_name;  /* format= not given, chosen by the .pcow name */
+    bool nospace_fail;      /* nospace=fail: no space kills the access */
 } HostMemPcowOptions;
 
 /*
@@ -68,6 +69,7 @@ HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);
 struct pcow_monitor *hostmem_pcow_monitor(HostMemPcow *pc);
 const char *hostmem_pcow_path(HostMemPcow *pc);
 bool hostmem_pcow_readonly(HostMemPcow *pc);
+bool hostmem_pcow_nospace_fail(HostMemPcow *pc);
 
 /*
  * Make the guest's writes to the image durable (virtio-pmem flush).  May be

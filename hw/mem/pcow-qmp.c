@@ -157,6 +157,8 @@ static PcowStatistics *pcow_statistics(pcow_monitor *mon)
     st->pool_misses = ms.pool_misses;
     st->errors = ms.errors;
     st->vmas = ms.vmas;
+    st->held_faults = ms.held_faults;
+    st->nospace_episodes = ms.nospace_episodes;
     st->expansion_latency = pcow_latency_info(&ms.expansion_latency);
     st->cow_latency = pcow_latency_info(&ms.cow_latency);
     st->hole_read_latency = pcow_latency_info(&ms.hole_read_latency);
@@ -213,6 +215,8 @@ static PcowInfo *pcow_qmp_info(const char *id, HostMemPcow *pc,
     }
     free(sn);
 
+    info->nospace = hostmem_pcow_nospace_fail(pc) ? PCOW_NOSPACE_POLICY_FAIL
+                                                  : PCOW_NOSPACE_POLICY_STALL;
     info->statistics = pcow_statistics(mon);
     return info;
 }
@@ -485,6 +489,14 @@ void hmp_info_pcow(Monitor *mon, const QDict *qdict)
                        st->expansions, st->cow_unit_faults,
                        st->cow_cluster_faults, st->hole_read_faults,
                        st->errors);
+        if (st->held_faults) {
+            monitor_printf(mon, "  out of space: %" PRIu64 " faults held "
+                           "(vCPUs stalled) until space is freed\n",
+                           st->held_faults);
+        }
+        monitor_printf(mon, "  on no space: %s; %" PRIu64 " episodes\n",
+                       PcowNospacePolicy_str(p->nospace),
+                       st->nospace_episodes);
         monitor_printf(mon, "  pool: %" PRIu64 " hits, %" PRIu64 " misses; "
                        "%" PRIu64 " mappings\n", st->pool_hits,
                        st->pool_misses, st->vmas);
