@@ -249,6 +249,14 @@ int mon_map_reset(pcow_monitor *mon, pcow_error *err)
     /* Private anonymous: dropping the pages clears the maps. */
     madvise(mon->zero_map, mon->map_bytes, MADV_DONTNEED);
     madvise(mon->mapped_map, mon->map_bytes, MADV_DONTNEED);
+    /*
+     * Held expansions too: the writers were woken by the new mapping and
+     * fault again on the reverted image; a stale bit would expand a
+     * cluster nobody writes.
+     */
+    madvise(mon->held_map, mon->map_bytes, MADV_DONTNEED);
+    atomic_store(&mon->uffd_held, 0);
+    mon->held_lo = UINT64_MAX;
     atomic_store(&mon->vmas, maps);
     mon->lazy = (uint64_t)maps > eager_max();
     return 0;

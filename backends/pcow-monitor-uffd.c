@@ -552,6 +552,8 @@ int mon_uffd_register(pcow_monitor *mon, pcow_error *err)
         return mon_error(mon, err, -e, "cannot register the image range "
                          "with userfaultfd again: %s", strerror(e));
     }
+    /* Writers held for space sleep on the old range: fault again. */
+    wake_range(mon, mon->base, mon->size);
     return 0;
 }
 
