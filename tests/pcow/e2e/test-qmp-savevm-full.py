@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""savevm is all or nothing across pcow images: a full disk (issue 10).
+
+QEMU (paused, no guest OS) with a qcow2 drive and two pcow NVDIMMs: pm0 on
+the test's directory, pm1 on a small tmpfs that is then filled up.
+
+- savevm s1: pm0's snapshot and the qcow2 snapshot are taken, pm1's
+  fails (no space).  savevm fails with one line naming pm1 and its image,
+  and nothing is left: no snapshot in pm0, pm1 or the qcow2 drive.
+- Space freed: savevm s1 succeeds in all three; loadvm s1 and delvm s1
+  work.
+- Host, after quit: both images check clean and hold no snapshot.
+Env: QEMU, PCOW_IMG, QEMU_IMG (default: qemu-img next to QEMU).
+Exit 0 pass, 77 skip (last line says why), 1 fail.
+"""
+
+import importlib.util
+import os
+import subprocess
+import time
+
+spec = importlib.util.spec_from_file_location(
+    "common", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "test-guest-common.py"))
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
+guest = common.guest
+MiB = common.MiB
+
+
+def fill(path):
+    """Fill the file system holding @path: a file until ENOSPC."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while os.write(fd, bytes(64 * 1024)) > 0:
+            pass
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def snaps(m):
+    """{backend id: [pcow snapshot names]}, and the qcow2 drive's tags"""
+    pcow = {p["id"]: [s["name"] for s in p["snapshots"]]
+            for p in m.execute("query-pcow")}
+    qcow2 = [ln.split()[1] for ln in m.hmp("info snapshots").splitlines()
+             if ln.split() and ln.split()[0] not in ("List", "ID", "There")]
+    return pcow, qcow2
+
+
+def main():
+    t = common.Test("qmp-savevm-full")
+    qemu_img = os.environ.get("QEMU_IMG") or os.path.join(
+        os.path.dirname(os.path.realpath(common.QEMU)), "qemu-img")
+    fs = t.tmp / "small"
+    fs.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs",
+                        str(fs)], stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        t.fatal(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        run(t, fs, qemu_img)
+    finally:
+        subprocess.run(["umount", "-l", str(fs)])
+    t.finish()
+
+
+def run(t, fs, qemu_img):
+    a, b, disk = t.tmp / "a.pcow", fs / "b.pcow", t.tmp / "d.qcow2"
+    t.img("create", a, "64M")
+    t.img("create", b, "64M")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk),
+                    "16M"], check=True)
+    qmp = t.tmp / "qmp.sock"
+    q = subprocess.Popen(
+        [common.QEMU, "-M", "pc,nvdimm=on", "-m", "64M,slots=4,maxmem=1G",
+         "-S", "-display", "none", "-accel", "tcg",
+         "-qmp", f"unix:{qmp},server=on,wait=off",
+         "-drive", f"if=none,id=d0,file={disk},format=qcow2"] +
+        common.nvdimm_args([a, b]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        m = guest.QMP(qmp, timeout=60)
+        m.sock.settimeout(300)
+        fill(fs / "filler")
+        out = m.hmp("savevm s1").strip()
+        print(f"   (hmp) savevm s1 -> {out!r}")
+        t.check(out.startswith("Error: ") and "pm1" in out and
+                str(b) in out and "No space left on device" in out and
+                "\n" not in out,
+                "savevm with pm1's disk full fails in one line naming pm1 "
+                "and its image")
+        pcow, qcow2 = snaps(m)
+        t.check(pcow == {"pm0": [], "pm1": []} and qcow2 == [],
+                f"... and leaves nothing: pcow {pcow}, qcow2 {qcow2}")
+        os.unlink(fs / "filler")
+        out = m.hmp("savevm s1").strip()
+        pcow, qcow2 = snaps(m)
+        t.check(out == "" and pcow == {"pm0": ["s1"], "pm1": ["s1"]} and
+                qcow2 == ["s1"], f"space freed: savevm s1 {out!r}, "
+                f"pcow {pcow}, qcow2 {qcow2}")
+        out = m.hmp("loadvm s1").strip()
+        t.check(out == "", f"loadvm s1: {out!r}")
+        out = m.hmp("delvm s1").strip()
+        pcow, qcow2 = snaps(m)
+        t.check(out == "" and pcow == {"pm0": [], "pm1": []} and
+                qcow2 == [], f"delvm s1 {out!r}: pcow {pcow}, qcow2 {qcow2}")
+        m.execute("quit")
+        rc = q.wait(timeout=60)
+    except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
+        q.kill()
+        q.wait()
+        t.fatal(f"QEMU: {e}; stderr: {q.stderr.read().strip()}")
+    t.check(rc == 0, f"QEMU exit {rc}: {q.stderr.read().strip()}")
+    for img in (a, b):
+        t.check_clean(img, f"{img.name} after quit")
+        t.check(not t.info(img).get("snapshots"),
+                f"{img.name}: no snapshot left")
+
+
+if __name__ == "__main__":
+    main()
