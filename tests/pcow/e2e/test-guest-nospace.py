@@ -12,6 +12,9 @@ hole:  8 MiB tmpfs, nospace= not given (stall).  Asserted: PCOW_IO_ERROR
        finishes by itself, reads every block back (page cache dropped);
        exactly one event; the host reads every block back (convert -O
        raw); the image is clean.
+stop:  as hole, but QMP stop while the fault is held: no answer for 5 s
+       (QEMU alive); after the remount stop completes (STOP event), the
+       VM is paused, cont resumes it, and the guest finishes as above.
 cow:   the same blocks written first (convert from raw), snapshot s1,
        a filler file takes the free space; the guest's writes are
        copy-on-write faults.  Space comes back by removing the filler.
@@ -25,6 +28,7 @@ Arguments: the cases to run (default all).
 
 import importlib.util
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -109,7 +113,31 @@ def host_blocks(t, img):
     return data
 
 
-def stall_run(t, img, d, label, free_space, expect_held_kind):
+def stop_while_held(t, g, q, label, free_space):
+    """The run-state rule: stop waits for space (a stalled vCPU cannot
+    acknowledge a pause), then completes; cont resumes; nothing lost."""
+    q.sock.sendall(b'{"execute": "stop"}\n')
+    answered, _, _ = select.select([q.sock], [], [], 5)
+    t.check(not answered and g.proc.poll() is None,
+            f"{label}: stop while a fault is held waits (no answer in 5 s), "
+            "QEMU alive")
+    free_space()
+    t0 = time.monotonic()
+    q.sock.settimeout(60)
+    got = []
+    while not got or "return" not in got[-1]:
+        got.append(q._recv())
+    dt = time.monotonic() - t0
+    t.check(any(m.get("event") == "STOP" for m in got) and dt < 30,
+            f"{label}: once space is back, stop completes ({dt:.2f} s, "
+            "STOP event)")
+    st = q.execute("query-status")
+    t.check(st["status"] == "paused", f"{label}: the VM is paused "
+            f"({st['status']})")
+    q.execute("cont")
+
+
+def stall_run(t, img, d, label, free_space, expect_held_kind, stop=False):
     """Boot the writer; wait for the event; free space; check all."""
     data = payload(label)
     qmp_path = t.tmp / f"qmp-{label}.sock"
@@ -155,7 +183,10 @@ def stall_run(t, img, d, label, free_space, expect_held_kind):
                                  if "space" in ln))
             t.check(not any(ln.startswith("WROTE") for ln in g.lines),
                     f"{label}: the guest has not finished its writes")
-            free_space()
+            if stop:
+                stop_while_held(t, g, q, label, free_space)
+            else:
+                free_space()
             r = g.wait()
         except (guest.GuestError, guest.QMPError, OSError) as ex:
             t.check(False, f"{label}: {ex}")
@@ -186,6 +217,19 @@ def t_hole(t):
                   lambda: subprocess.run(["mount", "-o", "remount,size=128m",
                                           str(d)], check=True),
                   "expansions")
+    finally:
+        umount(d)
+
+
+def t_stop(t):
+    d = mount_tmpfs(t, "8m")
+    try:
+        img = d / "stop.pcow"
+        t.img("create", img, "64M")
+        stall_run(t, img, d, "stop",
+                  lambda: subprocess.run(["mount", "-o", "remount,size=128m",
+                                          str(d)], check=True),
+                  "expansions", stop=True)
     finally:
         umount(d)
 
@@ -235,7 +279,7 @@ def t_fail(t):
 
 
 def main():
-    cases = {"hole": t_hole, "cow": t_cow, "fail": t_fail}
+    cases = {"hole": t_hole, "stop": t_stop, "cow": t_cow, "fail": t_fail}
     t = common.Test("guest-nospace")
     for name in sys.argv[1:] or cases:
         cases[name](t)
