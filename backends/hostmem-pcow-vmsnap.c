@@ -22,6 +22,7 @@
 #include "exec/memory.h"
 #include "migration/snapshot.h"
 #include "sysemu/hostmem.h"
+#include "sysemu/runstate.h"
 #include "backends/hostmem-pcow.h"
 #include "pcow/monitor.h"
 
@@ -62,6 +63,19 @@ static bool vmsnap_can_snapshot(void *opaque, Error **errp)
 
         error_setg(errp, "%s is closed", what);
         return false;
+    }
+    /* A vCPU held for space cannot pause: vm_stop() would block QMP */
+    if (runstate_is_running()) {
+        pcow_monitor_stats ms;
+
+        pcow_monitor_get_stats(hostmem_pcow_monitor(vmsnap_pc(vs)), &ms);
+        if (ms.held_faults) {
+            g_autofree char *what = vmsnap_describe(vs);
+
+            error_setg(errp, "the guest waits for space on %s (out of "
+                       "space); free space first", what);
+            return false;
+        }
     }
     return true;
 }

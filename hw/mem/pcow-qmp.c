@@ -65,19 +65,53 @@ static char *pcow_printable(const char *s)
     return r;
 }
 
+static int pcow_held_one(Object *obj, void *opaque)
+{
+    HostMemPcow *pc;
+    pcow_monitor *mon;
+    pcow_monitor_stats ms;
+
+    if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
+        return 0;
+    }
+    pc = hostmem_pcow_find(MEMORY_BACKEND(obj));
+    mon = pc ? hostmem_pcow_monitor(pc) : NULL;
+    if (!mon) {
+        return 0;
+    }
+    pcow_monitor_get_stats(mon, &ms);
+    if (ms.held_faults) {
+        *(HostMemPcow **)opaque = pc;
+        return 1;
+    }
+    return 0;
+}
+
 /*
  * A snapshot command that is refused must not pause the guest, so this
  * runs before vm_stop().  As savevm, refuse while a migration runs: the
  * destination takes over the image at switchover and its mapping is set
- * up from the metadata as it was read at open.
+ * up from the metadata as it was read at open.  Refuse while any pcow
+ * backend holds faults for space: a vCPU held in one cannot pause, so
+ * vm_stop() would block QMP until space returns.
  */
 static bool pcow_snapshot_allowed(PcowBackendRef *ref, const char *id,
                                   Error **errp)
 {
+    HostMemPcow *held = NULL;
+
     if (!migration_is_idle() || runstate_check(RUN_STATE_INMIGRATE)) {
         error_setg(errp, "memory backend '%s': no pcow snapshot can be "
                    "taken or deleted while a migration is in progress",
                    id);
+        return false;
+    }
+    if (runstate_is_running() &&
+        object_child_foreach(object_get_objects_root(), pcow_held_one,
+                             &held)) {
+        error_setg(errp, "memory backend '%s': the guest waits for space "
+                   "on pcow image '%s' (out of space); free space first",
+                   id, hostmem_pcow_path(held));
         return false;
     }
     /* Not pcow_get_info: it walks every table under the fault path's lock */

@@ -8,7 +8,8 @@ far past the free space.
 hole:  8 MiB tmpfs, nospace= not given (stall).  Asserted: PCOW_IO_ERROR
        (nospace true, action stall) arrives over QMP while QEMU runs;
        query-pcow shows held faults and info pcow says so; the guest has
-       not finished.  Then `mount -o remount,size=128m`: the guest
+       not finished; pcow-snapshot-create and savevm are refused at once
+       and the VM keeps running (they would stop it).  Then `mount -o remount,size=128m`: the guest
        finishes by itself, reads every block back (page cache dropped);
        exactly one event; the host reads every block back (convert -O
        raw); the image is clean.
@@ -113,6 +114,29 @@ def host_blocks(t, img):
     return data
 
 
+def refused_snapshot(t, q, label):
+    """A pcow snapshot would stop the VM, which waits for space: refused
+    at once instead of blocking QMP."""
+    t0 = time.monotonic()
+    try:
+        q.execute("pcow-snapshot-create", id="pm0", name="while-held")
+        t.check(False, f"{label}: pcow-snapshot-create while a fault is "
+                       "held was accepted")
+    except guest.QMPError as ex:
+        dt = time.monotonic() - t0
+        t.check("waits for space" in str(ex) and dt < 3,
+                f"{label}: pcow-snapshot-create while a fault is held is "
+                f"refused in {dt:.2f} s: {ex}")
+    out = q.hmp("savevm while-held")
+    t.check("waits for space" in out,
+            f"{label}: savevm while a fault is held is refused: "
+            f"{out.strip()}")
+    st = q.execute("query-status")
+    t.check(st["status"] == "running",
+            f"{label}: the refused snapshots left the VM running "
+            f"({st['status']})")
+
+
 def stop_while_held(t, g, q, label, free_space):
     """The run-state rule: stop waits for space (a stalled vCPU cannot
     acknowledge a pause), then completes; cont resumes; nothing lost."""
@@ -183,6 +207,7 @@ def stall_run(t, img, d, label, free_space, expect_held_kind, stop=False):
                                  if "space" in ln))
             t.check(not any(ln.startswith("WROTE") for ln in g.lines),
                     f"{label}: the guest has not finished its writes")
+            refused_snapshot(t, q, label)
             if stop:
                 stop_while_held(t, g, q, label, free_space)
             else:
