@@ -1091,6 +1091,79 @@ static int t_nospace_cow(void)
     return nospace_stall(true);
 }
 
+/*
+ * A long stall must not use up the VMA budget: every retry of a held
+ * expansion used to count two mappings that were never made, so once
+ * space came back the expansion failed with "too many mappings" and the
+ * writer died of SIGSEGV.  No statistics are read while the fault is held
+ * (reading them recounts the mappings and would hide the leak).
+ */
+static void *nb_thread(void *opaque)
+{
+    ns_arg *a = opaque;
+    uint8_t *p = pcow_monitor_base(a->mon);
+    int c;
+
+    for (c = 0; c < NS_CLUSTERS; c++) {
+        uint64_t off = (uint64_t)c * CL + 300;
+
+        fill(a->shadow + off, off, 4000, 7000 + c);
+        memcpy(p + off, a->shadow + off, 4000);
+    }
+    atomic_fetch_add(a->done, 1);
+    return NULL;
+}
+
+static int t_nospace_budget(void)
+{
+    char dir[] = "/tmp/pcow-mon-nsbudget-XXXXXX";
+    char path[4200];
+    uint64_t size = 16 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor_opts mo = { .flags = PCOW_MONITOR_NO_POOL,
+                             .cow_escalate = 0, .max_vmas = 16 };
+    pcow_monitor_stats s;
+    pcow_monitor *mon;
+    pcow_error err = { 0 };
+    _Atomic int done = 0;
+    ns_arg arg;
+    pthread_t th;
+    int r;
+
+    r = ns_mount(dir, "1m");
+    if (r) {
+        return r;
+    }
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
+    ns_fill(dir);
+    alarm(120);
+    arg = (ns_arg){ mon, shadow, 0, &done };
+    CHECK(pthread_create(&th, NULL, nb_thread, &arg) == 0);
+    CHECK(ns_event(mon));
+    /* 20 retries: 40 mappings counted before, with a budget of 16 */
+    usleep(20 * PCOW_MONITOR_RETRY_MS * 1000);
+    CHECK_EQ(atomic_load(&done), 0);
+    CHECK(mount(NULL, dir, NULL, MS_REMOUNT, "size=16m") == 0);
+    pthread_join(th, NULL);
+    alarm(0);
+    CHECK_EQ(atomic_load(&done), 1);
+    stats(mon, &s);
+    printf("after the stall: %" PRIu64 " expansions, %" PRIu64 " errors, %"
+           PRIu64 " mappings\n", s.expansions, s.errors, s.vmas);
+    CHECK_EQ(s.expansions, NS_CLUSTERS);
+    CHECK_EQ(s.errors, 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    umount(dir);
+    rmdir(dir);
+    return 0;
+}
+
 /* --- kill -9 in the middle of expansions and COWs ----------------------- */
 typedef struct progress {
     uint32_t seq;
@@ -1434,6 +1507,7 @@ static const struct {
     { "disk-full", t_disk_full },
     { "nospace-hole", t_nospace_hole },
     { "nospace-cow", t_nospace_cow },
+    { "nospace-budget", t_nospace_budget },
     { "crash", t_crash },
     { "file-kinds", t_file_kinds },
     { "blockdev-base", t_blockdev_base },
