@@ -108,7 +108,7 @@ static int cow_fault(pcow_monitor *mon, uint64_t off)
 {
     uint64_t t0 = mon_now_ns();
     pcow_extent ext;
-    bool whole;
+    bool whole, hit;
     void *p;
     int r;
 
@@ -119,13 +119,12 @@ static int cow_fault(pcow_monitor *mon, uint64_t off)
     }
     whole = mon->cow_escalate != UINT32_MAX &&
             pcow_cow_units_copied(mon->img, off) >= mon->cow_escalate;
-    if (pcow_reserve_count(mon->img) > 0) {
-        atomic_fetch_add(&mon->st.pool_hits, 1);
-    } else {
-        atomic_fetch_add(&mon->st.pool_misses, 1);
-    }
+    hit = pcow_reserve_count(mon->img) > 0;
     memset(&ext, 0, sizeof(ext));
     r = pcow_cow(mon->img, off, whole, &ext);
+    if (!mon_holds(mon, r)) {
+        mon_pool_count(mon, hit);     /* not once per retry of a held one */
+    }
     if (r == -EEXIST && ext.length == 0) {
         /* Another thread copied it and maps it now: retry the store. */
         return 0;

@@ -159,6 +159,11 @@ static inline bool mon_holds(pcow_monitor *mon, int r)
 {
     return !mon->nospace_fail && (r == -ENOSPC || r == -EDQUOT);
 }
+/* A fault served with (@hit) or without a reserved cluster.  Signal-safe. */
+static inline void mon_pool_count(pcow_monitor *mon, bool hit)
+{
+    atomic_fetch_add(hit ? &mon->st.pool_hits : &mon->st.pool_misses, 1);
+}
 /* A fault at @offset is held for space: opens the episode unless one is
  * open (one report, the user's eventfd, the uffd thread's retry timer).
  * Signal-safe. */

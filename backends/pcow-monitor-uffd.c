@@ -201,6 +201,7 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
     uint64_t len = cluster_len(mon, vc);
     uint64_t t0 = mon_now_ns();
     uint64_t foff;
+    bool hit;
     void *p;
     int r;
 
@@ -212,11 +213,7 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
         fail_hole(mon, addr, vc, -ENOMEM);
         return;
     }
-    if (pcow_reserve_count(mon->img) > 0) {
-        atomic_fetch_add(&mon->st.pool_hits, 1);
-    } else {
-        atomic_fetch_add(&mon->st.pool_misses, 1);
-    }
+    hit = pcow_reserve_count(mon->img) > 0;
     r = pcow_expand_cluster(mon->img, vc, &foff);
     if (mon_holds(mon, r)) {
         /* Nothing mapped: a long stall's retries must not use it up */
@@ -224,6 +221,7 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
         hold_hole(mon, vc);
         return;
     }
+    mon_pool_count(mon, hit);
     if (r < 0 && r != -EEXIST) {
         fail_hole(mon, addr, vc, r);
         return;

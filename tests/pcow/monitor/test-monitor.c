@@ -1151,8 +1151,11 @@ static int t_nospace_budget(void)
     CHECK_EQ(atomic_load(&done), 1);
     stats(mon, &s);
     printf("after the stall: %" PRIu64 " expansions, %" PRIu64 " errors, %"
-           PRIu64 " mappings\n", s.expansions, s.errors, s.vmas);
+           PRIu64 " mappings, pool %" PRIu64 " hits %" PRIu64 " misses\n",
+           s.expansions, s.errors, s.vmas, s.pool_hits, s.pool_misses);
     CHECK_EQ(s.expansions, NS_CLUSTERS);
+    /* Retries of a held fault are not pool misses (no pool: all miss) */
+    CHECK_EQ(s.pool_hits + s.pool_misses, NS_CLUSTERS);
     CHECK_EQ(s.errors, 0);
     verify_mapping(mon, shadow);
     close_mon(mon);
