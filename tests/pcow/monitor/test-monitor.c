@@ -1216,7 +1216,8 @@ static int t_crash(void)
 
                 /* Frozen data: the writes below are COWs. */
                 snprintf(name, sizeof(name), "crash%d", iter);
-                CHECK_OK(pcow_monitor_snapshot_create(mon, name, NULL, &e2), &e2);
+                CHECK_OK(pcow_monitor_snapshot_create(mon, name, NULL, &e2),
+                         &e2);
             }
             for (seq = base_seq;; seq++) {
                 uint64_t off = crash_off(seq, size);
