@@ -175,6 +175,9 @@ void mon_nospace_end(pcow_monitor *mon);
 /* Account @add VMAs a new mapping may create; false when over budget.
  * Signal-safe, lock-free. */
 bool mon_vma_budget(pcow_monitor *mon, uint64_t add);
+/* Give back @sub of what mon_vma_budget counted for a mapping not made.
+ * Signal-safe, lock-free. */
+void mon_vma_unbudget(pcow_monitor *mon, uint64_t sub);
 /* Read-only (or @prot) anonymous memory over [off, off + len).  Returns
  * 0 or -errno.  Signal-safe (one mmap). */
 int mon_map_anon(pcow_monitor *mon, uint64_t off, uint64_t len, int prot);

@@ -35,6 +35,16 @@ bool mon_vma_budget(pcow_monitor *mon, uint64_t add)
     return atomic_fetch_add(&mon->vmas, add) + add <= mon->max_vmas;
 }
 
+void mon_vma_unbudget(pcow_monitor *mon, uint64_t sub)
+{
+    uint64_t cur = atomic_load(&mon->vmas);
+
+    /* Saturating: the statistics may have recounted meanwhile */
+    while (!atomic_compare_exchange_weak(&mon->vmas, &cur,
+                                         cur > sub ? cur - sub : 0)) {
+    }
+}
+
 int mon_map_anon(pcow_monitor *mon, uint64_t off, uint64_t len, int prot)
 {
     void *p = mmap(mon->base + off, len, prot, MAP_PRIVATE | MAP_ANONYMOUS |

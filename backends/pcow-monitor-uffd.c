@@ -217,7 +217,7 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
     r = pcow_expand_cluster(mon->img, vc, &foff);
     if (mon_holds(mon, r)) {
         /* Nothing mapped: a long stall's retries must not use it up */
-        atomic_fetch_sub(&mon->vmas, 2);
+        mon_vma_unbudget(mon, 2);
         hold_hole(mon, vc);
         return;
     }
