@@ -50,9 +50,11 @@ static bool installed;
 /*
  * Fault handlers running in this thread (segv_handler, nested; the uffd
  * thread's event handling), so that a test can prove that nothing they
- * call allocates (pcow_monitor_in_handler).
+ * call allocates (pcow_monitor_in_handler).  Initial-exec: the handler
+ * reaches it with one %fs-relative access, never through __tls_get_addr(),
+ * which may allocate (a module loaded later, a thread's first access).
  */
-__thread volatile unsigned mon_handler_depth;
+__thread volatile unsigned mon_handler_depth MON_TLS_IE;
 
 bool pcow_monitor_in_handler(void)
 {

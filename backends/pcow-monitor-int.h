@@ -213,8 +213,10 @@ void mon_kick_pool(pcow_monitor *mon);
 int mon_pool_start(pcow_monitor *mon, pcow_error *err);
 
 /* pcow-monitor-cow.c: calls map, pool, stats */
-/* Fault handlers this thread runs now (pcow_monitor_in_handler) */
-extern __thread volatile unsigned mon_handler_depth;
+/* Fault handlers this thread runs now (pcow_monitor_in_handler); read in
+ * the SIGSEGV handler, so never through __tls_get_addr(). */
+#define MON_TLS_IE __attribute__((tls_model("initial-exec")))
+extern __thread volatile unsigned mon_handler_depth MON_TLS_IE;
 /* Install the SIGSEGV handler once per process and take a slot for @mon.
  * Returns 0 or -errno with @err set.  Takes the install lock. */
 int mon_dispatcher_register(pcow_monitor *mon, pcow_error *err);
