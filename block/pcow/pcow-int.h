@@ -431,6 +431,8 @@ static inline uint64_t pcow_div_round_up(uint64_t v, uint64_t d)
  *   locked    the caller holds the image spinlock
  *   -         neither: single-threaded use (open, close, structural
  *             operations, which the caller serialises)
+ *   pure      no I/O and no shared state: it reads and writes only its
+ *             arguments (and fills its pcow_error, if it has one)
  * Errors are negative errnos; functions with a pcow_error fill it too.
  */
 
