@@ -9,8 +9,9 @@ table of 8-byte words; block/pcow/pcow-int.h names the same offsets
 (PCOW_H_*, PCOW_HOT_*, PCOW_S_*, PCOW_W_*) with the size in a comment
 ("u32", "u64"), and the code encodes and decodes through those names.  The spec's limits and
 sizes (cluster 0's layout, cluster bits, name lengths, L1 size, L2 entry
-and snapshot record sizes, chain depth) are compared with the constants of
-the same meaning.  This fails, one line per difference, when an offset, a
+and snapshot record sizes, chain depth) and its bits (the map word's flags,
+the incompatible feature bit) are compared with the constants of the same
+meaning.  This fails, one line per difference, when an offset, a
 size, a field name or a limit differs, or when either side has a field the
 other lacks.
 """
@@ -44,8 +45,17 @@ LIMITS = [
      ['PCOW_SNAP_FIXED']),
     ('backing chain depth', r'depth at most (\d+)',
      ['PCOW_MAX_CHAIN_DEPTH']),
+    ('map flag PRESENT', r'\* bit (\d+) ``PRESENT``',
+     ['log2:PCOW_F_PRESENT']),
+    ('map flag WRITABLE', r'\* bit (\d+) ``WRITABLE``',
+     ['log2:PCOW_F_WRITABLE']),
+    ('map flag PARTIAL', r'\* bit (\d+) ``PARTIAL``',
+     ['log2:PCOW_F_PARTIAL']),
+    ('incompatible feature BACKING_LIMIT',
+     r'incompatible bit (\d+), ``BACKING_LIMIT``',
+     ['log2:PCOW_INCOMPAT_BACKING_LIMIT']),
 ]
-CONST = re.compile(r'^#define (PCOW_[A-Z0-9_]+)\s+(?:(\d+)|\((\d+)u? << '
+CONST = re.compile(r'^#define (PCOW_[A-Z0-9_]+)\s+(?:(\d+)|\((\d+)u?l?l? << '
                    r'(\d+)\))')
 ROW = re.compile(r'^(\d+)\s+(\d+|n)\s+(.*)$')
 FIELD = re.compile(r'``([a-z0-9_]+)``')
