@@ -250,10 +250,7 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
     int ret;
 
     memset(res, 0, sizeof(*res));
-    if (err) {
-        err->code = 0;
-        err->msg[0] = '\0';
-    }
+    pcow_error_clear(err);
     if (repair) {
         flags |= PCOW_OPEN_RDWR | PCOW_OPEN_NO_RECOVER;
     }

@@ -614,11 +614,7 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
 {
     unsigned flags = opts ? opts->flags : 0;
 
-    if (err) {
-        err->code = 0;
-        err->kind = PCOW_ERR_NONE;
-        err->msg[0] = '\0';
-    }
+    pcow_error_clear(err);
     if (!path || !out) {
         return pcow_set_error(err, -EINVAL, "invalid arguments");
     }

@@ -439,6 +439,8 @@ static inline uint64_t pcow_div_round_up(uint64_t v, uint64_t d)
 /* util.c */
 void pcow_lock(pcow_image *img);            /* sig-safe; spins, yields */
 void pcow_unlock(pcow_image *img);          /* sig-safe */
+/* No error in @err (if not NULL): code 0, PCOW_ERR_NONE, empty.  sig-safe */
+void pcow_error_clear(pcow_error *err);
 /* Set err->kind to @kind when @ret is an error; returns @ret.  sig-safe */
 int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret);
 /* pcow_set_error() with the image's name first, as every message has */

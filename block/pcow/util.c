@@ -63,6 +63,15 @@ int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
     return code;
 }
 
+void pcow_error_clear(pcow_error *err)
+{
+    if (err) {
+        err->code = 0;
+        err->kind = PCOW_ERR_NONE;
+        err->msg[0] = '\0';
+    }
+}
+
 int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret)
 {
     if (err && ret < 0) {

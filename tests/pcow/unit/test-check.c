@@ -77,6 +77,22 @@ static void test_clean(void **state)
                      -ENOENT);
 }
 
+/* pcow_check() clears @err on entry: a kind left by a failure goes too */
+static void test_error_reset(void **state)
+{
+    pcow_check_result r;
+    pcow_error err = { 0 };
+
+    mk_populated();
+    assert_int_equal(pcow_check("/nonexistent/x.pcow", 0, false, &r, &err),
+                     -ENOENT);
+    assert_int_equal(err.kind, PCOW_ERR_NOT_FOUND);
+    assert_int_equal(pcow_check(path, 0, false, &r, &err), 0);
+    assert_int_equal(err.code, 0);
+    assert_int_equal(err.kind, PCOW_ERR_NONE);
+    assert_string_equal(err.msg, "");
+}
+
 static void test_corrupt_entries(void **state)
 {
     uint64_t l2 = mk_populated();
@@ -481,6 +497,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_clean, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_entries, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_snapshots, setup,
