@@ -123,6 +123,35 @@ static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
     return ret;
 }
 
+/*
+ * loadvm checks this before any block device is reverted: a snapshot
+ * taken before the image was resized cannot be mapped at the NVDIMM's
+ * size, and finding that out in goto_snapshot would leave the drives
+ * reverted and the NVDIMM not.
+ */
+static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+    pcow_monitor *mon = hostmem_pcow_monitor(vmsnap_pc(vs));
+    pcow_error perr = { 0 };
+    pcow_snapshot_info sn;
+    int ret;
+
+    ret = pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
+                               &sn, &perr);
+    if (ret == 0 && sn.virtual_size != pcow_monitor_size(mon)) {
+        ret = -EINVAL;
+        snprintf(perr.msg, sizeof(perr.msg), "its virtual size is %" PRIu64
+                 ", the image's now %" PRIu64, sn.virtual_size,
+                 pcow_monitor_size(mon));
+    }
+    if (ret < 0) {
+        vmsnap_error(vs, "revert to", name, ret, &perr, errp);
+        return false;
+    }
+    return true;
+}
+
 static int vmsnap_create(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
@@ -159,6 +188,7 @@ static const VMSnapshotOps vmsnap_ops = {
     .takes_part = vmsnap_takes_part,
     .can_snapshot = vmsnap_can_snapshot,
     .has_snapshot = vmsnap_has_snapshot,
+    .can_goto = vmsnap_can_goto,
     .vmstate_begin = vmsnap_vmstate_begin,
     .vmstate_end = vmsnap_vmstate_end,
     .create = vmsnap_create,

@@ -10,6 +10,9 @@ the test's directory, pm1 on a small tmpfs that is then filled up.
 - Space freed: savevm s1 succeeds in all three; loadvm s1 and delvm s1
   work.
 - Host, after quit: both images check clean and hold no snapshot.
+- loadvm of a pcow snapshot whose virtual size is not the image's now
+  (pcow-img resize after savevm) fails before anything changes: the
+  qcow2 drive is not reverted either.
 Env: QEMU, PCOW_IMG, QEMU_IMG (default: qemu-img next to QEMU).
 Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
@@ -62,7 +65,59 @@ def main():
         run(t, fs, qemu_img)
     finally:
         subprocess.run(["umount", "-l", str(fs)])
+    run_resized(t, qemu_img)
     t.finish()
+
+
+def paused_qemu(t, disk, images):
+    """QEMU, paused (-S), with the qcow2 drive and pcow NVDIMMs; its QMP."""
+    qmp = t.tmp / "qmp.sock"
+    q = subprocess.Popen(
+        [common.QEMU, "-M", "pc,nvdimm=on", "-m", "64M,slots=4,maxmem=1G",
+         "-S", "-display", "none", "-accel", "tcg",
+         "-qmp", f"unix:{qmp},server=on,wait=off",
+         "-drive", f"if=none,id=d0,file={disk},format=qcow2"] +
+        common.nvdimm_args(images),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    m = guest.QMP(qmp, timeout=60)
+    m.sock.settimeout(300)
+    return q, m
+
+
+def run_resized(t, qemu_img):
+    """loadvm of a pcow snapshot of another virtual size: refused before
+    the qcow2 drive is reverted (all or nothing)."""
+    img, disk = t.tmp / "r.pcow", t.tmp / "r.qcow2"
+    qemu_io = os.path.join(os.path.dirname(qemu_img), "qemu-io")
+    t.img("create", img, "64M")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk),
+                    "16M"], check=True)
+    q, m = paused_qemu(t, disk, [img])
+    out = m.hmp("savevm s1").strip()
+    t.check(out == "", f"resized: savevm s1 {out!r}")
+    m.execute("quit")
+    q.wait(timeout=60)
+    # After the snapshot: the drive is written, the image grows
+    subprocess.run([qemu_io, "-f", "qcow2", "-c", "write -P 0x5a 0 64k",
+                    str(disk)], check=True, stdout=subprocess.DEVNULL)
+    t.img("resize", img, "128M")
+    q, m = paused_qemu(t, disk, [img])
+    out = m.hmp("loadvm s1").strip()
+    print(f"   (hmp) loadvm s1 -> {out!r}")
+    t.check(out.startswith("Error: ") and "pm0" in out and str(img) in out
+            and "virtual size" in out and "\n" not in out,
+            "resized: loadvm s1 fails in one line naming pm0, its image "
+            "and the virtual size")
+    m.execute("quit")
+    q.wait(timeout=60)
+    r = subprocess.run([qemu_io, "-f", "qcow2", "-c",
+                        "read -P 0x5a 0 64k", str(disk)],
+                       stdout=subprocess.PIPE, text=True)
+    t.check(r.returncode == 0 and "Pattern verification failed"
+            not in r.stdout,
+            "resized: ... before anything changed: the qcow2 drive still "
+            "holds what was written after s1 (not reverted)")
+    t.check_clean(img, "resized: r.pcow after quit")
 
 
 def run(t, fs, qemu_img):
