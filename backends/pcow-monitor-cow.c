@@ -61,7 +61,9 @@ bool pcow_monitor_in_handler(void)
     return mon_handler_depth > 0;
 }
 
-static void chain(int sig, siginfo_t *info, void *ctx)
+/* Out of line: scripts/pcow-sigsafe.py allows its indirect call by name */
+static __attribute__((noinline)) void chain(int sig, siginfo_t *info,
+                                           void *ctx)
 {
     struct sigaction dfl;
 

@@ -95,6 +95,8 @@ aa_tree() {
         cp -an "$LDS_AA/." "$1/" || fail "cannot copy $LDS_AA"
     fi
     rm -f "$1/abstractions/qemu-pcow"
+    # Debian's postinst creates the local file; an unpacked package has none
+    mkdir -p "$1/local/abstractions" || fail "cannot create $1/local"
     : >"$1/local/abstractions/libvirt-qemu"
 }
 
