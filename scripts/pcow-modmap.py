@@ -5,7 +5,7 @@ Usage: scripts/pcow-modmap.py BUILD_DIR [SRC_DIR]   (after make; TOP=N for more)
 import subprocess, sys, re, os, glob, collections
 build = sys.argv[1]; src = sys.argv[2] if len(sys.argv) > 2 else '.'
 objs = sorted(glob.glob(f'{build}/libpcow.a.p/*.o') + glob.glob(f'{build}/libpcowmon.a.p/*.o')
-              + glob.glob(f'{build}/qemu-build/libcommon.fa.p/backends_hostmem-pcow.c.o')
+              + glob.glob(f'{build}/qemu-build/libcommon.fa.p/backends_hostmem-pcow*.c.o')
               + glob.glob(f'{build}/qemu-build/libcommon.fa.p/hw_mem_pcow-qmp.c.o')
               + glob.glob(f'{build}/tools/pcow-img/pcow-img.p/*.o'))
 def name(o):
