@@ -65,17 +65,12 @@ static bool vmsnap_can_snapshot(void *opaque, Error **errp)
         return false;
     }
     /* A vCPU held for space cannot pause: vm_stop() would block QMP */
-    if (runstate_is_running()) {
-        pcow_monitor_stats ms;
+    if (runstate_is_running() && hostmem_pcow_held_faults(vmsnap_pc(vs))) {
+        g_autofree char *what = vmsnap_describe(vs);
 
-        pcow_monitor_get_stats(hostmem_pcow_monitor(vmsnap_pc(vs)), &ms);
-        if (ms.held_faults) {
-            g_autofree char *what = vmsnap_describe(vs);
-
-            error_setg(errp, "the guest waits for space on %s (out of "
-                       "space); free space first", what);
-            return false;
-        }
+        error_setg(errp, "the guest waits for space on %s (out of space); "
+                   "free space first", what);
+        return false;
     }
     return true;
 }

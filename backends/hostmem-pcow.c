@@ -398,6 +398,17 @@ bool hostmem_pcow_readonly(HostMemPcow *pc)
     return pc->readonly;
 }
 
+uint64_t hostmem_pcow_held_faults(HostMemPcow *pc)
+{
+    pcow_monitor_stats ms;
+
+    if (!pc->mon) {
+        return 0;
+    }
+    pcow_monitor_get_stats(pc->mon, &ms);
+    return ms.held_faults;
+}
+
 bool hostmem_pcow_nospace_fail(HostMemPcow *pc)
 {
     return pc->nospace_fail;

@@ -69,6 +69,8 @@ HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);
 struct pcow_monitor *hostmem_pcow_monitor(HostMemPcow *pc);
 const char *hostmem_pcow_path(HostMemPcow *pc);
 bool hostmem_pcow_readonly(HostMemPcow *pc);
+/* Faults held for space now (0 when closed); any thread. */
+uint64_t hostmem_pcow_held_faults(HostMemPcow *pc);
 bool hostmem_pcow_nospace_fail(HostMemPcow *pc);
 
 /*

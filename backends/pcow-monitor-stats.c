@@ -145,6 +145,16 @@ void mon_nospace_end(pcow_monitor *mon)
     mon_report(mon, "space is back; resumed the faults held since",
                atomic_load(&mon->episode_offset), 0);
     efd_signal(mon->event_efd);
+    /*
+     * A fault held between the check and the close found the episode open
+     * and did not report: open a new one for it (all seq_cst, so either it
+     * sees the episode closed or this sees its count).
+     */
+    if (atomic_load(&mon->uffd_held) ||
+        (mon->cow_held && atomic_load(mon->cow_held))) {
+        mon_nospace_begin(mon, "no space again: holding the fault at",
+                          atomic_load(&mon->episode_offset));
+    }
 }
 
 int mon_error(pcow_monitor *mon, pcow_error *err, int code,

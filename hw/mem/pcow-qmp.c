@@ -68,19 +68,12 @@ static char *pcow_printable(const char *s)
 static int pcow_held_one(Object *obj, void *opaque)
 {
     HostMemPcow *pc;
-    pcow_monitor *mon;
-    pcow_monitor_stats ms;
 
     if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
         return 0;
     }
     pc = hostmem_pcow_find(MEMORY_BACKEND(obj));
-    mon = pc ? hostmem_pcow_monitor(pc) : NULL;
-    if (!mon) {
-        return 0;
-    }
-    pcow_monitor_get_stats(mon, &ms);
-    if (ms.held_faults) {
+    if (pc && hostmem_pcow_held_faults(pc)) {
         *(HostMemPcow **)opaque = pc;
         return 1;
     }
