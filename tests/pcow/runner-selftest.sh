@@ -5,7 +5,9 @@
 # a failed rebuild over a previous run's results, a wrong build directory,
 # a suite that vanished, a required skip under CI=true (meson and e2e), an
 # unknown PCOW_TESTS group; and that good runs and optional skips still
-# pass.  run-tests.sh runs it first (group "selftest").
+# pass.  Each failure must be the specific one: its exact FAIL line (test
+# or suite name and reason), the "Failed:" list, the exact final counts
+# and exit status 1.  run-tests.sh runs it first (group "selftest").
 #
 #   RUNNER=path/to/run-tests.sh tests/pcow/runner-selftest.sh
 #
@@ -56,10 +58,16 @@ test('unit-b', fake, args: ['unit-b'], suite: 'unit')   # extra
 EOF
 echo 'int main(void) { return 0; }' >"$src/prog.c"
 
-# check WHAT WANT(pass|fail) [VAR=VALUE...]: run the runner, compare
+# check WHAT SUMMARY FAILS [VAR=VALUE...]: run the runner; its last line
+# must be exactly SUMMARY ("N passed, N failed, N skipped"), its FAIL lines
+# exactly FAILS (newline-separated, without the "FAIL  " prefix; empty for
+# none), its "Failed:" list the names of those lines, and its exit status
+# 0 without failures, else 1.  So a failure must be the right one: a run
+# that fails for another reason, names another test or suite, or counts
+# wrong does not pass the check.
 check() {
-    local what=$1 want=$2 rc last
-    shift 2
+    local what=$1 summary=$2 fails=$3 rc last got want_rc=0 names
+    shift 3
     n=$((n + 1))
     # Only what the check sets: none of the caller's BUILD, CI, ...
     (cd "$src" && env BUILD=build SAN_BUILD=build-sanitizers CI= \
@@ -67,14 +75,21 @@ check() {
         bash tests/pcow/run-tests.sh) >"$T/out" 2>&1
     rc=$?
     last=$(tail -n 1 "$T/out")
-    if ! [[ "$last" =~ ^[0-9]+\ passed,\ [0-9]+\ failed,\ [0-9]+\ skipped$ ]]
-    then
-        bad "$what: last line is not the summary: '$last'"
-    elif [ "$want" = pass ] && [ $rc -ne 0 ]; then
-        bad "$what: the runner failed (exit $rc), expected a pass"
-    elif [ "$want" = fail ] && { [ $rc -eq 0 ] ||
-                                 [[ "$last" == *" 0 failed,"* ]]; }; then
-        bad "$what: the runner passed (exit $rc), expected a failure"
+    [[ "$summary" == *" 0 failed,"* ]] || want_rc=1
+    got=$(sed -n 's/^FAIL  //p' "$T/out")
+    # The runner lists each failure's name (the FAIL line up to " (why)")
+    names=$(sed -n 's/^FAIL  \([^(]*[^ (]\)\( (.*)\)\{0,1\}$/  \1/p' \
+            "$T/out")
+    if [ "$last" != "$summary" ]; then
+        bad "$what: last line '$last', expected '$summary'"
+    elif [ "$rc" -ne "$want_rc" ]; then
+        bad "$what: exit $rc, expected $want_rc"
+    elif [ "$got" != "$fails" ]; then
+        bad "$what: FAIL lines differ, expected:" "$fails"
+    elif [ -n "$fails" ] &&
+         [ "$(sed -n '/^Failed:$/,/^[0-9]/p' "$T/out" | sed '1d;$d')" != \
+           "$names" ]; then
+        bad "$what: the Failed: list does not name the failures"
     else
         echo "ok $n - $what: $last (exit $rc)"
         return 0
@@ -82,9 +97,10 @@ check() {
     return 1
 }
 
-bad() {
+bad() {     # bad WHY [EXPECTED]
     nfail=$((nfail + 1))
     echo "not ok $n - $1"
+    [ $# -lt 2 ] || sed 's/^/    + /' <<<"$2"
     sed 's/^/    | /' "$T/out"
 }
 
@@ -99,71 +115,92 @@ all="unit crash fuzz img monitor confine kvm"
 meson setup "$src/build" "$src" >"$T/setup.log" 2>&1 ||
     { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
 
-if check "all suites pass" pass PCOW_TESTS="$all"; then
-    grep -q '^8 passed' <(tail -n 1 "$T/out") ||
-        bad "all suites pass: not 8 tests run"
-fi
+check "all suites pass" "8 passed, 0 failed, 0 skipped" "" PCOW_TESTS="$all"
 echo 1 >"$src/results/unit-a"
-check "a failing test" fail PCOW_TESTS=unit
+check "a failing test" "1 passed, 1 failed, 0 skipped" \
+    "unit: unit-a (FAIL)" PCOW_TESTS=unit
 rm "$src/results/unit-a"
 
 # A passing run leaves its JSON log; then the rebuild fails (exit 125)
-check "before the broken rebuild" pass PCOW_TESTS=unit
+check "before the broken rebuild" "2 passed, 0 failed, 0 skipped" "" \
+    PCOW_TESTS=unit
 echo 'this is not C' >"$src/prog.c"
-if check "failed rebuild, stale results" fail PCOW_TESTS=unit; then
+if check "failed rebuild, stale results" "0 passed, 1 failed, 0 skipped" \
+    "unit: meson test (exit 125, no results)" PCOW_TESTS=unit; then
     no_line '^PASS' "failed rebuild: a PASS line was printed"
 fi
 echo 'int main(void) { return 0; }' >"$src/prog.c"
 
 # meson.build loses a test after the last meson setup
 sed -i '/# extra$/d' "$src/meson.build"
-if check "meson.build changed since setup" pass PCOW_TESTS=unit; then
-    grep -q '^1 passed' <(tail -n 1 "$T/out") ||
-        bad "meson.build changed since setup: not 1 test run"
-fi
+check "meson.build changed since setup" "1 passed, 0 failed, 0 skipped" "" \
+    PCOW_TESTS=unit
 
-check "build directory missing" fail PCOW_TESTS="$all" BUILD=no-such-dir
+nobuild="not a meson build directory with tests"
+check "build directory missing" "0 passed, 1 failed, 0 skipped" \
+    "build: build directory 'no-such-dir' ($nobuild)" \
+    PCOW_TESTS="$all" BUILD=no-such-dir
 mkdir "$src/empty"
-check "build directory not a meson build" fail PCOW_TESTS="$all" BUILD=empty
+check "build directory not a meson build" "0 passed, 1 failed, 0 skipped" \
+    "build: build directory 'empty' ($nobuild)" PCOW_TESTS="$all" BUILD=empty
 mkdir "$T/other"
 echo "project('other', 'c')" >"$T/other/meson.build"
 meson setup "$src/build-other" "$T/other" >"$T/setup.log" 2>&1 ||
     { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
-check "build directory of a project without tests" fail PCOW_TESTS="$all" \
-    BUILD=build-other
+check "build directory of a project without tests" \
+    "0 passed, 1 failed, 0 skipped" \
+    "build: build directory 'build-other' ($nobuild)" \
+    PCOW_TESTS="$all" BUILD=build-other
 mkdir "$T/nomeson"
 printf '#!/bin/sh\necho "meson: not found" >&2\nexit 127\n' >"$T/nomeson/meson"
 chmod +x "$T/nomeson/meson"
-check "meson missing" fail PCOW_TESTS="$all" PATH="$T/nomeson:$PATH"
-check "no PCOW_TESTS group matches" fail PCOW_TESTS=nosuch
+check "meson missing" "0 passed, 1 failed, 0 skipped" \
+    "build: build directory 'build' ($nobuild)" \
+    PCOW_TESTS="$all" PATH="$T/nomeson:$PATH"
+check "no PCOW_TESTS group matches" "0 passed, 1 failed, 0 skipped" \
+    "PCOW_TESTS: nosuch (no such group (groups: selftest unit crash fuzz img \
+monitor confine kvm asan e2e))" PCOW_TESTS=nosuch
 
 meson setup "$src/build-omit" "$src" -Domit=img >"$T/setup.log" 2>&1 ||
     { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
-check "suite img vanished" fail PCOW_TESTS="$all" BUILD=build-omit
-check "suite img vanished (only img wanted)" fail PCOW_TESTS=img \
-    BUILD=build-omit
+# The other six suites still run (unit-b is gone): only img is reported
+check "suite img vanished" "6 passed, 1 failed, 0 skipped" \
+    "build: suite img (meson in 'build-omit' lists no such suite)" \
+    PCOW_TESTS="$all" BUILD=build-omit
+check "suite img vanished (only img wanted)" "0 passed, 1 failed, 0 skipped" \
+    "build: suite img (meson in 'build-omit' lists no such suite)" \
+    PCOW_TESTS=img BUILD=build-omit
 
 echo 77 >"$src/results/unit-a"
-check "required skip, no CI" pass PCOW_TESTS=unit CI=
-check "required skip under CI=true" fail PCOW_TESTS=unit CI=true
+check "required skip, no CI" "0 passed, 0 failed, 1 skipped" "" \
+    PCOW_TESTS=unit CI=
+check "required skip under CI=true" "0 passed, 1 failed, 0 skipped" \
+    "unit: unit-a (skipped, but required under CI=true: SKIP: fake reason)" \
+    PCOW_TESTS=unit CI=true
 rm "$src/results/unit-a"
 echo 77 >"$src/results/kvm-guest"
-check "optional skip (KVM) under CI=true" pass PCOW_TESTS=kvm CI=true
+check "optional skip (KVM) under CI=true" "0 passed, 0 failed, 1 skipped" "" \
+    PCOW_TESTS=kvm CI=true
 rm "$src/results/kvm-guest"
 
-check "e2e pass" pass PCOW_TESTS=e2e
+check "e2e pass" "1 passed, 0 failed, 0 skipped" "" PCOW_TESTS=e2e
 echo 77 >"$src/results/e2e"
-check "e2e skip, no CI" pass PCOW_TESTS=e2e CI=
-check "e2e skip under CI=true" fail PCOW_TESTS=e2e CI=true
+check "e2e skip, no CI" "0 passed, 0 failed, 1 skipped" "" PCOW_TESTS=e2e CI=
+check "e2e skip under CI=true" "0 passed, 1 failed, 0 skipped" \
+    "e2e: test-fake (skipped, but required under CI=true: SKIP: fake e2e \
+reason)" PCOW_TESTS=e2e CI=true
 echo 1 >"$src/results/e2e"
-check "e2e failure" fail PCOW_TESTS=e2e
+check "e2e failure" "0 passed, 1 failed, 0 skipped" \
+    "e2e: test-fake (exit 1)" PCOW_TESTS=e2e
 rm "$src/results/e2e"
 
-check "sanitizer build set up and run" pass PCOW_TESTS=asan
+check "sanitizer build set up and run" "4 passed, 0 failed, 0 skipped" "" \
+    PCOW_TESTS=asan
 meson setup "$src/build-plain" "$src" >"$T/setup.log" 2>&1 ||
     { cat "$T/setup.log"; echo "cannot set up the fake project"; exit 1; }
-check "sanitizer dir without sanitizers" fail PCOW_TESTS=asan \
-    SAN_BUILD=build-plain
+check "sanitizer dir without sanitizers" "0 passed, 1 failed, 0 skipped" \
+    "asan: build-plain (not configured with -Dsanitizers=true)" \
+    PCOW_TESTS=asan SAN_BUILD=build-plain
 
 # sanitizer-wrap.sh: a report behind an exit status the test expected
 n=$((n + 1))
