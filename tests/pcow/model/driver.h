@@ -27,6 +27,9 @@ typedef enum OpKind {
     OP_CRASH, OP_COUNT
 } OpKind;
 
+/* What a crash step cuts: write, zero, grow, shrink, snapshot -c/-d/-a */
+#define CRASH_KINDS 7
+
 /* One operation; its parameters are fitted to the state when it runs. */
 typedef struct Op {
     uint8_t kind;
@@ -59,6 +62,10 @@ typedef struct Ctx {
     jmp_buf fail_jmp;
     uint8_t *buf, *buf2;        /* M_MAX_SIZE each */
     unsigned long long tool_runs, checks;
+    unsigned long long kind_steps[OP_COUNT];    /* steps done, per kind */
+    unsigned long long crash_steps[CRASH_KINDS]; /* crash steps, per change */
+    unsigned long long crash_snap_ids;  /* crashed creates that took */
+    uint32_t favour;            /* past the time: kinds (bits) yet to run */
 } Ctx;
 
 /* test-model.c */

@@ -540,6 +540,7 @@ static void base_snapshot(Ctx *c, MLayer *l)
     pcow_snapshot_info *list = NULL;
     pcow_error err = { 0 };
     char name[M_NAME_MAX];
+    uint64_t id, want;
     int n;
 
     snprintf(name, sizeof(name), "s%u", ++c->counter);
@@ -548,8 +549,13 @@ static void base_snapshot(Ctx *c, MLayer *l)
         (n = pcow_snapshot_list(c->aux, &list, &err)) < 1) {
         fail(c, "%s: snapshot: %s", l->file, err.msg);
     }
-    m_snap_create(l, name, list[n - 1].id);
+    id = list[n - 1].id;
     free(list);
+    want = m_snap_create(l, name);
+    if (id != want) {
+        fail(c, "%s: new snapshot id %llu, the model expects %llu", l->file,
+             (unsigned long long)id, (unsigned long long)want);
+    }
     close_image(c, &c->aux, l->file);
 }
 
@@ -638,6 +644,7 @@ static void op_snap_create(Ctx *c, bool tool)
     pcow_snapshot_info *list = NULL;
     pcow_error err = { 0 };
     char name[M_NAME_MAX];
+    uint64_t id, want;
     int n;
 
     if (t->nsnaps == M_MAX_SNAPS) {
@@ -659,14 +666,14 @@ static void op_snap_create(Ctx *c, bool tool)
         free(list);
         fail(c, "snapshot list after create: %d entries", n);
     }
-    /* Ids are never reused */
-    if (list[n - 1].id <= t->max_id) {
-        fail(c, "new snapshot id %llu, an id up to %llu was used before",
-             (unsigned long long)list[n - 1].id,
-             (unsigned long long)t->max_id);
-    }
-    m_snap_create(t, name, list[n - 1].id);
+    /* It takes next_snapshot_id: ids are never reused */
+    id = list[n - 1].id;
     free(list);
+    want = m_snap_create(t, name);
+    if (id != want) {
+        fail(c, "new snapshot id %llu, the model expects %llu",
+             (unsigned long long)id, (unsigned long long)want);
+    }
 }
 
 /* Revert to or delete a snapshot, by name or by id */
@@ -1140,7 +1147,7 @@ static void crash_model(Ctx *c, MLayer *t, unsigned kind, uint64_t off,
         m_resize(t, size);
         break;
     case 4:
-        m_snap_create(t, name, 0);      /* id: from the image */
+        m_snap_create(t, name);     /* verify_meta compares the id */
         break;
     case 5:
         m_snap_delete(t, idx);
@@ -1166,10 +1173,6 @@ static bool crash_outcome(Ctx *c, MLayer *t, const MLayer *old,
     n = pcow_snapshot_list(c->aux, &list, &err);
     if (n < 0) {
         fail(c, "snapshot list after the crash: %s", err.msg);
-    }
-    if (kind == 4 && n == (int)t->nsnaps) {
-        t->snaps[n - 1].id = list[n - 1].id;
-        t->max_id = list[n - 1].id;
     }
     free(list);
     if (n != (int)t->nsnaps && n != (int)old->nsnaps) {
@@ -1198,7 +1201,7 @@ static void op_crash(Ctx *c, const Op *op)
         "snapshot -a",
     };
     MLayer *t = c->top, *old;
-    unsigned kind = op->c % 7, idx = 0, at;
+    unsigned kind = op->c % CRASH_KINDS, idx = 0, at;
     uint64_t off, len, size, old_size, nb = t->v.size / MB_SIZE;
     pcow_check_result res;
     pcow_error err = { 0 };
@@ -1253,6 +1256,8 @@ static void op_crash(Ctx *c, const Op *op)
             fail(c, "the change is not there after the crash");
         }
         m_assign(t, old);
+    } else if (kind == 4) {
+        c->crash_snap_ids++;    /* a predicted id verify_meta compares */
     }
     m_free(old);
     /* Read-only before the recovery, then the read-write open recovers */
@@ -1268,6 +1273,7 @@ static void op_crash(Ctx *c, const Op *op)
         verify_layer(c, t);
     }
     close_top(c);
+    c->crash_steps[kind]++;
 }
 
 /* ----------------------------------------------------------- dispatch */
@@ -1326,7 +1332,9 @@ Op gen_op(Ctx *c)
     Op op;
 
     for (k = 0; k < OP_COUNT; k++) {
-        w[k] = applicable(c, k) ? weight[k] : 0;
+        /* Past the time, kinds not yet run are far likelier */
+        w[k] = !applicable(c, k) ? 0 :
+               weight[k] * (c->favour & (1u << k) ? 20 : 1);
         total += w[k];
     }
     x = rng_below(&c->rng, total);

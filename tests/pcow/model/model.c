@@ -53,6 +53,7 @@ MLayer *m_new_pcow(const char *file, uint64_t size, uint32_t cs, uint32_t cu,
     l->v.size = size;
     l->v.own = xcalloc(M_MAX_SIZE);
     l->v.st = xcalloc(M_MAX_BLOCKS);
+    l->next_id = 1;
     return l;
 }
 
@@ -108,7 +109,7 @@ void m_assign(MLayer *dst, const MLayer *src)
         view_copy(&dst->snaps[i].v, &src->snaps[i].v);
     }
     dst->nsnaps = src->nsnaps;
-    dst->max_id = src->max_id;
+    dst->next_id = src->next_id;
     dst->below = src->below;
     dst->cs = src->cs;
     dst->cu = src->cu;
@@ -369,17 +370,15 @@ void m_rebase_unsafe(MLayer *l, MLayer *nb)
     }
 }
 
-void m_snap_create(MLayer *l, const char *name, uint64_t id)
+uint64_t m_snap_create(MLayer *l, const char *name)
 {
     MSnap *s = &l->snaps[l->nsnaps++];
 
     memset(s, 0, sizeof(*s));
     snprintf(s->name, sizeof(s->name), "%s", name);
-    s->id = id;
+    s->id = l->next_id++;       /* ids are never reused */
     view_copy(&s->v, &l->v);
-    if (id > l->max_id) {
-        l->max_id = id;
-    }
+    return s->id;
 }
 
 void m_snap_revert(MLayer *l, unsigned idx)

@@ -61,7 +61,8 @@ struct MLayer {
     MLayer *below;          /* NULL: none */
     MSnap snaps[M_MAX_SNAPS];
     unsigned nsnaps;
-    uint64_t max_id;        /* highest snapshot id the image gave so far */
+    uint64_t next_id;       /* the image's next_snapshot_id: the id the
+                             * next snapshot takes (1 in a new image) */
 };
 
 MLayer *m_new_raw(const char *file, uint64_t size);
@@ -92,7 +93,8 @@ void m_commit(MLayer *l, bool keep);
 void m_rebase_safe(MLayer *l, MLayer *nb);
 /* rebase -u: only the base changes (none: the backing limit goes too). */
 void m_rebase_unsafe(MLayer *l, MLayer *nb);
-void m_snap_create(MLayer *l, const char *name, uint64_t id);
+/* The new snapshot takes next_id, as the spec says; returns that id */
+uint64_t m_snap_create(MLayer *l, const char *name);
 void m_snap_revert(MLayer *l, unsigned idx);
 void m_snap_delete(MLayer *l, unsigned idx);
 /* A standalone layer with what @src shows, as `convert` writes it. */

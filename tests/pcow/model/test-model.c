@@ -9,8 +9,11 @@
  * shadow model (model.h) byte for byte and checked; see docs/pcow.rst,
  * "The model-based test".
  *
+ * A time-bounded run must do enough steps of every kind (enough_steps).
+ *
  * Environment:
  *   PCOW_MODEL_SECONDS  run episodes for this long (default 30)
+ *   PCOW_MODEL_MIN_STEPS  steps a time-bounded run must do (300; 0: none)
  *   PCOW_MODEL_SEED     run the one episode of this seed
  *   PCOW_MODEL_OPS      operations per episode (default 150)
  *   PCOW_MODEL_REPLAY   file of operations to run (as printed on failure)
@@ -37,6 +40,9 @@
 #include "driver.h"
 
 static const char *prog;
+
+/* Steps a default run must do at least (see enough_steps) */
+#define MIN_STEPS 300
 
 uint64_t rng_next(Rng *r)
 {
@@ -144,6 +150,7 @@ static int run_episode(Ctx *c, uint64_t seed, const Op *replay,
             op_name(&c->ops[c->cur - 1], name, sizeof(name));
             snprintf(c->desc, sizeof(c->desc), "%s", name);
             run_op(c, &c->ops[c->cur - 1]);
+            c->kind_steps[c->ops[c->cur - 1].kind]++;
             if (c->verbose) {
                 printf("  #%u %s\n", c->cur, c->desc);
             }
@@ -268,6 +275,10 @@ static void report(Ctx *c, uint64_t seed, const char *replay_file)
         printf("%s: reproduce: PCOW_MODEL_SEED=%#" PRIx64 " PCOW_MODEL_REPLAY"
                "=%s PCOW_IMG=%s %s\n", prog, seed, replay_file, c->tool,
                prog);
+    } else if (c->favour) {
+        printf("%s: reproduce: the sequence below as a PCOW_MODEL_REPLAY "
+               "file, with PCOW_MODEL_SEED=%#" PRIx64 " (generated favouring "
+               "kinds not yet run: 0x%x)\n", prog, seed, c->favour);
     } else {
         printf("%s: reproduce: PCOW_MODEL_SEED=%#" PRIx64 " PCOW_MODEL_OPS=%u"
                " PCOW_IMG=%s %s\n", prog, seed, c->cur, c->tool, prog);
@@ -295,6 +306,89 @@ static void dump_sequence(Ctx *c, uint64_t seed)
     free(ops);
 }
 
+static void print_counts(const Ctx *c)
+{
+    static const char *const crash[CRASH_KINDS] = {
+        "write", "zero", "grow", "shrink", "snapshot-c", "snapshot-d",
+        "snapshot-a",
+    };
+    unsigned k;
+
+    printf("%s: steps by kind:", prog);
+    for (k = 0; k < OP_COUNT; k++) {
+        printf(" %s %llu", op_names[k], c->kind_steps[k]);
+    }
+    printf("\n%s: crashes by change:", prog);
+    for (k = 0; k < CRASH_KINDS; k++) {
+        printf(" %s %llu", crash[k], c->crash_steps[k]);
+    }
+    printf("; crashed creates kept (id predicted): %llu\n",
+           c->crash_snap_ids);
+}
+
+/* The kinds (bits) enough_steps misses; OP_CRASH for any crash change */
+static uint32_t missing_kinds(const Ctx *c)
+{
+    uint32_t m = c->crash_snap_ids ? 0 : 1u << OP_CRASH;
+    unsigned k;
+
+    for (k = 0; k < OP_COUNT; k++) {
+        m |= c->kind_steps[k] ? 0 : 1u << k;
+    }
+    for (k = 0; k < CRASH_KINDS; k++) {
+        m |= c->crash_steps[k] ? 0 : 1u << OP_CRASH;
+    }
+    return m;
+}
+
+/*
+ * A time-bounded run passes only if it did enough: MIN_STEPS steps, every
+ * kind of operation and of crash at least once and one crashed snapshot
+ * create kept (its id predicted), so that a run that did (almost) nothing
+ * -- a slow setup, a deadline already past, a generator stuck on some
+ * kinds -- cannot pass.  Rare kinds (commit-mid needs a chain of three)
+ * may take more time: the run goes on past PCOW_MODEL_SECONDS, up to four
+ * times it, until all have run, generating those twenty times likelier.
+ * PCOW_MODEL_MIN_STEPS overrides the total (0: no minimum at all).
+ * @say: print what is missing.
+ */
+static bool enough_steps(const Ctx *c, unsigned long long steps, bool say)
+{
+    static const char *const crash[CRASH_KINDS] = {
+        "crash-write", "crash-zero", "crash-grow", "crash-shrink",
+        "crash-snapshot-c", "crash-snapshot-d", "crash-snapshot-a",
+    };
+    unsigned long long min = env_ul("PCOW_MODEL_MIN_STEPS", MIN_STEPS);
+    char missing[512] = "";
+    size_t len = 0;
+    unsigned k;
+
+    if (!min) {
+        return true;
+    }
+    for (k = 0; k < OP_COUNT + CRASH_KINDS + 1; k++) {
+        bool none = k < OP_COUNT ? !c->kind_steps[k] :
+                    k < OP_COUNT + CRASH_KINDS ?
+                    !c->crash_steps[k - OP_COUNT] : !c->crash_snap_ids;
+        const char *what = k < OP_COUNT ? op_names[k] :
+                           k < OP_COUNT + CRASH_KINDS ?
+                           crash[k - OP_COUNT] : "crash-snapshot-c kept";
+
+        if (none && len < sizeof(missing)) {
+            len += snprintf(missing + len, sizeof(missing) - len, " %s",
+                            what);
+        }
+    }
+    if (say && steps < min) {
+        printf("%s: FAILED: %llu steps, at least %llu required\n", prog,
+               steps, min);
+    }
+    if (say && len) {
+        printf("%s: FAILED: no step of:%s\n", prog, missing);
+    }
+    return steps >= min && !len;
+}
+
 int main(int argc, char **argv)
 {
     static Ctx ctx;
@@ -304,6 +398,7 @@ int main(int argc, char **argv)
     unsigned long secs = env_ul("PCOW_MODEL_SECONDS", 30);
     unsigned maxops = env_ul("PCOW_MODEL_OPS", 150);
     double start = now(), deadline = start + secs;
+    double overtime = start + 4 * secs;     /* see enough_steps */
     uint64_t seed;
     unsigned long long episodes = 0, steps = 0;
     Op *replay = NULL;
@@ -340,8 +435,19 @@ int main(int argc, char **argv)
            seed_env || replay ? "one episode" : "episodes until time is up");
     fflush(stdout);
     do {
-        if (run_episode(c, seed, replay, maxops,
-                        seed_env || replay ? 1e300 : deadline)) {
+        /* Past the deadline with a kind not yet run: whole episodes */
+        double until = seed_env || replay ? 1e300 :
+                       now() < deadline ? deadline : overtime;
+
+        c->favour = until == overtime ? missing_kinds(c) : 0;
+        /* commit-mid needs a pcow base over a base: a seed that sets one up
+         * (setup_episode's first draw, chains "rp", "pp" or "rpp") */
+        while ((c->favour & 1u << OP_COMMIT_MID) &&
+               rng_below(&(Rng){ seed }, 6) < 3) {
+            seed = rng_next(&(Rng){ seed });
+        }
+
+        if (run_episode(c, seed, replay, maxops, until)) {
             report(c, seed, replay_file);
             if (!replay) {
                 dump_sequence(c, seed);
@@ -351,9 +457,16 @@ int main(int argc, char **argv)
         episodes++;
         steps += c->nops;
         seed = rng_next(&(Rng){ seed });
-    } while (!seed_env && !replay && now() < deadline);
-    printf("%s: passed: %llu episodes, %llu steps, %llu pcow-img runs, "
-           "%llu checks in %.1f s\n", prog, episodes, steps, c->tool_runs,
+    } while (!seed_env && !replay &&
+             (now() < deadline || (!enough_steps(c, steps, false) &&
+                                    now() < overtime)));
+    printf("%s: %llu episodes, %llu steps, %llu pcow-img runs, %llu "
+           "checks in %.1f s\n", prog, episodes, steps, c->tool_runs,
            c->checks, now() - start);
+    print_counts(c);
+    if (!seed_env && !replay && !enough_steps(c, steps, true)) {
+        return 1;
+    }
+    printf("%s: passed\n", prog);
     return 0;
 }
