@@ -75,13 +75,43 @@ static bool vmsnap_can_snapshot(void *opaque, Error **errp)
     return true;
 }
 
+/* "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT 's1': why" */
+static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
+                        int ret, const pcow_error *perr, Error **errp)
+{
+    g_autofree char *dev = vmsnap_describe(vs);
+    char *shown = pcow_escape_text(name);     /* a tag may hold anything */
+
+    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what,
+               shown ? shown : name, hostmem_pcow_error_msg(perr, ret));
+    free(shown);
+    return ret;
+}
+
+/*
+ * The snapshot table is read from memory, but touching the image's
+ * mappings after a truncation behind our back raises SIGBUS: check the
+ * file first, and fail naming the image rather than answer "no".
+ */
 static int vmsnap_has_snapshot(void *opaque, const char *name, Error **errp)
 {
-    pcow_monitor *mon = hostmem_pcow_monitor(vmsnap_pc(opaque));
+    PcowVmSnap *vs = opaque;
+    pcow_image *img = pcow_monitor_image(hostmem_pcow_monitor(vmsnap_pc(vs)));
+    pcow_error perr = { 0 };
     pcow_snapshot_info sn;
+    int ret = pcow_check_file_size(img, &perr);
 
-    return pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
-                                &sn, NULL) == 0;
+    if (ret == 0) {
+        ret = pcow_snapshot_lookup(img, name, false, 0, &sn, &perr);
+        if (ret == -ENOENT) {
+            return 0;
+        }
+    }
+    if (ret < 0) {
+        vmsnap_error(vs, "look up", name, ret, &perr, errp);
+        return -1;
+    }
+    return 1;
 }
 
 static void vmsnap_vmstate_begin(void *opaque)
@@ -103,19 +133,6 @@ static void vmsnap_vmstate_end(void *opaque)
         qemu_ram_set_migratable(vs->backend->mr.ram_block);
         vs->left_out = false;
     }
-}
-
-/* "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT 's1': why" */
-static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
-                        int ret, const pcow_error *perr, Error **errp)
-{
-    g_autofree char *dev = vmsnap_describe(vs);
-    char *shown = pcow_escape_text(name);     /* a tag may hold anything */
-
-    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what,
-               shown ? shown : name, hostmem_pcow_error_msg(perr, ret));
-    free(shown);
-    return ret;
 }
 
 /*
@@ -168,13 +185,27 @@ static int vmsnap_goto(void *opaque, const char *name, Error **errp)
                    : 0;
 }
 
+/*
+ * The monitor deletes a snapshot with the image's writers stopped
+ * (pcow/monitor.h), as pcow-snapshot-delete does: delvm, and savevm
+ * overwriting a tag, call this while the guest runs.  savevm's own
+ * rollback calls it with the VM stopped already: no second stop.
+ */
 static int vmsnap_delete(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
     pcow_error perr = { 0 };
-    int ret = pcow_monitor_snapshot_delete(
-        hostmem_pcow_monitor(vmsnap_pc(vs)), name, &perr);
+    bool was_running = runstate_is_running();
+    int ret;
 
+    if (was_running) {
+        vm_stop(RUN_STATE_SAVE_VM);
+    }
+    ret = pcow_monitor_snapshot_delete(hostmem_pcow_monitor(vmsnap_pc(vs)),
+                                       name, &perr);
+    if (was_running) {
+        vm_start();
+    }
     return ret < 0 ? vmsnap_error(vs, "delete", name, ret, &perr, errp) : 0;
 }
 

@@ -22,6 +22,9 @@ Regions: R0 and R1 (64 KiB each), BIG (32 MiB).
   live pcow snapshot) fails naming the image, and no qcow2 snapshot is
   left; snapshot-save of a tag pcow refuses (a control character) fails
   after the qcow2 snapshot was made: that one is deleted again.
+- delvm s4 while the guest rewrites W in a loop (W's clusters shared
+  with s4): the guest is paused around the pcow delete (STOP, RESUME
+  events), and reads its last write to W afterwards.
 - Host: the image is clean and holds s0 and the live snapshot only; the
   qcow2 disk holds s0 only.
 - A second, read-only pcow NVDIMM (64 MiB, data in its first MiB) takes no
@@ -50,7 +53,8 @@ MiB, KiB, GiB = common.MiB, common.KiB, common.GiB
 SIZE = 1 * GiB
 DISK = {"vmstate": "disk0", "devices": ["disk0"]}     # the qcow2 node
 REGIONS = {"R0": (1 * MiB, 64 * KiB), "R1": (300 * MiB, 64 * KiB),
-           "BIG": (512 * MiB, 32 * MiB)}
+           "BIG": (512 * MiB, 32 * MiB), "W": (700 * MiB, 4 * MiB)}
+LOOP_OFF, LOOP_LEN = REGIONS["W"]
 
 RO_SIZE = 64 * MiB                  # the read-only NVDIMM
 RO_DATA = common.pattern("savevm-ro", 1 * MiB)
@@ -78,6 +82,19 @@ while read -u 3 cmd tag reg; do
         line="$line RO=$(dd if=$ro bs=65536 count=16 iflag=direct \
             2>/dev/null | md5sum | cut -d' ' -f1)"
         echo "$line" ;;
+""" + rf"""    "l W") rm -f /tmp/stop /tmp/last
+        ( i=0
+          while [ ! -e /tmp/stop ]; do
+            i=$((i + 1)); t=$tag$((i % 2))
+            yes "pcow-savevm $t" | head -c {LOOP_LEN} |
+            dd of=$pm bs=65536 seek={LOOP_OFF // 65536} iflag=fullblock \
+                oflag=direct conv=notrunc,fsync 2>/dev/null || exit 1
+            echo "$t $i" > /tmp/last
+            [ $i = 1 ] && echo "LOOP1 $tag"
+          done ) &
+        loop=$! ;;
+""" + r"""    "s ") touch /tmp/stop; wait $loop
+        echo "STOPPED $(cat /tmp/last)" ;;
     "q ") echo BYE; exit 0 ;;
     esac
 done
@@ -269,6 +286,9 @@ def run(t, vm):
     vm.write("E", "R1")
     vm.check({**s1, "R1": "E"}, "guest writes go on")
 
+    # --- delvm while the guest writes: clusters shared with the snapshot
+    delvm_while_writing(t, vm, {**s1, "R1": "E"})
+
     # --- all or nothing
     vm.m.execute("pcow-snapshot-create", id="pm0", name="live")
     err = vm.job("snapshot-save", tag="live", **DISK)
@@ -287,6 +307,29 @@ def run(t, vm):
     vm.check({**s1, "R1": "E"},
              "the guest runs on after the failed snapshots")
     vm.send("q", r"^BYE$")
+
+
+def delvm_while_writing(t, vm, state):
+    """delvm of a snapshot whose clusters the image shares, while the guest
+    rewrites them in a loop: the guest is paused around the pcow delete
+    (STOP and RESUME), and reads its last write afterwards."""
+    vm.write("F", "W")
+    vm.hmp("savevm s4")             # W's clusters: shared with s4
+    vm.send("l X W", r"^LOOP1 X$")
+    vm.m.events.clear()
+    out = vm.hmp("delvm s4")
+    ev = [e["event"] for e in vm.m.events
+          if e["event"] in ("STOP", "RESUME")]
+    t.check(out.strip() == "" and "s4" not in vm.pcow_snaps(),
+            f"delvm s4 while the guest writes: {out.strip()!r}, pcow "
+            f"{vm.pcow_snaps()}")
+    t.check(ev == ["STOP", "RESUME"], f"... the guest was paused around "
+            f"the pcow delete (events {ev}, expected STOP, RESUME)")
+    time.sleep(1)                   # writes go on after the delete
+    last, n = vm.send("s", r"^STOPPED ").split()[1:]
+    t.check(int(n) >= 2, f"the guest wrote W {n} times meanwhile")
+    vm.check({**state, "W": last}, f"after delvm: W holds the last write "
+             f"({last})")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ the test's directory, pm1 on a small tmpfs that is then filled up.
 - loadvm of a pcow snapshot whose virtual size is not the image's now
   (pcow-img resize after savevm) fails before anything changes: the
   qcow2 drive is not reverted either.
+- The image truncated behind QEMU's back (as in test-qmp-truncated):
+  loadvm s1 and savevm s2 each fail in one line naming the image and the
+  truncation, before anything changed (the qcow2 drive is not reverted
+  and keeps s1 only); delvm s1 fails naming the image; QEMU keeps
+  answering.
 Env: QEMU, PCOW_IMG, QEMU_IMG (default: qemu-img next to QEMU).
 Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
@@ -46,9 +51,13 @@ def snaps(m):
     """{backend id: [pcow snapshot names]}, and the qcow2 drive's tags"""
     pcow = {p["id"]: [s["name"] for s in p["snapshots"]]
             for p in m.execute("query-pcow")}
-    qcow2 = [ln.split()[1] for ln in m.hmp("info snapshots").splitlines()
-             if ln.split() and ln.split()[0] not in ("List", "ID", "There")]
-    return pcow, qcow2
+    return pcow, qcow2_tags(m)
+
+
+def qcow2_tags(m):
+    """The qcow2 drive's snapshot tags (HMP info snapshots)"""
+    return [ln.split()[1] for ln in m.hmp("info snapshots").splitlines()
+            if ln.split() and ln.split()[0] not in ("List", "ID", "There")]
 
 
 def main():
@@ -66,6 +75,7 @@ def main():
     finally:
         subprocess.run(["umount", "-l", str(fs)])
     run_resized(t, qemu_img)
+    run_truncated(t, qemu_img)
     t.finish()
 
 
@@ -118,6 +128,51 @@ def run_resized(t, qemu_img):
             "resized: ... before anything changed: the qcow2 drive still "
             "holds what was written after s1 (not reverted)")
     t.check_clean(img, "resized: r.pcow after quit")
+
+
+def run_truncated(t, qemu_img):
+    """Lookups of a truncated image fail naming it: not "no snapshot"."""
+    img, disk = t.tmp / "tr.pcow", t.tmp / "tr.qcow2"
+    t.img("create", img, "64M")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk),
+                    "16M"], check=True)
+    q, m = paused_qemu(t, disk, [img])
+    try:
+        out = m.hmp("savevm s1").strip()
+        t.check(out == "", f"truncated: savevm s1 before it {out!r}")
+        m.hmp('qemu-io d0 "write -P 0x5a 0 64k"')     # after s1
+        os.truncate(img, 4096)
+        for cmd in ("loadvm s1", "savevm s2"):
+            out = m.hmp(cmd).strip()
+            print(f"   (hmp) {cmd} -> {out!r}")
+            t.check(out.startswith("Error: ") and str(img) in out and
+                    "pm0" in out and "truncated" in out and "\n" not in out,
+                    f"truncated: {cmd} fails in one line naming pm0, its "
+                    "image and the truncation")
+        st = m.execute("query-status")["status"]
+        qcow2 = qcow2_tags(m)
+        t.check(qcow2 == ["s1"], f"truncated: QEMU answers ({st}); the "
+                f"qcow2 drive holds {qcow2}, expected ['s1']")
+        out = m.hmp("delvm s1").strip()
+        print(f"   (hmp) delvm s1 -> {out!r}")
+        t.check(out.startswith("Error: ") and str(img) in out and
+                "truncated" in out and "\n" not in out,
+                "truncated: delvm s1 fails in one line naming the image")
+        m.execute("quit")
+        rc = q.wait(timeout=60)
+    except (guest.QMPError, EOFError, OSError) as e:
+        q.kill()
+        rc = q.wait()
+        t.check(False, f"truncated: QEMU died ({e}, exit {rc}): "
+                f"{q.stderr.read().strip()}")
+        return
+    t.check(rc >= 0, f"truncated: QEMU exits on quit ({rc})")
+    r = subprocess.run([os.path.join(os.path.dirname(qemu_img), "qemu-io"),
+                        "-f", "qcow2", "-c", "read -P 0x5a 0 64k",
+                        str(disk)], stdout=subprocess.PIPE, text=True)
+    t.check(r.returncode == 0 and "Pattern verification failed"
+            not in r.stdout, "truncated: loadvm changed nothing: the qcow2 "
+            "drive still holds what was written after s1 (not reverted)")
 
 
 def run(t, fs, qemu_img):
