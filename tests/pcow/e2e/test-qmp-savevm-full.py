@@ -13,6 +13,10 @@ the test's directory, pm1 on a small tmpfs that is then filled up.
 - loadvm of a pcow snapshot whose virtual size is not the image's now
   (pcow-img resize after savevm) fails before anything changes: the
   qcow2 drive is not reverted either.
+- Rollback that cannot delete (faults injected with gdb, skipped without
+  it: pm1's create and then pm0's delete fail with ENOSPC): savevm s1
+  fails naming pm1, a warning names pm0, its image and s1 and says
+  'delvm s1' removes it, which it does.
 - The image truncated behind QEMU's back (as in test-qmp-truncated):
   loadvm s1 and savevm s2 each fail in one line naming the image and the
   truncation, before anything changed (the qcow2 drive is not reverted
@@ -24,6 +28,7 @@ Exit 0 pass, 77 skip (last line says why), 1 fail.
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import time
 
@@ -76,13 +81,15 @@ def main():
         subprocess.run(["umount", "-l", str(fs)])
     run_resized(t, qemu_img)
     run_truncated(t, qemu_img)
+    run_leftover(t, qemu_img)
     t.finish()
 
 
-def paused_qemu(t, disk, images):
+def paused_qemu(t, disk, images, prefix=()):
     """QEMU, paused (-S), with the qcow2 drive and pcow NVDIMMs; its QMP."""
     qmp = t.tmp / "qmp.sock"
     q = subprocess.Popen(
+        list(prefix) +
         [common.QEMU, "-M", "pc,nvdimm=on", "-m", "64M,slots=4,maxmem=1G",
          "-S", "-display", "none", "-accel", "tcg",
          "-qmp", f"unix:{qmp},server=on,wait=off",
@@ -173,6 +180,76 @@ def run_truncated(t, qemu_img):
     t.check(r.returncode == 0 and "Pattern verification failed"
             not in r.stdout, "truncated: loadvm changed nothing: the qcow2 "
             "drive still holds what was written after s1 (not reverted)")
+
+
+# The second pcow snapshot create (pm1's) and the first delete fail
+GDB_FAULTS = """set pagination off
+set confirm off
+handle SIGUSR1 SIGUSR2 SIGPIPE nostop noprint pass
+set $creates = 0
+set $deletes = 0
+break pcow_monitor_snapshot_create
+commands
+silent
+set $creates = $creates + 1
+if $creates == 2
+  return -28
+end
+continue
+end
+break pcow_monitor_snapshot_delete
+commands
+silent
+set $deletes = $deletes + 1
+if $deletes == 1
+  return -28
+end
+continue
+end
+run
+"""
+
+
+def run_leftover(t, qemu_img):
+    """savevm's rollback cannot delete pm0's snapshot: it says so."""
+    gdb = shutil.which("gdb")
+    if not gdb:
+        t.note("leftover: skipped, no gdb to inject the faults")
+        return
+    a, b, disk = t.tmp / "l0.pcow", t.tmp / "l1.pcow", t.tmp / "l.qcow2"
+    t.img("create", a, "64M")
+    t.img("create", b, "64M")
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(disk),
+                    "16M"], check=True)
+    script = t.tmp / "faults.gdb"
+    script.write_text(GDB_FAULTS)
+    q, m = paused_qemu(t, disk, [a, b],
+                       [gdb, "-q", "-batch", "-x", str(script), "--args"])
+    try:
+        out = m.hmp("savevm s1").strip()
+        print(f"   (hmp) savevm s1 -> {out!r}")
+        warn = [ln for ln in out.splitlines() if ln.startswith("warning:")]
+        pcow, qcow2 = snaps(m)
+        t.check(out.splitlines()[-1].startswith("Error: ") and
+                "pm1" in out.splitlines()[-1] and qcow2 == [] and
+                pcow == {"pm0": ["s1"], "pm1": []},
+                f"leftover: savevm s1 fails naming pm1; pm0's s1 could not "
+                f"be deleted: pcow {pcow}, qcow2 {qcow2}")
+        t.check(len(warn) == 1 and str(a) in warn[0] and "pm0" in warn[0]
+                and "'s1'" in warn[0] and "'delvm s1' removes it" in warn[0],
+                f"leftover: a warning names pm0, its image and s1, and "
+                f"says 'delvm s1' removes it: {warn}")
+        out = m.hmp("delvm s1").strip()
+        pcow, _ = snaps(m)
+        t.check(out == "" and pcow == {"pm0": [], "pm1": []},
+                f"leftover: delvm s1 removes it: {out!r}, pcow {pcow}")
+        m.execute("quit")
+        rc = q.wait(timeout=120)
+    except (guest.QMPError, EOFError, OSError) as e:
+        q.kill()
+        q.wait()
+        t.fatal(f"leftover: QEMU under gdb: {e}; {q.stderr.read()[-2000:]}")
+    t.check(rc == 0, f"leftover: QEMU (under gdb) exit {rc}")
 
 
 def run(t, fs, qemu_img):
