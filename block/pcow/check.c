@@ -241,6 +241,13 @@ static void repair_extent_and_ids(pcow_image *img, const PcowWalk *w)
 int pcow_check(const char *path, unsigned repair, bool force_share,
                pcow_check_result *res, pcow_error *err)
 {
+    return pcow_check_hooked(path, repair, force_share, NULL, NULL, res, err);
+}
+
+int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
+                      pcow_persist_hook hook, void *opaque,
+                      pcow_check_result *res, pcow_error *err)
+{
     PcowProblems pr = { .collect = true };
     PcowWalk w = { 0 };
     pcow_image *img;
@@ -260,7 +267,7 @@ int pcow_check(const char *path, unsigned repair, bool force_share,
     if (force_share) {
         flags |= PCOW_OPEN_NO_LOCK;
     }
-    ret = pcow_open_internal(path, flags, NULL, NULL, NULL, 0, &pr, &img,
+    ret = pcow_open_internal(path, flags, hook, opaque, NULL, 0, &pr, &img,
                              err);
     if (ret < 0) {
         if (ret == -EINVAL || ret == -ENOTSUP || ret == -EFBIG ||

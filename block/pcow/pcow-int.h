@@ -492,6 +492,13 @@ int pcow_open_internal(const char *path, unsigned flags,
                        PcowChain *chain, unsigned depth,
                        PcowProblems *pr, pcow_image **out,
                        pcow_error *err);
+/*
+ * pcow_check() with a persistence hook on the image it opens (the crash
+ * harness records a repair's writes with it).  durable
+ */
+int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
+                      pcow_persist_hook hook, void *opaque,
+                      pcow_check_result *res, pcow_error *err);
 /* Release everything, closing the base chain; no persist.  - */
 void pcow_image_free(pcow_image *img);
 

@@ -58,6 +58,11 @@
  *   6. for the resize scenario: the state, grown to GROW_CHECK_SIZE after a
  *      read-write open and after one with PCOW_OPEN_NO_RECOVER, reads zeros
  *      beyond its virtual size (nothing a cut shrink left comes back).
+ * The check-repair scenario (check -r all of a damaged image, whose cut
+ * states cannot all open) checks each state instead with
+ * check_repair_state(): refused only with a corruption counted, the
+ * repaired content when it opens, and a second repair that leaves it
+ * clean, with that content and the snapshot's.
  * Before enumerating, the harness replays the whole stream onto the
  * before-image and compares the result with the real file byte for byte:
  * libpcow must report every change it makes through the hook.
@@ -84,6 +89,7 @@
 #include <linux/falloc.h>
 
 #include "pcow/pcow.h"
+#include "pcow-int.h"       /* pcow_check_hooked */
 
 #define KiB (1024ull)
 #define MiB (1024ull * KiB)
@@ -483,6 +489,9 @@ typedef struct Scen {
     uint64_t states, failures;
     uint64_t reverts_checked;
     View scratch[2];                /* views of crash states, reused */
+    /* check -r: states are checked against this content (see t_repair) */
+    bool repair;
+    View want;
     /* optional scenario-specific check of each crash state (see t_resize) */
     void (*extra)(struct Scen *s, const struct CState *cs, const View *v);
 } Scen;
@@ -979,6 +988,8 @@ static bool verify_snapshots(Scen *s, const View *v, const CState *cs)
     return true;
 }
 
+static void check_repair_state(Scen *s, const CState *cs, bool final);
+
 static void check_state(Scen *s, const CState *cs, int lo, int hi,
                         uint64_t gran, bool final)
 {
@@ -991,6 +1002,10 @@ static void check_state(Scen *s, const CState *cs, int lo, int hi,
 
     s->states++;
     build_state(s, cs);
+    if (s->repair) {
+        check_repair_state(s, cs, final);
+        return;
+    }
     path_join(p, sizeof(p), s->state, s->view);
 
     /* 1. read-only open, and the view */
@@ -1428,6 +1443,7 @@ static void scen_finish(Scen *s)
     }
     view_free(&s->scratch[0]);
     view_free(&s->scratch[1]);
+    view_free(&s->want);
     rec_free(&s->rec);
 }
 
@@ -2006,6 +2022,244 @@ static void t_resize_overlay(Scen *s)
     scen_finish(s);
 }
 
+/* The content the repair keeps: @v must show exactly it */
+static bool shows_want(Scen *s, const CState *cs, const View *v,
+                       const char *when)
+{
+    uint64_t i;
+
+    if (v->vsize != s->want.vsize) {
+        fail(s, cs, "%s: virtual size %" PRIu64 ", expected %" PRIu64, when,
+             v->vsize, s->want.vsize);
+        return false;
+    }
+    for (i = 0; i < v->vsize; i++) {
+        if (v->content[i] != s->want.content[i]) {
+            fail(s, cs, "%s: data lost or wrong at 0x%" PRIx64, when, i);
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * A cut of check -r: open refuses it only while check counts a corruption
+ * and shows the intact data when it opens; repairing it again gives a
+ * clean image with that data; a read-write open keeps it clean.
+ */
+static void check_repair_state(Scen *s, const CState *cs, bool final)
+{
+    pcow_check_result res;
+    pcow_error err = { 0 };
+    pcow_image *img;
+    View *v = &s->scratch[0];
+    char p[512], why[1400];
+    int ret, oret;
+
+    path_join(p, sizeof(p), s->state, s->view);
+    memset(&res, 0, sizeof(res));
+    ret = pcow_check(p, 0, false, &res, &err);
+    if (ret < 0) {
+        fail(s, cs, "check failed: %s", err.msg);
+        return;
+    }
+    oret = view_read(p, 0, v, why, sizeof(why));
+    if (oret < 0 && !res.corruptions) {
+        fail(s, cs, "refused without a corruption: %s", why);
+        return;
+    }
+    if (oret == 0 && (res.corruptions || !shows_want(s, cs, v, "opened"))) {
+        if (res.corruptions) {
+            fail(s, cs, "opens, but check counts %" PRIu64 " corruptions: %s",
+                 res.corruptions, res.first_problem);
+        }
+        return;
+    }
+    if (final && (res.corruptions || res.leaks)) {
+        fail(s, cs, "after the whole repair: %" PRIu64 " corruptions, %"
+             PRIu64 " leaks", res.corruptions, res.leaks);
+        return;
+    }
+    /* Repair again: it must finish the job */
+    memset(&res, 0, sizeof(res));
+    ret = pcow_check(p, PCOW_REPAIR_LEAKS | PCOW_REPAIR_ERRORS, false, &res,
+                     &err);
+    if (ret < 0 || res.corruptions || res.leaks) {
+        fail(s, cs, "check -r all again: ret %d, %" PRIu64 " corruptions, %"
+             PRIu64 " leaks: %s %s", ret, res.corruptions, res.leaks,
+             res.first_problem, err.msg);
+        return;
+    }
+    memset(&res, 0, sizeof(res));
+    ret = pcow_check(p, 0, false, &res, &err);
+    if (ret < 0 || res.corruptions || res.leaks) {
+        fail(s, cs, "check after the second repair: %" PRIu64 " corruptions,"
+             " %" PRIu64 " leaks: %s", res.corruptions, res.leaks,
+             res.first_problem);
+        return;
+    }
+    if (view_read(p, 0, v, why, sizeof(why)) < 0) {
+        fail(s, cs, "after the second repair: %s", why);
+        return;
+    }
+    if (!shows_want(s, cs, v, "after the second repair") ||
+        !verify_snapshots(s, v, cs)) {
+        return;
+    }
+    ret = pcow_open(p, &(pcow_open_opts){ .flags = PCOW_OPEN_RDWR }, &img,
+                    &err);
+    if (ret < 0 || pcow_close(img, &err) < 0) {
+        fail(s, cs, "read-write open after the repair: %s", err.msg);
+        return;
+    }
+    memset(&res, 0, sizeof(res));
+    ret = pcow_check(p, 0, false, &res, &err);
+    if (ret < 0 || res.corruptions || res.leaks) {
+        fail(s, cs, "check after a read-write open: %" PRIu64 " corruptions,"
+             " %" PRIu64 " leaks", res.corruptions, res.leaks);
+    }
+}
+
+/* The current header slot of the image open as @fd (higher generation) */
+static uint64_t current_slot(int fd)
+{
+    uint8_t a[8], b[8];
+
+    if (pread(fd, a, 8, PCOW_SLOT_A + PCOW_H_GENERATION) != 8 ||
+        pread(fd, b, 8, PCOW_SLOT_B + PCOW_H_GENERATION) != 8) {
+        die("cannot read the header slots");
+    }
+    return pcow_ld64(b) > pcow_ld64(a) ? PCOW_SLOT_B : PCOW_SLOT_A;
+}
+
+static uint64_t rd64(int fd, uint64_t off)
+{
+    uint8_t b[8];
+
+    if (pread(fd, b, 8, off) != 8) {
+        die("cannot read 0x%" PRIx64, off);
+    }
+    return pcow_ld64(b);
+}
+
+static void wr64(int fd, uint64_t off, uint64_t v)
+{
+    uint8_t b[8];
+
+    pcow_st64(b, v);
+    if (pwrite(fd, b, 8, off) != 8) {
+        die("cannot write 0x%" PRIx64, off);
+    }
+}
+
+/* Give the only snapshot id 0 (CRCs made right: only the id is wrong) */
+static void damage_snapshot_id(int fd, uint64_t slot)
+{
+    uint8_t h[PCOW_SLOT_SIZE], *t;
+    uint64_t so;
+    uint32_t ss, hl;
+
+    if (pread(fd, h, sizeof(h), slot) != sizeof(h)) {
+        die("cannot read the header");
+    }
+    so = pcow_ld64(h + PCOW_H_SNAP_OFFSET);
+    ss = pcow_ld32(h + PCOW_H_SNAP_SIZE);
+    hl = pcow_ld32(h + PCOW_H_LENGTH);
+    t = xmalloc(ss);
+    if (pread(fd, t, ss, so) != (ssize_t)ss) {
+        die("cannot read the snapshot table");
+    }
+    pcow_st64(t, 0);
+    pcow_st32(h + PCOW_H_SNAP_CRC, pcow_crc32c(0, t, ss));
+    pcow_st32(h + PCOW_H_CRC, 0);
+    pcow_st32(h + PCOW_H_CRC, pcow_crc32c(0, h, hl));
+    if (pwrite(fd, t, ss, so) != (ssize_t)ss ||
+        pwrite(fd, h, sizeof(h), slot) != sizeof(h)) {
+        die("cannot write the damage");
+    }
+    free(t);
+}
+
+/*
+ * check -r all of a damaged, leaky image (docs/interop/pcow-spec.rst,
+ * "Check and repair"): a frontier below clusters in use (raised), a
+ * snapshot id 0 (a new id: P-SNAP-LIST, P-HEADER-COMMIT), a map word with
+ * a reserved bit (cleared, its cluster reclaimed), a cluster no table
+ * references any more but that holds data (punched), blocks past
+ * everything in use (cut).  Every cut of the repair's writes must be
+ * refused by open only while check counts a corruption, show exactly the
+ * intact data when it opens, and be repaired again to a clean image that
+ * holds that data and the snapshot's.
+ */
+static void t_repair(Scen *s)
+{
+    const uint64_t cs = 4096, nc = 12;
+    pcow_check_result res;
+    pcow_error err = { 0 };
+    pcow_image *img;
+    uint64_t slot, l2, k;
+    uint8_t junk[4096];
+    char p[512];
+    int fd;
+
+    track(s, "img");
+    mk(s, "img", 1 * MiB, cs, 0, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    op_write(img, 0, nc * cs, 71);
+    expect_snap(s, img, "s");
+    op_snap(img, 'c', "s");
+    op_write(img, 0, nc * cs, 72);      /* copies: its own clusters again */
+    op_close(img);
+    live_view(s, &s->want);
+    /* Clusters 2 and 5 lose their data: the repair cannot keep it */
+    memset(s->want.content + 2 * cs, 0, cs);
+    memset(s->want.content + 5 * cs, 0, cs);
+
+    /* Damage it through the format */
+    wpath(s, "img", p, sizeof(p));
+    fd = open(p, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        die("open %s", p);
+    }
+    slot = current_slot(fd);
+    l2 = rd64(fd, rd64(fd, slot + PCOW_H_L1_OFFSET)) & ~(cs - 1) &
+         ((1ull << 56) - 1);
+    wr64(fd, l2 + 5 * 32, rd64(fd, l2 + 5 * 32) | 1ull << 3); /* reserved */
+    wr64(fd, l2 + 2 * 32, 0);           /* cluster 2: referenced by none */
+    /* The frontier below the last two clusters in use */
+    wr64(fd, PCOW_HOT_FRONTIER, rd64(fd, PCOW_HOT_FRONTIER) - 2 * cs);
+    damage_snapshot_id(fd, slot);
+    memset(junk, 0x5a, sizeof(junk));
+    for (k = 0; k < 2; k++) {           /* blocks past everything */
+        if (pwrite(fd, junk, cs, lseek(fd, 0, SEEK_END)) != (ssize_t)cs) {
+            die("%s: cannot append", p);
+        }
+    }
+    close(fd);
+    if (pcow_check(p, 0, false, &res, &err) < 0 || res.corruptions < 3) {
+        die("%s: the damage is not seen: %" PRIu64 " corruptions %s", p,
+            res.corruptions, err.msg);
+    }
+
+    s->repair = true;
+    s->create = true;       /* the damaged image does not open: no view */
+    scen_start(s);
+    if (pcow_check_hooked(p, PCOW_REPAIR_LEAKS | PCOW_REPAIR_ERRORS, false,
+                          rec_hook, tag_of(s, "img"), &res, &err) < 0 ||
+        res.corruptions || res.leaks || res.corruptions_fixed < 3 ||
+        !res.leaks_fixed) {
+        die("check -r all: %s: %" PRIu64 " corruptions (%" PRIu64 " fixed), "
+            "%" PRIu64 " leaks (%" PRIu64 " fixed)", err.msg, res.corruptions,
+            res.corruptions_fixed, res.leaks, res.leaks_fixed);
+    }
+    step(s, ATOMIC, "check -r all");
+    if (s->steps[1].v.vsize != s->want.vsize ||
+        memcmp(s->steps[1].v.content, s->want.content, s->want.vsize)) {
+        die("check -r all lost data it did not have to");
+    }
+    scen_finish(s);
+}
+
 typedef struct Test {
     const char *name;
     void (*fn)(Scen *s);
@@ -2027,6 +2281,7 @@ static const Test tests[] = {
     { "rebase", t_rebase },
     { "resize", t_resize },
     { "resize-overlay", t_resize_overlay },
+    { "check-repair", t_repair },
 };
 
 static void pick_root(void)
