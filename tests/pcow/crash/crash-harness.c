@@ -2180,6 +2180,37 @@ static void damage_snapshot_id(int fd, uint64_t slot)
     free(t);
 }
 
+/* Record check -r all of the damaged image @p, then check every cut */
+static void repair_and_finish(Scen *s, const char *p, uint64_t min_fixed,
+                              bool leaks)
+{
+    pcow_check_result res;
+    pcow_error err = { 0 };
+
+    if (pcow_check(p, 0, false, &res, &err) < 0 ||
+        res.corruptions < min_fixed) {
+        die("%s: the damage is not seen: %" PRIu64 " corruptions %s", p,
+            res.corruptions, err.msg);
+    }
+    s->repair = true;
+    s->create = true;       /* the damaged image does not open: no view */
+    scen_start(s);
+    if (pcow_check_hooked(p, PCOW_REPAIR_LEAKS | PCOW_REPAIR_ERRORS, false,
+                          rec_hook, tag_of(s, "img"), &res, &err) < 0 ||
+        res.corruptions || res.leaks || res.corruptions_fixed < min_fixed ||
+        (leaks && !res.leaks_fixed)) {
+        die("check -r all: %s: %" PRIu64 " corruptions (%" PRIu64 " fixed), "
+            "%" PRIu64 " leaks (%" PRIu64 " fixed)", err.msg, res.corruptions,
+            res.corruptions_fixed, res.leaks, res.leaks_fixed);
+    }
+    step(s, ATOMIC, "check -r all");
+    if (s->steps[1].v.vsize != s->want.vsize ||
+        memcmp(s->steps[1].v.content, s->want.content, s->want.vsize)) {
+        die("check -r all lost data it did not have to");
+    }
+    scen_finish(s);
+}
+
 /*
  * check -r all of a damaged, leaky image (docs/interop/pcow-spec.rst,
  * "Check and repair"): a frontier below clusters in use (raised), a
@@ -2194,8 +2225,6 @@ static void damage_snapshot_id(int fd, uint64_t slot)
 static void t_repair(Scen *s)
 {
     const uint64_t cs = 4096, nc = 12;
-    pcow_check_result res;
-    pcow_error err = { 0 };
     pcow_image *img;
     uint64_t slot, l2, k;
     uint8_t junk[4096];
@@ -2236,28 +2265,47 @@ static void t_repair(Scen *s)
         }
     }
     close(fd);
-    if (pcow_check(p, 0, false, &res, &err) < 0 || res.corruptions < 3) {
-        die("%s: the damage is not seen: %" PRIu64 " corruptions %s", p,
-            res.corruptions, err.msg);
-    }
 
-    s->repair = true;
-    s->create = true;       /* the damaged image does not open: no view */
-    scen_start(s);
-    if (pcow_check_hooked(p, PCOW_REPAIR_LEAKS | PCOW_REPAIR_ERRORS, false,
-                          rec_hook, tag_of(s, "img"), &res, &err) < 0 ||
-        res.corruptions || res.leaks || res.corruptions_fixed < 3 ||
-        !res.leaks_fixed) {
-        die("check -r all: %s: %" PRIu64 " corruptions (%" PRIu64 " fixed), "
-            "%" PRIu64 " leaks (%" PRIu64 " fixed)", err.msg, res.corruptions,
-            res.corruptions_fixed, res.leaks, res.leaks_fixed);
+    repair_and_finish(s, p, 3, true);
+}
+
+/*
+ * check -r all of a file cut short (the last cluster in use is gone): the
+ * file is extended at open, and what was lost reads as zeros
+ */
+static void t_repair_short(Scen *s)
+{
+    const uint64_t cs = 4096, nc = 12;
+    uint64_t v, last = 0, lastv = 0;
+    pcow_image *img;
+    char p[512];
+
+    track(s, "img");
+    mk(s, "img", 1 * MiB, cs, 0, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    op_write(img, 0, nc * cs, 73);
+    op_close(img);
+    live_view(s, &s->want);
+    img = op_open(s, "img", PCOW_OPEN_NO_LOCK);
+    for (v = 0; v < nc; v++) {
+        pcow_extent e;
+
+        if (pcow_get_extent(img, v * cs, cs, &e) < 0 ||
+            e.kind != PCOW_EXTENT_DATA) {
+            die("cluster %" PRIu64 " is not allocated", v);
+        }
+        if (e.file_offset >= last) {
+            last = e.file_offset;
+            lastv = v;
+        }
     }
-    step(s, ATOMIC, "check -r all");
-    if (s->steps[1].v.vsize != s->want.vsize ||
-        memcmp(s->steps[1].v.content, s->want.content, s->want.vsize)) {
-        die("check -r all lost data it did not have to");
+    op_close(img);
+    memset(s->want.content + lastv * cs, 0, cs);
+    wpath(s, "img", p, sizeof(p));
+    if (truncate(p, last) < 0) {
+        die("truncate %s: %s", p, strerror(errno));
     }
-    scen_finish(s);
+    repair_and_finish(s, p, 1, false);
 }
 
 typedef struct Test {
@@ -2282,6 +2330,7 @@ static const Test tests[] = {
     { "resize", t_resize },
     { "resize-overlay", t_resize_overlay },
     { "check-repair", t_repair },
+    { "check-repair-short", t_repair_short },
 };
 
 static void pick_root(void)
