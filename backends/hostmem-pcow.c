@@ -61,6 +61,7 @@ struct HostMemPcow {
     bool nospace_fail;
     int event_fd;               /* the monitor's episode eventfd, or -1 */
     uint64_t episodes_reported;
+    uint64_t episodes_resumed;
     VMChangeStateEntry *vm_change;
     QemuMutex lock;             /* flush (thread pool) against close */
     Notifier exit_notifier;
@@ -82,7 +83,10 @@ const char *hostmem_pcow_error_msg(const pcow_error *perr, int ret)
     return perr->msg[0] ? perr->msg : strerror(-ret);
 }
 
-/* The monitor's episode eventfd: one PCOW_IO_ERROR per episode. */
+/*
+ * The monitor's episode eventfd, written at an episode's start and end:
+ * one PCOW_IO_ERROR and one PCOW_IO_RESUMED per episode.
+ */
 static void hostmem_pcow_episode(void *opaque)
 {
     HostMemPcow *pc = opaque;
@@ -104,9 +108,13 @@ static void hostmem_pcow_episode(void *opaque)
                                       PCOW_NOSPACE_POLICY_STALL);
         g_free(id);
     }
-    if (!st.held_faults && st.nospace_episodes) {
+    if (!st.held_faults && st.nospace_episodes != pc->episodes_resumed) {
+        pc->episodes_resumed = st.nospace_episodes;
         info_report("pcow image '%s': space is back; the held guest writes "
                     "completed", pc->path);
+        id = host_memory_backend_get_name(pc->backend);
+        qapi_event_send_pcow_io_resumed(id, pc->path);
+        g_free(id);
     }
 }
 

@@ -9,7 +9,8 @@ hole:  8 MiB tmpfs, nospace= not given (stall).  Asserted: PCOW_IO_ERROR
        (nospace true, action stall) arrives over QMP while QEMU runs;
        query-pcow shows held faults and info pcow says so; the guest has
        not finished; pcow-snapshot-create and savevm are refused at once
-       and the VM keeps running (they would stop it).  Then `mount -o remount,size=128m`: the guest
+       and the VM keeps running (they would stop it).  Then `mount -o
+       remount,size=128m`: one PCOW_IO_RESUMED follows; the guest
        finishes by itself, reads every block back (page cache dropped);
        exactly one event; the host reads every block back (convert -O
        raw); the image is clean.
@@ -114,6 +115,22 @@ def host_blocks(t, img):
     return data
 
 
+def resumed_event(t, q, label):
+    """Once space is back, one PCOW_IO_RESUMED after the PCOW_IO_ERROR."""
+    names = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        q.execute("query-status")   # collects the events meanwhile
+        names = [x["event"] for x in q.events
+                 if x["event"].startswith("PCOW_IO_")]
+        if "PCOW_IO_RESUMED" in names:
+            break
+        time.sleep(0.2)
+    t.check(names == ["PCOW_IO_ERROR", "PCOW_IO_RESUMED"],
+            f"{label}: space back: PCOW_IO_RESUMED once, after "
+            f"PCOW_IO_ERROR ({names})")
+
+
 def refused_snapshot(t, q, label):
     """A pcow snapshot would stop the VM, which waits for space: refused
     at once instead of blocking QMP."""
@@ -212,6 +229,7 @@ def stall_run(t, img, d, label, free_space, expect_held_kind, stop=False):
                 stop_while_held(t, g, q, label, free_space)
             else:
                 free_space()
+                resumed_event(t, q, label)
             r = g.wait()
         except (guest.GuestError, guest.QMPError, OSError) as ex:
             t.check(False, f"{label}: {ex}")
