@@ -90,26 +90,26 @@ const char *hostmem_pcow_error_msg(const pcow_error *perr, int ret)
 static void hostmem_pcow_episode(void *opaque)
 {
     HostMemPcow *pc = opaque;
-    pcow_monitor_stats st;
-    uint64_t v;
+    uint64_t v, episodes, offset;
     char *id;
 
     if (read(pc->event_fd, &v, sizeof(v)) < 0 || !pc->mon) {
         return;
     }
-    pcow_monitor_get_stats(pc->mon, &st);
-    if (st.nospace_episodes != pc->episodes_reported) {
-        pc->episodes_reported = st.nospace_episodes;
+    episodes = pcow_monitor_nospace_episodes(pc->mon, &offset);
+    if (episodes != pc->episodes_reported) {
+        pc->episodes_reported = episodes;
         id = host_memory_backend_get_name(pc->backend);
         error_report("pcow image '%s' (backend '%s'): the host file system "
                      "is full; guest writes wait for space (nospace=stall)",
                      pc->path, id);
-        qapi_event_send_pcow_io_error(id, pc->path, st.nospace_offset, true,
+        qapi_event_send_pcow_io_error(id, pc->path, offset, true,
                                       PCOW_NOSPACE_POLICY_STALL);
         g_free(id);
     }
-    if (!st.held_faults && st.nospace_episodes != pc->episodes_resumed) {
-        pc->episodes_resumed = st.nospace_episodes;
+    if (!pcow_monitor_held_faults(pc->mon) &&
+        episodes != pc->episodes_resumed) {
+        pc->episodes_resumed = episodes;
         info_report("pcow image '%s': space is back; the held guest writes "
                     "completed", pc->path);
         id = host_memory_backend_get_name(pc->backend);
@@ -408,13 +408,7 @@ bool hostmem_pcow_readonly(HostMemPcow *pc)
 
 uint64_t hostmem_pcow_held_faults(HostMemPcow *pc)
 {
-    pcow_monitor_stats ms;
-
-    if (!pc->mon) {
-        return 0;
-    }
-    pcow_monitor_get_stats(pc->mon, &ms);
-    return ms.held_faults;
+    return pc->mon ? pcow_monitor_held_faults(pc->mon) : 0;
 }
 
 bool hostmem_pcow_nospace_fail(HostMemPcow *pc)

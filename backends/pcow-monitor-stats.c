@@ -137,8 +137,7 @@ void mon_nospace_end(pcow_monitor *mon)
 {
     bool open = true;
 
-    if (atomic_load(&mon->uffd_held) ||
-        (mon->cow_held && atomic_load(mon->cow_held)) ||
+    if (pcow_monitor_held_faults(mon) ||
         !atomic_compare_exchange_strong(&mon->episode, &open, false)) {
         return;
     }
@@ -150,8 +149,7 @@ void mon_nospace_end(pcow_monitor *mon)
      * and did not report: open a new one for it (all seq_cst, so either it
      * sees the episode closed or this sees its count).
      */
-    if (atomic_load(&mon->uffd_held) ||
-        (mon->cow_held && atomic_load(mon->cow_held))) {
+    if (pcow_monitor_held_faults(mon)) {
         mon_nospace_begin(mon, "no space again: holding the fault at",
                           atomic_load(&mon->episode_offset));
     }
@@ -241,6 +239,20 @@ static void copy_latency(pcow_latency *dst, mon_latency *src)
     }
 }
 
+uint64_t pcow_monitor_held_faults(pcow_monitor *mon)
+{
+    return atomic_load(&mon->uffd_held) +
+           (mon->cow_held ? atomic_load(mon->cow_held) : 0);
+}
+
+uint64_t pcow_monitor_nospace_episodes(pcow_monitor *mon, uint64_t *offset)
+{
+    if (offset) {
+        *offset = atomic_load(&mon->episode_offset);
+    }
+    return atomic_load(&mon->episodes);
+}
+
 void pcow_monitor_get_stats(pcow_monitor *mon, pcow_monitor_stats *s)
 {
     uint64_t exact = mon_proc_count_maps((uintptr_t)mon->base,
@@ -257,10 +269,9 @@ void pcow_monitor_get_stats(pcow_monitor *mon, pcow_monitor_stats *s)
     s->pool_misses = atomic_load(&mon->st.pool_misses);
     s->errors = atomic_load(&mon->st.errors);
     s->vmas = exact;
-    s->held_faults = atomic_load(&mon->uffd_held) +
-                     (mon->cow_held ? atomic_load(mon->cow_held) : 0);
-    s->nospace_episodes = atomic_load(&mon->episodes);
-    s->nospace_offset = atomic_load(&mon->episode_offset);
+    s->held_faults = pcow_monitor_held_faults(mon);
+    s->nospace_episodes = pcow_monitor_nospace_episodes(mon,
+                                                        &s->nospace_offset);
     copy_latency(&s->expansion_latency, &mon->st.expansion_latency);
     copy_latency(&s->cow_latency, &mon->st.cow_latency);
     copy_latency(&s->hole_read_latency, &mon->st.hole_read_latency);

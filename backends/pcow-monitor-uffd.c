@@ -415,7 +415,10 @@ static void handle_fault(pcow_monitor *mon, const struct uffd_msg *msg)
     }
     if (msg->arg.pagefault.flags &
         (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) {
-        expand(mon, vc, addr, NULL, 0);
+        /* Held: retry_held() expands it and wakes this writer too */
+        if (!test_bit64(mon->held_map, vc)) {
+            expand(mon, vc, addr, NULL, 0);
+        }
     } else {
         hole_read(mon, vc, addr);
     }
@@ -462,10 +465,10 @@ static void retry_held(pcow_monitor *mon)
 static void retry_tick(pcow_monitor *mon)
 {
     uint64_t v;
+    /* Drain a kick; EAGAIN when the timer fired instead */
+    ssize_t r = read(mon->retry_efd, &v, sizeof(v));
 
-    if (read(mon->retry_efd, &v, sizeof(v)) < 0) {
-        /* EAGAIN: the timer, not a kick */
-    }
+    (void)r;
     pthread_mutex_lock(&mon->fault_lock);
     mon_handler_depth++;
     retry_held(mon);
@@ -488,19 +491,19 @@ static void *uffd_thread(void *opaque)
     uint64_t next_retry = 0;
 
     for (;;) {
-        bool episode = atomic_load(&mon->episode);
-        uint64_t now = mon_now_ns();
         int timeout = -1;
         ssize_t n;
         int i;
 
         /* While faults wait for space: retry on time, however busy. */
-        if (episode && next_retry && now >= next_retry) {
-            retry_tick(mon);
-            now = mon_now_ns();
-            next_retry = 0;
-        }
-        if (episode) {
+        if (atomic_load(&mon->episode)) {
+            uint64_t now = mon_now_ns();
+
+            if (next_retry && now >= next_retry) {
+                retry_tick(mon);
+                now = mon_now_ns();
+                next_retry = 0;
+            }
             if (!next_retry) {
                 next_retry = now + PCOW_MONITOR_RETRY_MS * 1000000ull;
             }

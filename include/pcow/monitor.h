@@ -85,7 +85,12 @@ int pcow_monitor_close(pcow_monitor *mon, pcow_error *err);
 void *pcow_monitor_base(pcow_monitor *mon);
 uint64_t pcow_monitor_size(pcow_monitor *mon);
 pcow_image *pcow_monitor_image(pcow_monitor *mon);
+/* Reads /proc/self/maps to recount the mappings: for reports only. */
 void pcow_monitor_get_stats(pcow_monitor *mon, pcow_monitor_stats *stats);
+/* held_faults of the statistics, cheaply.  Signal-safe. */
+uint64_t pcow_monitor_held_faults(pcow_monitor *mon);
+/* nospace_episodes (and nospace_offset if @offset), cheaply.  Signal-safe. */
+uint64_t pcow_monitor_nospace_episodes(pcow_monitor *mon, uint64_t *offset);
 /* Percentile (0..100) of a histogram, in nanoseconds (bucket midpoint). */
 uint64_t pcow_latency_percentile(const pcow_latency *lat, double pct);
 

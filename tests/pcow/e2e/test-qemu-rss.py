@@ -96,6 +96,10 @@ def collapse(pid):
             done += r >= 0
     finally:
         os.close(pidfd)
+    if not done:
+        # Nothing collapsed: the check would compare uncollapsed RSS again
+        COLLAPSE_WHY = "process_madvise(MADV_COLLAPSE) collapsed no mapping"
+        return None
     return done
 
 
