@@ -1,7 +1,8 @@
 /*
  * Image Monitor and libpcow benchmark (a command, not a test)
  *
- *   bench-monitor [DIR...]     default: /dev/shm and the current directory
+ *   bench-monitor [--load] [--reps N] [DIR...]
+ *                              default: /dev/shm and the current directory
  *
  * For each directory: expansion latency (first store to a hole) with and
  * without the pre-allocation pool, with 100 us gaps and back to back;
@@ -16,21 +17,41 @@
  * what was measured; the benchmark checks that claim (e.g. how many COW
  * units were copied) and fails if it does not hold.
  *
+ * The floors: in every repetition, the same round trips with nothing but
+ * the kernel (a bare userfaultfd handler thread; a SIGSEGV handler that
+ * only mprotect()s), and each latency figure divided by its floor
+ * (ratio_of in the JSON names which).  The latency figures, floors and
+ * ratios are the median of N repetitions (--reps, default 5), with the
+ * smallest and largest in "spread".  --load runs a busy-looping process
+ * on every online CPU for the whole run.
+ *
  * The last line is one JSON object: {"dirs": [{"dir": D, "metrics":
- * {KEY: VALUE}}...]}; a figure that was not measured is null.
+ * {KEY: VALUE}, "spread": {KEY: {"n", "min", "max"}}}...], "ratio_of":
+ * {RATIO: [FIGURE, FLOOR]}, "reps": N, "load": {"hogs": N, "pids": [...]}};
+ * a figure that was not measured is null.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/userfaultfd.h>
 
 #include "pcow/monitor.h"
 
@@ -63,6 +84,20 @@ enum {
     M_1MR_TOUCH_P50, M_1MR_TOUCH_P99,
     M_1MS_LIB_RO, M_1MS_LIB_RW, M_1MS_MON, M_1MS_VMAS, M_1MS_LAZY,
     M_1MS_TOUCH_P50, M_1MS_TOUCH_P99,
+    /* the floors, measured in every repetition with the figures above */
+    M_FLOOR_W_GAP_P50, M_FLOOR_W_GAP_P99,
+    M_FLOOR_W_B2B_P50, M_FLOOR_W_B2B_P99,
+    M_FLOOR_R_P50, M_FLOOR_R_P99,
+    M_FLOOR_SEGV_P50, M_FLOOR_SEGV_P99,
+    /* figure / floor, per repetition (see ratios[]) */
+    M_R_EXP_PACED_POOL_P50, M_R_EXP_PACED_POOL_P99,
+    M_R_EXP_PACED_NOPOOL_P50, M_R_EXP_PACED_NOPOOL_P99,
+    M_R_EXP_B2B_POOL_P50, M_R_EXP_B2B_POOL_P99,
+    M_R_EXP_B2B_NOPOOL_P50, M_R_EXP_B2B_NOPOOL_P99,
+    M_R_COW_UNIT_P50, M_R_COW_UNIT_P99,
+    M_R_COW_WHOLE_P50, M_R_COW_WHOLE_P99,
+    M_R_COW_REST_P50, M_R_COW_REST_P99,
+    M_R_HOLE_P50, M_R_HOLE_P99,
     M_COUNT
 };
 
@@ -75,6 +110,9 @@ typedef struct metric {
 #define EXP "expansion (1st store to a hole, 64K cl), "
 #define R1M "1M 4K clusters, random alloc order: "
 #define S1M "1M 4K clusters, sequential alloc order: "
+#define FUW "bare uffd, 1st store, UFFDIO_COPY 4K, "
+#define FUR "FR floor: bare uffd, 1st read, UFFDIO_ZEROPAGE 4K, "
+#define FSG "FS floor: bare SIGSEGV + mprotect of 4K, "
 
 static const metric metrics[M_COUNT] = {
     [M_EXP_PACED_POOL_P50] = { "expansion_gap100us_pool_p50_us",
@@ -195,10 +233,90 @@ static const metric metrics[M_COUNT] = {
     [M_1MS_TOUCH_P99] = { "monitor_1m_sequential_first_read_p99_us",
                           S1M "first read of a cluster after open: p99",
                           "us" },
+    [M_FLOOR_W_GAP_P50] = { "floor_uffd_write_gap100us_p50_us",
+                            "FW floor: " FUW "100 us gaps: p50", "us" },
+    [M_FLOOR_W_GAP_P99] = { "floor_uffd_write_gap100us_p99_us",
+                            "FW floor: " FUW "100 us gaps: p99", "us" },
+    [M_FLOOR_W_B2B_P50] = { "floor_uffd_write_b2b_p50_us",
+                            "FWB floor: " FUW "back to back: p50", "us" },
+    [M_FLOOR_W_B2B_P99] = { "floor_uffd_write_b2b_p99_us",
+                            "FWB floor: " FUW "back to back: p99", "us" },
+    [M_FLOOR_R_P50] = { "floor_uffd_read_p50_us",
+                        FUR "back to back: p50", "us" },
+    [M_FLOOR_R_P99] = { "floor_uffd_read_p99_us",
+                        FUR "back to back: p99", "us" },
+    [M_FLOOR_SEGV_P50] = { "floor_sigsegv_mprotect_p50_us",
+                           FSG "50 us gaps: p50", "us" },
+    [M_FLOOR_SEGV_P99] = { "floor_sigsegv_mprotect_p99_us",
+                           FSG "50 us gaps: p99", "us" },
+    [M_R_EXP_PACED_POOL_P50] = { "expansion_gap100us_pool_p50_over_floor",
+                                 EXP "100 us gaps, pool on: p50 / FW", "x" },
+    [M_R_EXP_PACED_POOL_P99] = { "expansion_gap100us_pool_p99_over_floor",
+                                 EXP "100 us gaps, pool on: p99 / FW", "x" },
+    [M_R_EXP_PACED_NOPOOL_P50] = { "expansion_gap100us_nopool_p50_over_floor",
+                                   EXP "100 us gaps, pool off: p50 / FW",
+                                   "x" },
+    [M_R_EXP_PACED_NOPOOL_P99] = { "expansion_gap100us_nopool_p99_over_floor",
+                                   EXP "100 us gaps, pool off: p99 / FW",
+                                   "x" },
+    [M_R_EXP_B2B_POOL_P50] = { "expansion_b2b_pool_p50_over_floor",
+                               EXP "back to back, pool on: p50 / FWB", "x" },
+    [M_R_EXP_B2B_POOL_P99] = { "expansion_b2b_pool_p99_over_floor",
+                               EXP "back to back, pool on: p99 / FWB", "x" },
+    [M_R_EXP_B2B_NOPOOL_P50] = { "expansion_b2b_nopool_p50_over_floor",
+                                 EXP "back to back, pool off: p50 / FWB",
+                                 "x" },
+    [M_R_EXP_B2B_NOPOOL_P99] = { "expansion_b2b_nopool_p99_over_floor",
+                                 EXP "back to back, pool off: p99 / FWB",
+                                 "x" },
+    [M_R_COW_UNIT_P50] = { "cow_4k_unit_p50_over_floor",
+                           "COW, copies one 4K unit: p50 / FS", "x" },
+    [M_R_COW_UNIT_P99] = { "cow_4k_unit_p99_over_floor",
+                           "COW, copies one 4K unit: p99 / FS", "x" },
+    [M_R_COW_WHOLE_P50] = { "cow_whole_64k_cluster_p50_over_floor",
+                            "COW, copies the whole 64K cluster: p50 / FS",
+                            "x" },
+    [M_R_COW_WHOLE_P99] = { "cow_whole_64k_cluster_p99_over_floor",
+                            "COW, copies the whole 64K cluster: p99 / FS",
+                            "x" },
+    [M_R_COW_REST_P50] = { "cow_escalate_15_of_16_units_p50_over_floor",
+                           "COW, copies the other 15 of 16 4K units: "
+                           "p50 / FS", "x" },
+    [M_R_COW_REST_P99] = { "cow_escalate_15_of_16_units_p99_over_floor",
+                           "COW, copies the other 15 of 16 4K units: "
+                           "p99 / FS", "x" },
+    [M_R_HOLE_P50] = { "hole_read_p50_over_floor",
+                       "hole read fault: p50 / FR", "x" },
+    [M_R_HOLE_P99] = { "hole_read_p99_over_floor",
+                       "hole read fault: p99 / FR", "x" },
 };
+
+/*
+ * Each ratio: a figure over the floor measured the same way, in the same
+ * repetition (FW, FWB, FR, FS in the labels: the floor rows).
+ */
+static const int ratios[][3] = {
+    { M_R_EXP_PACED_POOL_P50, M_EXP_PACED_POOL_P50, M_FLOOR_W_GAP_P50 },
+    { M_R_EXP_PACED_NOPOOL_P50, M_EXP_PACED_NOPOOL_P50, M_FLOOR_W_GAP_P50 },
+    { M_R_EXP_B2B_POOL_P50, M_EXP_B2B_POOL_P50, M_FLOOR_W_B2B_P50 },
+    { M_R_EXP_B2B_NOPOOL_P50, M_EXP_B2B_NOPOOL_P50, M_FLOOR_W_B2B_P50 },
+    { M_R_COW_UNIT_P50, M_COW_UNIT_P50, M_FLOOR_SEGV_P50 },
+    { M_R_COW_WHOLE_P50, M_COW_WHOLE_P50, M_FLOOR_SEGV_P50 },
+    { M_R_COW_REST_P50, M_COW_REST_P50, M_FLOOR_SEGV_P50 },
+    { M_R_HOLE_P50, M_HOLE_P50, M_FLOOR_R_P50 },
+};
+
+/*
+ * Latency figures are measured in each of reps repetitions (floors
+ * included); the result is the median, with the smallest and largest.
+ */
+#define MAXREPS 15
 
 typedef struct result {
     double v[M_COUNT];
+    double lo[M_COUNT];
+    double hi[M_COUNT];
+    int n[M_COUNT];             /* repetitions that measured it */
 } result;
 
 static uint64_t now_ns(void)
@@ -510,6 +628,194 @@ static void bench_hole_read(const char *dir, result *res)
     }
 }
 
+/*
+ * The floors: what the kernel alone costs for the same round trips, with
+ * the monitor's thread layout.  A bare userfaultfd handler thread (poll on
+ * the uffd and a stop eventfd, read the events, one ioctl each) resolves a
+ * missing fault on one 4 KiB page per 64 KiB, as the monitor's uffd thread
+ * does for an expansion (UFFDIO_COPY: a writable page) or a hole read
+ * (UFFDIO_ZEROPAGE); the faulting thread times its access as the
+ * expansion and hole-read figures do.  For COW, a SIGSEGV handler that
+ * only mprotect()s the 4 KiB page read-write (a VMA split, like the
+ * monitor's mmap over one unit), timed like the COW figures.
+ */
+typedef struct floor_uffd {
+    int uffd;
+    int stop_efd;
+    bool copy;
+} floor_uffd;
+
+static void *floor_uffd_thread(void *opaque)
+{
+    static const char zero[4096] __attribute__((aligned(4096)));
+    floor_uffd *f = opaque;
+    struct uffd_msg msgs[16];
+    struct pollfd pfd[2] = {
+        { .fd = f->uffd, .events = POLLIN },
+        { .fd = f->stop_efd, .events = POLLIN },
+    };
+
+    for (;;) {
+        ssize_t n;
+        int i;
+
+        if (poll(pfd, 2, -1) < 0) {
+            continue;
+        }
+        if (pfd[1].revents) {
+            return NULL;
+        }
+        n = read(f->uffd, msgs, sizeof(msgs));
+        for (i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+            uint64_t page = msgs[i].arg.pagefault.address & ~4095ull;
+
+            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) {
+                continue;
+            }
+            if (f->copy) {
+                struct uffdio_copy cp = { .dst = page,
+                                          .src = (uintptr_t)zero,
+                                          .len = 4096 };
+
+                ioctl(f->uffd, UFFDIO_COPY, &cp);
+            } else {
+                struct uffdio_zeropage zp = {
+                    .range = { .start = page, .len = 4096 } };
+
+                ioctl(f->uffd, UFFDIO_ZEROPAGE, &zp);
+            }
+        }
+    }
+}
+
+static int uffd_new(void)
+{
+    int fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+    if (fd < 0) {
+        int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+        if (dev >= 0) {
+            fd = ioctl(dev, _IO(0xAA, 0x00), O_CLOEXEC | O_NONBLOCK);
+            close(dev);
+        }
+    }
+    return fd;
+}
+
+/* Bare uffd round trips: stores (@write) or reads, @gap_us apart. */
+static void floor_uffd_run(bool write, int gap_us, double *p50, double *p99)
+{
+    uint64_t len = (uint64_t)NFAULTS * CL, lat[NFAULTS];
+    struct uffdio_api api = { .api = UFFD_API };
+    floor_uffd f = { .copy = write };
+    struct uffdio_register reg;
+    volatile char *p;
+    pthread_t th;
+    char sum = 0;
+    int i;
+
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    f.uffd = uffd_new();
+    f.stop_efd = eventfd(0, EFD_CLOEXEC);
+    if (p == MAP_FAILED || f.uffd < 0 || f.stop_efd < 0 ||
+        ioctl(f.uffd, UFFDIO_API, &api) < 0) {
+        die("floor: userfaultfd is not available", NULL);
+    }
+    madvise((void *)p, len, MADV_NOHUGEPAGE);   /* as the monitor's holes */
+    reg = (struct uffdio_register){
+        .range = { .start = (uintptr_t)p, .len = len },
+        .mode = UFFDIO_REGISTER_MODE_MISSING };
+    if (ioctl(f.uffd, UFFDIO_REGISTER, &reg) < 0 ||
+        pthread_create(&th, NULL, floor_uffd_thread, &f)) {
+        die("floor: cannot register or start the uffd thread", NULL);
+    }
+    pause_us(20000);
+    for (i = 0; i < NFAULTS; i++) {
+        uint64_t t0 = now_ns();
+
+        if (write) {
+            p[(uint64_t)i * CL] = 1;
+        } else {
+            sum += p[(uint64_t)i * CL];
+        }
+        lat[i] = now_ns() - t0;
+        if (gap_us) {
+            pause_us(gap_us);
+        }
+    }
+    eventfd_write(f.stop_efd, 1);
+    pthread_join(th, NULL);
+    close(f.stop_efd);
+    close(f.uffd);
+    munmap((void *)p, len);
+    if (sum) {
+        die("floor: a zero page did not read as zero", NULL);
+    }
+    percentiles(lat, NFAULTS, p50, p99, NULL);
+}
+
+static void floor_segv_handler(int sig, siginfo_t *info, void *ctx)
+{
+    uintptr_t page = (uintptr_t)info->si_addr & ~4095ul;
+
+    (void)sig;
+    (void)ctx;
+    mprotect((void *)page, 4096, PROT_READ | PROT_WRITE);
+}
+
+/*
+ * Bare SIGSEGV round trips.  The monitor's handler (if installed) is put
+ * back afterwards; no monitor is open meanwhile.
+ */
+static void floor_segv_run(double *p50, double *p99)
+{
+    uint64_t len = (uint64_t)NFAULTS * CL, lat[NFAULTS];
+    struct sigaction sa, old;
+    volatile char *p;
+    char sum = 0;
+    int i;
+
+    p = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        die("floor: mmap", NULL);
+    }
+    for (i = 0; i < NFAULTS; i++) {
+        sum += p[(uint64_t)i * CL];    /* present, as a frozen cluster is */
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = floor_segv_handler;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &old) < 0) {
+        die("floor: sigaction", NULL);
+    }
+    for (i = 0; i < NFAULTS; i++) {
+        uint64_t t0 = now_ns();
+
+        p[(uint64_t)i * CL] = 1;
+        lat[i] = now_ns() - t0;
+        pause_us(50);
+    }
+    sigaction(SIGSEGV, &old, NULL);
+    munmap((void *)p, len);
+    if (sum) {
+        die("floor: anonymous memory did not read as zero", NULL);
+    }
+    percentiles(lat, NFAULTS, p50, p99, NULL);
+}
+
+static void bench_floors(result *res)
+{
+    floor_uffd_run(true, 100, &res->v[M_FLOOR_W_GAP_P50],
+                   &res->v[M_FLOOR_W_GAP_P99]);
+    floor_uffd_run(true, 0, &res->v[M_FLOOR_W_B2B_P50],
+                   &res->v[M_FLOOR_W_B2B_P99]);
+    floor_uffd_run(false, 0, &res->v[M_FLOOR_R_P50], &res->v[M_FLOOR_R_P99]);
+    floor_segv_run(&res->v[M_FLOOR_SEGV_P50], &res->v[M_FLOOR_SEGV_P99]);
+}
+
 /* MiB/s of 4 KiB random read+write and 1 MiB sequential read+write. */
 static double bw_rand4k(char *p, uint64_t size)
 {
@@ -750,7 +1056,10 @@ static void bench_1m(const char *dir, bool random_order, result *res, int m)
     unlink(path);
 }
 
-/* PCOW_BENCH_ONLY=expansion,libexpand,cow,hole,steady,64t,1m: a subset. */
+/*
+ * PCOW_BENCH_ONLY=floor,expansion,libexpand,cow,hole,steady,64t,1m: a
+ * subset (expansion, cow and hole measure the floors too).
+ */
 static bool want(const char *what)
 {
     const char *only = getenv("PCOW_BENCH_ONLY");
@@ -769,33 +1078,95 @@ static bool want(const char *what)
     return false;
 }
 
-static void run_dir(const char *dir, result *res, bool do_1m)
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The latency figures of one repetition, floors first; then the ratios. */
+static void run_rep(const char *dir, result *r)
 {
     int i;
 
-    for (i = 0; i < M_COUNT; i++) {
-        res->v[i] = NAN;
+    if (want("floor") || want("expansion") || want("cow") || want("hole")) {
+        fprintf(stderr, "[%s] floors...\n", dir);
+        bench_floors(r);
     }
     if (want("expansion")) {
         fprintf(stderr, "[%s] expansion...\n", dir);
-        bench_expansion(dir, true, 100, res, M_EXP_PACED_POOL_P50,
+        bench_expansion(dir, true, 100, r, M_EXP_PACED_POOL_P50,
                         M_POOL_PACED_HITS);
-        bench_expansion(dir, false, 100, res, M_EXP_PACED_NOPOOL_P50, 0);
-        bench_expansion(dir, true, 0, res, M_EXP_B2B_POOL_P50,
+        bench_expansion(dir, false, 100, r, M_EXP_PACED_NOPOOL_P50, 0);
+        bench_expansion(dir, true, 0, r, M_EXP_B2B_POOL_P50,
                         M_POOL_B2B_HITS);
-        bench_expansion(dir, false, 0, res, M_EXP_B2B_NOPOOL_P50, 0);
-    }
-    if (want("libexpand")) {
-        fprintf(stderr, "[%s] libpcow expansion...\n", dir);
-        bench_lib_expand(dir, res);
+        bench_expansion(dir, false, 0, r, M_EXP_B2B_NOPOOL_P50, 0);
     }
     if (want("cow")) {
         fprintf(stderr, "[%s] cow...\n", dir);
-        bench_cow(dir, res);
+        bench_cow(dir, r);
     }
     if (want("hole")) {
         fprintf(stderr, "[%s] hole reads...\n", dir);
-        bench_hole_read(dir, res);
+        bench_hole_read(dir, r);
+    }
+    /* p50 over the floor's p50, p99 over the floor's p99 */
+    for (i = 0; i < (int)(sizeof(ratios) / sizeof(ratios[0])); i++) {
+        int j;
+
+        for (j = 0; j < 2; j++) {
+            r->v[ratios[i][0] + j] = r->v[ratios[i][1] + j] /
+                                     r->v[ratios[i][2] + j];
+        }
+    }
+}
+
+/* Median, min and max over the repetitions that measured each figure. */
+static void merge_reps(result *res, const result *reps, int nreps)
+{
+    int i, k;
+
+    for (i = 0; i < M_COUNT; i++) {
+        double v[MAXREPS];
+        int n = 0;
+
+        for (k = 0; k < nreps; k++) {
+            if (isfinite(reps[k].v[i])) {
+                v[n++] = reps[k].v[i];
+            }
+        }
+        if (!n) {
+            continue;
+        }
+        qsort(v, n, sizeof(v[0]), cmp_double);
+        res->v[i] = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+        res->lo[i] = v[0];
+        res->hi[i] = v[n - 1];
+        res->n[i] = n;
+    }
+}
+
+static void run_dir(const char *dir, result *res, bool do_1m, int nreps)
+{
+    static result reps[MAXREPS];
+    int i, k;
+
+    for (i = 0; i < M_COUNT; i++) {
+        res->v[i] = res->lo[i] = res->hi[i] = NAN;
+        res->n[i] = 0;
+    }
+    for (k = 0; k < nreps; k++) {
+        for (i = 0; i < M_COUNT; i++) {
+            reps[k].v[i] = NAN;
+        }
+        fprintf(stderr, "[%s] repetition %d of %d\n", dir, k + 1, nreps);
+        run_rep(dir, &reps[k]);
+    }
+    merge_reps(res, reps, nreps);
+    if (want("libexpand")) {
+        fprintf(stderr, "[%s] libpcow expansion...\n", dir);
+        bench_lib_expand(dir, res);
     }
     if (want("steady")) {
         fprintf(stderr, "[%s] steady state...\n", dir);
@@ -810,6 +1181,66 @@ static void run_dir(const char *dir, result *res, bool do_1m)
         bench_1m(dir, true, res, M_1MR_LIB_RO);
         fprintf(stderr, "[%s] 1M clusters (sequential)...\n", dir);
         bench_1m(dir, false, res, M_1MS_LIB_RO);
+    }
+}
+
+/*
+ * --load: one busy-looping process per online CPU, each pinned to its
+ * CPU, for the whole run; killed (and reaped) at the end.  They die with
+ * the benchmark if it dies (PR_SET_PDEATHSIG).
+ */
+static pid_t hogs[1024];
+static int nhogs;
+
+static void hogs_stop(void)
+{
+    int i;
+
+    for (i = 0; i < nhogs; i++) {
+        kill(hogs[i], SIGKILL);
+    }
+    for (i = 0; i < nhogs; i++) {
+        waitpid(hogs[i], NULL, 0);
+    }
+    nhogs = 0;
+}
+
+static void hogs_start(void)
+{
+    cpu_set_t online;
+    pid_t parent = getpid();
+    int cpu;
+
+    if (sched_getaffinity(0, sizeof(online), &online) < 0) {
+        die("--load: sched_getaffinity", NULL);
+    }
+    atexit(hogs_stop);
+    for (cpu = 0; cpu < CPU_SETSIZE && nhogs < 1024; cpu++) {
+        pid_t pid;
+
+        if (!CPU_ISSET(cpu, &online)) {
+            continue;
+        }
+        pid = fork();
+        if (pid < 0) {
+            die("--load: fork", NULL);
+        }
+        if (pid == 0) {
+            cpu_set_t one;
+            volatile uint64_t spin = 0;
+
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent) {
+                _exit(0);
+            }
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            sched_setaffinity(0, sizeof(one), &one);
+            for (;;) {
+                spin++;
+            }
+        }
+        hogs[nhogs++] = pid;
     }
 }
 
@@ -844,13 +1275,17 @@ static void json_value(const metric *mt, double v)
     }
 }
 
-static void print_table(const char **dirs, int ndirs, const result *res)
+static void print_table(const char **dirs, int ndirs, const result *res,
+                        int nreps)
 {
     int i, d;
 
     for (d = 0; d < ndirs; d++) {
         printf("# dir %d: %s\n", d + 1, dirs[d]);
     }
+    printf("# latencies, floors and ratios: median of %d repetitions "
+           "(min, max in the JSON's spread)%s\n", nreps,
+           nhogs ? "; --load: a busy-loop process on every CPU" : "");
     printf("#%-71s", " figure");
     for (d = 0; d < ndirs; d++) {
         char col[16];
@@ -885,12 +1320,15 @@ static void print_table(const char **dirs, int ndirs, const result *res)
     }
 }
 
-static void print_json(const char **dirs, int ndirs, const result *res)
+static void print_json(const char **dirs, int ndirs, const result *res,
+                       int nreps)
 {
     int i, d;
 
     printf("{\"dirs\": [");
     for (d = 0; d < ndirs; d++) {
+        bool first = true;
+
         printf("%s{\"dir\": ", d ? ", " : "");
         json_str(dirs[d]);
         printf(", \"metrics\": {");
@@ -898,29 +1336,92 @@ static void print_json(const char **dirs, int ndirs, const result *res)
             printf("%s\"%s\": ", i ? ", " : "", metrics[i].key);
             json_value(&metrics[i], res[d].v[i]);
         }
+        /* The repeated figures: over how many, smallest, largest. */
+        printf("}, \"spread\": {");
+        for (i = 0; i < M_COUNT; i++) {
+            if (!res[d].n[i]) {
+                continue;
+            }
+            printf("%s\"%s\": {\"n\": %d, \"min\": ", first ? "" : ", ",
+                   metrics[i].key, res[d].n[i]);
+            json_value(&metrics[i], res[d].lo[i]);
+            printf(", \"max\": ");
+            json_value(&metrics[i], res[d].hi[i]);
+            printf("}");
+            first = false;
+        }
         printf("}}");
     }
-    printf("]}\n");
+    /* Which floor each ratio divides by */
+    printf("], \"ratio_of\": {");
+    for (i = 0; i < (int)(sizeof(ratios) / sizeof(ratios[0])); i++) {
+        int j;
+
+        for (j = 0; j < 2; j++) {
+            printf("%s\"%s\": [\"%s\", \"%s\"]", i || j ? ", " : "",
+                   metrics[ratios[i][0] + j].key,
+                   metrics[ratios[i][1] + j].key,
+                   metrics[ratios[i][2] + j].key);
+        }
+    }
+    printf("}, \"reps\": %d, \"load\": {\"hogs\": %d, \"pids\": [", nreps,
+           nhogs);
+    for (i = 0; i < nhogs; i++) {
+        printf("%s%d", i ? ", " : "", (int)hogs[i]);
+    }
+    printf("]}}\n");
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench-monitor [--load] [--reps N] [DIR...]\n");
+    exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *dflt[] = { "/dev/shm", "." };
-    const char **dirs = argc > 1 ? (const char **)argv + 1 : dflt;
-    int ndirs = argc > 1 ? argc - 1 : 2;
+    const char **dirs = dflt;
+    int ndirs = 2;
     static result res[MAXDIRS];
     const char *all = getenv("PCOW_BENCH_1M");
-    int d;
+    bool load = false;
+    int nreps = 5;
+    int d, a = 1;
 
+    for (; a < argc && argv[a][0] == '-'; a++) {
+        if (!strcmp(argv[a], "--load")) {
+            load = true;
+        } else if (!strcmp(argv[a], "--reps") && a + 1 < argc) {
+            char *end;
+
+            nreps = strtol(argv[++a], &end, 10);
+            if (*end || nreps < 1 || nreps > MAXREPS) {
+                fprintf(stderr, "bench-monitor: --reps: 1 to %d\n", MAXREPS);
+                return 2;
+            }
+        } else {
+            usage();
+        }
+    }
+    if (a < argc) {
+        dirs = (const char **)argv + a;
+        ndirs = argc - a;
+    }
     if (ndirs > MAXDIRS) {
         fprintf(stderr, "bench-monitor: at most %d directories\n", MAXDIRS);
         return 1;
     }
+    if (load) {
+        hogs_start();
+    }
     for (d = 0; d < ndirs; d++) {
         /* 1M clusters = 4 GiB of data: tmpfs, or PCOW_BENCH_1M=all. */
-        run_dir(dirs[d], &res[d], d == 0 || (all && !strcmp(all, "all")));
+        run_dir(dirs[d], &res[d], d == 0 || (all && !strcmp(all, "all")),
+                nreps);
     }
-    print_table(dirs, ndirs, res);
-    print_json(dirs, ndirs, res);
+    print_table(dirs, ndirs, res, nreps);
+    print_json(dirs, ndirs, res, nreps);
+    hogs_stop();
     return 0;
 }

@@ -5,20 +5,26 @@
 # checked (strict JSON, no NaN) and written with the machine, the load
 # average, the date and the git commit to a results file.
 #
-# Usage: bench-monitor.sh [--out FILE] [--publish] [DIR...]
+# Usage: bench-monitor.sh [--out FILE] [--publish] [--load] [--reps N]
+#                         [DIR...]
 #   --out FILE  the results file (default $BUILD/bench/monitor-<time>.json)
 #   --publish   also copy it to docs/figures/results-<date>-monitor.json
+#               (results-<date>-monitor-load.json with --load)
+#   --load      a busy-loop process on every online CPU during the run
+#   --reps N    repetitions of the latency figures (default 5): medians
 # Exit status: bench-monitor's, or 1 if its output is not valid.
 set -eu -o pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../../.." && pwd)
 build=${BUILD:-build}
 case "$build" in /*) ;; *) build=$top/$build ;; esac
-out= publish=
+out= publish= opts=()
 while [ $# -gt 0 ]; do
     case $1 in
         --out) out=$2; shift 2 ;;
         --publish) publish=$top/docs/figures; shift ;;
+        --load) opts+=(--load); shift ;;
+        --reps) opts+=(--reps "$2"); shift 2 ;;
         --) shift; break ;;
         -*) echo "bench-monitor.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
@@ -35,7 +41,7 @@ fi
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 rc=0
-"$build/tests/pcow/bench/bench-monitor" "$@" | tee "$work/stdout" ||
+"$build/tests/pcow/bench/bench-monitor" ${opts[@]+"${opts[@]}"} "$@" | tee "$work/stdout" ||
     rc=$?
 if [ $rc -ne 0 ]; then
     echo "bench-monitor.sh: bench-monitor failed (exit $rc)" >&2

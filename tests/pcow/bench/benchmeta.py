@@ -11,7 +11,8 @@ reads bench-monitor's output (a table, then one JSON line), checks that the
 JSON line is strict JSON (no NaN or Infinity: a figure that was not
 measured is null), and writes a results file: the machine, the load
 average at start and end, the date, the git commit, the table and the
-figures.  --publish also copies it to DIR/results-<date>-monitor.json.
+figures.  --publish also copies it to DIR/results-<date>-monitor.json
+(-monitor-load.json for a run with --load: CPU hogs on every CPU).
 Exits 1 with a one-line message if the output is not valid.
 
   benchmeta.py run --what NAME --out FILE [--publish DIR] -- COMMAND...
@@ -100,6 +101,31 @@ def publish_name(kind, date=None):
     return f"results-{d:%Y-%m-%d}-{kind}.json"
 
 
+def check_floors(figures):
+    """Every measured latency figure that has a ratio to a floor (ratio_of)
+    must come with its floor and its ratio, both positive; ValueError if
+    not (a run without its floors cannot be quoted against them)."""
+    ratio_of = figures.get("ratio_of")
+    if not isinstance(ratio_of, dict) or not ratio_of:
+        raise ValueError("no ratio_of: bench-monitor did not report floors")
+    for d in figures["dirs"]:
+        m = d.get("metrics", {})
+        for ratio, (fig, floor) in ratio_of.items():
+            if m.get(fig) is None:
+                continue
+            for k in (floor, ratio):
+                v = m.get(k)
+                if not isinstance(v, (int, float)) or v <= 0:
+                    raise ValueError(f"{d.get('dir')}: {fig} measured but "
+                                     f"{k} is {v!r}")
+
+
+def monitor_kind(figures):
+    """monitor, or monitor-load for a run with CPU hogs (--load)."""
+    return ("monitor-load" if figures.get("load", {}).get("hogs")
+            else "monitor")
+
+
 def monitor_results(stdout, load0, dirs, started=None):
     """bench-monitor's output -> results object; ValueError if not valid."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
@@ -108,6 +134,7 @@ def monitor_results(stdout, load0, dirs, started=None):
     figures = strict_loads(lines[-1])
     if not isinstance(figures, dict) or "dirs" not in figures:
         raise ValueError("the last line is not bench-monitor's JSON object")
+    check_floors(figures)
     return {"what": "bench-monitor",
             "meta": dict(machine(dirs=dirs), started=started,
                          loadavg_start=load0, loadavg_end=loadavg()),
@@ -179,7 +206,7 @@ def main():
     except (OSError, ValueError) as e:
         print(f"bench-monitor: invalid output: {e}", file=sys.stderr)
         return 1
-    write_results(res, a.out, a.publish, "monitor")
+    write_results(res, a.out, a.publish, monitor_kind(res["bench_monitor"]))
     return 0
 
 

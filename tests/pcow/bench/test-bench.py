@@ -226,10 +226,45 @@ class StrictJson(unittest.TestCase):
         with self.assertRaises(ValueError):
             benchmeta.monitor_results('table\n{"dirs": [], "x": nan}\n',
                                       [0, 0, 0], [])
-        r = benchmeta.monitor_results('table\n{"dirs": []}\n', [1, 2, 3], [])
+        r = benchmeta.monitor_results(
+            'table\n{"dirs": [], "ratio_of": {"r": ["f", "fl"]}}\n',
+            [1, 2, 3], [])
         for k in ("date", "cpu", "nproc", "kernel", "git", "loadavg_start",
                   "loadavg_end"):
             self.assertIn(k, r["meta"])
+
+    def test_monitor_results_refuses_a_missing_floor(self):
+        ratio_of = {"hole_read_p50_over_floor":
+                    ["hole_read_p50_us", "floor_uffd_read_p50_us"]}
+        good = {"hole_read_p50_us": 10.0, "floor_uffd_read_p50_us": 7.0,
+                "hole_read_p50_over_floor": 1.4}
+        ok = json.dumps({"dirs": [{"dir": "d", "metrics": good}],
+                         "ratio_of": ratio_of})
+        benchmeta.monitor_results(f"t\n{ok}\n", [0, 0, 0], [])
+        for k in ("floor_uffd_read_p50_us", "hole_read_p50_over_floor"):
+            for bad in (None, 0):
+                m = dict(good, **{k: bad})
+                out = json.dumps({"dirs": [{"dir": "d", "metrics": m}],
+                                  "ratio_of": ratio_of})
+                with self.assertRaises(ValueError, msg=k):
+                    benchmeta.monitor_results(f"t\n{out}\n", [0, 0, 0], [])
+        # an older bench-monitor, without floors at all
+        old = json.dumps({"dirs": [{"dir": "d", "metrics": good}]})
+        with self.assertRaises(ValueError):
+            benchmeta.monitor_results(f"t\n{old}\n", [0, 0, 0], [])
+        # a figure not measured needs no floor
+        m = dict(good, hole_read_p50_us=None, floor_uffd_read_p50_us=None,
+                 hole_read_p50_over_floor=None)
+        out = json.dumps({"dirs": [{"dir": "d", "metrics": m}],
+                          "ratio_of": ratio_of})
+        benchmeta.monitor_results(f"t\n{out}\n", [0, 0, 0], [])
+
+    def test_load_run_is_published_apart(self):
+        self.assertEqual(benchmeta.monitor_kind({"load": {"hogs": 2}}),
+                         "monitor-load")
+        self.assertEqual(benchmeta.monitor_kind({"load": {"hogs": 0}}),
+                         "monitor")
+        self.assertEqual(benchmeta.monitor_kind({}), "monitor")
 
 
 class BenchMonitorJson(unittest.TestCase):
@@ -239,10 +274,74 @@ class BenchMonitorJson(unittest.TestCase):
         if not BENCH_MONITOR:
             self.skipTest("no bench-monitor binary given")
 
+    def run_bench(self, only, *args):
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, PCOW_BENCH_ONLY=only)
+            r = subprocess.run([BENCH_MONITOR] + list(args) + [d], env=env,
+                               capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = benchmeta.strict_loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(j["dirs"][0]["dir"], d)
+        return r, j
+
+    def test_floors_and_ratios(self):
+        r, j = self.run_bench("hole", "--reps", "3")
+        m, spread = j["dirs"][0]["metrics"], j["dirs"][0]["spread"]
+        self.assertEqual(j["reps"], 3)
+        self.assertEqual(j["load"], {"hogs": 0, "pids": []})
+        benchmeta.check_floors(j)
+        # the floors are measured whenever a latency figure is, and are
+        # real round trips: more than a clock read, less than a second
+        for k in ("floor_uffd_write_gap100us_p50_us",
+                  "floor_uffd_write_b2b_p50_us", "floor_uffd_read_p50_us",
+                  "floor_sigsegv_mprotect_p50_us",
+                  "floor_uffd_write_b2b_p99_us", "floor_uffd_read_p99_us",
+                  "floor_sigsegv_mprotect_p99_us"):
+            self.assertIsNotNone(m.get(k), k)
+            self.assertGreater(m[k], 0.3, k)
+            self.assertLess(m[k], 1e6, k)
+        # every ratio names a figure and a floor of the output
+        for ratio, (fig, floor) in j["ratio_of"].items():
+            self.assertIn(ratio, m)
+            self.assertIn(fig, m)
+            self.assertTrue(floor.startswith("floor_"), floor)
+            self.assertEqual(m[ratio] is None, m[fig] is None, ratio)
+        self.assertEqual(j["ratio_of"]["hole_read_p50_over_floor"],
+                         ["hole_read_p50_us", "floor_uffd_read_p50_us"])
+        # a ratio per repetition: within what the spreads allow
+        for q in ("p50", "p99"):
+            fig, fl = spread[f"hole_read_{q}_us"], \
+                spread[f"floor_uffd_read_{q}_us"]
+            rt = m[f"hole_read_{q}_over_floor"]
+            self.assertGreaterEqual(rt, fig["min"] / fl["max"] * 0.999)
+            self.assertLessEqual(rt, fig["max"] / fl["min"] * 1.001)
+        for k, s in spread.items():
+            self.assertEqual(s["n"], 3, k)
+            self.assertLessEqual(s["min"], m[k] * 1.0001, k)
+            self.assertGreaterEqual(s["max"], m[k] * 0.9999, k)
+        self.assertIsNone(m["expansion_b2b_pool_p50_over_floor"])
+        self.assertIsNone(m["cow_4k_unit_p50_over_floor"])
+
+    def test_load_hogs_run_and_are_gone(self):
+        r, j = self.run_bench("64t", "--load", "--reps", "1")
+        pids = j["load"]["pids"]
+        self.assertEqual(j["load"]["hogs"], len(os.sched_getaffinity(0)))
+        self.assertEqual(len(pids), j["load"]["hogs"])
+        self.assertIn("busy-loop", r.stdout)
+        for pid in pids:
+            with self.assertRaises(ProcessLookupError, msg=pid):
+                os.kill(pid, 0)
+
+    def test_bad_option_fails(self):
+        r = subprocess.run([BENCH_MONITOR, "--reps", "0", "/nonexistent"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+
     def test_subset_is_strict_json(self):
         with tempfile.TemporaryDirectory() as d:
             env = dict(os.environ, PCOW_BENCH_ONLY="hole,64t")
-            r = subprocess.run([BENCH_MONITOR, d], env=env,
+            r = subprocess.run([BENCH_MONITOR, "--reps", "2", d], env=env,
                                capture_output=True, text=True, timeout=600)
         self.assertEqual(r.returncode, 0, r.stderr)
         last = r.stdout.strip().splitlines()[-1]
