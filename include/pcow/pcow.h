@@ -373,6 +373,29 @@ int pcow_set_backing_limit(pcow_image *img, uint64_t limit,
                            pcow_error *err);
 
 /*
+ * Bounded mappings (docs/interop/pcow-spec.rst, Compact).
+ * pcow_mapping_count(): how many mappings (VMAs) the Image Monitor needs
+ * to map the whole image eagerly, counted extent by extent as it maps.
+ * pcow_compact(): move the active layer's own data clusters so that each
+ * run of consecutive guest clusters lies back to back in the file, in
+ * guest order, and maps as one mapping.  Guest content is unchanged; a
+ * crash at any point leaves every cluster at its old or its new home.
+ * @img must be open read-write with its lock, must have been closed
+ * cleanly before (-EUCLEAN: repair it first) and must have no snapshots
+ * (-ENOTSUP: their shared clusters are not moved).
+ */
+typedef struct pcow_compact_result {
+    uint64_t clusters_moved;    /* data clusters copied to a new home */
+    uint64_t runs_moved;        /* guest runs they formed */
+    uint64_t mappings_before;   /* pcow_mapping_count() before */
+    uint64_t mappings_after;    /* and after */
+} pcow_compact_result;
+
+int pcow_mapping_count(pcow_image *img, uint64_t *count, pcow_error *err);
+int pcow_compact(pcow_image *img, pcow_compact_result *res,
+                 pcow_error *err);
+
+/*
  * Can @img take a structural change (a header commit) now?  0, or why not
  * (read-only, or the header generation at its maximum).  For tools that
  * must know before they change another file (commit writes the base first).

@@ -46,7 +46,8 @@
  *      after H.  Granularity per step:
  *        ATOMIC (whole image)  create, reserve, expansion, COW (content is
  *                              unchanged), snapshot create/revert/delete,
- *                              set_backing, resize, commit, flush, close;
+ *                              set_backing, resize, commit, compact,
+ *                              flush, close;
  *        COW unit              pcow_pwrite and pcow_zero_range: every COW
  *                              unit of the range shows old or new content;
  *        512 bytes             in torn states of non-atomic steps;
@@ -2022,6 +2023,46 @@ static void t_resize_overlay(Scen *s)
     scen_finish(s);
 }
 
+/*
+ * Compaction of clusters written out of guest order: every entry shows
+ * its old or its new home (the same data), then a write reuses the freed
+ * old homes
+ */
+static void t_compact(Scen *s)
+{
+    static const uint8_t order[] = { 9, 2, 40, 5, 3, 41, 8, 4, 6, 20,
+                                     7, 42, 21, 43, 22 };
+    uint64_t cs = 16 * KiB;
+    pcow_compact_result res;
+    pcow_error err = { 0 };
+    pcow_image *img;
+    size_t i;
+
+    track(s, "img");
+    mk(s, "img", 1 * MiB, cs, 0, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    for (i = 0; i < sizeof(order); i++) {
+        op_write(img, order[i] * cs, cs, 100 + order[i]);
+    }
+    op_close(img);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    scen_start(s);
+    if (pcow_compact(img, &res, &err) < 0) {
+        die("compact: %s", err.msg);
+    }
+    if (res.runs_moved != 3 || res.mappings_after != 7) {
+        die("compact moved %" PRIu64 " runs, mappings %" PRIu64 " -> %"
+            PRIu64, res.runs_moved, res.mappings_before,
+            res.mappings_after);
+    }
+    step(s, ATOMIC, "compact");
+    op_write(img, 50 * cs, 4 * cs, 120);
+    step(s, 4096, "pwrite (reuses freed)");
+    op_close(img);
+    step(s, ATOMIC, "close");
+    scen_finish(s);
+}
+
 /* The content the repair keeps: @v must show exactly it */
 static bool shows_want(Scen *s, const CState *cs, const View *v,
                        const char *when)
@@ -2329,6 +2370,7 @@ static const Test tests[] = {
     { "rebase", t_rebase },
     { "resize", t_resize },
     { "resize-overlay", t_resize_overlay },
+    { "compact", t_compact },
     { "check-repair", t_repair },
     { "check-repair-short", t_repair_short },
 };
