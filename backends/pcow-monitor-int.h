@@ -181,12 +181,13 @@ void mon_vma_unbudget(pcow_monitor *mon, uint64_t sub);
 /* Read-only (or @prot) anonymous memory over [off, off + len).  Returns
  * 0 or -errno.  Signal-safe (one mmap). */
 int mon_map_anon(pcow_monitor *mon, uint64_t off, uint64_t len, int prot);
-/* Map [off, off + len) as the image says; with @count_only, only count.
+/* Map [off, off + len) as the image says (pcow_mapping_count counts the
+ * same mappings without making them).
  * Returns the number of mappings or -errno (@err set if not NULL).
  * Signal-safe with @err NULL (the uffd thread's lazy mapping); the caller
  * serialises it against remaps (open, or the uffd thread). */
 int64_t mon_map_range(pcow_monitor *mon, uint64_t off, uint64_t len,
-                      bool count_only, pcow_error *err);
+                      pcow_error *err);
 /* At open: the VMA budget (@max_vmas, 0: from vm.max_map_count), the
  * mappings the image needs against it, and eager or lazy mapping.
  * Returns 0 or -errno with @err set.  Not signal-safe. */

@@ -78,12 +78,12 @@ static int get_extent(pcow_monitor *mon, uint64_t off, uint64_t end,
  * and a write copies on write.  Returns the mappings it takes or -errno.
  */
 static int64_t map_hole(pcow_monitor *mon, uint64_t off, uint64_t e,
-                        bool count_only, bool *prev_hole)
+                        bool *prev_hole)
 {
     uint64_t cs = mon->cluster_size;
     uint64_t hs = (off + cs - 1) & ~(cs - 1);
     uint64_t he = e == mon->size ? e : e & ~(cs - 1);
-    bool map = !count_only && !mon->read_only;
+    bool map = !mon->read_only;
     int64_t maps = 0;
     int r;
 
@@ -115,8 +115,7 @@ static int64_t map_hole(pcow_monitor *mon, uint64_t off, uint64_t e,
  * The data extent @ext: its file, and a raw base's tail past its EOF as
  * read-only zeros.  Returns the mappings it takes or -errno.
  */
-static int64_t map_data(pcow_monitor *mon, const pcow_extent *ext,
-                        bool count_only)
+static int64_t map_data(pcow_monitor *mon, const pcow_extent *ext)
 {
     int prot = ext->writable && !mon->read_only ? PROT_READ | PROT_WRITE
                                                 : PROT_READ;
@@ -128,9 +127,6 @@ static int64_t map_data(pcow_monitor *mon, const pcow_extent *ext,
             valid = ext->length;
         }
         prot = PROT_READ;
-    }
-    if (count_only) {
-        return valid < ext->length ? 2 : 1;
     }
     if (valid && mmap(mon->base + ext->offset, valid, prot,
                       MAP_SHARED | MAP_FIXED, ext->fd, ext->file_offset) ==
@@ -147,7 +143,7 @@ static int64_t map_data(pcow_monitor *mon, const pcow_extent *ext,
 }
 
 int64_t mon_map_range(pcow_monitor *mon, uint64_t off, uint64_t len,
-                      bool count_only, pcow_error *err)
+                      pcow_error *err)
 {
     uint64_t end = off + len;
     int64_t maps = 0;
@@ -162,10 +158,10 @@ int64_t mon_map_range(pcow_monitor *mon, uint64_t off, uint64_t len,
             return r;
         }
         if (ext.kind == PCOW_EXTENT_HOLE) {
-            n = map_hole(mon, off, off + ext.length, count_only, &prev_hole);
+            n = map_hole(mon, off, off + ext.length, &prev_hole);
         } else {
             prev_hole = false;
-            n = map_data(mon, &ext, count_only);
+            n = map_data(mon, &ext);
         }
         if (n < 0 && !err) {
             return n;
@@ -191,8 +187,8 @@ static uint64_t eager_max(void)
 
 int mon_map_plan(pcow_monitor *mon, uint64_t max_vmas, pcow_error *err)
 {
-    uint64_t limit = max_vmas;
-    int64_t maps;
+    uint64_t limit = max_vmas, maps;
+    int r;
 
     /* Budget: what vm.max_map_count leaves after the rest of the process. */
     if (!limit) {
@@ -203,13 +199,14 @@ int mon_map_plan(pcow_monitor *mon, uint64_t max_vmas, pcow_error *err)
     }
     mon->max_vmas = limit;
 
-    maps = mon_map_range(mon, 0, mon->size, true, err);
-    if (maps < 0) {
-        return maps;
+    /* Counted by libpcow, extent by extent, as mon_map_range maps */
+    r = pcow_mapping_count(mon->img, &maps, err);
+    if (r < 0) {
+        return r;
     }
-    if ((uint64_t)maps > limit) {
+    if (maps > limit) {
         return mon_error(mon, err, -ENOMEM, "mapping the image needs %"
-                         PRId64 " mappings but only %" PRIu64 " are left "
+                         PRIu64 " mappings but only %" PRIu64 " are left "
                          "under vm.max_map_count; raise it (sysctl "
                          "vm.max_map_count=%" PRIu64 ")", maps, limit,
                          mon_proc_read_u64(MON_MAX_MAP_COUNT, 65530) +
@@ -217,7 +214,7 @@ int mon_map_plan(pcow_monitor *mon, uint64_t max_vmas, pcow_error *err)
     }
     atomic_store(&mon->vmas, maps);
     /* An mmap costs microseconds: past eager_max() map on first touch. */
-    mon->lazy = !mon->read_only && (uint64_t)maps > eager_max();
+    mon->lazy = !mon->read_only && maps > eager_max();
     return 0;
 }
 
@@ -229,21 +226,22 @@ int mon_map_image(pcow_monitor *mon, pcow_error *err)
         atomic_store(&mon->vmas, 1);
         return 0;
     }
-    maps = mon_map_range(mon, 0, mon->size, false, err);
+    maps = mon_map_range(mon, 0, mon->size, err);
     return maps < 0 ? maps : 0;
 }
 
 int mon_map_reset(pcow_monitor *mon, pcow_error *err)
 {
-    int64_t maps = mon_map_range(mon, 0, mon->size, true, err);
+    uint64_t maps;
     void *p;
+    int r = pcow_mapping_count(mon->img, &maps, err);
 
-    if (maps < 0) {
-        return maps;
+    if (r < 0) {
+        return r;
     }
-    if ((uint64_t)maps > mon->max_vmas) {
+    if (maps > mon->max_vmas) {
         return mon_error(mon, err, -ENOMEM, "mapping the image needs %"
-                         PRId64 " mappings but only %" PRIu64 " are left "
+                         PRIu64 " mappings but only %" PRIu64 " are left "
                          "under vm.max_map_count", maps, mon->max_vmas);
     }
     /* Same address: QEMU's RAM block keeps pointing at it. */
@@ -268,7 +266,7 @@ int mon_map_reset(pcow_monitor *mon, pcow_error *err)
     atomic_store(&mon->uffd_held, 0);
     mon->held_lo = UINT64_MAX;
     atomic_store(&mon->vmas, maps);
-    mon->lazy = (uint64_t)maps > eager_max();
+    mon->lazy = maps > eager_max();
     return 0;
 }
 

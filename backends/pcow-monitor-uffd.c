@@ -385,7 +385,7 @@ static bool map_lazy(pcow_monitor *mon, uint64_t vc)
         return false;
     }
     if (!mon_vma_budget(mon, 3) ||
-        mon_map_range(mon, vc << mon->cluster_bits, len, false, NULL) < 0) {
+        mon_map_range(mon, vc << mon->cluster_bits, len, NULL) < 0) {
         /* Inaccessible, never zeros over data: the access gets SIGSEGV. */
         atomic_fetch_add(&mon->st.errors, 1);
         mon_report(mon, "cannot map the data at", vc << mon->cluster_bits,

@@ -338,12 +338,12 @@ static int compact_check(pcow_image *img, pcow_error *err)
     }
     if (img->was_dirty) {
         return pcow_img_error(img, err, -EUCLEAN, "image was not closed "
-                              "cleanly; check and repair it first");
+                              "cleanly");
     }
     if (img->hdr.nb_snapshots) {
         return pcow_img_error(img, err, -ENOTSUP, "image has %u "
                               "snapshot%s; compact moves only unshared "
-                              "data: delete them first",
+                              "data: delete the snapshots first",
                               img->hdr.nb_snapshots,
                               img->hdr.nb_snapshots == 1 ? "" : "s");
     }

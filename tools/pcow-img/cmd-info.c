@@ -22,6 +22,9 @@ typedef struct PcowDesc {
     int nsn;
     pcow_storage_info si;
     bool have_si;
+    uint64_t vmas;              /* mappings the Image Monitor needs */
+    int vmas_ret;               /* 0, or why they are unknown: */
+    pcow_error vmas_err;
 } PcowDesc;
 
 static const char *persist_name(pcow_persist_method m)
@@ -76,6 +79,30 @@ static void chain_files(const char *path, bool force_share, ImgJson *j)
         printf("\n");
     }
     pcow_chain_files_free(n >= 0 ? files : NULL);
+}
+
+/*
+ * The mappings (VMAs) the Image Monitor needs for the image, counted by
+ * libpcow through the whole chain: @img was opened without it, so an
+ * overlay is opened again with its bases.  A base that cannot be opened
+ * leaves the count unknown.
+ */
+static void count_vmas(PcowDesc *d, pcow_image *img)
+{
+    pcow_open_opts oo = {
+        .flags = d->force_share ? PCOW_OPEN_NO_LOCK : 0,
+    };
+    pcow_image *chain = NULL;
+
+    if (d->info->backing_format == PCOW_BACKING_NONE) {
+        d->vmas_ret = pcow_mapping_count(img, &d->vmas, &d->vmas_err);
+        return;
+    }
+    d->vmas_ret = pcow_open(d->path, &oo, &chain, &d->vmas_err);
+    if (d->vmas_ret == 0) {
+        d->vmas_ret = pcow_mapping_count(chain, &d->vmas, &d->vmas_err);
+        pcow_close(chain, NULL);
+    }
 }
 
 static void storage_json(ImgJson *j, const pcow_storage_info *si)
@@ -210,6 +237,9 @@ static void format_specific_json(ImgJson *j, const PcowDesc *d)
     json_u64(j, "active-clusters", info->active_clusters);
     json_u64(j, "metadata-clusters", info->metadata_clusters);
     json_u64(j, "file-size", info->file_size);
+    if (d->vmas_ret == 0) {
+        json_u64(j, "vmas-needed", d->vmas);
+    }
     json_str(j, "persistence", persist_name(info->persist_method));
     if (d->have_si) {
         storage_json(j, &d->si);
@@ -292,6 +322,13 @@ static void info_pcow_human(const PcowDesc *d)
     printf("    allocated clusters: %" PRIu64 " (active layer %" PRIu64
            ", metadata %" PRIu64 ")\n", info->allocated_clusters,
            info->active_clusters, info->metadata_clusters);
+    if (d->vmas_ret == 0) {
+        printf("    VMAs needed: %" PRIu64 "\n", d->vmas);
+    } else {
+        g_autofree char *emsg = pcow_escape_text(d->vmas_err.msg);
+
+        printf("    VMAs needed: unknown (%s)\n", emsg);
+    }
     printf("    persistence: %s\n", persist_name(info->persist_method));
     if (d->have_si) {
         storage_human(&d->si);
@@ -324,6 +361,7 @@ static int info_pcow(const char *path, bool force_share, ImgJson *j,
         return d.nsn;
     }
     d.have_si = pcow_storage_probe(path, &d.si, &err) == 0;
+    count_vmas(&d, img);
     if (j) {
         info_pcow_json(j, &d);
     } else {

@@ -41,6 +41,7 @@ static const ImgCommand commands[] = {
       "            (--size SIZE | [-f fmt] SRC)" },
     { "resize", img_resize, "resize [--shrink] [-f fmt] FILE [+|-]SIZE" },
     { "compare", img_compare, "compare [-s] [-U] [-f fmt] [-F fmt] A B" },
+    { "compact", img_compact, "compact [-q] [--output=human|json] FILE" },
 };
 
 static void print_help(void)

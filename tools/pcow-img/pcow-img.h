@@ -198,6 +198,7 @@ int img_snapshot(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_convert(int argc, char **argv);
+int img_compact(int argc, char **argv);
 int img_map(int argc, char **argv);
 int img_measure(int argc, char **argv);
 int img_resize(int argc, char **argv);
