@@ -62,9 +62,11 @@ RO_DATA = common.pattern("savevm-ro", 1 * MiB)
 SCRIPT = common.GUEST_PRELUDE + rf"""
 pm=/dev/$(pmem_of_size {SIZE}) || fail "no {SIZE}-byte pmem"
 ro=/dev/$(pmem_of_size {RO_SIZE}) || fail "no {RO_SIZE}-byte pmem"
-""" + r"""exec 3</dev/ttyS1 || fail "no /dev/ttyS1"
+""" + r"""com2_ready && fail "COM2 holds data before the host sent any"
 echo READY
-while read -u 3 cmd tag reg; do
+while com2_getline; do
+    set -- $line
+    cmd=$1 tag=$2 reg=$3
     case "$cmd $reg" in
 """ + "".join(
     f"""    "w {r}") yes "pcow-savevm $tag" | head -c {n} |
@@ -98,7 +100,6 @@ while read -u 3 cmd tag reg; do
     "q ") echo BYE; exit 0 ;;
     esac
 done
-fail "ttyS1 closed"
 """
 
 
