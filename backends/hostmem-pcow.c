@@ -66,6 +66,7 @@ struct HostMemPcow {
     QemuMutex lock;             /* flush (thread pool) against close */
     Notifier exit_notifier;
     void *vmsnap;               /* savevm/loadvm/delvm hooks */
+    Object *rdm;                /* holes as discarded RAM, for migration */
     QLIST_ENTRY(HostMemPcow) next;
 };
 
@@ -354,6 +355,8 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     qemu_add_exit_notifier(&pc->exit_notifier);
     QLIST_INSERT_HEAD(&hostmem_pcow_list, pc, next);
     pc->vmsnap = hostmem_pcow_vmsnap_add(backend);
+    pc->rdm = hostmem_pcow_rdm_add(backend, pc,
+                                   pcow_cluster_size(pcow_monitor_image(mon)));
     return pc;
 }
 
@@ -434,11 +437,26 @@ int hostmem_pcow_flush(HostMemPcow *pc)
     return ret;
 }
 
+int hostmem_pcow_get_extent(HostMemPcow *pc, uint64_t offset,
+                            uint64_t max_len, pcow_extent *ext)
+{
+    int ret = -EBADF;
+
+    qemu_mutex_lock(&pc->lock);
+    if (pc->mon) {
+        ret = pcow_get_extent(pcow_monitor_image(pc->mon), offset, max_len,
+                              ext);
+    }
+    qemu_mutex_unlock(&pc->lock);
+    return ret;
+}
+
 void hostmem_pcow_free(HostMemPcow *pc)
 {
     if (!pc) {
         return;
     }
+    hostmem_pcow_rdm_del(pc->rdm);
     hostmem_pcow_vmsnap_del(pc->vmsnap);
     hostmem_pcow_close(pc);
     qemu_del_vm_change_state_handler(pc->vm_change);

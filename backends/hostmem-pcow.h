@@ -86,6 +86,23 @@ int hostmem_pcow_flush(HostMemPcow *pc);
 void *hostmem_pcow_vmsnap_add(HostMemoryBackend *backend);
 void hostmem_pcow_vmsnap_del(void *vmsnap);
 
+/*
+ * The extent of the image at @offset (pcow_get_extent), against close:
+ * -EBADF once the image is closed.  Any thread.
+ */
+struct pcow_extent;
+int hostmem_pcow_get_extent(HostMemPcow *pc, uint64_t offset,
+                            uint64_t max_len, struct pcow_extent *ext);
+
+/*
+ * Report the image's holes to QEMU as discarded RAM of @backend's region
+ * (backends/hostmem-pcow-rdm.c), so that migration does not send them:
+ * returns the manager, which hostmem_pcow_rdm_del() takes (NULL: nothing).
+ */
+Object *hostmem_pcow_rdm_add(HostMemoryBackend *backend, HostMemPcow *pc,
+                             uint64_t cluster_size);
+void hostmem_pcow_rdm_del(Object *rdm);
+
 /* Close the image (flush, clear its in-use flag) and free @pc. */
 void hostmem_pcow_free(HostMemPcow *pc);
 

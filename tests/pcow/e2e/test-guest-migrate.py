@@ -23,7 +23,11 @@ the guest checks every block written so far, the ones written on the
 source included, and exits 0.
 Host: at least one iteration ran during the migration; image B holds every
 block the guest wrote, on the source and on the destination; A holds the
-source's; both are clean.
+source's; both are clean.  Holes are neither read nor sent
+(backends/hostmem-pcow-rdm.c): the source's monitor served (almost) no
+hole reads during the migration, and the stream held far fewer pages than
+RAM plus NVDIMM; the blocks written to holes during the migration still
+arrive (the destination verifies them).
 Env: QEMU, PCOW_IMG.  Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
 
@@ -110,6 +114,29 @@ def wait_migration(m, what, timeout=180):
     return f"{what}: still not done after {timeout} s"
 
 
+def hole_reads(m):
+    st = next(p for p in m.execute("query-pcow") if p["id"] == "pm0")
+    return st["statistics"]["hole-read-faults"]
+
+
+def check_stream(t, holes, ram):
+    """Holes neither read nor sent: @holes hole reads during the migration,
+    @ram query-migrate's ram statistics at its end."""
+    # The guest's own reads of holes during the migration are few
+    t.check(holes < 256, f"source: {holes} hole reads during the migration "
+            f"(the {SIZE // GiB} GiB NVDIMM has {SIZE // (64 * KiB)} "
+            "64 KiB holes; migration must not read them)")
+    pages = ram.get("duplicate", 0) + ram.get("normal", 0)
+    ram_pages = (ram.get("total", 0) - SIZE) // 4096
+    limit = ram_pages + SIZE // 4096 // 4
+    t.note(f"stream: {ram.get('duplicate')} zero pages, {ram.get('normal')} "
+           f"normal pages, {ram.get('transferred')} bytes transferred; "
+           f"RAM (without the NVDIMM) {ram_pages} pages")
+    t.check(ram_pages > 0 and pages < limit, f"source: sent {pages} pages, "
+            f"fewer than RAM's {ram_pages} plus a quarter of the NVDIMM's "
+            f"{SIZE // 4096} ({limit}): its holes were not sent")
+
+
 def open_ctl(path):
     """The connection stays open until the guest has seen the byte: QEMU
     drops what the UART has not taken when the peer hangs up."""
@@ -133,10 +160,13 @@ def main():
             src.wait_for_line(r"^ITER 3$")
             m = src.qmp()
             m.execute("migrate-set-parameters", {"max-bandwidth": 16 * MiB})
+            holes0 = hole_reads(m)
             before = last_iter(src.lines)
             m.execute("migrate", uri=f"exec:cat > {state}")
             st = wait_migration(m, "outgoing")
             after = last_iter(src.lines)
+            holes = hole_reads(m) - holes0
+            ram = m.execute("query-migrate").get("ram", {})
             vm = m.execute("query-status")["status"]
             m.execute("quit")
             r = src.wait(timeout=60)    # quit closes the image
@@ -148,6 +178,7 @@ def main():
     t.note(f"iterations: {before} before the migration, {after} at its end")
     t.check(after > before, "source: the guest wrote to fresh NVDIMM pages "
             f"during the migration ({after - before} iterations)")
+    check_stream(t, holes, ram)
     t.check_clean(a, "source image after quit")
 
     # --- destination: a fresh image, state from the file, then "go"
