@@ -26,8 +26,9 @@
  *    disables RAM discards first; while anything has them disabled we
  *    report the whole region populated as one granule, so vfio maps it
  *    with one DMA mapping as without a manager, and a vIOMMU may map a
- *    hole.  Nothing is ever discarded while a listener is registered, so
- *    listeners get no notifications after their registration's replay.
+ *    hole.  vfio is 7.2's only listener, so listeners get the replay at
+ *    their registration and no notifications after it (a hole that the
+ *    guest fills would be one; migration does not need it).
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.
@@ -95,6 +96,8 @@ static int pcow_rdm_walk(const PcowRdm *r, const MemoryRegionSection *s,
     const uint64_t start = s->offset_within_region;
     const uint64_t end = start + int128_get64(s->size);
     const uint64_t cs = r->cluster_size;
+    /* Whole clusters around @s, so that a page of a hole reads as one */
+    const uint64_t qend = MIN(ROUND_UP(end, cs), r->size);
     uint64_t pos = QEMU_ALIGN_DOWN(start, cs);
     uint64_t pop = start;       /* start of the populated run not emitted */
     pcow_extent ext;
@@ -106,7 +109,7 @@ static int pcow_rdm_walk(const PcowRdm *r, const MemoryRegionSection *s,
     while (pos < end) {
         uint64_t hs, he;
 
-        if (hostmem_pcow_get_extent(r->pc, pos, end - pos, &ext) < 0 ||
+        if (hostmem_pcow_get_extent(r->pc, pos, qend - pos, &ext) < 0 ||
             ext.offset != pos || ext.length == 0) {
             break;              /* the rest counts as populated */
         }
