@@ -281,6 +281,16 @@ expect_start "readonly=on raw with virtio-pmem (upstream)" \
     "memory-backend-file,id=pm,mem-path=$raw,format=raw,size=64M,share=on,readonly=on" \
     virtio-pmem-pci,id=vp0,memdev=pm &&
     ok "readonly=on raw with virtio-pmem starts (upstream behaviour)"
+# virtio-mem on a pcow backend: the region already reports the image's
+# holes (hostmem-pcow-rdm.c), and a second RamDiscardManager used to abort
+# QEMU (assertion in memory_region_set_ram_discard_manager).  One line.
+run_qemu "$base_opts" virtio-mem-pci,id=vm0,memdev=pm
+if [ "$rc" -eq 1 ] && [ "$(printf '%s\n' "$err" | grep -c .)" -eq 1 ] &&
+   [[ "$err" == "$qname: -device virtio-mem-pci,"*": 'memdev' property "*"a pcow image manages its holes): pm" ]]; then
+    ok "virtio-mem on a pcow backend is refused: $err"
+else
+    fail "virtio-mem on a pcow backend: rc=$rc, stderr: $err"
+fi
 
 # --- locking: a second QEMU, and pcow-img, while the first runs -------------
 fifo=$tmp/hmp
