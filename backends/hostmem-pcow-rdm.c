@@ -18,8 +18,9 @@
  * NVDIMM into KVM or TCG: memory slots ignore a RamDiscardManager):
  *  - migration/ram.c: holes are not sent (precopy setup and postcopy
  *    recovery); ram_block_populate_read (background snapshot) and
- *    postcopy's ramblock_page_is_discarded never run for pcow RAM, which
- *    userfaultfd cannot register twice.
+ *    postcopy's ramblock_page_is_discarded never run for pcow RAM: both
+ *    register the RAM with their own userfaultfd, which fails on the
+ *    monitor's file mappings and on the holes it has registered itself.
  *  - softmmu/memory_mapping.c (dump-guest-memory): holes are left out of
  *    the dump, as zeros would be.
  *  - vfio and memory_get_xlat_addr (vIOMMU): vfio pins all guest RAM and
@@ -29,6 +30,9 @@
  *    hole.  vfio is 7.2's only listener, so listeners get the replay at
  *    their registration and no notifications after it (a hole that the
  *    guest fills would be one; migration does not need it).
+ *  - virtio-mem would set its own manager on the region, which has one:
+ *    it refuses a pcow memdev (patches/0016-virtio-mem-refuse-a-memdev-
+ *    that-has-a-RamDiscardManager.patch).
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.
