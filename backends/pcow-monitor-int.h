@@ -38,6 +38,11 @@ typedef struct mon_latency {
     _Atomic uint64_t buckets[PCOW_HIST_BUCKETS];
 } mon_latency;
 
+/* Expanded clusters whose rest is populated when the uffd thread idles,
+ * MON_POPULATE_STEP bytes at a time */
+#define MON_POPULATE_Q 64
+#define MON_POPULATE_STEP (16 * 1024)
+
 typedef struct mon_stats {
     _Atomic uint64_t expansions;
     _Atomic uint64_t cow_unit_faults;
@@ -107,6 +112,16 @@ struct pcow_monitor {
     int event_efd;              /* episode start/end, for the user */
     uint64_t *held_map;
     uint64_t held_lo;
+
+    /*
+     * Expanded clusters whose page tables the uffd thread fills in later,
+     * when no fault waits (pcow-monitor-uffd.c): a ring of the guest
+     * offsets where each one's population goes on, the newest just before
+     * populate_top; uffd thread only, under fault_lock.
+     */
+    uint64_t populate_q[MON_POPULATE_Q];
+    unsigned populate_top;
+    unsigned populate_n;
     _Atomic uint64_t uffd_held;
     _Atomic uint32_t *cow_held;
     _Atomic bool episode;

@@ -263,11 +263,53 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
     wake_range(mon, addr, len);
     /*
      * Page tables for the rest of the cluster, so the guest does not take
-     * a fault per page; racing the woken thread is harmless.
+     * a fault per page: later, when no fault waits (populate_idle()), not
+     * before the next fault (back-to-back expansions paid 15-20 us each
+     * for it; docs/benchmarks.rst).  A full queue forgets its oldest
+     * cluster: the guest's own accesses fault those pages in.
      */
-    madvise(addr, len, MADV_POPULATE_WRITE);
+    mon->populate_q[mon->populate_top] = vc << mon->cluster_bits;
+    mon->populate_top = (mon->populate_top + 1) % MON_POPULATE_Q;
+    if (mon->populate_n < MON_POPULATE_Q) {
+        mon->populate_n++;
+    }
     /* Refill after the wake: its mmap/msync would contend with ours. */
     mon_kick_pool(mon);
+}
+
+/*
+ * The uffd thread has no event to read: populate the next MON_POPULATE_STEP
+ * bytes of the newest queued cluster, then look for events again, so that
+ * a fault waits for one step at most (racing the cluster's own user is
+ * harmless).  Only while the cluster is still mapped to its data (a revert
+ * clears mapped_map and puts a hole there, whose population would wait for
+ * this very thread); a cluster frozen since is read-only, and
+ * MADV_POPULATE_WRITE fails on it, nothing more.
+ */
+static void populate_idle(pcow_monitor *mon)
+{
+    pthread_mutex_lock(&mon->fault_lock);
+    mon_handler_depth++;
+    if (mon->populate_n > 0) {
+        unsigned newest = (mon->populate_top + MON_POPULATE_Q - 1) %
+                          MON_POPULATE_Q;
+        uint64_t *at = &mon->populate_q[newest];
+        uint64_t vc = *at >> mon->cluster_bits;
+        uint64_t end = (vc << mon->cluster_bits) + cluster_len(mon, vc);
+        uint64_t len = end - *at < MON_POPULATE_STEP ? end - *at
+                                                      : MON_POPULATE_STEP;
+
+        if (test_bit64(mon->mapped_map, vc)) {
+            madvise(mon->base + *at, len, MADV_POPULATE_WRITE);
+        }
+        *at += len;
+        if (*at >= end || !test_bit64(mon->mapped_map, vc)) {
+            mon->populate_top = newest;
+            mon->populate_n--;
+        }
+    }
+    mon_handler_depth--;
+    pthread_mutex_unlock(&mon->fault_lock);
 }
 
 /*
@@ -509,6 +551,10 @@ static void *uffd_thread(void *opaque)
             }
             timeout = (next_retry - now) / 1000000 + 1;
         }
+        /* Queued populations: look for events without sleeping. */
+        if (mon->populate_n > 0) {
+            timeout = 0;
+        }
         if (poll(pfd, 3, timeout) < 0) {
             continue;
         }
@@ -519,6 +565,9 @@ static void *uffd_thread(void *opaque)
             retry_tick(mon);
         }
         if (!pfd[0].revents) {
+            if (mon->populate_n > 0) {
+                populate_idle(mon);
+            }
             continue;
         }
         n = read(mon->uffd, msgs, sizeof(msgs));

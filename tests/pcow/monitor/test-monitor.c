@@ -1493,6 +1493,62 @@ static int t_prefault(void)
     return 0;
 }
 
+/*
+ * --- populate: an expanded cluster's page tables come after the wake ----
+ * The uffd thread fills them in when no fault waits; a burst of
+ * expansions overflows its queue (the guest's touches fault those pages
+ * in), and a revert right after the burst turns queued clusters back into
+ * holes, which it must skip: populating a hole from the uffd thread would
+ * wait for itself (the writes after the revert would hang).
+ */
+static int t_populate(void)
+{
+    const char *dir = test_dir("populate");
+    char path[4200];
+    uint64_t size = 32 * MiB, n = size / CL;
+    uint8_t *shadow = calloc(1, size);
+    pcow_error err = { 0 };
+    pcow_monitor *mon;
+    uint8_t *base;
+    uint64_t i;
+    int round, tries;
+
+    alarm(120);         /* a hang fails, by SIGALRM */
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    base = pcow_monitor_base(mon);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "empty", NULL, &err), &err);
+    base[7 * CL + 4096] = 1;
+    shadow[7 * CL + 4096] = 1;
+    for (tries = 0; tries < 200; tries++) {
+        for (i = 0; i < CL && page_present(base + 7 * CL + i); i += 4096) {
+        }
+        if (i == CL) {
+            break;
+        }
+        usleep(10000);
+    }
+    check_present(base, 7 * CL, CL, true);
+    verify_mapping(mon, shadow);
+    for (round = 0; round < 3; round++) {
+        /* one store per cluster, back to back: more than the queue holds */
+        for (i = 0; i < n; i++) {
+            base[i * CL + 8] = round + 2;
+        }
+        CHECK_OK(pcow_monitor_snapshot_revert(mon, "empty", &err), &err);
+        memset(shadow, 0, size);
+        verify_mapping(mon, shadow);
+        put(mon, shadow, 3 * CL + 5, 3 * 4096, round + 10);
+        verify_mapping(mon, shadow);
+    }
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -1516,6 +1572,7 @@ static const struct {
     { "file-kinds", t_file_kinds },
     { "blockdev-base", t_blockdev_base },
     { "prefault", t_prefault },
+    { "populate", t_populate },
 };
 
 int main(int argc, char **argv)
