@@ -5,11 +5,12 @@
 # checked (strict JSON, no NaN) and written with the machine, the load
 # average, the date and the git commit to a results file.
 #
-# Usage: bench-monitor.sh [--out FILE] [--publish] [--load] [--reps N]
-#                         [DIR...]
+# Usage: bench-monitor.sh [--out FILE] [--publish] [--tag T] [--load]
+#                         [--reps N] [DIR...]
 #   --out FILE  the results file (default $BUILD/bench/monitor-<time>.json)
 #   --publish   also copy it to docs/figures/results-<date>-monitor.json
 #               (results-<date>-monitor-load.json with --load)
+#   --tag T     publish as results-<date>-monitor[-load]-T.json
 #   --load      a busy-loop process on every online CPU during the run
 #   --reps N    repetitions of the latency figures (default 5): medians
 # Exit status: bench-monitor's, or 1 if its output is not valid.
@@ -18,11 +19,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../../.." && pwd)
 build=${BUILD:-build}
 case "$build" in /*) ;; *) build=$top/$build ;; esac
-out= publish= opts=()
+out= publish= tag= opts=()
 while [ $# -gt 0 ]; do
     case $1 in
         --out) out=$2; shift 2 ;;
         --publish) publish=$top/docs/figures; shift ;;
+        --tag) tag=$2; shift 2 ;;
         --load) opts+=(--load); shift ;;
         --reps) opts+=(--reps "$2"); shift 2 ;;
         --) shift; break ;;
@@ -49,4 +51,4 @@ if [ $rc -ne 0 ]; then
 fi
 /usr/bin/python3 "$here/benchmeta.py" monitor-results \
     --stdout "$work/stdout" --load0 "$load0" --started "$started" \
-    --out "$out" ${publish:+--publish "$publish"} "$@"
+    --out "$out" ${publish:+--publish "$publish"} ${tag:+--tag "$tag"} "$@"

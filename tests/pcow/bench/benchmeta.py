@@ -12,7 +12,8 @@ JSON line is strict JSON (no NaN or Infinity: a figure that was not
 measured is null), and writes a results file: the machine, the load
 average at start and end, the date, the git commit, the table and the
 figures.  --publish also copies it to DIR/results-<date>-monitor.json
-(-monitor-load.json for a run with --load: CPU hogs on every CPU).
+(-monitor-load.json for a run with --load: CPU hogs on every CPU;
+--tag T appends -T).
 Exits 1 with a one-line message if the output is not valid.
 
   benchmeta.py run --what NAME --out FILE [--publish DIR] -- COMMAND...
@@ -120,10 +121,12 @@ def check_floors(figures):
                                      f"{k} is {v!r}")
 
 
-def monitor_kind(figures):
-    """monitor, or monitor-load for a run with CPU hogs (--load)."""
-    return ("monitor-load" if figures.get("load", {}).get("hogs")
+def monitor_kind(figures, tag=None):
+    """monitor, or monitor-load for a run with CPU hogs (--load), then
+    -TAG if given."""
+    kind = ("monitor-load" if figures.get("load", {}).get("hogs")
             else "monitor")
+    return f"{kind}-{tag}" if tag else kind
 
 
 def monitor_results(stdout, load0, dirs, started=None):
@@ -190,6 +193,7 @@ def main():
     m.add_argument("--started", default=None)
     m.add_argument("--out", required=True)
     m.add_argument("--publish", default=None)
+    m.add_argument("--tag", default=None)
     m.add_argument("dirs", nargs="*")
     a = ap.parse_args()
     if a.cmd == "run":
@@ -206,7 +210,8 @@ def main():
     except (OSError, ValueError) as e:
         print(f"bench-monitor: invalid output: {e}", file=sys.stderr)
         return 1
-    write_results(res, a.out, a.publish, monitor_kind(res["bench_monitor"]))
+    write_results(res, a.out, a.publish,
+                  monitor_kind(res["bench_monitor"], a.tag))
     return 0
 
 

@@ -265,6 +265,9 @@ class StrictJson(unittest.TestCase):
         self.assertEqual(benchmeta.monitor_kind({"load": {"hogs": 0}}),
                          "monitor")
         self.assertEqual(benchmeta.monitor_kind({}), "monitor")
+        self.assertEqual(benchmeta.monitor_kind({"load": {"hogs": 2}}, "f"),
+                         "monitor-load-f")
+        self.assertEqual(benchmeta.monitor_kind({}, "f"), "monitor-f")
 
 
 class BenchMonitorJson(unittest.TestCase):
