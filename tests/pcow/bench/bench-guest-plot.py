@@ -5,7 +5,9 @@ Usage: bench-guest-plot.py RESULTS.json OUTDIR...
 
 Writes into every OUTDIR: bench-iops-4k.png, bench-bw-1m.png,
 bench-iops-4k-N.png, bench-latency-cdf.png, bench-cow.png,
-bench-firsttouch.png, bench-redis.png.
+bench-firsttouch.png, bench-redis.png, bench-ratios.png.  Bars are the
+medians over the rounds; error bars are their 95% bootstrap intervals
+(KEY_ci95 in the results), none where a run has no intervals.
 
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
@@ -33,6 +35,21 @@ def val(R, fs, cfg, job, key="iops"):
         return 0
 
 
+def ci(R, fs, cfg, job, key="iops"):
+    try:
+        return R["fs"][fs][cfg]["fio"][job].get(key + "_ci95")
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def yerr(ys, cis):
+    """matplotlib's yerr (distances below, above) from [lo, hi] pairs."""
+    if not any(cis):
+        return None
+    return [[y - c[0] if c and y else 0 for y, c in zip(ys, cis)],
+            [c[1] - y if c and y else 0 for y, c in zip(ys, cis)]]
+
+
 def title(R, what):
     m = R["meta"]
     return (f"{what}\n{m['accel'].upper()}, {m['params']['vcpus']} vCPUs, "
@@ -48,11 +65,13 @@ def grouped(R, jobs, key, ylabel, what, fname, outs, log=True):
         for i, c in enumerate(cfgs):
             ys = [val(R, fs, c, j, key) for j, _ in jobs]
             xs = [k + i * w for k in range(len(jobs))]
-            bars = ax.bar(xs, ys, w, label=c, color=COLORS[c])
-            for b, y in zip(bars, ys):
+            cis = [ci(R, fs, c, j, key) for j, _ in jobs]
+            bars = ax.bar(xs, ys, w, label=c, color=COLORS[c], capsize=2,
+                          yerr=yerr(ys, cis))
+            for b, y, c95 in zip(bars, ys, cis):
                 if y:
-                    ax.text(b.get_x() + b.get_width() / 2, y, f"{y:,.0f}", ha="center",
-                            va="bottom", fontsize=6, rotation=90)
+                    ax.text(b.get_x() + b.get_width() / 2, max(y, c95[1] if c95 else 0),
+                            f"{y:,.0f}", ha="center", va="bottom", fontsize=6, rotation=90)
         ax.set_xticks([k + 0.4 - w / 2 for k in range(len(jobs))])
         ax.set_xticklabels([lbl for _, lbl in jobs])
         ax.set_ylabel(ylabel)
@@ -108,7 +127,8 @@ def cow(R, outs):
                  ("qcow2-blk", "cow", "qcow2-blk\nint. snapshot")]
         items = [i for i in items if val(R, fs, i[0], i[1])]
         ys = [val(R, fs, c, j) for c, j, _ in items]
-        bars = ax.bar(range(len(items)), ys, color=[COLORS[c] for c, _, _ in items])
+        bars = ax.bar(range(len(items)), ys, color=[COLORS[c] for c, _, _ in items],
+                      capsize=3, yerr=yerr(ys, [ci(R, fs, c, j) for c, j, _ in items]))
         for b, y in zip(bars, ys):
             ax.text(b.get_x() + b.get_width() / 2, y, f"{y:,.0f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(items)))
@@ -129,15 +149,18 @@ def redis(R, outs):
     w = 0.8 / len(fss)
     any_ = False
     for i, fs in enumerate(fss):
-        ys = []
+        ys, cis = [], []
         for c in cfgs:
             try:
                 ys.append(float(R["fs"][fs][c]["redis"]["set"]))
+                cis.append(R["fs"][fs][c]["redis"].get("set_ci95"))
             except (KeyError, ValueError, TypeError):
                 ys.append(0)
+                cis.append(None)
         any_ |= any(ys)
         bars = ax.bar([k + i * w for k in range(len(cfgs))], ys, w, label=f"images on {fs}",
-                      color=[COLORS[c] for c in cfgs], alpha=1 - 0.4 * i, edgecolor="k")
+                      color=[COLORS[c] for c in cfgs], alpha=1 - 0.4 * i, edgecolor="k",
+                      capsize=3, yerr=yerr(ys, cis))
         for b, y in zip(bars, ys):
             ax.text(b.get_x() + b.get_width() / 2, y, f"{y:,.0f}", ha="center", va="bottom", fontsize=7)
     if not any_:
@@ -151,6 +174,50 @@ def redis(R, outs):
     fig.tight_layout()
     for o in outs:
         fig.savefig(o / "bench-redis.png", dpi=110)
+    plt.close(fig)
+
+
+RATIOS = [("pcowdax_over_rawdax_4k_randread", "pcow-dax / raw-dax, 4K rand read"),
+          ("pcowdax_over_rawdax_4k_randwrite", "pcow-dax / raw-dax, 4K rand write"),
+          ("pcowdax_over_rawdax_1m_read_N", "pcow-dax / raw-dax, 1M seq read"),
+          ("pcowdax_over_rawdax_1m_write_N", "pcow-dax / raw-dax, 1M seq write"),
+          ("pcowdax_over_rawdax_4k_randread_N", "pcow-dax / raw-dax, 4K rand read N"),
+          ("pcowdax_over_rawdax_4k_randwrite_N", "pcow-dax / raw-dax, 4K rand write N"),
+          ("pcowdax_over_rawdax_firsttouch", "pcow-dax / raw-dax, first touch"),
+          ("redis_pcowdax_over_rawdax", "pcow-dax / raw-dax, Redis AOF"),
+          ("pcow_cow_over_rawdax_overwrite", "pcow-dax COW / raw-dax overwrite"),
+          ("rawdax_over_hostdax_4k_randread", "raw-dax / host-dax, 4K rand read"),
+          ("rawdax_over_hostdax_4k_randwrite", "raw-dax / host-dax, 4K rand write")]
+
+
+def ratios(R, outs):
+    """pcow-dax against raw-dax: median of the per-round ratios and its
+    95% interval, parity marked."""
+    rt = R.get("ratios") or {}
+    items = [(k, lbl) for k, lbl in RATIOS if rt.get(k)]
+    if not items:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(items) + 1.6))
+    ys = list(range(len(items)))[::-1]
+    ms = [rt[k] for k, _ in items]
+    cis = [rt.get(k + "_ci95") for k, _ in items]
+    err = [[m - c[0] if c else 0 for m, c in zip(ms, cis)],
+           [c[1] - m if c else 0 for m, c in zip(ms, cis)]]
+    ax.errorbar(ms, ys, xerr=err, fmt="o", color="#2ca02c", capsize=3)
+    for y, m, c in zip(ys, ms, cis):
+        ax.text(m, y + 0.2, f"{m:.2f}" + (f" [{c[0]:.2f}, {c[1]:.2f}]" if c else ""),
+                ha="center", fontsize=6)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.axvspan(0.95, 1.0, color="#cccccc", alpha=0.4, lw=0)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([lbl for _, lbl in items], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio (log; median of the per-round ratios, 95% interval)")
+    fig.suptitle(title(R, f"Ratios over {rt.get('rounds')} rounds, images on {rt.get('fs')}"),
+                 fontsize=9)
+    fig.tight_layout()
+    for o in outs:
+        fig.savefig(o / "bench-ratios.png", dpi=110)
     plt.close(fig)
 
 
@@ -171,6 +238,7 @@ def main():
     cdf(R, outs)
     cow(R, outs)
     redis(R, outs)
+    ratios(R, outs)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,13 @@ OUT/results.json, the console logs to OUT/logs/, the charts to OUT/figures/
 object of ratios.
 
 Usage: bench-guest.py [--quick] [--accel tcg|kvm] [--out DIR] [--publish]
-                      [--fs tmpfs,build] [--runtime S] [--only CONFIGS]
+                      [--tag T] [--fs tmpfs,build] [--runtime S]
+                      [--rounds N] [--only CONFIGS]
+
+Every job runs in N rounds (default 10); in each round every configuration
+runs it once, in an order that rotates from round to round.  Each figure
+is the median over the rounds; each ratio is the median of the per-round
+ratios, with a 95% percentile bootstrap interval (KEY_ci95: [lo, hi]).
 
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
@@ -82,7 +88,7 @@ FIO_GLOBAL = ["--output-format=json", "--percentile_list=" + ":".join(str(p) for
 
 
 def fio_args(name, *, rw, bs, filename, size, offset=0, engine, jobs=1,
-             runtime=None, io_size=None, direct=False, extra=()):
+             runtime=None, ramp=1, io_size=None, direct=False, extra=()):
     """Options of one job section (fio runs the sections one after the
     other: stonewall)."""
     a = [f"--name={name}", f"--filename={filename}", f"--rw={rw}",
@@ -95,7 +101,8 @@ def fio_args(name, *, rw, bs, filename, size, offset=0, engine, jobs=1,
     else:
         a += [f"--size={size}", f"--offset={offset}"]
     if runtime:
-        a += ["--time_based", f"--runtime={runtime}", "--ramp_time=1"]
+        a += ["--time_based", f"--runtime={runtime}",
+              f"--ramp_time={round(ramp * 1000)}ms"]
         if rw.startswith("rand"):
             a.append("--norandommap")
     if io_size:
@@ -116,7 +123,7 @@ def steady_jobs(p, target, engine, direct, size, offset=0):
     """The steady-state workloads over already written data."""
     T, N = p["runtime"], p["vcpus"]
     k = dict(filename=target, size=size, offset=offset, engine=engine,
-             direct=direct, runtime=T)
+             direct=direct, runtime=T, ramp=p["ramp"])
     jobs = [("randread-4k-1", dict(rw="randread", bs="4k", **k)),
             ("randwrite-4k-1", dict(rw="randwrite", bs="4k", **k)),
             ("read-1m-N", dict(rw="read", bs="1m", jobs=N, **k)),
@@ -218,7 +225,8 @@ def boot_results(lines, rc, cfgs, errors=()):
         if m.group(1) == "FAIL" and len(words) > 1:
             what = words[1].rstrip(":")
             if words[0] == "redis":
-                redis.pop(what, None)
+                for k in [k for k in redis if k.partition("#")[0] == what]:
+                    del redis[k]
             elif what in cfgs:
                 bad.add(what)
     for cfg in cfgs:
@@ -235,14 +243,68 @@ def boot_results(lines, rc, cfgs, errors=()):
             del fio[k]
     for k, v in list(redis.items()):
         try:
-            good = k not in bad and float(v) > 0
+            good = k.partition("#")[0] not in bad and float(v) > 0
         except ValueError:
             good = False
         if not good:
-            if k not in bad:
+            if k.partition("#")[0] not in bad:
                 reasons.append(f"redis {k}: no result ({v!r})")
             del redis[k]
     return fio, redis, sorted(bad), reasons
+
+
+# figures of a fio job that get a median and an interval over the rounds
+KEYS = ("iops", "bw_MBps", "lat_mean_us", "p50_us", "p99_us")
+
+
+def combine_rounds(rounds):
+    """{round: fio summary} -> one job's entry: for every figure the median
+    over the rounds and its 95% interval (KEY_ci95), and every round
+    (rounds[r], null where round r has no result)."""
+    rl = [None] * (max(rounds) + 1)
+    for r, v in rounds.items():
+        rl[r] = {k: None if v.get(k) is None else round(v[k], 3) for k in KEYS}
+    out = {}
+    for k in KEYS:
+        out[k], out[k + "_ci95"] = benchmeta.summary(
+            [x[k] for x in rl if x and x[k] is not None])
+    # the latency CDF: the round whose IOPS is nearest the median
+    mid = min(rounds.values(),
+              key=lambda v: abs((v.get("iops") or 0) - (out["iops"] or 0)))
+    out["pcts_us"] = mid.get("pcts_us", [])
+    out["ios"] = sum(v.get("ios") or 0 for v in rounds.values())
+    out["runtime_ms"] = sum(v.get("runtime_ms") or 0 for v in rounds.values())
+    out["rounds"] = rl
+    return out
+
+
+def merge_fio(res, fio):
+    """fio {"cfg@job#round": summary} of one boot into res
+    {cfg: {"fio": {job: combine_rounds()}}} (no #round: round 0)."""
+    per = {}
+    for k, v in fio.items():
+        cfg, _, job = k.partition("@")
+        job, _, rnd = job.partition("#")
+        if cfg in res:
+            per.setdefault((cfg, job), {})[int(rnd or 0)] = v
+    for (cfg, job), rounds in per.items():
+        res[cfg]["fio"][job] = combine_rounds(rounds)
+
+
+def merge_redis(res, redis):
+    """redis {"cfg#round": "SET/s"} into res[cfg]["redis"]: set (median),
+    set_ci95, rounds."""
+    per = {}
+    for k, v in redis.items():
+        cfg, _, rnd = k.partition("#")
+        if cfg in res:
+            per.setdefault(cfg, {})[int(rnd or 0)] = float(v)
+    for cfg, rounds in per.items():
+        rl = [None] * (max(rounds) + 1)
+        for r, v in rounds.items():
+            rl[r] = v
+        m, ci = benchmeta.summary(list(rounds.values()), 1)
+        res[cfg]["redis"] = {"set": m, "set_ci95": ci, "rounds": rl}
 
 
 def parse_kv(lines, key):
@@ -290,6 +352,42 @@ def target(cfg, region, p):
     return dict(filename=TARGET[cfg], size=sz, offset=off, engine="psync", direct=True)
 
 
+def round_order(cfgs, rnd, i=0):
+    """The configurations in round rnd of workload i: rotated by one each
+    round and reversed every other workload, so that no configuration
+    always runs first, last or right after the same one (load drift and
+    what the previous job left behind hit them all alike)."""
+    k = rnd % len(cfgs)
+    order = cfgs[k:] + cfgs[:k]
+    return order if (i + rnd) % 2 == 0 else order[::-1]
+
+
+def slice_of(p, region, rnd):
+    """Round rnd's slice (offset, size) of a one-shot region (first touch,
+    COW): each round writes its own fresh part, 64 KiB aligned."""
+    off, sz = layout(p)[region]
+    n = max(p["rounds"], 1)
+    ssz = sz // n // (64 * 1024) * (64 * 1024)
+    return off + rnd * ssz, ssz
+
+
+def one_shot(cfg, region, p, rnd):
+    """fio target kwargs of round rnd's slice of a one-shot region: about
+    one 4 KiB write per 64 KiB, no block written twice."""
+    off, ssz = slice_of(p, region, rnd)
+    t = target(cfg, region, p)
+    if cfg.endswith("-dax") and region == "ft":
+        # a new file per round: fio would lay out (and could truncate) a
+        # file that it has to extend
+        t.update(filename=f"{t['filename']}{rnd}", size=ssz)
+    elif cfg.endswith("-dax"):
+        # the file was written in full before the snapshot
+        t.update(offset=off - layout(p)[region][0], size=ssz)
+    else:
+        t.update(offset=off, size=ssz)
+    return dict(rw="randwrite", bs="4k", io_size=ssz // 16, **t)
+
+
 def main_jobs(p, cfgs):
     T, N = p["runtime"], p["vcpus"]
     wl = [("randread-4k-1", dict(rw="randread", bs="4k")),
@@ -304,35 +402,30 @@ def main_jobs(p, cfgs):
     jobs = []
     for rnd in range(p["rounds"]):
         for i, (name, kw) in enumerate(wl):
-            order = cfgs if (i + rnd) % 2 == 0 else cfgs[::-1]
-            for cfg in order:
+            for cfg in round_order(cfgs, rnd, i):
                 if name == "firsttouch-4k-1":
-                    if rnd:
-                        continue  # fresh space only once
-                    # 4 KiB random writes into never-written space: one
-                    # write per 64 KiB on average, no block written twice.
-                    t = target(cfg, "ft", p)
-                    jobs.append((f"{cfg}@{name}", dict(rw="randwrite", bs="4k",
-                                                        io_size=t["size"] // 16, **t)))
+                    # writes into never-written space: this round's slice
+                    jobs.append((f"{cfg}@{name}#{rnd}", one_shot(cfg, "ft", p, rnd)))
                     continue
                 t = target(cfg, "data", p)
                 if "aio" in name:
                     if t["engine"] != "psync":
                         continue
                     t["engine"] = "libaio"
-                jobs.append((f"{cfg}@{name}#{rnd}", dict(runtime=T, **kw, **t)))
+                jobs.append((f"{cfg}@{name}#{rnd}",
+                             dict(runtime=T, ramp=p["ramp"], **kw, **t)))
     return jobs
 
 
 def cow_jobs(p, cfgs, region, name):
     """After a snapshot: 4 KiB random writes over written data, about one
     write per 64 KiB cluster, so (almost) every write is a first write to a
-    frozen cluster.  raw-dax has no snapshot: plain overwrites (baseline)."""
+    frozen cluster; every round its own slice of the region.  raw-dax has
+    no snapshot: plain overwrites (baseline)."""
     jobs = []
-    for cfg in cfgs:
-        t = target(cfg, region, p)
-        jobs.append((f"{cfg}@{name}", dict(rw="randwrite", bs="4k",
-                                            io_size=t["size"] // 16, **t)))
+    for rnd in range(p["rounds"]):
+        for cfg in round_order(cfgs, rnd):
+            jobs.append((f"{cfg}@{name}#{rnd}", one_shot(cfg, region, p, rnd)))
     return jobs
 
 
@@ -443,22 +536,34 @@ def sh_timed(name, cmd):
             f'echo "BENCH-TIME {name} $t0 $t1"\n')
 
 
-def sh_redis(p, cfg, where):
-    n = p["redis_n"]
+def sh_redis_start(cfg, port, where):
     return f"""
-echo "BENCH-INFO redis {cfg} start $(cat /proc/uptime)"
 mkdir -p {where}/redis
 redis-server --dir {where}/redis --appendonly yes --appendfsync always \\
-    --save '' --bind 127.0.0.1 --port 6379 --daemonize yes \\
+    --save '' --bind 127.0.0.1 --port {port} --daemonize yes \\
     --logfile /tmp/redis-{cfg}.log --protected-mode no >/dev/null
-i=0; while ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; do
+i=0; while ! redis-cli -h 127.0.0.1 -p {port} ping >/dev/null 2>&1; do
     i=$((i+1)); [ $i -gt 100 ] && {{ echo "BENCH-FAIL redis {cfg}"; tail /tmp/redis-{cfg}.log; break; }}
     usleep 100000; done
-r=$(redis-benchmark -h 127.0.0.1 -t set -n {n} -c 8 -d 256 -r 100000 -q --csv 2>&1 | grep '"SET"' | cut -d, -f2 | tr -d '"')
-echo "BENCH-REDIS {cfg} ${{r:-0}}"
-redis-cli -h 127.0.0.1 shutdown nosave >/dev/null 2>&1
-echo "BENCH-INFO redis {cfg} end $(cat /proc/uptime) aof_bytes $(cat {where}/redis/appendonlydir/* 2>/dev/null | wc -c)"
 """
+
+
+def sh_redis_rounds(p, servers):
+    """Every Redis server runs at once; each round benchmarks them one
+    after the other (order rotating), redis_n SETs each."""
+    s = ""
+    names = list(servers)
+    for rnd in range(p["rounds"]):
+        for cfg in round_order(names, rnd):
+            s += (f"r=$(redis-benchmark -h 127.0.0.1 -p {servers[cfg][0]} -t set "
+                  f"-n {p['redis_n']} -c 8 -d 256 -r 100000 -q --csv 2>&1 | "
+                  "grep '\"SET\"' | cut -d, -f2 | tr -d '\"')\n"
+                  f'echo "BENCH-REDIS {cfg}#{rnd} ${{r:-0}}"\n')
+    for cfg, (port, where) in servers.items():
+        s += (f"redis-cli -h 127.0.0.1 -p {port} shutdown nosave >/dev/null 2>&1\n"
+              f'echo "BENCH-INFO redis {cfg} end $(cat /proc/uptime) aof_bytes '
+              f'$(cat {where}/redis/appendonlydir/* 2>/dev/null | wc -c)"\n')
+    return s
 
 
 def script_main(p, cfgs, redis):
@@ -470,16 +575,23 @@ def script_main(p, cfgs, redis):
         s += sh_fill(cfg, "cow", p) + sh_fill(cfg, "cowcl", p)
     if redis:
         s += "ip link set lo up\n"
+        servers = {}
         for cfg in cfgs:
+            port = 6379 + len(servers)
             if cfg.endswith("-dax"):
-                s += sh_redis(p, cfg, TARGET[cfg])
+                servers[cfg] = (port, TARGET[cfg])
+                s += sh_redis_start(cfg, port, TARGET[cfg])
             elif cfg == "qcow2-blk":
                 # Redis on the qcow2 disk, never on the initramfs
+                servers[cfg] = (port, "/r")
                 s += ('if [ -b "$RBLK" ] && mkfs.ext4 -q -F -b 4096 -E '
                       'lazy_itable_init=0,lazy_journal_init=0,nodiscard "$RBLK" && '
                       'mkdir -p /r && mount "$RBLK" /r; then\n')
-                s += sh_redis(p, cfg, "/r") + "umount /r\n"
+                s += sh_redis_start(cfg, port, "/r")
                 s += f"else\n    echo 'BENCH-FAIL redis {cfg}: no ext4 on the Redis disk'\nfi\n"
+        s += sh_redis_rounds(p, servers)
+        if "qcow2-blk" in servers:
+            s += "umount /r 2>/dev/null\n"
     s += "sync\n" + "".join(f"umount {TARGET[c]}\n" for c in cfgs if c.endswith("-dax"))
     return s
 
@@ -492,6 +604,13 @@ def script_cow(p, cfgs, region, name):
 
 
 # ----------------------------------------------------------------------------
+
+def busiest(n=8):
+    """The processes using the most CPU (what else shares the machine)."""
+    r = subprocess.run(["ps", "-eo", "pcpu,etimes,comm", "--sort=-pcpu"],
+                       capture_output=True, text=True)
+    return [" ".join(ln.split()) for ln in r.stdout.splitlines()[1:n + 1]]
+
 
 class Runner:
     def __init__(self, a):
@@ -507,12 +626,14 @@ class Runner:
         self.out = Path(a.out)
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         vcpus = a.vcpus or min(os.cpu_count() or 1, 4)
-        self.p = {"vcpus": vcpus, "runtime": a.runtime or (2 if a.quick else 4),
-                  "rounds": a.rounds or 2,
+        # many short rounds: the spread between rounds gives the interval
+        self.p = {"vcpus": vcpus, "runtime": a.runtime or (1 if a.quick else 2),
+                  "ramp": 0.5 if a.quick else 1,
+                  "rounds": a.rounds or 10,
                   "data": (256 if a.quick else 512) * MiB,
                   "ft": (256 if a.quick else 512) * MiB,
                   "cow": (128 if a.quick else 256) * MiB,
-                  "redis_n": 3000 if a.quick else 5000,
+                  "redis_n": 500 if a.quick else 1000,  # SETs per round
                   "mem": "1G", "sizes": SIZES}
         self.results = {"meta": {}, "fs": {}}
         self.escalate = self.detect_escalate()
@@ -674,21 +795,9 @@ class Runner:
         res = {c: {"fio": {}, "redis": {}} for c in cfgs}
 
         def merge(r, boot):
-            for k, v in r["fio"].items():
-                cfg, _, job = k.partition("@")
-                job, _, rnd = job.partition("#")
-                if cfg not in res:
-                    continue
-                # rounds: keep the best (interference from other load on
-                # this machine only ever slows a job down) and all values
-                old = res[cfg]["fio"].get(job)
-                allr = (old or {}).get("rounds", []) + [round(v.get("iops", 0), 1)]
-                if not old or v.get("iops", 0) > old.get("iops", 0):
-                    res[cfg]["fio"][job] = v
-                res[cfg]["fio"][job]["rounds"] = allr
-            for k, v in r["redis"].items():
-                if k in res:
-                    res[k]["redis"]["set"] = v
+            # every round is kept; the figures are medians over the rounds
+            merge_fio(res, r["fio"])
+            merge_redis(res, r["redis"])
             for k, v in r["time"].items():
                 cfg, _, job = k.partition("@")
                 if cfg in res:
@@ -733,16 +842,25 @@ class Runner:
         subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=1M",
                         f"count={self.p['data'] // MiB}", "conv=fsync"],
                        check=True, capture_output=True)
-        jobs = steady_jobs(self.p, str(f), "mmap", False, self.p["data"])
-        jobs.append(first_touch_job(str(d / "host.fresh"), "mmap", False, self.p["ft"]))
+        jobs = []
+        for rnd in range(self.p["rounds"]):
+            # the later rounds only what a ratio needs (host-dax is not in
+            # the guest's rounds: its rounds pair by number, not by time)
+            jobs += [(f"host-dax@{n}#{rnd}", kw) for n, kw in
+                     steady_jobs(self.p, str(f), "mmap", False, self.p["data"])
+                     if rnd == 0 or n in ("randread-4k-1", "randwrite-4k-1")]
+        n, kw = first_touch_job(str(d / "host.fresh"), "mmap", False, self.p["ft"])
+        jobs.append((f"host-dax@{n}#0", kw))
         out = subprocess.run(["fio"] + fio_cmd(jobs), capture_output=True, text=True)
-        res = {"fio": parse_fio_json(out.stdout)}
-        if "_error" in res["fio"] or out.returncode != 0:
+        fio = parse_fio_json(out.stdout)
+        res = {"fio": {}}
+        if "_error" in fio or out.returncode != 0:
             why = f"{self.fsname}-host-dax: fio exit {out.returncode}: " \
-                  f"{res['fio'].pop('_error', '')[:200]} {out.stderr[-200:]}"
+                  f"{fio.pop('_error', '')[:200]} {out.stderr[-200:]}"
             log(why)
-            res["fio"] = {}
             self.results.setdefault("invalid", []).append(why)
+        else:
+            merge_fio({"host-dax": res}, fio)
         for x in (f, d / "host.fresh"):
             if x.exists():
                 x.unlink()
@@ -782,7 +900,9 @@ class Runner:
                                 "accel": self.accel, "quick": self.quick,
                                 "cow_whole_cluster": self.escalate,
                                 "qcow2_cache": "virtio-blk-pci, cache=writeback, aio=threads",
-                                "loadavg_start": benchmeta.loadavg()}
+                                "loadavg_start": benchmeta.loadavg(),
+                                "busiest_start": busiest(),
+                                "note": a.note}
         fss = a.fs.split(",") if a.fs else (["tmpfs"] if self.quick else ["tmpfs", "build"])
         self.dirs = []
         for fs in fss:
@@ -812,6 +932,7 @@ class Runner:
                 shutil.rmtree(d, ignore_errors=True)
         self.results["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
         self.results["meta"]["loadavg_end"] = benchmeta.loadavg()
+        self.results["meta"]["busiest_end"] = busiest()
         self.results["meta"]["boots"] = self.boot_times
         self.save()
         return self.results
@@ -831,8 +952,39 @@ def g(R, fs, cfg, job, key="iops"):
         return None
 
 
-def ratio(x, y):
-    return round(x / y, 3) if x and y else None
+def rounds_of(R, fs, cfg, job, key="iops"):
+    """Per-round values of a figure (index = round; None: not measured).
+    A results file without rounds: its one value."""
+    try:
+        v = R["fs"][fs][cfg]["fio"][job]
+    except (KeyError, TypeError):
+        return []
+    rl = v.get("rounds")
+    if rl and all(x is None or isinstance(x, dict) for x in rl):
+        return [x.get(key) if x else None for x in rl]
+    return [v.get(key)]
+
+
+def redis_rounds(R, fs, cfg):
+    try:
+        r = R["fs"][fs][cfg]["redis"]
+        return [None if x is None else float(x)
+                for x in r.get("rounds") or [r["set"]]]
+    except (KeyError, ValueError, TypeError):
+        return []
+
+
+def put_ratio(rt, name, num, den):
+    """rt[name] = median of the per-round ratios num[r] / den[r];
+    rt[name_ci95] = its 95% bootstrap interval (null below 2 rounds)."""
+    rt[name], rt[name + "_ci95"] = benchmeta.summary(
+        benchmeta.paired_ratios(num, den))
+
+
+def fmt_ratio(v, ci):
+    if v is None:
+        return "-"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
 
 
 def report(R):
@@ -849,7 +1001,7 @@ def report(R):
     cfgs = CONFIGS
     for fs in fss:
         lines.append(f"\nResults on {fs} ({R['meta']['accel']}, {R['meta']['params']['vcpus']} vCPUs; "
-                     "IOPS, MB/s, us)")
+                     "median of the rounds; IOPS, MB/s, us)")
         hdr = f"{'workload':<28}" + "".join(f"{c:>12}" for c in cfgs)
         lines.append(hdr)
         for job, key in jobs:
@@ -881,36 +1033,40 @@ def report(R):
           ("1m_read_N", "read-1m-N", "bw_MBps"), ("1m_write_N", "write-1m-N", "bw_MBps"),
           ("4k_randread_N", "randread-4k-N", "iops"), ("4k_randwrite_N", "randwrite-4k-N", "iops"),
           ("firsttouch", "firsttouch-4k-1", "iops")]
+    def fio_ratio(name, c1, c2, job, k="iops", f=fs):
+        put_ratio(rt, name, rounds_of(R, f, c1, job, k), rounds_of(R, f, c2, job, k))
+
     for key, job, k in wl:
-        rt[f"pcowdax_over_rawdax_{key}"] = ratio(g(R, fs, "pcow-dax", job, k), g(R, fs, "raw-dax", job, k))
+        fio_ratio(f"pcowdax_over_rawdax_{key}", "pcow-dax", "raw-dax", job, k)
     for key, job, k in wl:
-        rt[f"pcowdax_over_qcow2blk_{key}"] = ratio(g(R, fs, "pcow-dax", job, k), g(R, fs, "qcow2-blk", job, k))
+        fio_ratio(f"pcowdax_over_qcow2blk_{key}", "pcow-dax", "qcow2-blk", job, k)
     for key, job, k in wl[:2]:
-        rt[f"pcowblk_over_qcow2blk_{key}"] = ratio(g(R, fs, "pcow-blk", job, k), g(R, fs, "qcow2-blk", job, k))
+        fio_ratio(f"pcowblk_over_qcow2blk_{key}", "pcow-blk", "qcow2-blk", job, k)
     for key, job, k in wl[:2]:
-        rt[f"rawdax_over_hostdax_{key}"] = ratio(g(R, fs, "raw-dax", job, k), g(R, fs, "host-dax", job, k))
-    qc = g(R, fs, "qcow2-blk", "cow")
-    rt["pcow_cow_over_qcow2_cow"] = ratio(g(R, fs, "pcow-dax", "cow"), qc)
-    rt["pcowblk_cow_over_qcow2_cow"] = ratio(g(R, fs, "pcow-blk", "cow"), qc)
-    rt["pcow_cowcluster_over_qcow2_cow"] = ratio(g(R, fs, "pcow-dax", "cow-cluster"), qc)
-    rt["pcow_cow4k_over_cowcluster"] = ratio(g(R, fs, "pcow-dax", "cow"), g(R, fs, "pcow-dax", "cow-cluster"))
-    rt["pcow_cow_over_rawdax_overwrite"] = ratio(g(R, fs, "pcow-dax", "cow"), g(R, fs, "raw-dax", "cow"))
-    try:
-        rt["redis_pcowdax_over_rawdax"] = ratio(float(R["fs"][fs]["pcow-dax"]["redis"]["set"]),
-                                                float(R["fs"][fs]["raw-dax"]["redis"]["set"]))
-        rt["redis_pcowdax_over_qcow2blk"] = ratio(float(R["fs"][fs]["pcow-dax"]["redis"]["set"]),
-                                                  float(R["fs"][fs]["qcow2-blk"]["redis"]["set"]))
-    except (KeyError, ValueError, TypeError):
-        pass
+        fio_ratio(f"rawdax_over_hostdax_{key}", "raw-dax", "host-dax", job, k)
+    qc = rounds_of(R, fs, "qcow2-blk", "cow")
+    pc, pcl = rounds_of(R, fs, "pcow-dax", "cow"), rounds_of(R, fs, "pcow-dax", "cow-cluster")
+    put_ratio(rt, "pcow_cow_over_qcow2_cow", pc, qc)
+    put_ratio(rt, "pcowblk_cow_over_qcow2_cow", rounds_of(R, fs, "pcow-blk", "cow"), qc)
+    put_ratio(rt, "pcow_cowcluster_over_qcow2_cow", pcl, qc)
+    put_ratio(rt, "pcow_cow4k_over_cowcluster", pc, pcl)
+    put_ratio(rt, "pcow_cow_over_rawdax_overwrite", pc, rounds_of(R, fs, "raw-dax", "cow"))
+    put_ratio(rt, "redis_pcowdax_over_rawdax", redis_rounds(R, fs, "pcow-dax"),
+              redis_rounds(R, fs, "raw-dax"))
+    put_ratio(rt, "redis_pcowdax_over_qcow2blk", redis_rounds(R, fs, "pcow-dax"),
+              redis_rounds(R, fs, "qcow2-blk"))
     if len(fss) > 1:
         f2 = fss[1]
         for key, job, k in wl[:2]:
-            rt[f"{f2}_pcowdax_over_rawdax_{key}"] = ratio(g(R, f2, "pcow-dax", job, k), g(R, f2, "raw-dax", job, k))
-            rt[f"{f2}_pcowdax_over_qcow2blk_{key}"] = ratio(g(R, f2, "pcow-dax", job, k), g(R, f2, "qcow2-blk", job, k))
-        rt[f"{f2}_pcow_cow_over_qcow2_cow"] = ratio(g(R, f2, "pcow-dax", "cow"), g(R, f2, "qcow2-blk", "cow"))
-    lines.append(f"\nRatios (same run, images on {fs}; >1 = pcow faster)")
+            fio_ratio(f"{f2}_pcowdax_over_rawdax_{key}", "pcow-dax", "raw-dax", job, k, f2)
+            fio_ratio(f"{f2}_pcowdax_over_qcow2blk_{key}", "pcow-dax", "qcow2-blk", job, k, f2)
+        fio_ratio(f"{f2}_pcow_cow_over_qcow2_cow", "pcow-dax", "qcow2-blk", "cow", "iops", f2)
+    nr = R["meta"]["params"].get("rounds")
+    lines.append(f"\nRatios (same run, images on {fs}; >1 = pcow faster): median of "
+                 f"the per-round ratios [95% bootstrap interval], {nr} rounds")
     for k, v in rt.items():
-        lines.append(f"  {k:<44} {v if v is not None else '-'}")
+        if not k.endswith("_ci95"):
+            lines.append(f"  {k:<44} {fmt_ratio(v, rt.get(k + '_ci95'))}")
     mon = R.get("monitor")
     if mon and mon.get("table"):
         lines.append("\nImage Monitor (host level, bench-monitor)")
@@ -921,6 +1077,9 @@ def report(R):
                      "configurations are null; do not quote this run")
         lines += [f"  {x}" for x in bad[:20]]
     rt["fs"] = fs
+    rt["rounds"] = nr
+    rt["ci95"] = (f"percentile bootstrap of the median of the per-round ratios, "
+                  f"{benchmeta.BOOT_RESAMPLES} resamples, seed {benchmeta.BOOT_SEED}")
     rt["quick"] = R["meta"]["quick"]
     rt["accel"] = R["meta"]["accel"]
     rt["valid"] = not bad
@@ -939,9 +1098,15 @@ def main():
     ap.add_argument("--runtime", type=int, default=None, help="seconds per time-based job")
     ap.add_argument("--vcpus", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=None,
-                    help="repetitions of each time-based job (best one reported)")
+                    help="rounds (default 10): every figure is the median over "
+                    "the rounds, every ratio the median of per-round ratios "
+                    "with a 95%% bootstrap interval")
     ap.add_argument("--publish", action="store_true",
                     help="charts and results-<date>-<quick|full>.json also into docs/figures")
+    ap.add_argument("--tag", default=None,
+                    help="published as results-<date>-<quick|full>-TAG.json")
+    ap.add_argument("--note", default=None,
+                    help="recorded in the results' meta (e.g. what else ran)")
     ap.add_argument("--no-monitor", action="store_true")
     ap.add_argument("--report", default=None,
                     help="only print the report (tables, ratios) of a results.json")
@@ -976,7 +1141,8 @@ def main():
     print(text)
     print(f"\n(results: {out}/results.json, charts: {out}/figures/)")
     if publish:
-        dst = TOP / "docs/figures" / benchmeta.publish_name("quick" if a.quick else "full")
+        kind = ("quick" if a.quick else "full") + (f"-{a.tag}" if a.tag else "")
+        dst = TOP / "docs/figures" / benchmeta.publish_name(kind)
         shutil.copyfile(out / "results.json", dst)
         print(f"(published: {dst})")
     print(benchmeta.strict_dumps(rt))

@@ -31,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,63 @@ def strict_loads(text):
 
 def strict_dumps(obj, **kw):
     return json.dumps(obj, allow_nan=False, **kw)
+
+
+# --------------------------------------------------------------------------
+# statistics of the rounds (no numpy here: plain Python, fixed seed, so a
+# results file always gives the same interval)
+
+BOOT_RESAMPLES = 2000
+BOOT_SEED = 20261201
+
+
+def median(xs):
+    """Median of the numbers in xs (None when there are none)."""
+    v = sorted(xs)
+    n = len(v)
+    if not n:
+        return None
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def _quantile(v, q):
+    """q-quantile of the sorted list v, linear between neighbours."""
+    pos = q * (len(v) - 1)
+    i = int(pos)
+    if i + 1 >= len(v):
+        return v[-1]
+    return v[i] + (v[i + 1] - v[i]) * (pos - i)
+
+
+def bootstrap_ci(xs, level=0.95, resamples=BOOT_RESAMPLES, seed=BOOT_SEED):
+    """Percentile bootstrap interval [lo, hi] of the median of xs.
+
+    None with fewer than 2 samples: one round says nothing about the
+    spread."""
+    xs = list(xs)
+    if len(xs) < 2:
+        return None
+    rng = random.Random(seed)
+    meds = sorted(median(rng.choices(xs, k=len(xs)))
+                  for _ in range(resamples))
+    a = (1 - level) / 2
+    return [_quantile(meds, a), _quantile(meds, 1 - a)]
+
+
+def paired_ratios(num, den):
+    """num[r] / den[r] for every round r where both were measured (the
+    two configurations ran in the same round, one after the other)."""
+    return [a / b for a, b in zip(num, den)
+            if a is not None and b is not None and a > 0 and b > 0]
+
+
+def summary(xs, digits=3):
+    """(median, [lo, hi] or None) of xs, rounded."""
+    m = median(xs)
+    ci = bootstrap_ci(xs)
+    r = (lambda x: round(x, digits))
+    return (None if m is None else r(m),
+            None if ci is None else [r(ci[0]), r(ci[1])])
 
 
 def _sh(cmd):

@@ -4,11 +4,13 @@
 # system, Redis in the guest, the Image Monitor benchmark; a table of ratios
 # and, as the last line, one JSON object.  `make bench` / `make bench-quick`.
 #
-# Usage: run-bench.sh [--quick] [--accel tcg|kvm] [--publish] [--out DIR]
-#                     [--fs tmpfs,build] [--only CONFIGS] [--runtime S]
-#   --quick    images on tmpfs only, 2 s jobs, smaller files (< 10 minutes)
+# Usage: run-bench.sh [--quick] [--accel tcg|kvm] [--publish] [--tag T]
+#                     [--out DIR] [--fs tmpfs,build] [--only CONFIGS]
+#                     [--runtime S] [--rounds N]
+#   --quick    images on tmpfs only, 10 rounds of 1 s jobs, smaller files
+#   --rounds   rounds (default 10): medians and 95% bootstrap intervals
 #   --publish  a valid run also writes its charts and its results file
-#              (results-<date>-<quick|full>.json) into docs/figures/
+#              (results-<date>-<quick|full>[-T].json) into docs/figures/
 # A failed configuration (device, mkfs, mount, no DAX) makes the run invalid:
 # exit status 1, "valid": false with the reasons in the JSON.
 # Env (set by the Makefile): BUILD, QEMU, QEMU_IMG, PCOW_IMG.

@@ -138,9 +138,14 @@ def fio_job(name, iops):
     return {"jobname": name, "read": side, "write": empty}
 
 
-def console(checks, iops, extra=()):
-    """Console lines of a main boot: checks, then one fio run."""
-    jobs = [fio_job(f"{cfg}@randread-4k-1#0", v) for cfg, v in iops.items()]
+def console(checks, iops, extra=(), rounds=1):
+    """Console lines of a main boot: checks, then one fio run.  iops:
+    {cfg: IOPS} or {cfg: [IOPS of round 0, 1, ...]}."""
+    jobs = []
+    for rnd in range(rounds):
+        for cfg, v in iops.items():
+            v = v[rnd] if isinstance(v, list) else v
+            jobs.append(fio_job(f"{cfg}@randread-4k-1#{rnd}", v))
     out = list(checks) + ["BENCH-BEGIN x 1.0 1.0"]
     out += ["@J " + ln for ln in json.dumps({"jobs": jobs}).splitlines()]
     return out + ["BENCH-END x 2.0 2.0"] + list(extra)
@@ -153,14 +158,14 @@ IOPS = {"raw-dax": 1000.0, "pcow-dax": 1000.0, "qcow2-blk": 100.0}
 CFGS = ["raw-dax", "pcow-dax", "qcow2-blk"]
 
 
-def results(fio, invalid=()):
+def results(fio, invalid=(), redis=None, rounds=1):
     """A results.json as Runner.run() builds it, from one boot."""
-    R = {"meta": {"accel": "tcg", "quick": True, "params": {"vcpus": 2}},
+    R = {"meta": {"accel": "tcg", "quick": True,
+                  "params": {"vcpus": 2, "rounds": rounds}},
          "fs": {"tmpfs": {c: {"fio": {}, "redis": {}} for c in CFGS}},
          "invalid": list(invalid)}
-    for k, v in fio.items():
-        cfg, _, job = k.partition("@")
-        R["fs"]["tmpfs"][cfg]["fio"][job.partition("#")[0]] = v
+    bg.merge_fio(R["fs"]["tmpfs"], fio)
+    bg.merge_redis(R["fs"]["tmpfs"], redis or {})
     return R
 
 
@@ -212,6 +217,88 @@ class Results(unittest.TestCase):
         self.assertEqual(redis, {"raw-dax": "700"})
         self.assertEqual(len(fio), 3)
         self.assertTrue(reasons)
+
+
+class Intervals(unittest.TestCase):
+    """The statistics of the rounds: medians, per-round ratios, 95%
+    bootstrap intervals, and that every ratio in the JSON has one."""
+
+    def test_median(self):
+        self.assertEqual(benchmeta.median([3, 1, 2]), 2)
+        self.assertEqual(benchmeta.median([4, 1, 3, 2]), 2.5)
+        self.assertIsNone(benchmeta.median([]))
+
+    def test_identical_samples_give_a_point(self):
+        self.assertEqual(benchmeta.summary([0.97] * 10), (0.97, [0.97, 0.97]))
+
+    def test_interval_holds_the_median_and_is_reproducible(self):
+        xs = [1.0, 0.8, 1.3, 0.95, 1.1, 0.7, 1.05, 0.99, 1.2, 0.9]
+        m, ci = benchmeta.summary(xs)
+        self.assertEqual(m, 0.995)
+        self.assertLess(ci[0], m)
+        self.assertGreater(ci[1], m)
+        # the median of 10 samples lies between the 2nd and 9th smallest
+        self.assertGreaterEqual(ci[0], 0.8)
+        self.assertLessEqual(ci[1], 1.2)
+        self.assertEqual(benchmeta.summary(xs), (m, ci))
+
+    def test_shifted_sample_excludes_parity(self):
+        xs = [0.90, 0.93, 0.88, 0.91, 0.94, 0.89, 0.92, 0.90, 0.93, 0.91]
+        m, ci = benchmeta.summary(xs)
+        self.assertLess(ci[1], 0.98)
+        self.assertGreater(ci[0], 0.85)
+        # a sample around 1 keeps parity inside
+        m, ci = benchmeta.summary([x + 0.09 for x in xs])
+        self.assertLessEqual(ci[0], 1.0)
+        self.assertGreaterEqual(ci[1], 1.0)
+
+    def test_one_round_has_no_interval(self):
+        self.assertEqual(benchmeta.summary([1.5]), (1.5, None))
+        self.assertEqual(benchmeta.summary([]), (None, None))
+
+    def test_ratios_pair_rounds(self):
+        # round 1 of the denominator is missing: its numerator is unpaired
+        self.assertEqual(benchmeta.paired_ratios([2, 4, 6], [1, None, 3]),
+                         [2.0, 2.0])
+        self.assertEqual(benchmeta.paired_ratios([1, 0], [0, 1]), [])
+
+    def test_every_ratio_has_its_interval(self):
+        n = 10
+        raw = [1000.0 + 40 * (r % 3) for r in range(n)]
+        iops = {"raw-dax": raw,
+                "pcow-dax": [0.9 * v for v in raw],  # 10% slower each round
+                "qcow2-blk": [100.0 + r for r in range(n)]}
+        fio, redis, bad, reasons = bg.boot_results(
+            console(OK, iops, rounds=n), 0, CFGS)
+        self.assertEqual((bad, reasons), ([], []))
+        red = {f"{c}#{r}": str(v + r) for c, v in
+               (("raw-dax", 700), ("pcow-dax", 350), ("qcow2-blk", 300))
+               for r in range(n)}
+        R = results(fio, reasons, red, rounds=n)
+        j = R["fs"]["tmpfs"]["raw-dax"]["fio"]["randread-4k-1"]
+        self.assertEqual(len(j["rounds"]), n)
+        self.assertEqual(j["iops"], benchmeta.median(raw))
+        self.assertEqual(len(j["iops_ci95"]), 2)
+        text, rt = bg.report(R)
+        rt = benchmeta.strict_loads(benchmeta.strict_dumps(rt))
+        self.assertEqual(rt["pcowdax_over_rawdax_4k_randread"], 0.9)
+        self.assertEqual(rt["pcowdax_over_rawdax_4k_randread_ci95"],
+                         [0.9, 0.9])
+        lo, hi = rt["pcowdax_over_qcow2blk_4k_randread_ci95"]
+        self.assertLess(lo, rt["pcowdax_over_qcow2blk_4k_randread"])
+        self.assertGreater(hi, rt["pcowdax_over_qcow2blk_4k_randread"])
+        self.assertEqual(rt["redis_pcowdax_over_rawdax"],
+                         round(benchmeta.median(
+                             [(350 + r) / (700 + r) for r in range(n)]), 3))
+        self.assertLess(rt["redis_pcowdax_over_rawdax_ci95"][1], 0.98)
+        meta = {"fs", "rounds", "ci95", "quick", "accel", "valid"}
+        ratios = [k for k in rt if k not in meta and not k.endswith("_ci95")]
+        self.assertGreater(len(ratios), 20)
+        for k in ratios:
+            self.assertIn(k + "_ci95", rt, k)
+            if rt[k] is not None:
+                self.assertIn(f"{k:<44} {rt[k]:.3f} [", text)
+        self.assertIn("0.900 [0.900, 0.900]", text)
 
 
 class StrictJson(unittest.TestCase):
