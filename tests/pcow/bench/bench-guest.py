@@ -197,7 +197,12 @@ def summarize(job):
             "lat_mean_us": d.get("lat_ns", {}).get("mean", 0) / 1000.0,
             "p50_us": at(50.0), "p99_us": at(99.0),
             "pcts_us": sorted(pcts.items()),
-            "ios": d.get("total_ios", 0), "runtime_ms": d.get("runtime", 0)}
+            "ios": d.get("total_ios", 0), "runtime_ms": d.get("runtime", 0),
+            # what the job cost the guest: its process's page faults,
+            # context switches and CPU split (fio counts ramp time too)
+            "minf": job.get("minf"), "majf": job.get("majf"),
+            "ctx": job.get("ctx"), "usr_cpu": job.get("usr_cpu"),
+            "sys_cpu": job.get("sys_cpu")}
 
 
 def boot_results(lines, rc, cfgs, errors=()):
@@ -254,7 +259,8 @@ def boot_results(lines, rc, cfgs, errors=()):
 
 
 # figures of a fio job that get a median and an interval over the rounds
-KEYS = ("iops", "bw_MBps", "lat_mean_us", "p50_us", "p99_us")
+KEYS = ("iops", "bw_MBps", "lat_mean_us", "p50_us", "p99_us", "minf", "majf",
+        "ctx", "usr_cpu", "sys_cpu")
 
 
 def combine_rounds(rounds):
@@ -993,6 +999,7 @@ def report(R):
     jobs = [("randread-4k-1", "iops"), ("randwrite-4k-1", "iops"),
             ("randread-4k-1", "p50_us"), ("randread-4k-1", "p99_us"),
             ("randwrite-4k-1", "p50_us"), ("randwrite-4k-1", "p99_us"),
+            ("randread-4k-1", "minf"), ("randwrite-4k-1", "minf"),
             ("read-1m-N", "bw_MBps"), ("write-1m-N", "bw_MBps"),
             ("randread-4k-N", "iops"), ("randwrite-4k-N", "iops"),
             ("firsttouch-4k-1", "iops"), ("firsttouch-4k-1", "p50_us"),

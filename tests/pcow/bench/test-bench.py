@@ -135,7 +135,9 @@ def fio_job(name, iops):
             "clat_ns": {"percentile": {"50.000000": 5000,
                                        "99.000000": 50000}}}
     empty = dict(side, io_bytes=0, iops=0, bw_bytes=0)
-    return {"jobname": name, "read": side, "write": empty}
+    return {"jobname": name, "read": side, "write": empty,
+            "minf": int(iops // 3), "majf": 0, "ctx": 5, "usr_cpu": 40.0,
+            "sys_cpu": 60.0}
 
 
 def console(checks, iops, extra=(), rounds=1):
@@ -279,6 +281,10 @@ class Intervals(unittest.TestCase):
         self.assertEqual(len(j["rounds"]), n)
         self.assertEqual(j["iops"], benchmeta.median(raw))
         self.assertEqual(len(j["iops_ci95"]), 2)
+        # the guest's page faults are kept per round, as the figures are
+        self.assertEqual([x["minf"] for x in j["rounds"]],
+                         [int(v // 3) for v in raw])
+        self.assertEqual(j["minf"], benchmeta.median([int(v // 3) for v in raw]))
         text, rt = bg.report(R)
         rt = benchmeta.strict_loads(benchmeta.strict_dumps(rt))
         self.assertEqual(rt["pcowdax_over_rawdax_4k_randread"], 0.9)
