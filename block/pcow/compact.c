@@ -173,20 +173,36 @@ static int add_run(Compact *c, uint64_t v, uint64_t n)
     return 0;
 }
 
-/* Copy the cluster at @from to the new, zeroed cluster at @to */
+static bool page_is_zero(const uint8_t *p)
+{
+    uint64_t k;
+
+    for (k = 0; k < PCOW_PAGE_SIZE && !p[k]; k++) {
+    }
+    return k == PCOW_PAGE_SIZE;
+}
+
+/*
+ * Copy the cluster at @from to the new cluster at @to, which reads zeros
+ * already: only its non-zero pages are written, a run of them at once.
+ */
 static int copy_cluster(Compact *c, uint64_t from, uint64_t to)
 {
     pcow_image *img = c->img;
-    uint64_t cs = img->cluster_size, k;
+    uint64_t cs = img->cluster_size, pg = PCOW_PAGE_SIZE, a = 0, b;
     int ret = pcow_read_table(img, from, c->buf, cs);
 
-    if (ret < 0) {
-        return ret;
+    while (ret == 0 && a < cs) {
+        if (page_is_zero(c->buf + a)) {
+            a += pg;
+            continue;
+        }
+        for (b = a + pg; b < cs && !page_is_zero(c->buf + b); b += pg) {
+        }
+        ret = pcow_persist_pwrite(img, to + a, c->buf + a, b - a);
+        a = b;
     }
-    for (k = 0; k < cs && !c->buf[k]; k++) {
-    }
-    /* The new cluster reads zeros already */
-    return k < cs ? pcow_persist_pwrite(img, to, c->buf, cs) : 0;
+    return ret;
 }
 
 /* Copy the batch to @to, in guest order; P-COMPACT-DATA */

@@ -53,6 +53,12 @@ static void write_shuffled(pcow_image *img, unsigned seed)
     }
     for (i = 0; i < n; i++) {
         fill_pattern(buf, CS, v[i] + 1);
+        /* Zero pages inside and at the start: copies skip them */
+        if (v[i] % 3 == 0) {
+            memset(buf + 4096, 0, CS - 3 * 4096);
+        } else if (v[i] % 3 == 1) {
+            memset(buf, 0, 2 * 4096);
+        }
         assert_int_equal(pcow_pwrite(img, v[i] * CS, buf, CS, &err),
                          (int64_t)CS);
     }
