@@ -12,6 +12,10 @@
 #                        tests/pcow/bench/bench-monitor.sh
 #   make bench-overhead  build, run tests/pcow/bench/bench-overhead.sh:
 #                        QEMU's memory against NVDIMM size (seconds)
+#   make bench-compact   build the standalone parts, run
+#                        tests/pcow/bench/bench-compact.sh: a 64 GiB image
+#                        with 200k random clusters before and after
+#                        compact (minutes; --scale K for less disk)
 #                        (BENCH_ARGS="..." adds arguments to either;
 #                        BENCH_ARGS=--publish commits-ready results in
 #                        docs/figures/, see docs/benchmarks.rst)
@@ -64,7 +68,8 @@ export PCOW_IMG := $(CURDIR)/$(BUILD)/pcow-img
 export DESTDIR
 
 .PHONY: all build-standalone build-qemu check check-long demo bench \
-        bench-quick bench-monitor bench-overhead install clean distclean \
+        bench-quick bench-monitor bench-overhead bench-compact install \
+        clean distclean \
         help deps
 
 all: build-standalone build-qemu
@@ -131,6 +136,8 @@ bench bench-quick: all
 bench-monitor: build-standalone
 bench-overhead: all
 	tests/pcow/bench/bench-overhead.sh $(BENCH_ARGS)
+bench-compact: build-standalone
+	tests/pcow/bench/bench-compact.sh $(BENCH_ARGS)
 bench bench-quick bench-monitor:
 	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),bench-monitor.sh,run-bench.sh); \
 	test -x $$script || { echo "make $@: $$script is missing" >&2; exit 1; }; \

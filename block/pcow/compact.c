@@ -248,12 +248,20 @@ static int switch_batch(Compact *c, uint64_t to)
     return ret;
 }
 
-/* Punch and free the old homes, merging neighbours */
-static int free_old(Compact *c, const uint64_t *old, uint64_t n)
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Punch and free the old homes, neighbours in the file with one punch */
+static int free_old(Compact *c, uint64_t *old, uint64_t n)
 {
     uint64_t cs = c->img->cluster_size, i = 0, k;
     int ret;
 
+    qsort(old, n, sizeof(*old), cmp_u64);
     while (i < n) {
         for (k = 1; i + k < n && old[i + k] == old[i] + k * cs; k++) {
         }
