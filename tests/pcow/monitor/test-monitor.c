@@ -1549,6 +1549,75 @@ static int t_populate(void)
     return 0;
 }
 
+/* pcow_mapping_count() of @path, what the monitor plans to map */
+static uint64_t mappings_needed(const char *path)
+{
+    pcow_open_opts oo = { 0 };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    uint64_t n;
+
+    CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+    CHECK_OK(pcow_mapping_count(img, &n, &err), &err);
+    CHECK_OK(pcow_close(img, &err), &err);
+    return n;
+}
+
+/* The mappings a monitor holds for @path (from /proc), content checked */
+static uint64_t mappings_held(const char *path, const uint8_t *shadow)
+{
+    pcow_monitor *mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    pcow_monitor_stats s;
+
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    close_mon(mon);
+    return s.vmas;
+}
+
+/*
+ * Clusters written out of guest order: the monitor holds the mappings
+ * libpcow counts, about one per cluster; after compact, as many as
+ * there are guest runs and holes between them, with the same content.
+ */
+static int t_compact(void)
+{
+    static const uint8_t order[] = { 9, 2, 40, 5, 3, 41, 8, 4, 6, 20,
+                                     7, 42, 21, 43, 22 };
+    const char *dir = test_dir("compact");
+    uint64_t size = 8 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+    pcow_compact_result res;
+    pcow_error err = { 0 };
+    pcow_monitor *mon;
+    pcow_image *img;
+    char path[4200];
+    size_t i;
+
+    CHECK(shadow);
+    snprintf(path, sizeof(path), "%s/c.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    for (i = 0; i < sizeof(order); i++) {
+        put(mon, shadow, order[i] * CL, CL, order[i] + 1);
+    }
+    close_mon(mon);
+    CHECK(mappings_needed(path) > 7);
+    CHECK_EQ(mappings_held(path, shadow), mappings_needed(path));
+
+    CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+    CHECK_OK(pcow_compact(img, &res, &err), &err);
+    CHECK_OK(pcow_close(img, &err), &err);
+    /* Three runs (2-9, 20-22, 40-43) and four holes around them */
+    CHECK_EQ(mappings_needed(path), 7);
+    CHECK_EQ(mappings_held(path, shadow), 7);
+    verify_image(path, shadow, size);
+    check_clean(path);
+    free(shadow);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -1573,6 +1642,7 @@ static const struct {
     { "blockdev-base", t_blockdev_base },
     { "prefault", t_prefault },
     { "populate", t_populate },
+    { "compact", t_compact },
 };
 
 int main(int argc, char **argv)
