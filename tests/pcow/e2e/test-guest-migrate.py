@@ -20,7 +20,8 @@ the migration stream): -incoming exec:cat FILE.  The host sends "go" and
 keeps the connection open until the guest has seen it (QEMU drops unread
 bytes at a hang-up);
 the guest checks every block written so far, the ones written on the
-source included, and exits 0.
+source included, and exits 0.  Then the same onto image A (the same image,
+unchanged since the save: a restore).
 Host: at least one iteration ran during the migration; image B holds every
 block the guest wrote, on the source and on the destination; A holds the
 source's; both are clean.  Holes are neither read nor sent
@@ -145,6 +146,43 @@ def open_ctl(path):
     return s
 
 
+def restore(t, img, tag, what, state, after, kw):
+    """Restore @state onto @img, send "go"; the number of blocks the guest
+    verified (its check: every one of them reads back)."""
+    dst = guest.Guest(SCRIPT, vm_args(img, t.tmp / f"ctl-{tag}") +
+                      ["-incoming", f"exec:cat {state}"], **kw)
+    st = None
+    with dst:
+        try:
+            m = dst.qmp(timeout=60)
+            st = wait_migration(m, "incoming")
+            deadline = time.monotonic() + 60
+            while (m.execute("query-status")["status"] != "running" and
+                   time.monotonic() < deadline):
+                time.sleep(0.2)
+            ctl = open_ctl(t.tmp / f"ctl-{tag}")
+            ctl.sendall(b"go\n")
+            dst.wait_for_line(r"^GOT-GO ")
+            ctl.close()
+            dst.wait_for_line(r"^VERIFIED ")
+        except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
+            t.check(False, f"{what}: {e}")
+        r = dst.wait()
+    t.boots.append((what, r))
+    t.check(st == "completed", f"{what}: incoming migration {st}")
+    text = "\n".join(r.lines)
+    m = re.search(r"^VERIFIED (\d+) BAD (\d+)", text, re.M)
+    total = int(m.group(1)) if m else 0
+    if m is None or m.group(2) != "0" or r.rc != 0:
+        print("\n".join("   # " + ln for ln in r.lines[-40:]))
+    t.check(m is not None and m.group(2) == "0" and total >= after,
+            f"guest on the {what}: all {total} blocks read back "
+            f"({m.group(0) if m else 'no VERIFIED line'}), {after} of them "
+            "written on the source")
+    t.check(r.rc == 0, f"{what}: guest script exit {r.rc}")
+    return total
+
+
 def main():
     t = common.Test("guest-migrate")
     a, b = t.tmp / "a.pcow", t.tmp / "b.pcow"
@@ -182,37 +220,11 @@ def main():
     t.check_clean(a, "source image after quit")
 
     # --- destination: a fresh image, state from the file, then "go"
-    dst = guest.Guest(SCRIPT, vm_args(b, t.tmp / "ctl-dst") +
-                      ["-incoming", f"exec:cat {state}"], **kw)
-    st = None
-    with dst:
-        try:
-            m = dst.qmp(timeout=60)
-            st = wait_migration(m, "incoming")
-            deadline = time.monotonic() + 60
-            while (m.execute("query-status")["status"] != "running" and
-                   time.monotonic() < deadline):
-                time.sleep(0.2)
-            ctl = open_ctl(t.tmp / "ctl-dst")
-            ctl.sendall(b"go\n")
-            dst.wait_for_line(r"^GOT-GO ")
-            ctl.close()
-            dst.wait_for_line(r"^VERIFIED ")
-        except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
-            t.check(False, f"destination: {e}")
-        r = dst.wait()
-    t.boots.append(("destination", r))
-    t.check(st == "completed", f"destination: incoming migration {st}")
-    text = "\n".join(r.lines)
-    m = re.search(r"^VERIFIED (\d+) BAD (\d+)", text, re.M)
-    total = int(m.group(1)) if m else 0
-    if m is None or m.group(2) != "0" or r.rc != 0:
-        print("\n".join("   # " + ln for ln in r.lines[-40:]))
-    t.check(m is not None and m.group(2) == "0" and total >= after,
-            f"guest on the destination: all {total} blocks read back "
-            f"({m.group(0) if m else 'no VERIFIED line'}), {after} of them "
-            "written on the source")
-    t.check(r.rc == 0, f"destination: guest script exit {r.rc}")
+    total = restore(t, b, "dst", "destination", state, after, kw)
+    # --- the same: onto the source's image, unchanged since the save.
+    # Its holes are holes of the stream's, so it must read the same.
+    restore(t, a, "same", "source image restored", state, after, kw)
+    t.check_clean(a, "source image after the restore")
 
     # --- host: B has every block (from the stream or written after it)
     t.check_clean(b, "destination image after poweroff")
