@@ -76,6 +76,7 @@ struct pcow_monitor {
     /* Estimated VMAs in our range (upper bound) and the budget. */
     _Atomic uint64_t vmas;
     uint64_t max_vmas;
+    uint64_t vmas_needed;   /* pcow_mapping_count at open or revert */
 
     int uffd;               /* -1 for read-only monitors */
     int stop_efd;           /* tells both threads to exit */

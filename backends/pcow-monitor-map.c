@@ -213,6 +213,7 @@ int mon_map_plan(pcow_monitor *mon, uint64_t max_vmas, pcow_error *err)
                          maps - limit + 65536);
     }
     atomic_store(&mon->vmas, maps);
+    mon->vmas_needed = maps;
     /* An mmap costs microseconds: past eager_max() map on first touch. */
     mon->lazy = !mon->read_only && maps > eager_max();
     return 0;
@@ -266,6 +267,7 @@ int mon_map_reset(pcow_monitor *mon, pcow_error *err)
     atomic_store(&mon->uffd_held, 0);
     mon->held_lo = UINT64_MAX;
     atomic_store(&mon->vmas, maps);
+    mon->vmas_needed = maps;
     mon->lazy = maps > eager_max();
     return 0;
 }

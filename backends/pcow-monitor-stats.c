@@ -269,6 +269,8 @@ void pcow_monitor_get_stats(pcow_monitor *mon, pcow_monitor_stats *s)
     s->pool_misses = atomic_load(&mon->st.pool_misses);
     s->errors = atomic_load(&mon->st.errors);
     s->vmas = exact;
+    s->vmas_needed = mon->vmas_needed;
+    s->lazy = mon->lazy;
     s->held_faults = pcow_monitor_held_faults(mon);
     s->nospace_episodes = pcow_monitor_nospace_episodes(mon,
                                                         &s->nospace_offset);

@@ -184,6 +184,8 @@ static PcowStatistics *pcow_statistics(pcow_monitor *mon)
     st->pool_misses = ms.pool_misses;
     st->errors = ms.errors;
     st->vmas = ms.vmas;
+    st->vmas_needed = ms.vmas_needed;
+    st->lazy_mapping = ms.lazy;
     st->held_faults = ms.held_faults;
     st->nospace_episodes = ms.nospace_episodes;
     st->expansion_latency = pcow_latency_info(&ms.expansion_latency);
@@ -525,8 +527,10 @@ void hmp_info_pcow(Monitor *mon, const QDict *qdict)
                        PcowNospacePolicy_str(p->nospace),
                        st->nospace_episodes);
         monitor_printf(mon, "  pool: %" PRIu64 " hits, %" PRIu64 " misses; "
-                       "%" PRIu64 " mappings\n", st->pool_hits,
-                       st->pool_misses, st->vmas);
+                       "%" PRIu64 " mappings (%" PRIu64 " needed%s)\n",
+                       st->pool_hits, st->pool_misses, st->vmas,
+                       st->vmas_needed,
+                       st->lazy_mapping ? ", mapped lazily" : "");
         monitor_printf(mon, "  latency:\n");
         hmp_pcow_latency(mon, "expansion", st->expansion_latency);
         hmp_pcow_latency(mon, "cow", st->cow_latency);

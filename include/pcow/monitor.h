@@ -64,6 +64,14 @@ typedef struct pcow_monitor_stats {
     uint64_t errors;                /* faults that could not be served */
     uint64_t vmas;                  /* mappings the monitor holds now */
     /*
+     * Mappings the image needs mapped whole (pcow_mapping_count(), as
+     * pcow-img info's "VMAs needed"), counted at open and at each revert,
+     * and whether the monitor maps data clusters lazily, on first touch,
+     * because that is more than it maps at open (32768).
+     */
+    uint64_t vmas_needed;
+    bool lazy;
+    /*
      * Out of space: faults held now (clusters waiting to be expanded plus
      * threads waiting in a copy-on-write), episodes so far (an episode
      * runs from the first held fault until none is left), and the guest

@@ -19,6 +19,9 @@ shows as a STOP event.
    refused with an error that says so; after migrate_cancel they work.
 8  A second backend on the same image (or on a base of it) names the first
    one instead of "another process".
+Mappings (issue 11): query-pcow's vmas-needed of an image written out of
+guest order is pcow-img info's "VMAs needed", the backend holds that many
+(vmas), maps it at open (lazy-mapping false), and HMP info pcow says so.
 
 Env: QEMU, PCOW_IMG, BUILD (for pcow-io-helper).  Exit 0 pass, 77 skip,
 1 fail.
@@ -26,6 +29,7 @@ Env: QEMU, PCOW_IMG, BUILD (for pcow-io-helper).  Exit 0 pass, 77 skip,
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -236,6 +240,23 @@ def during_migration(vm):
     check(err is None, f"after the cancel, create works ({err})")
 
 
+def mapping_counts(vm, top):
+    """query-pcow and HMP against pcow-img info, for pm2 (@top)."""
+    out = subprocess.run([PCOW_IMG, "info", "-U", "--output=json", str(top)],
+                         check=True, capture_output=True, text=True).stdout
+    needed = json.loads(out)["format-specific"]["data"]["vmas-needed"]
+    st = [e["statistics"] for e in vm.qmp.execute("query-pcow")
+          if e["id"] == "pm2"][0]
+    check(needed > 5 and st["vmas-needed"] == needed,
+          f"query-pcow vmas-needed {st['vmas-needed']} is pcow-img info's "
+          f"{needed}")
+    check(st["vmas"] == needed and st["lazy-mapping"] is False,
+          f"pm2 holds {st['vmas']} mappings, lazy {st['lazy-mapping']}")
+    info = vm.qmp.hmp("info pcow")
+    check(f"{st['vmas']} mappings ({needed} needed)" in info,
+          "HMP info pcow prints the mappings held and needed")
+
+
 def same_image_twice(vm, img, top, base):
     """Item 8."""
     err = vm.error("object-add", **{
@@ -273,9 +294,13 @@ def main():
         # Names an image made elsewhere may hold
         run(HELPER, "snapshot-any", str(img), "evil\n 99  forged")
         run(HELPER, "snapshot-any", str(img), "\x1b[31mred")
+        # One process per cluster, out of guest order: apart in the file
+        for c in (9, 2, 5, 3, 8, 4, 6, 7):
+            run(HELPER, "write", str(top), str(c * 65536), "64K", "0x33")
         vm = Qemu(tmp, "vm", [backend("pm0", img), backend("pm2", top)])
         try:
-            for part in (lambda: names_and_escapes(vm, tmp),
+            for part in (lambda: mapping_counts(vm, top),
+                         lambda: names_and_escapes(vm, tmp),
                          lambda: no_pause_on_refusal(vm),
                          lambda: ids_and_names(vm),
                          lambda: same_image_twice(vm, img, top, base),

@@ -1563,29 +1563,39 @@ static uint64_t mappings_needed(const char *path)
     return n;
 }
 
-/* The mappings a monitor holds for @path (from /proc), content checked */
-static uint64_t mappings_held(const char *path, const uint8_t *shadow)
+/*
+ * A monitor on @path that reads it all: the statistics then (vmas from
+ * /proc, vmas_needed, lazy) must say it needs @needed mappings, holds
+ * as many and maps lazily or not as @lazy says.
+ */
+static void check_mappings(const char *path, const uint8_t *shadow,
+                           uint64_t needed, bool lazy)
 {
     pcow_monitor *mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
     pcow_monitor_stats s;
 
+    stats(mon, &s);
+    CHECK_EQ(s.vmas_needed, needed);
+    CHECK_EQ(s.lazy, lazy);
+    CHECK_EQ(s.vmas, lazy ? 1 : needed);
     verify_mapping(mon, shadow);
     stats(mon, &s);
+    CHECK_EQ(s.vmas, needed);
     close_mon(mon);
-    return s.vmas;
 }
 
 /*
  * Clusters written out of guest order: the monitor holds the mappings
  * libpcow counts, about one per cluster; after compact, as many as
- * there are guest runs and holes between them, with the same content.
+ * there are guest runs and holes between them, with the same content,
+ * whether it maps them at open or on first touch.
  */
 static int t_compact(void)
 {
     static const uint8_t order[] = { 9, 2, 40, 5, 3, 41, 8, 4, 6, 20,
                                      7, 42, 21, 43, 22 };
     const char *dir = test_dir("compact");
-    uint64_t size = 8 * MiB;
+    uint64_t size = 8 * MiB, before;
     uint8_t *shadow = calloc(1, size);
     pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
     pcow_compact_result res;
@@ -1603,15 +1613,21 @@ static int t_compact(void)
         put(mon, shadow, order[i] * CL, CL, order[i] + 1);
     }
     close_mon(mon);
-    CHECK(mappings_needed(path) > 7);
-    CHECK_EQ(mappings_held(path, shadow), mappings_needed(path));
+    before = mappings_needed(path);
+    CHECK(before > 7);
+    check_mappings(path, shadow, before, false);
 
     CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
     CHECK_OK(pcow_compact(img, &res, &err), &err);
     CHECK_OK(pcow_close(img, &err), &err);
+    CHECK_EQ(res.mappings_before, before);
     /* Three runs (2-9, 20-22, 40-43) and four holes around them */
     CHECK_EQ(mappings_needed(path), 7);
-    CHECK_EQ(mappings_held(path, shadow), 7);
+    check_mappings(path, shadow, 7, false);
+    /* Mapped cluster by cluster on first touch, the kernel merges them */
+    setenv("PCOW_MONITOR_EAGER_MAX", "4", 1);
+    check_mappings(path, shadow, 7, true);
+    unsetenv("PCOW_MONITOR_EAGER_MAX");
     verify_image(path, shadow, size);
     check_clean(path);
     free(shadow);
