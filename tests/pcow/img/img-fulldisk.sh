@@ -149,6 +149,14 @@ fill_fs() {
     [ -z "${2:-}" ] || head -c "$2" /dev/zero >"$1/spacer"
     sync
     dd if=/dev/zero of="$1/fill" bs=4K status=none 2>/dev/null || true
+    # ext4 can give back a block it held in reserve once the data is on
+    # disk (seen: 4096 bytes free after the sync): fill that too
+    for _ in 1 2 3; do
+        sync
+        [ "$(fs_free "$1")" -ge 4096 ] || break
+        dd if=/dev/zero of="$1/fill" bs=4K oflag=append conv=notrunc \
+            status=none 2>/dev/null || true
+    done
     rm -f "$1/spacer"
     sync
 }
