@@ -20,6 +20,7 @@
 #include "qapi/error.h"
 #include "exec/cpu-common.h"
 #include "exec/memory.h"
+#include "migration/misc.h"
 #include "migration/snapshot.h"
 #include "sysemu/hostmem.h"
 #include "sysemu/runstate.h"
@@ -141,6 +142,24 @@ static void vmsnap_vmstate_end(void *opaque)
  * size, and finding that out in goto_snapshot would leave the drives
  * reverted and the NVDIMM not.
  */
+/*
+ * A revert remaps the NVDIMM from the host side, which no dirty log sees:
+ * during a migration the destination would keep pages sent before it, and
+ * clusters skipped as holes that the snapshot fills would never be sent.
+ * Deleting a snapshot changes the metadata the destination maps from.
+ * Upstream refuses savevm during a migration; refuse these too.
+ */
+static bool vmsnap_migration_idle(PcowVmSnap *vs, const char *what,
+                                  Error **errp)
+{
+    if (migration_is_idle() && !runstate_check(RUN_STATE_INMIGRATE)) {
+        return true;
+    }
+    error_setg(errp, "memory backend '%s': no pcow snapshot can be %s "
+               "while a migration is in progress", vmsnap_id(vs), what);
+    return false;
+}
+
 static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
@@ -149,6 +168,9 @@ static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
     pcow_snapshot_info sn;
     int ret;
 
+    if (!vmsnap_migration_idle(vs, "loaded", errp)) {
+        return false;
+    }
     ret = pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
                                &sn, &perr);
     if (ret == 0 && sn.virtual_size != pcow_monitor_size(mon)) {

@@ -286,6 +286,7 @@ def run(t, vm):
     vm.hmp("delvm s3")
     vm.write("E", "R1")
     vm.check({**s1, "R1": "E"}, "guest writes go on")
+    loadvm_during_migration(t, vm, {**s1, "R1": "E"})
 
     # --- delvm while the guest writes: clusters shared with the snapshot
     now = delvm_while_writing(t, vm, {**s1, "R1": "E"})
@@ -307,6 +308,27 @@ def run(t, vm):
             f"pcow {vm.pcow_snaps()}")
     vm.check(now, "the guest runs on after the failed snapshots")
     vm.send("q", r"^BYE$")
+
+
+def loadvm_during_migration(t, vm, state):
+    """loadvm while a migration runs: refused (a revert remaps the NVDIMM
+    behind the dirty log), the migration and the guest go on."""
+    vm.m.execute("migrate-set-parameters", {"max-bandwidth": 1 * MiB})
+    vm.m.execute("migrate", uri="exec:cat > /dev/null")
+    out = vm.hmp("loadvm s0")
+    mig = vm.m.execute("query-migrate").get("status")
+    vm.m.execute("migrate_cancel")
+    deadline = time.monotonic() + 60
+    while (vm.m.execute("query-migrate").get("status") != "cancelled" and
+           time.monotonic() < deadline):
+        time.sleep(0.2)
+    st = vm.m.execute("query-status")["status"]
+    if st != "running":
+        vm.m.execute("cont")
+    t.check("pm0" in out and "while a migration is in progress" in out,
+            f"loadvm during a migration ({mig}) is refused naming the "
+            f"backend: {out.strip()!r}")
+    vm.check(state, f"... and changes nothing (VM was {st})")
 
 
 def delvm_while_writing(t, vm, state):
