@@ -168,10 +168,37 @@ static bool pcow_rdm_is_populated(const RamDiscardManager *rdm,
 }
 
 typedef struct PcowRdmReplay {
+    const PcowRdm *r;
     ReplayRamPopulate populate;
     ReplayRamDiscard discard;
     void *opaque;
 } PcowRdmReplay;
+
+/*
+ * A hole the guest filled while @s was being discarded: migration's discard
+ * cleared its bits, and under KVM its dirty log too (KVM_CLEAR_DIRTY_LOG),
+ * possibly after the write had set them.  Mark what is no longer a hole
+ * dirty, so that the next sync sends it; KVM logs an expansion that comes
+ * after this query after that clear.
+ */
+static void pcow_rdm_redirty_filled(const PcowRdm *r, MemoryRegionSection *s)
+{
+    uint64_t pos = s->offset_within_region;
+    const uint64_t end = pos + int128_get64(s->size);
+    pcow_extent ext;
+
+    while (pos < end) {
+        if (hostmem_pcow_get_extent(r->pc, pos, end - pos, &ext) < 0 ||
+            ext.offset != pos || ext.length == 0) {
+            memory_region_set_dirty(s->mr, pos, end - pos);
+            return;
+        }
+        if (ext.kind != PCOW_EXTENT_HOLE) {
+            memory_region_set_dirty(s->mr, pos, MIN(ext.length, end - pos));
+        }
+        pos += ext.length;
+    }
+}
 
 static int pcow_rdm_replay_cb(MemoryRegionSection *s, bool hole,
                               void *opaque)
@@ -183,6 +210,7 @@ static int pcow_rdm_replay_cb(MemoryRegionSection *s, bool hole,
     }
     if (hole && rp->discard) {
         rp->discard(s, rp->opaque);
+        pcow_rdm_redirty_filled(rp->r, s);
     }
     return 0;
 }
@@ -193,7 +221,7 @@ static int pcow_rdm_replay_populated(const RamDiscardManager *rdm,
                                      void *opaque)
 {
     const PcowRdm *r = PCOW_RDM(rdm);
-    PcowRdmReplay rp = { .populate = replay_fn, .opaque = opaque };
+    PcowRdmReplay rp = { .r = r, .populate = replay_fn, .opaque = opaque };
 
     g_assert(s->mr == &r->backend->mr);
     return pcow_rdm_walk(r, s, pcow_rdm_replay_cb, &rp);
@@ -205,7 +233,7 @@ static void pcow_rdm_replay_discarded(const RamDiscardManager *rdm,
                                       void *opaque)
 {
     const PcowRdm *r = PCOW_RDM(rdm);
-    PcowRdmReplay rp = { .discard = replay_fn, .opaque = opaque };
+    PcowRdmReplay rp = { .r = r, .discard = replay_fn, .opaque = opaque };
 
     g_assert(s->mr == &r->backend->mr);
     pcow_rdm_walk(r, s, pcow_rdm_replay_cb, &rp);
