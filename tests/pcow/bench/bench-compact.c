@@ -44,6 +44,9 @@
 
 #include "pcow/monitor.h"
 
+#define BENCH_NAME "bench-compact"
+#include "bench-util.h"
+
 #define KiB 1024ull
 #define GiB (KiB * KiB * KiB)
 #define CLUSTER (64 * KiB)
@@ -72,26 +75,6 @@ typedef struct Result {
     uint64_t sz[4];             /* file size, disk use; before, after */
     Phase ph[2];
 } Result;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static double secs_since(uint64_t t0)
-{
-    return (now_ns() - t0) / 1e9;
-}
-
-static void die(const char *what, const pcow_error *err)
-{
-    fprintf(stderr, "bench-compact: %s%s%s\n", what, err ? ": " : "",
-            err ? err->msg : "");
-    exit(1);
-}
 
 static uint64_t rnd(Bench *b)
 {

@@ -55,6 +55,9 @@
 
 #include "pcow/monitor.h"
 
+#define BENCH_NAME "bench-monitor"
+#include "bench-util.h"
+
 #define KiB 1024ull
 #define MiB (1024 * KiB)
 #define GiB (1024 * MiB)
@@ -318,26 +321,6 @@ typedef struct result {
     double hi[M_COUNT];
     int n[M_COUNT];             /* repetitions that measured it */
 } result;
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static double secs_since(uint64_t t0)
-{
-    return (now_ns() - t0) / 1e9;
-}
-
-static void die(const char *what, const pcow_error *err)
-{
-    fprintf(stderr, "bench-monitor: %s%s%s\n", what, err ? ": " : "",
-            err ? err->msg : "");
-    exit(1);
-}
 
 static uint64_t xorshift(uint64_t *x)
 {
