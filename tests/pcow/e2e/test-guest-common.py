@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -201,6 +202,41 @@ def nvdimm_args(images) -> list[str]:
                  f"format=pcow,share=on{obj}",
                  "-device", f"nvdimm,id=nv{i},memdev=pm{i}{dev}"]
     return args
+
+
+def ctl_args(path) -> list[str]:
+    """QEMU arguments for COM2 as the host's control line: a unix socket
+    server at @path (the guest polls it with com2_ready/com2_getline)."""
+    return ["-chardev", f"socket,id=ctl,path={path},server=on,wait=off",
+            "-device", "isa-serial,chardev=ctl,index=1"]
+
+
+def migration_block(tag: str, i: int) -> bytes:
+    """Block @i of a migration test's guest: 4 KiB of "@tag block @i"."""
+    s = f"{tag} block {i}\n".encode()
+    return (s * (4096 // len(s) + 1))[:4096]
+
+
+def last_iter(lines) -> int:
+    """The last "ITER N" a guest printed, 0 if none."""
+    n = 0
+    for ln in lines:
+        m = re.match(r"ITER (\d+)$", ln.strip())
+        if m:
+            n = int(m.group(1))
+    return n
+
+
+def wait_migration(m, timeout: float = 180) -> dict:
+    """query-migrate once the migration completed, failed or was
+    cancelled; on a timeout its "status" says so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = m.execute("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            return info
+        time.sleep(0.2)
+    return {"status": f"still not done after {timeout} s"}
 
 
 def pattern(seed, size: int) -> bytes:

@@ -76,33 +76,11 @@ verify
 
 
 def block(i):
-    s = f"pcow-migfault block {i}\n".encode()
-    return (s * (4096 // len(s) + 1))[:4096]
-
-
-def last_iter(lines):
-    n = 0
-    for ln in lines:
-        m = re.match(r"ITER (\d+)$", ln.strip())
-        if m:
-            n = int(m.group(1))
-    return n
+    return common.migration_block("pcow-migfault", i)
 
 
 def vm_args(img, ctl):
-    return common.nvdimm_args([img]) + [
-        "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
-        "-device", "isa-serial,chardev=ctl,index=1"]
-
-
-def wait_migration(m, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = m.execute("query-migrate")
-        if info.get("status") in ("completed", "failed", "cancelled"):
-            return info
-        time.sleep(0.2)
-    return {"status": f"still not done after {timeout} s"}
+    return common.nvdimm_args([img]) + common.ctl_args(ctl)
 
 
 def wait_streaming(m, nbytes, timeout=120):
@@ -137,7 +115,7 @@ class Source:
         during it (if it ran for a while: @midstream) and verifies every
         block."""
         t = self.t
-        now = last_iter(self.src.lines)
+        now = common.last_iter(self.src.lines)
         st = info.get("status")
         t.check(st == want, f"{case}: source migration ends {st!r} "
                 f"(want {want!r})")
@@ -165,7 +143,7 @@ class Source:
 
     def start(self, uri):
         self.m.execute("migrate-set-parameters", {"max-bandwidth": BANDWIDTH})
-        before = last_iter(self.src.lines)
+        before = common.last_iter(self.src.lines)
         self.m.execute("migrate", uri=uri)
         return before
 
@@ -177,7 +155,7 @@ def case_cancel(t, s):
     t.check(st == "active", f"{case}: migration active when cancelled "
             f"({st}, {sent} bytes sent)")
     s.m.execute("migrate_cancel")
-    s.after(case, wait_migration(s.m), "cancelled", before)
+    s.after(case, common.wait_migration(s.m), "cancelled", before)
 
 
 def destination(t, img, tag, kw):
@@ -206,7 +184,7 @@ def case_kill_dst(t, s, kw):
         r = dst.wait(timeout=30)
     t.check(r.qemu_rc == -9, f"{case}: destination QEMU died of SIGKILL "
             f"(returncode {r.qemu_rc})")
-    s.after(case, wait_migration(s.m), "failed", before)
+    s.after(case, common.wait_migration(s.m), "failed", before)
 
 
 def case_wrong_size(t, s, kw):
@@ -216,7 +194,7 @@ def case_wrong_size(t, s, kw):
     dst, uri = destination(t, c, "small", kw)
     with dst:
         before = s.start(uri)
-        info = wait_migration(s.m)
+        info = common.wait_migration(s.m)
         r = dst.wait(timeout=60)
     err = r.qemu_stderr.strip()
     t.note(f"{case}: destination stderr: {err!r}")
@@ -288,7 +266,7 @@ def main():
     t.check(ran == ["cancel", "kill", "size"], f"all three cases ran ({ran})")
     text = "\n".join(r.lines)
     fin = re.findall(r"^VERIFIED (\d+) BAD (\d+)", text, re.M)
-    n = last_iter(r.lines)
+    n = common.last_iter(r.lines)
     t.check(r.rc == 0 and fin and fin[-1] == (str(n), "0"),
             f"source guest: final check of all {n} blocks, exit {r.rc} "
             f"({fin[-1] if fin else 'no VERIFIED line'})")

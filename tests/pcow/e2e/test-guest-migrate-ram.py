@@ -51,16 +51,6 @@ sleep 100000
 """
 
 
-def wait_migration(m, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = m.execute("query-migrate")
-        if info.get("status") in ("completed", "failed", "cancelled"):
-            return info
-        time.sleep(0.2)
-    return {"status": f"still not done after {timeout} s"}
-
-
 def save(t, m, tag):
     """The guest's RAM and the NVDIMM's written range, as two files."""
     nv = m.execute("query-memory-devices")[0]["data"]["addr"]
@@ -98,7 +88,7 @@ def main():
             m.execute("migrate", uri=f"exec:cat > {state}")
             time.sleep(ITERATE_S)
             m.execute("migrate-set-parameters", {"downtime-limit": 5000})
-            info = wait_migration(m)
+            info = common.wait_migration(m, timeout=300)
             vm = m.execute("query-status")["status"]
             src_files = save(t, m, "src")
             m.execute("quit")
@@ -117,7 +107,7 @@ def main():
     with dst:
         try:
             m = dst.qmp(timeout=60)
-            st = wait_migration(m).get("status")
+            st = common.wait_migration(m, timeout=300).get("status")
             vm = m.execute("query-status")["status"]
             dst_files = save(t, m, "dst")
             m.execute("quit")

@@ -86,33 +86,11 @@ echo "VERIFIED $last BAD $bad"
 
 
 def block(i):
-    s = f"pcow-migrate block {i}\n".encode()
-    return (s * (4096 // len(s) + 1))[:4096]
-
-
-def last_iter(lines):
-    n = 0
-    for ln in lines:
-        m = re.match(r"ITER (\d+)$", ln.strip())
-        if m:
-            n = int(m.group(1))
-    return n
+    return common.migration_block("pcow-migrate", i)
 
 
 def vm_args(img, ctl):
-    return common.nvdimm_args([img]) + [
-        "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
-        "-device", "isa-serial,chardev=ctl,index=1"]
-
-
-def wait_migration(m, what, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = m.execute("query-migrate").get("status")
-        if st in ("completed", "failed", "cancelled"):
-            return st
-        time.sleep(0.2)
-    return f"{what}: still not done after {timeout} s"
+    return common.nvdimm_args([img]) + common.ctl_args(ctl)
 
 
 def hole_reads(m):
@@ -155,7 +133,7 @@ def restore(t, img, tag, what, state, after, kw):
     with dst:
         try:
             m = dst.qmp(timeout=60)
-            st = wait_migration(m, "incoming")
+            st = common.wait_migration(m)["status"]
             deadline = time.monotonic() + 60
             while (m.execute("query-status")["status"] != "running" and
                    time.monotonic() < deadline):
@@ -199,10 +177,10 @@ def main():
             m = src.qmp()
             m.execute("migrate-set-parameters", {"max-bandwidth": 16 * MiB})
             holes0 = hole_reads(m)
-            before = last_iter(src.lines)
+            before = common.last_iter(src.lines)
             m.execute("migrate", uri=f"exec:cat > {state}")
-            st = wait_migration(m, "outgoing")
-            after = last_iter(src.lines)
+            st = common.wait_migration(m)["status"]
+            after = common.last_iter(src.lines)
             holes = hole_reads(m) - holes0
             ram = m.execute("query-migrate").get("ram", {})
             vm = m.execute("query-status")["status"]
