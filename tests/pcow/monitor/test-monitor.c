@@ -1003,6 +1003,19 @@ static bool ns_event(pcow_monitor *mon)
     return true;
 }
 
+/* The end of a full-disk test: the mapping and the clean image hold @shadow */
+static void nospace_finish(pcow_monitor *mon, const char *path,
+                           uint8_t *shadow, uint64_t size, const char *dir)
+{
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    umount(dir);
+    rmdir(dir);
+}
+
 static int nospace_stall(bool cow)
 {
     char dir[] = "/tmp/pcow-mon-nospace-XXXXXX";
@@ -1071,13 +1084,7 @@ static int nospace_stall(bool cow)
     CHECK_EQ(s.held_faults, 0);
     CHECK_EQ(s.nospace_episodes, 1);
     CHECK_EQ(s.errors, 0);
-    verify_mapping(mon, shadow);
-    close_mon(mon);
-    check_clean(path);
-    verify_image(path, shadow, size);
-    free(shadow);
-    umount(dir);
-    rmdir(dir);
+    nospace_finish(mon, path, shadow, size, dir);
     return 0;
 }
 
@@ -1157,13 +1164,7 @@ static int t_nospace_budget(void)
     /* Retries of a held fault are not pool misses (no pool: all miss) */
     CHECK_EQ(s.pool_hits + s.pool_misses, NS_CLUSTERS);
     CHECK_EQ(s.errors, 0);
-    verify_mapping(mon, shadow);
-    close_mon(mon);
-    check_clean(path);
-    verify_image(path, shadow, size);
-    free(shadow);
-    umount(dir);
-    rmdir(dir);
+    nospace_finish(mon, path, shadow, size, dir);
     return 0;
 }
 
