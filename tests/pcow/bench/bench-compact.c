@@ -200,13 +200,6 @@ static pcow_monitor *monitor_open(Bench *b, Phase *ph)
     return mon;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-    return x < y ? -1 : x > y;
-}
-
 static void check_byte(uint8_t got, uint64_t vc)
 {
     if (got != mark(vc)) {
@@ -228,9 +221,7 @@ static void first_touch(Bench *b, volatile uint8_t *p, Phase *ph)
         lat[i] = now_ns() - t0;
         check_byte(v, b->vc[i]);
     }
-    qsort(lat, b->set, sizeof(*lat), cmp_u64);
-    ph->touch_p50 = lat[(b->set - 1) / 2] / 1000.0;
-    ph->touch_p99 = lat[(uint64_t)((b->set - 1) * 0.99)] / 1000.0;
+    percentiles(lat, b->set, &ph->touch_p50, &ph->touch_p99, NULL);
     free(lat);
 }
 

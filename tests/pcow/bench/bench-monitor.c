@@ -330,31 +330,6 @@ static uint64_t xorshift(uint64_t *x)
     return *x;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-/* Sorts @v: p50 and p99 (and the mean) of n nanosecond samples, in us. */
-static void percentiles(uint64_t *v, int n, double *p50, double *p99,
-                        double *mean)
-{
-    uint64_t sum = 0;
-    int i;
-
-    qsort(v, n, sizeof(*v), cmp_u64);
-    for (i = 0; i < n; i++) {
-        sum += v[i];
-    }
-    *p50 = v[(n - 1) / 2] / 1000.0;
-    *p99 = v[(int)((n - 1) * 0.99)] / 1000.0;
-    if (mean) {
-        *mean = sum / 1000.0 / n;
-    }
-}
-
 static void create(const char *path, uint64_t size, uint32_t cluster,
                    uint32_t unit)
 {
