@@ -251,30 +251,22 @@ def stall_run(t, img, d, label, free_space, expect_held_kind, stop=False):
     return data
 
 
-def t_hole(t):
+def t_hole(t, case="hole"):
+    """A stall on expansions; case "stop": the VM is stopped meanwhile."""
     d = mount_tmpfs(t, "8m")
     try:
-        img = d / "hole.pcow"
+        img = d / f"{case}.pcow"
         t.img("create", img, "64M")
-        stall_run(t, img, d, "hole",
+        stall_run(t, img, d, case,
                   lambda: subprocess.run(["mount", "-o", "remount,size=128m",
                                           str(d)], check=True),
-                  "expansions")
+                  "expansions", stop=case == "stop")
     finally:
         umount(d)
 
 
 def t_stop(t):
-    d = mount_tmpfs(t, "8m")
-    try:
-        img = d / "stop.pcow"
-        t.img("create", img, "64M")
-        stall_run(t, img, d, "stop",
-                  lambda: subprocess.run(["mount", "-o", "remount,size=128m",
-                                          str(d)], check=True),
-                  "expansions", stop=True)
-    finally:
-        umount(d)
+    t_hole(t, "stop")
 
 
 def t_cow(t):
