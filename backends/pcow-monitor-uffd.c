@@ -264,8 +264,8 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
     /*
      * Page tables for the rest of the cluster, so the guest does not take
      * a fault per page: later, when no fault waits (populate_idle()), not
-     * before the next fault (back-to-back expansions paid 15-20 us each
-     * for it; docs/benchmarks.rst).  A full queue forgets its oldest
+     * before the next fault, which would wait for it (docs/benchmarks.rst,
+     * "Image Monitor design measurements").  A full queue forgets its oldest
      * cluster: the guest's own accesses fault those pages in.
      */
     mon->populate_q[mon->populate_top] = vc << mon->cluster_bits;
