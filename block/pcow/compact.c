@@ -224,27 +224,58 @@ static int copy_batch(Compact *c, uint64_t to, uint64_t *old)
     return pcow_persist_barrier(c->img);    /* P-COMPACT-DATA */
 }
 
-/* Point the batch's entries at their copies; P-COMPACT-MAP */
+/* The map words of @n adjacent L2 entries from @first, made durable */
+static int stretch_persist(pcow_image *img, uint64_t *first,
+                           uint64_t file_off, uint64_t n)
+{
+    return pcow_persist_mapped(img, first, file_off,
+                               (n - 1) * PCOW_L2_ENTRY_SIZE + 8);
+}
+
+/*
+ * Point the batch's entries at their copies; P-COMPACT-MAP.  Each stretch
+ * of adjacent entries (a run's, within one L2 table) is made durable with
+ * pcow_persist_mapped(): on pmem the stores need their cache lines
+ * flushed, which a barrier (fdatasync) does not do.
+ */
 static int switch_batch(Compact *c, uint64_t to)
 {
     pcow_image *img = c->img;
-    uint64_t cs = img->cluster_size, j = 0, k, v, *e, flags;
+    uint64_t cs = img->cluster_size, j = 0, k, v, *e, *first = NULL;
+    uint64_t first_off = 0, n = 0;
     size_t r;
-    int ret;
+    int ret = 0;
 
     pcow_lock(img);
     for (r = 0; r < c->nruns; r++) {
         for (k = 0; k < c->runs[r].n; k++, j++) {
             v = c->runs[r].v + k;
             e = pcow_l2_entry(img, v);
-            flags = pcow_word(e) & (cs - 1);
+            if (first && e != first + n * PCOW_L2_WORDS) {
+                ret = stretch_persist(img, first, first_off, n);
+                if (ret < 0) {
+                    goto out;
+                }
+                first = NULL;
+            }
+            if (!first) {
+                first = e;
+                first_off = pcow_entry_file_off(img, v, PCOW_W_MAP);
+                n = 0;
+            }
             /* One aligned store: old or new home, never a mix */
-            pcow_persist_store64_nosync(img, e, pcow_entry_file_off(img, v,
-                                        PCOW_W_MAP), (to + j * cs) | flags);
+            pcow_persist_store64_nosync(img, e,
+                                        first_off + n * PCOW_L2_ENTRY_SIZE,
+                                        (to + j * cs) |
+                                        (pcow_word(e) & (cs - 1)));
+            n++;
         }
     }
-    ret = pcow_persist_barrier(img);        /* P-COMPACT-MAP */
-    pcow_unlock(img);
+    if (first) {
+        ret = stretch_persist(img, first, first_off, n);
+    }
+out:
+    pcow_unlock(img);                       /* P-COMPACT-MAP */
     return ret;
 }
 
