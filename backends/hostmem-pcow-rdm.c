@@ -215,16 +215,24 @@ static int pcow_rdm_replay_cb(MemoryRegionSection *s, bool hole,
     return 0;
 }
 
+static int pcow_rdm_replay(const RamDiscardManager *rdm,
+                           MemoryRegionSection *s, ReplayRamPopulate populate,
+                           ReplayRamDiscard discard, void *opaque)
+{
+    const PcowRdm *r = PCOW_RDM(rdm);
+    PcowRdmReplay rp = { .r = r, .populate = populate, .discard = discard,
+                         .opaque = opaque };
+
+    g_assert(s->mr == &r->backend->mr);
+    return pcow_rdm_walk(r, s, pcow_rdm_replay_cb, &rp);
+}
+
 static int pcow_rdm_replay_populated(const RamDiscardManager *rdm,
                                      MemoryRegionSection *s,
                                      ReplayRamPopulate replay_fn,
                                      void *opaque)
 {
-    const PcowRdm *r = PCOW_RDM(rdm);
-    PcowRdmReplay rp = { .r = r, .populate = replay_fn, .opaque = opaque };
-
-    g_assert(s->mr == &r->backend->mr);
-    return pcow_rdm_walk(r, s, pcow_rdm_replay_cb, &rp);
+    return pcow_rdm_replay(rdm, s, replay_fn, NULL, opaque);
 }
 
 static void pcow_rdm_replay_discarded(const RamDiscardManager *rdm,
@@ -232,11 +240,7 @@ static void pcow_rdm_replay_discarded(const RamDiscardManager *rdm,
                                       ReplayRamDiscard replay_fn,
                                       void *opaque)
 {
-    const PcowRdm *r = PCOW_RDM(rdm);
-    PcowRdmReplay rp = { .r = r, .discard = replay_fn, .opaque = opaque };
-
-    g_assert(s->mr == &r->backend->mr);
-    pcow_rdm_walk(r, s, pcow_rdm_replay_cb, &rp);
+    pcow_rdm_replay(rdm, s, NULL, replay_fn, opaque);
 }
 
 static int pcow_rdm_notify_populate(MemoryRegionSection *s, void *opaque)

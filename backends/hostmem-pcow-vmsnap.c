@@ -55,10 +55,23 @@ static bool vmsnap_takes_part(void *opaque)
     return !hostmem_pcow_readonly(vmsnap_pc(opaque));
 }
 
+/*
+ * savevm, loadvm and delvm ask this before they change anything.  During a
+ * migration, upstream refuses savevm; a revert would remap the NVDIMM
+ * behind the dirty log (the destination keeps pages sent before it and
+ * never receives clusters that were holes when the migration began), and
+ * a delete changes the metadata the destination maps from.
+ */
 static bool vmsnap_can_snapshot(void *opaque, Error **errp)
 {
     PcowVmSnap *vs = opaque;
 
+    if (!migration_is_idle() || runstate_check(RUN_STATE_INMIGRATE)) {
+        error_setg(errp, "memory backend '%s': no pcow snapshot can be "
+                   "taken, loaded or deleted while a migration is in "
+                   "progress", vmsnap_id(vs));
+        return false;
+    }
     if (!hostmem_pcow_monitor(vmsnap_pc(vs))) {
         g_autofree char *what = vmsnap_describe(vs);
 
@@ -142,24 +155,6 @@ static void vmsnap_vmstate_end(void *opaque)
  * size, and finding that out in goto_snapshot would leave the drives
  * reverted and the NVDIMM not.
  */
-/*
- * A revert remaps the NVDIMM from the host side, which no dirty log sees:
- * during a migration the destination would keep pages sent before it, and
- * clusters skipped as holes that the snapshot fills would never be sent.
- * Deleting a snapshot changes the metadata the destination maps from.
- * Upstream refuses savevm during a migration; refuse these too.
- */
-static bool vmsnap_migration_idle(PcowVmSnap *vs, const char *what,
-                                  Error **errp)
-{
-    if (migration_is_idle() && !runstate_check(RUN_STATE_INMIGRATE)) {
-        return true;
-    }
-    error_setg(errp, "memory backend '%s': no pcow snapshot can be %s "
-               "while a migration is in progress", vmsnap_id(vs), what);
-    return false;
-}
-
 static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
@@ -168,9 +163,6 @@ static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
     pcow_snapshot_info sn;
     int ret;
 
-    if (!vmsnap_migration_idle(vs, "loaded", errp)) {
-        return false;
-    }
     ret = pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
                                &sn, &perr);
     if (ret == 0 && sn.virtual_size != pcow_monitor_size(mon)) {

@@ -414,6 +414,18 @@ uint64_t hostmem_pcow_held_faults(HostMemPcow *pc)
     return pc->mon ? pcow_monitor_held_faults(pc->mon) : 0;
 }
 
+HostMemPcow *hostmem_pcow_any_held(void)
+{
+    HostMemPcow *pc;
+
+    QLIST_FOREACH(pc, &hostmem_pcow_list, next) {
+        if (hostmem_pcow_held_faults(pc)) {
+            return pc;
+        }
+    }
+    return NULL;
+}
+
 bool hostmem_pcow_nospace_fail(HostMemPcow *pc)
 {
     return pc->nospace_fail;

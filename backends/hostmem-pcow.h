@@ -71,6 +71,8 @@ const char *hostmem_pcow_path(HostMemPcow *pc);
 bool hostmem_pcow_readonly(HostMemPcow *pc);
 /* Faults held for space now (0 when closed); any thread. */
 uint64_t hostmem_pcow_held_faults(HostMemPcow *pc);
+/* A backend with faults held for space, NULL if none; main thread (BQL). */
+HostMemPcow *hostmem_pcow_any_held(void);
 bool hostmem_pcow_nospace_fail(HostMemPcow *pc);
 
 /*

@@ -65,21 +65,6 @@ static char *pcow_printable(const char *s)
     return r;
 }
 
-static int pcow_held_one(Object *obj, void *opaque)
-{
-    HostMemPcow *pc;
-
-    if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
-        return 0;
-    }
-    pc = hostmem_pcow_find(MEMORY_BACKEND(obj));
-    if (pc && hostmem_pcow_held_faults(pc)) {
-        *(HostMemPcow **)opaque = pc;
-        return 1;
-    }
-    return 0;
-}
-
 /*
  * A snapshot command that is refused must not pause the guest, so this
  * runs before vm_stop().  As savevm, refuse while a migration runs: the
@@ -99,9 +84,7 @@ static bool pcow_snapshot_allowed(PcowBackendRef *ref, const char *id,
                    id);
         return false;
     }
-    if (runstate_is_running() &&
-        object_child_foreach(object_get_objects_root(), pcow_held_one,
-                             &held)) {
+    if (runstate_is_running() && (held = hostmem_pcow_any_held())) {
         error_setg(errp, "memory backend '%s': the guest waits for space "
                    "on pcow image '%s' (out of space); free space first",
                    id, hostmem_pcow_path(held));

@@ -311,11 +311,13 @@ def run(t, vm):
 
 
 def loadvm_during_migration(t, vm, state):
-    """loadvm while a migration runs: refused (a revert remaps the NVDIMM
-    behind the dirty log), the migration and the guest go on."""
+    """loadvm and delvm while a migration runs: refused (a revert remaps
+    the NVDIMM behind the dirty log, a delete changes the metadata the
+    destination maps from), the migration and the guest go on."""
     vm.m.execute("migrate-set-parameters", {"max-bandwidth": 1 * MiB})
     vm.m.execute("migrate", uri="exec:cat > /dev/null")
     out = vm.hmp("loadvm s0")
+    out_del = vm.hmp("delvm s0")
     mig = vm.m.execute("query-migrate").get("status")
     vm.m.execute("migrate_cancel")
     deadline = time.monotonic() + 60
@@ -328,6 +330,10 @@ def loadvm_during_migration(t, vm, state):
     t.check("pm0" in out and "while a migration is in progress" in out,
             f"loadvm during a migration ({mig}) is refused naming the "
             f"backend: {out.strip()!r}")
+    t.check("while a migration is in progress" in out_del and
+            "s0" in vm.pcow_snaps() and "s0" in vm.vm_sizes(),
+            f"delvm during a migration is refused, s0 kept: "
+            f"{out_del.strip()!r}")
     vm.check(state, f"... and changes nothing (VM was {st})")
 
 
