@@ -61,7 +61,7 @@ static uint64_t data_mappings(const pcow_extent *ext)
     uint64_t valid = ext->length;
 
     if (ext->valid_length < ext->length) {
-        valid = pcow_round_up(ext->valid_length, 4096);
+        valid = pcow_round_up(ext->valid_length, PCOW_PAGE_SIZE);
     }
     return valid < ext->length ? 2 : 1;
 }
@@ -173,15 +173,6 @@ static int add_run(Compact *c, uint64_t v, uint64_t n)
     return 0;
 }
 
-static bool page_is_zero(const uint8_t *p)
-{
-    uint64_t k;
-
-    for (k = 0; k < PCOW_PAGE_SIZE && !p[k]; k++) {
-    }
-    return k == PCOW_PAGE_SIZE;
-}
-
 /*
  * Copy the cluster at @from to the new cluster at @to, which reads zeros
  * already: only its non-zero pages are written, a run of them at once.
@@ -193,11 +184,11 @@ static int copy_cluster(Compact *c, uint64_t from, uint64_t to)
     int ret = pcow_read_table(img, from, c->buf, cs);
 
     while (ret == 0 && a < cs) {
-        if (page_is_zero(c->buf + a)) {
+        if (pcow_is_zero(c->buf + a, pg)) {
             a += pg;
             continue;
         }
-        for (b = a + pg; b < cs && !page_is_zero(c->buf + b); b += pg) {
+        for (b = a + pg; b < cs && !pcow_is_zero(c->buf + b, pg); b += pg) {
         }
         ret = pcow_persist_pwrite(img, to + a, c->buf + a, b - a);
         a = b;

@@ -17,11 +17,6 @@ uint64_t pcow_round_to_pages(uint64_t size)
     return (size + PCOW_PAGE_SIZE - 1) & ~(uint64_t)(PCOW_PAGE_SIZE - 1);
 }
 
-static bool all_zero(const uint8_t *buf, uint64_t len)
-{
-    return len == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0);
-}
-
 /*
  * Count the clusters of @src that hold any non-zero byte, and the L2
  * tables that map them.  A callback's error is returned as it is.
@@ -54,7 +49,7 @@ static int count_clusters(const pcow_measure_source *src,
             if (ret < 0) {
                 break;
             }
-            need = !all_zero(buf, pnum);
+            need = !pcow_is_zero(buf, pnum);
         }
         if (need) {
             uint64_t v = off / cs;

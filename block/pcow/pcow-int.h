@@ -12,6 +12,7 @@
 
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -408,6 +409,14 @@ static inline uint64_t pcow_entry_file_off(pcow_image *img, uint64_t v,
 static inline uint64_t pcow_word(const uint64_t *p)
 {
     return pcow_le64(__atomic_load_n(p, __ATOMIC_ACQUIRE));
+}
+
+/* All @len bytes at @p are zero; pure, signal-safe (memcmp only) */
+static inline bool pcow_is_zero(const void *p, size_t len)
+{
+    const uint8_t *b = p;
+
+    return len == 0 || (b[0] == 0 && memcmp(b, b + 1, len - 1) == 0);
 }
 
 static inline uint64_t pcow_round_up(uint64_t v, uint64_t a)

@@ -167,18 +167,6 @@ int pcow_expand_cluster(pcow_image *img, uint64_t vcluster,
     return pcow_expand_internal(img, vcluster, file_offset, true);
 }
 
-static bool all_zero(const uint8_t *p, size_t len)
-{
-    size_t i;
-
-    for (i = 0; i < len; i++) {
-        if (p[i]) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /*
  * Copy unit @u of virtual cluster @v into data cluster @dst.  @src is the
  * map word the unit is read from: a cluster of this image when PRESENT,
@@ -224,7 +212,7 @@ static int copy_unit(pcow_image *img, uint64_t v, unsigned u, uint64_t src,
                 return ret;
             }
         }
-        if (all_zero(buf, sizeof(buf))) {
+        if (pcow_is_zero(buf, sizeof(buf))) {
             continue;
         }
         ret = pcow_persist_pwrite(img, dst + pos, buf, sizeof(buf));
