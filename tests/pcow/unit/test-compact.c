@@ -170,6 +170,7 @@ static void test_compact_overlay(void **state)
     pcow_error err = { 0 };
     pcow_image *img;
     uint8_t *before, *after;
+    uint64_t partial_at;
 
     td_path(&td, "base.pcow", base, sizeof(base));
     td_path(&td, "top.pcow", top, sizeof(top));
@@ -178,18 +179,29 @@ static void test_compact_overlay(void **state)
     img = open_image(top, PCOW_OPEN_RDWR);
     write_shuffled(img, 11);
     close_image(img);
-    /* A single unit over the base: a PARTIAL entry */
+    /*
+     * A single unit over the base: a PARTIAL entry, right after the run
+     * { 1000, 7 }, so that compacting the run would take it along
+     */
     img = open_image(top, PCOW_OPEN_RDWR);
     {
         pcow_extent ext;
 
-        assert_int_equal(pcow_cow(img, 1010 * CS, false, &ext), 0);
+        assert_int_equal(pcow_cow(img, 1007 * CS, false, &ext), 0);
+        assert_int_equal(pcow_get_extent(img, 1007 * CS, CS, &ext), 0);
+        partial_at = ext.file_offset;
     }
     before = read_all(img);
     assert_int_equal(pcow_compact(img, &res, &err), 0);
     assert_true(res.clusters_moved > 0);
     assert_true(res.mappings_after < res.mappings_before);
-    assert_int_equal(pcow_cow_units_copied(img, 1010 * CS), 1);
+    assert_int_equal(pcow_cow_units_copied(img, 1007 * CS), 1);
+    {
+        pcow_extent ext;
+
+        assert_int_equal(pcow_get_extent(img, 1007 * CS, CS, &ext), 0);
+        assert_int_equal(ext.file_offset, partial_at);  /* not moved */
+    }
     after = read_all(img);
     assert_memory_equal(before, after, VSIZE);
     close_image(img);
