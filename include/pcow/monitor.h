@@ -33,6 +33,8 @@ typedef struct pcow_monitor pcow_monitor;
  */
 #define PCOW_MONITOR_NOSPACE_FAIL (1u << 3)
 #define PCOW_MONITOR_RETRY_MS 200
+/* Open with PCOW_OPEN_EXPECT_STAMP and opts->expect_stamp (pcow.h) */
+#define PCOW_MONITOR_EXPECT_STAMP (1u << 4)
 
 typedef struct pcow_monitor_opts {
     unsigned flags;
@@ -43,6 +45,15 @@ typedef struct pcow_monitor_opts {
     pcow_persist_hook hook;     /* optional, for tests; also runs in the
                                  * fault handlers: async-signal-safe */
     void *hook_opaque;
+    /*
+     * NULL, or where to map: the caller's own reservation of at least the
+     * virtual size (a private anonymous mapping, say), which the monitor
+     * replaces (MAP_FIXED), owns from then on and unmaps at close.  QEMU
+     * gives a RAM block its address before an incoming migration says
+     * which image state to map.
+     */
+    void *addr;
+    uint64_t expect_stamp;      /* with PCOW_MONITOR_EXPECT_STAMP */
 } pcow_monitor_opts;
 
 #define PCOW_HIST_BUCKETS 32    /* log2 buckets of nanoseconds */
@@ -121,6 +132,20 @@ int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
  */
 int pcow_monitor_snapshot_revert(pcow_monitor *mon, const char *name,
                                  pcow_error *err);
+
+/*
+ * Hand the image over (pcow_release()) while the caller keeps every
+ * writer of the range stopped: the pool thread is joined, guest writes
+ * made durable, the image released; *@stamp (if not NULL) receives the
+ * stamp it leaves.  The mapping stays readable.  A fault that would write
+ * the image while it is released is held until pcow_monitor_reacquire().
+ * pcow_monitor_reacquire() takes it back (pcow_reacquire(): -EBUSY,
+ * -ESTALE) and restarts the pool thread.  Returns 0 or -errno, @err set.
+ */
+int pcow_monitor_release(pcow_monitor *mon, uint64_t *stamp,
+                         pcow_error *err);
+int pcow_monitor_reacquire(pcow_monitor *mon, pcow_error *err);
+bool pcow_monitor_released(pcow_monitor *mon);
 
 /* Make guest writes durable (msync of the writable mappings / PM flush). */
 int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);

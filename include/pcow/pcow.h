@@ -128,11 +128,19 @@ typedef struct pcow_create_opts {
 #define PCOW_OPEN_NO_LOCK    (1u << 1) /* -U: take no lock at all */
 #define PCOW_OPEN_NO_BACKING (1u << 2) /* do not open the backing chain */
 #define PCOW_OPEN_NO_RECOVER (1u << 3) /* RDWR: do not reclaim leaks */
+/*
+ * Refuse the open with -ESTALE, before anything is written, unless the
+ * image is clean (in_use 0) and its stamp is expect_stamp (see "State
+ * stamps" below): a restore or an incoming migration that must find the
+ * image exactly as the saved state left it.
+ */
+#define PCOW_OPEN_EXPECT_STAMP (1u << 4)
 
 typedef struct pcow_open_opts {
     unsigned flags;
     pcow_persist_hook hook;
     void *hook_opaque;
+    uint64_t expect_stamp;      /* with PCOW_OPEN_EXPECT_STAMP */
 } pcow_open_opts;
 
 int pcow_create(const char *path, const pcow_create_opts *opts,
@@ -167,6 +175,54 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
  * in use, with that error; the image is freed all the same.
  */
 int pcow_close(pcow_image *img, pcow_error *err);
+
+/*
+ * State stamps: which state of an image a saved VM state, a migration or
+ * a handed-over image belongs to.  The hot line's stamp is the in-use
+ * token of the writer session that last closed the image cleanly or
+ * handed it over (pcow_release()); each read-write open starts a session
+ * with a new token, so any writer in between changes it.  pcow_create()
+ * gives a new image a fresh stamp; 0 means unknown (an image written
+ * before stamps existed, until its next clean close).
+ *
+ * pcow_stamp(): read-write, this session's token (what a release or a
+ * clean close will leave); read-only, the stamp stored at open.
+ * pcow_open_stamp(): the stamp the image had when this handle opened it,
+ * and (if @clean) whether in_use was 0 then.
+ */
+uint64_t pcow_stamp(pcow_image *img);
+uint64_t pcow_open_stamp(pcow_image *img, bool *clean);
+
+/*
+ * Hand a read-write image over to another process (live migration on
+ * shared storage, save to a file): everything durable, the reserve given
+ * back, stamp = this session's token, in_use 0 (the persist points of
+ * close), then the lock is dropped.  The handle stays valid for reading
+ * (and its file mappings stay); nothing is written until pcow_reacquire()
+ * succeeds, and pcow_close() of a released image writes nothing.
+ * Durable on return.  Returns 0 or -errno with @err set.
+ */
+int pcow_release(pcow_image *img, pcow_error *err);
+/*
+ * Take a released image back: -EBUSY if another process holds it now,
+ * -ESTALE if anyone opened it for writing since the release (stamp,
+ * in_use or header generation differ), else the lock again and a new
+ * session (P-OPEN-INUSE, a new token).  Returns 0 or -errno with @err set.
+ */
+int pcow_reacquire(pcow_image *img, pcow_error *err);
+bool pcow_released(pcow_image *img);
+/*
+ * This session changed nothing a reader can see (an incoming migration
+ * that failed before its guest ran): a later release or clean close
+ * leaves the stamp found at open instead of this session's token.
+ */
+void pcow_keep_stamp(pcow_image *img);
+/*
+ * The identity of the backing chain below @img: a fold of each base's
+ * stamp and virtual size, top to bottom.  0 if @img has no base, or a
+ * base is raw or has stamp 0 (its state cannot be told).
+ */
+uint64_t pcow_chain_stamp(pcow_image *img);
 
 /*
  * Is this file a pcow image (magic of either header slot)?  No validation;
