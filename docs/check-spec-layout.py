@@ -4,13 +4,14 @@
   check-spec-layout.py SOURCE_ROOT
 
 docs/interop/pcow-spec.rst gives the header slot, the hot line and the
-snapshot record as tables of offset, size and field, and the L2 entry as a
+snapshot record and its VM state extension as tables of offset, size and
+field, and the L2 entry as a
 table of 8-byte words; block/pcow/pcow-int.h names the same offsets
 (PCOW_H_*, PCOW_HOT_*, PCOW_S_*, PCOW_W_*) with the size in a comment
 ("u32", "u64"), and the code encodes and decodes through those names.  The spec's limits and
 sizes (cluster 0's layout, cluster bits, name lengths, L1 size, L2 entry
 and snapshot record sizes, chain depth) and its bits (the map word's flags,
-the incompatible feature bit) are compared with the constants of the same
+the incompatible feature bits) are compared with the constants of the same
 meaning.  This fails, one line per difference, when an offset, a
 size, a field name or a limit differs, or when either side has a field the
 other lacks.
@@ -54,12 +55,19 @@ LIMITS = [
     ('incompatible feature BACKING_LIMIT',
      r'incompatible bit (\d+), ``BACKING_LIMIT``',
      ['log2:PCOW_INCOMPAT_BACKING_LIMIT']),
+    ('incompatible feature VM_STATE',
+     r'incompatible bit (\d+), ``VM_STATE``',
+     ['log2:PCOW_INCOMPAT_VM_STATE']),
+    ('snapshot extra_length', r'``extra_length``: bytes.*?0, or (\d+)',
+     ['PCOW_SX_SIZE']),
+    ('VM state size', r'``vm_state_size``: bytes of VM state, 1 \.\.\s+'
+     r'``PCOW_MAX_VM_STATE`` \(2\^(\d+)\)', ['log2:PCOW_MAX_VM_STATE']),
 ]
 CONST = re.compile(r'^#define (PCOW_[A-Z0-9_]+)\s+(?:(\d+)|\((\d+)u?l?l? << '
                    r'(\d+)\))')
 ROW = re.compile(r'^(\d+)\s+(\d+|n)\s+(.*)$')
 FIELD = re.compile(r'``([a-z0-9_]+)``')
-DEFINE = re.compile(r'^#define (PCOW_(?:H|HOT|S|W)_[A-Z0-9_]+)'
+DEFINE = re.compile(r'^#define (PCOW_(?:H|HOT|S|SX|W)_[A-Z0-9_]+)'
                     r'\s+(\d+)\s*(?:/\*\s*(.*?)\s*\*/)?')
 # Rows of the L2 entry table: word, name
 WORD_ROW = re.compile(r'^(\d+)\s+(?:``([a-z0-9_]+)``|(reserved))\s')
@@ -103,14 +111,14 @@ def code_fields(path):
     """{offset: (size, name, macro)} of the PCOW_H_* (header), PCOW_HOT_*
     (hot line), PCOW_S_* (snapshot record) and PCOW_W_* (L2 entry word)
     fields"""
-    groups = {'H': {}, 'HOT': {}, 'S': {}, 'W': {}}
+    groups = {'H': {}, 'HOT': {}, 'S': {}, 'SX': {}, 'W': {}}
     with open(path, encoding='utf-8') as fh:
         for line in fh:
             m = DEFINE.match(line)
             if not m:
                 continue
             macro, off, comment = m.group(1), int(m.group(2)), m.group(3)
-            if macro in ('PCOW_HOT_OFFSET', 'PCOW_HOT_SIZE'):
+            if macro in ('PCOW_HOT_OFFSET', 'PCOW_HOT_SIZE', 'PCOW_SX_SIZE'):
                 continue
             words = (comment or '').replace(',', ' ').split()
             size = {'u32': 4, 'u64': 8}.get(words[0] if words else '')
@@ -218,6 +226,8 @@ def main():
               ('hot line', spec_table(lines, 'Hot line'), 'HOT', 2),
               ('snapshot record', spec_table(lines, 'Snapshot table'), 'S',
                10),
+              ('VM state extension', spec_table(lines, 'VM state'), 'SX',
+               3),
               ('L2 entry word', spec_table(lines, 'Mapping: L1 and L2 tables',
                                            words=True), 'W', 4)]
     groups = code_fields(os.path.join(root, HDR))

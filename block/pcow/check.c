@@ -233,7 +233,8 @@ static void repair_extent_and_ids(pcow_image *img, const PcowWalk *w)
             pcow_alloc_raise_frontier(img, end);
         }
     }
-    if (pcow_snapshot_ids_check(img, &pr)) {
+    if (pcow_snapshot_ids_check(img, &pr) ||
+        pcow_snapshot_vm_state_bad(img)) {
         pcow_snapshot_ids_repair(img, NULL);
     }
 }
@@ -336,6 +337,7 @@ int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
     res->total_clusters = pcow_div_round_up(img->hdr.virtual_size,
                                             img->cluster_size);
     res->fragmented_clusters = w.fragmented;
+    res->vm_state_clusters = w.vm_state_clusters;
     res->image_end_offset = pcow_frontier(img);
     pcow_walk_free(&w);
     ret = pcow_close(img, NULL);

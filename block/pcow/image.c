@@ -276,7 +276,8 @@ static int take_lock(pcow_image *img, pcow_error *err)
 /*
  * The most an image of this geometry can use: cluster 0, the snapshot
  * table, and per layer (active and each snapshot) its L1 table, every L2
- * table and every data cluster; twice that, plus the reserve ring, covers
+ * table, every data cluster and, with the VM state feature, the largest
+ * VM state; twice that, plus the reserve ring, covers
  * what is in flight.  Saturates at UINT64_MAX.
  */
 static uint64_t frontier_reach(pcow_image *img)
@@ -286,6 +287,10 @@ static uint64_t frontier_reach(pcow_image *img)
     uint64_t l1cl = pcow_div_round_up((uint64_t)img->hdr.l1_size * 8, cs);
 
     layer = vcl + img->hdr.l1_size + l1cl;
+    /* Snapshots are not read yet: allow each the largest VM state */
+    if (img->hdr.incompatible_features & PCOW_INCOMPAT_VM_STATE) {
+        layer += PCOW_MAX_VM_STATE >> img->cluster_bits;
+    }
     if (__builtin_mul_overflow(layer, 1 + (uint64_t)img->hdr.nb_snapshots,
                                &n) ||
         __builtin_add_overflow(n, pcow_div_round_up(img->hdr.snapshots_size,
@@ -747,6 +752,7 @@ void pcow_get_info(pcow_image *img, pcow_info *info)
         info->allocated_clusters = w.data_clusters;
         info->active_clusters = w.active_clusters;
         info->metadata_clusters = w.meta_clusters;
+        info->vm_state_clusters = w.vm_state_clusters;
     }
     pcow_unlock(img);
     pcow_walk_free(&w);

@@ -127,7 +127,7 @@ _Static_assert(PCOW_HOT_OFFSET + PCOW_HOT_SIZE <=
 #define PCOW_S_VIRTUAL_SIZE     24  /* u64 */
 #define PCOW_S_DATE_SEC         32  /* u64 */
 #define PCOW_S_DATE_NSEC        40  /* u32 */
-#define PCOW_S_RESERVED1        44  /* u32, zero */
+#define PCOW_S_EXTRA_LEN        44  /* u32 extra_length, 0 or PCOW_SX_SIZE */
 #define PCOW_S_BACKING_LIMIT    48  /* u64 */
 #define PCOW_S_RESERVED2        56  /* u64, zero */
 #define PCOW_S_NAME             64  /* name bytes, zero padded to 8 */
@@ -138,11 +138,24 @@ _Static_assert(PCOW_S_L1_OFFSET == PCOW_S_ID + 8 &&
                PCOW_S_VIRTUAL_SIZE == PCOW_S_NAME_LEN + 4 &&
                PCOW_S_DATE_SEC == PCOW_S_VIRTUAL_SIZE + 8 &&
                PCOW_S_DATE_NSEC == PCOW_S_DATE_SEC + 8 &&
-               PCOW_S_RESERVED1 == PCOW_S_DATE_NSEC + 4 &&
-               PCOW_S_BACKING_LIMIT == PCOW_S_RESERVED1 + 4 &&
+               PCOW_S_EXTRA_LEN == PCOW_S_DATE_NSEC + 4 &&
+               PCOW_S_BACKING_LIMIT == PCOW_S_EXTRA_LEN + 4 &&
                PCOW_S_RESERVED2 == PCOW_S_BACKING_LIMIT + 8 &&
                PCOW_S_NAME == PCOW_S_RESERVED2 + 8, "snapshot record");
 _Static_assert(PCOW_S_NAME == PCOW_SNAP_FIXED, "snapshot record size");
+
+/*
+ * The VM state extension of a record (spec, "VM state"): after the name's
+ * padding, when extra_length is PCOW_SX_SIZE.  Offsets within it.
+ */
+#define PCOW_SX_VM_STATE_OFFSET 0   /* u64, first cluster of the VM state */
+#define PCOW_SX_VM_STATE_SIZE   8   /* u64, bytes: 1 .. PCOW_MAX_VM_STATE */
+#define PCOW_SX_VM_CLOCK_NSEC   16  /* u64 */
+#define PCOW_SX_SIZE            24
+_Static_assert(PCOW_SX_VM_STATE_SIZE == PCOW_SX_VM_STATE_OFFSET + 8 &&
+               PCOW_SX_VM_CLOCK_NSEC == PCOW_SX_VM_STATE_SIZE + 8 &&
+               PCOW_SX_SIZE == PCOW_SX_VM_CLOCK_NSEC + 8,
+               "snapshot record extension");
 
 #define PCOW_FMT_NONE           0
 #define PCOW_FMT_PCOW           1
@@ -205,7 +218,9 @@ static inline bool pcow_entry_is_ours(PcowEntryKind k)
 
 /* Known feature bits */
 #define PCOW_INCOMPAT_BACKING_LIMIT (1ull << 0) /* backing_limit fields */
-#define PCOW_INCOMPAT_KNOWN     PCOW_INCOMPAT_BACKING_LIMIT
+#define PCOW_INCOMPAT_VM_STATE  (1ull << 1) /* snapshots with VM state */
+#define PCOW_INCOMPAT_KNOWN     (PCOW_INCOMPAT_BACKING_LIMIT | \
+                                 PCOW_INCOMPAT_VM_STATE)
 #define PCOW_AUTOCLEAR_KNOWN    0ull
 
 /* Reserve ring capacity (clusters made ready ahead of faults) */
@@ -260,6 +275,10 @@ typedef struct PcowSnapshot {
     uint64_t date_sec;
     uint32_t date_nsec;
     uint64_t backing_limit;     /* the header's at creation */
+    uint64_t vm_state_offset;   /* 0: no VM state */
+    uint64_t vm_state_size;
+    uint64_t vm_clock_nsec;
+    bool vm_state_bad;          /* the walk found its clusters unusable */
     char name[PCOW_MAX_SNAPSHOT_NAME + 1];
 } PcowSnapshot;
 
@@ -577,7 +596,8 @@ typedef struct PcowWalk {
     uint64_t nclusters;
     uint64_t data_clusters;
     uint64_t active_clusters;
-    uint64_t meta_clusters;
+    uint64_t meta_clusters;     /* tables (VM state not included) */
+    uint64_t vm_state_clusters;
     uint64_t fragmented;
     uint64_t fixed;             /* entries repaired */
     uint64_t stale;             /* active entries beyond the virtual size */
@@ -638,8 +658,13 @@ int pcow_snapshots_load(pcow_image *img, PcowProblems *pr);
 int pcow_snapshot_find(pcow_image *img, const char *name_or_id);
 /* Report bad or duplicate ids; returns how many.  Pure */
 uint64_t pcow_snapshot_ids_check(pcow_image *img, PcowProblems *pr);
-/* check -r all: renumber bad ids.  durable (header commit); - */
+/*
+ * check -r all: renumber bad ids, drop the VM state the walk found
+ * unusable (vm_state_bad).  durable (header commit); -
+ */
 int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err);
+/* Does any snapshot's VM state need that repair?  Pure */
+bool pcow_snapshot_vm_state_bad(pcow_image *img);
 /*
  * pcow_snapshot_create() without the rule for new names (length only):
  * the tests make images "made elsewhere" with it, whose names hold

@@ -17,9 +17,38 @@
 
 #include "pcow-int.h"
 
-static uint32_t record_len(uint32_t name_len)
+static uint32_t record_len(uint32_t name_len, uint32_t extra_len)
 {
-    return PCOW_SNAP_FIXED + pcow_round_up(name_len, 8);
+    return PCOW_SNAP_FIXED + pcow_round_up(name_len, 8) + extra_len;
+}
+
+/* The VM state extension after the name, if @extra_len says there is one */
+static bool vm_state_decode(pcow_image *img, PcowSnapshot *sn,
+                            const uint8_t *x, uint32_t extra_len,
+                            PcowProblems *pr)
+{
+    if (extra_len == 0) {
+        return true;
+    }
+    if (extra_len != PCOW_SX_SIZE ||
+        !(img->hdr.incompatible_features & PCOW_INCOMPAT_VM_STATE)) {
+        pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid extra "
+                     "length %u", sn->name, extra_len);
+        return false;
+    }
+    sn->vm_state_offset = pcow_ld64(x + PCOW_SX_VM_STATE_OFFSET);
+    sn->vm_state_size = pcow_ld64(x + PCOW_SX_VM_STATE_SIZE);
+    sn->vm_clock_nsec = pcow_ld64(x + PCOW_SX_VM_CLOCK_NSEC);
+    if (sn->vm_state_size == 0 || sn->vm_state_size > PCOW_MAX_VM_STATE ||
+        sn->vm_state_offset < img->cluster_size ||
+        sn->vm_state_offset % img->cluster_size) {
+        pcow_problem(pr, -EINVAL, "snapshot '%s' has an invalid VM state "
+                     "(%llu bytes at 0x%llx)", sn->name,
+                     (unsigned long long)sn->vm_state_size,
+                     (unsigned long long)sn->vm_state_offset);
+        return false;
+    }
+    return true;
 }
 
 /*
@@ -32,7 +61,7 @@ static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
     PcowHeader *h = &img->hdr;
     PcowSnapshot *sn = &img->snaps[k];
     const uint8_t *r = buf + pos;
-    uint32_t nl, need, j;
+    uint32_t nl, xl, need, j;
 
     if (pos + PCOW_SNAP_FIXED > h->snapshots_size) {
         pcow_problem(pr, -EINVAL, "snapshot table truncated at record "
@@ -40,10 +69,16 @@ static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
         return 0;
     }
     nl = pcow_ld32(r + PCOW_S_NAME_LEN);
+    xl = pcow_ld32(r + PCOW_S_EXTRA_LEN);
     if (nl == 0 || nl > PCOW_MAX_SNAPSHOT_NAME ||
-        pos + record_len(nl) > h->snapshots_size) {
+        pos + record_len(nl, 0) > h->snapshots_size) {
         pcow_problem(pr, -EINVAL, "snapshot record %u has an invalid "
                      "name length %u", k, nl);
+        return 0;
+    }
+    if (xl > h->snapshots_size - pos - record_len(nl, 0)) {
+        pcow_problem(pr, -EINVAL, "snapshot record %u has an invalid "
+                     "extra length %u", k, xl);
         return 0;
     }
     sn->id = pcow_ld64(r + PCOW_S_ID);
@@ -58,6 +93,9 @@ static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
     if (memchr(sn->name, '\0', nl)) {
         pcow_problem(pr, -EINVAL, "snapshot record %u: name contains a "
                      "NUL byte", k);
+        return 0;
+    }
+    if (!vm_state_decode(img, sn, r + record_len(nl, 0), xl, pr)) {
         return 0;
     }
     if (sn->virtual_size == 0 || sn->virtual_size % 4096) {
@@ -90,7 +128,7 @@ static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
             return 0;
         }
     }
-    return record_len(nl);
+    return record_len(nl, xl);
 }
 
 int pcow_snapshots_load(pcow_image *img, PcowProblems *pr)
@@ -214,6 +252,11 @@ int pcow_snapshot_find(pcow_image *img, const char *name_or_id)
     return -ENOENT;
 }
 
+static uint32_t extra_len(const PcowSnapshot *sn)
+{
+    return sn->vm_state_size ? PCOW_SX_SIZE : 0;
+}
+
 /* Serialise @snaps into a new table, allocated and persisted (P-*-LIST) */
 static int write_table(pcow_image *img, const PcowSnapshot *snaps,
                        uint32_t n, PcowHeader *h)
@@ -224,8 +267,13 @@ static int write_table(pcow_image *img, const PcowSnapshot *snaps,
     uint8_t *buf;
     int ret;
 
+    /* The feature bit is set exactly while a record has VM state */
+    h->incompatible_features &= ~PCOW_INCOMPAT_VM_STATE;
     for (k = 0; k < n; k++) {
-        size += record_len(strlen(snaps[k].name));
+        size += record_len(strlen(snaps[k].name), extra_len(&snaps[k]));
+        if (snaps[k].vm_state_size) {
+            h->incompatible_features |= PCOW_INCOMPAT_VM_STATE;
+        }
     }
     h->nb_snapshots = n;
     h->snapshots_size = size;
@@ -254,7 +302,15 @@ static int write_table(pcow_image *img, const PcowSnapshot *snaps,
         pcow_st32(r + PCOW_S_DATE_NSEC, snaps[k].date_nsec);
         pcow_st64(r + PCOW_S_BACKING_LIMIT, snaps[k].backing_limit);
         memcpy(r + PCOW_S_NAME, snaps[k].name, nl);
-        pos += record_len(nl);
+        if (snaps[k].vm_state_size) {
+            uint8_t *x = r + record_len(nl, 0);
+
+            pcow_st32(r + PCOW_S_EXTRA_LEN, PCOW_SX_SIZE);
+            pcow_st64(x + PCOW_SX_VM_STATE_OFFSET, snaps[k].vm_state_offset);
+            pcow_st64(x + PCOW_SX_VM_STATE_SIZE, snaps[k].vm_state_size);
+            pcow_st64(x + PCOW_SX_VM_CLOCK_NSEC, snaps[k].vm_clock_nsec);
+        }
+        pos += record_len(nl, extra_len(&snaps[k]));
     }
     ret = pcow_alloc_clusters(img, pcow_div_round_up(size, cs), &off);
     if (ret == 0) {
@@ -457,6 +513,8 @@ int pcow_snapshot_lookup(pcow_image *img, const char *name, bool has_id,
             info->virtual_size = sn->virtual_size;
             info->date_sec = sn->date_sec;
             info->date_nsec = sn->date_nsec;
+            info->vm_state_size = sn->vm_state_size;
+            info->vm_clock_nsec = sn->vm_clock_nsec;
             return 0;
         }
     }
@@ -527,25 +585,36 @@ static int freeze_active(pcow_image *img)
 int pcow_snapshot_create(pcow_image *img, const char *name, uint64_t *id,
                          pcow_error *err)
 {
+    return pcow_snapshot_create_vm(img, name, NULL, id, err);
+}
+
+static int create_snapshot(pcow_image *img, const char *name,
+                           const pcow_vm_state *vm, uint64_t *id,
+                           pcow_error *err);
+
+int pcow_snapshot_create_vm(pcow_image *img, const char *name,
+                            const pcow_vm_state *vm, uint64_t *id,
+                            pcow_error *err)
+{
     int ret = pcow_snapshot_name_check(name, err);
 
-    return ret < 0 ? ret : pcow_snapshot_create_any_name(img, name, id, err);
+    return ret < 0 ? ret : create_snapshot(img, name, vm, id, err);
 }
 
 int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
                                   uint64_t *id, pcow_error *err)
 {
-    PcowHeader h = img->hdr;
-    PcowSnapshot *ns;
-    struct timespec ts;
-    uint64_t old_off = h.snapshots_offset, cs = img->cluster_size;
-    uint64_t old_n = pcow_div_round_up(h.snapshots_size, cs);
-    uint64_t l1_off;
-    uint32_t n = h.nb_snapshots, i;
-    size_t nl = name ? strlen(name) : 0;
-    int ret;
+    return create_snapshot(img, name, NULL, id, err);
+}
 
-    ret = check_rw(img, err);
+/* Can snapshot @name be created (with @vm)?  Nothing written yet */
+static int create_check(pcow_image *img, const char *name,
+                        const pcow_vm_state *vm, pcow_error *err)
+{
+    size_t nl = name ? strlen(name) : 0;
+    uint32_t i;
+    int ret = check_rw(img, err);
+
     if (ret < 0) {
         return ret;
     }
@@ -553,16 +622,65 @@ int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
         return pcow_img_error(img, err, -EINVAL, "snapshot name must be "
                               "1..%d bytes", PCOW_MAX_SNAPSHOT_NAME);
     }
-    if (h.next_snapshot_id == UINT64_MAX) {
+    if (vm && (vm->size == 0 || vm->size > PCOW_MAX_VM_STATE || !vm->data)) {
+        return pcow_img_error(img, err, -EINVAL, "VM state of %llu bytes: "
+                              "it must be 1 .. %llu bytes",
+                              (unsigned long long)vm->size,
+                              (unsigned long long)PCOW_MAX_VM_STATE);
+    }
+    if (img->hdr.next_snapshot_id == UINT64_MAX) {
         /* The new id must stay below next_snapshot_id, which cannot grow */
         return pcow_img_error(img, err, -EOVERFLOW, "no snapshot id left "
                               "(next_snapshot_id is at its maximum)");
     }
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < img->hdr.nb_snapshots; i++) {
         if (!strcmp(img->snaps[i].name, name)) {
             return pcow_img_error(img, err, -EEXIST, "snapshot '%s' already "
                                   "exists", name);
         }
+    }
+    return 0;
+}
+
+/* P-SNAP-VMSTATE: the VM state in new contiguous clusters, made durable */
+static int write_vm_state(pcow_image *img, const pcow_vm_state *vm,
+                          PcowSnapshot *sn)
+{
+    uint64_t off;
+    int ret = pcow_alloc_clusters(img, pcow_div_round_up(vm->size,
+                                                         img->cluster_size),
+                                  &off);
+
+    if (ret == 0) {
+        ret = pcow_persist_pwrite(img, off, vm->data, vm->size);
+    }
+    if (ret == 0) {
+        ret = pcow_persist_barrier(img);
+    }
+    if (ret == 0) {
+        sn->vm_state_offset = off;
+        sn->vm_state_size = vm->size;
+        sn->vm_clock_nsec = vm->vm_clock_nsec;
+    }
+    return ret;
+}
+
+static int create_snapshot(pcow_image *img, const char *name,
+                           const pcow_vm_state *vm, uint64_t *id,
+                           pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    PcowSnapshot *ns;
+    struct timespec ts;
+    uint64_t old_off = h.snapshots_offset, cs = img->cluster_size;
+    uint64_t old_n = pcow_div_round_up(h.snapshots_size, cs);
+    uint64_t l1_off;
+    uint32_t n = h.nb_snapshots;
+    int ret;
+
+    ret = create_check(img, name, vm, err);
+    if (ret < 0) {
+        return ret;
     }
     ns = calloc(n + 1, sizeof(*ns));
     if (!ns) {
@@ -573,6 +691,9 @@ int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
     }
     /* P-SNAP-TABLES */
     ret = copy_tables(img, img->l1, img->hdr.l1_size, img->l2, &l1_off);
+    if (ret == 0 && vm) {
+        ret = write_vm_state(img, vm, &ns[n]);  /* P-SNAP-VMSTATE */
+    }
     if (ret < 0) {
         goto fail;
     }
@@ -584,7 +705,7 @@ int pcow_snapshot_create_any_name(pcow_image *img, const char *name,
     ns[n].date_sec = ts.tv_sec;
     ns[n].date_nsec = ts.tv_nsec;
     ns[n].backing_limit = h.backing_limit;
-    memcpy(ns[n].name, name, nl + 1);
+    memcpy(ns[n].name, name, strlen(name) + 1);
     /* P-SNAP-LIST */
     ret = write_table(img, ns, n + 1, &h);
     if (ret < 0) {
@@ -626,8 +747,21 @@ fail:
 /*
  * check -r all: a snapshot whose id is 0, 2^64-1 or a duplicate gets a new
  * id above all others, and next_snapshot_id goes above every id.  Valid
- * ids keep their value: users name snapshots by id.
+ * ids keep their value: users name snapshots by id.  A VM state the walk
+ * found unusable is dropped (the snapshot's tables stay).
  */
+bool pcow_snapshot_vm_state_bad(pcow_image *img)
+{
+    uint32_t k;
+
+    for (k = 0; k < img->hdr.nb_snapshots && img->snaps; k++) {
+        if (img->snaps[k].vm_state_bad) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The lowest id >= 1 that no kept record holds (n < 2^32: one exists) */
 static uint64_t lowest_free_id(const PcowSnapshot *ns, const bool *keep,
                                uint32_t n)
@@ -671,6 +805,13 @@ int pcow_snapshot_ids_repair(pcow_image *img, pcow_error *err)
         }
     }
     for (k = 0; k < n; k++) {
+        if (ns[k].vm_state_bad) {
+            /* Its clusters are not its own: the snapshot loses its VM state */
+            ns[k].vm_state_offset = ns[k].vm_state_size = 0;
+            ns[k].vm_clock_nsec = 0;
+            ns[k].vm_state_bad = false;
+            renumber = true;
+        }
         if (keep[k]) {
             continue;
         }
@@ -868,7 +1009,45 @@ int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
         l[k].date_sec = sn->date_sec;
         l[k].date_nsec = sn->date_nsec;
         l[k].clusters = count_clusters(img, sn);
+        l[k].vm_state_size = sn->vm_state_size;
+        l[k].vm_clock_nsec = sn->vm_clock_nsec;
     }
     *list = l;
     return n;
+}
+
+int pcow_snapshot_read_vm_state(pcow_image *img, const char *name,
+                                uint64_t offset, void *buf, uint64_t len,
+                                pcow_error *err)
+{
+    const PcowSnapshot *sn = NULL;
+    uint32_t k;
+    int ret;
+
+    for (k = 0; k < img->hdr.nb_snapshots; k++) {
+        if (!strcmp(img->snaps[k].name, name)) {
+            sn = &img->snaps[k];
+        }
+    }
+    if (!sn) {
+        return pcow_img_error(img, err, -ENOENT, "no snapshot named '%s'",
+                              name);
+    }
+    if (!sn->vm_state_size) {
+        return pcow_img_error(img, err, -ENODATA, "snapshot '%s' has no VM "
+                              "state", name);
+    }
+    if (offset > sn->vm_state_size || len > sn->vm_state_size - offset) {
+        return pcow_img_error(img, err, -EINVAL, "snapshot '%s': %llu bytes "
+                              "at %llu lie past the end of its VM state "
+                              "(%llu bytes)", name, (unsigned long long)len,
+                              (unsigned long long)offset,
+                              (unsigned long long)sn->vm_state_size);
+    }
+    ret = pcow_read_table(img, sn->vm_state_offset + offset, buf, len);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot read the VM state of "
+                              "snapshot '%s': %s", name, strerror(-ret));
+    }
+    return 0;
 }

@@ -421,6 +421,59 @@ static int walk_layers(WalkCtx *c, uint64_t **sl1, uint64_t *buf)
 }
 
 /*
+ * Each snapshot's VM state: contiguous clusters that only it references.
+ * Walked last, so that a VM state over a table or data cluster is the one
+ * found wrong (check -r all drops it; the snapshot's data stays).
+ */
+static void walk_vm_states(WalkCtx *c)
+{
+    pcow_image *img = c->img;
+    uint64_t cs = img->cluster_size, n, k, first;
+    uint32_t s;
+    char tb[300];
+
+    for (s = 0; s < img->hdr.nb_snapshots && !stop(c); s++) {
+        PcowSnapshot *sn = &img->snaps[s];
+
+        sn->vm_state_bad = false;
+        if (!sn->vm_state_size) {
+            continue;
+        }
+        n = pcow_div_round_up(sn->vm_state_size, cs);
+        first = sn->vm_state_offset >> img->cluster_bits;
+        if (sn->vm_state_offset > c->frontier ||
+            n * cs > c->frontier - sn->vm_state_offset) {
+            pcow_problem(c->pr, -EINVAL, "%sVM state at 0x%llx (%llu bytes) "
+                         "lies outside the image (frontier 0x%llx)",
+                         table_name(sn, tb, sizeof(tb)),
+                         (unsigned long long)sn->vm_state_offset,
+                         (unsigned long long)sn->vm_state_size,
+                         (unsigned long long)pcow_frontier(img));
+            sn->vm_state_bad = true;
+            continue;
+        }
+        for (k = 0; k < n; k++) {
+            if ((c->w->cls[first + k] & PCOW_C_KIND) != PCOW_C_FREE) {
+                pcow_problem(c->pr, -EINVAL, "%sVM state at 0x%llx overlaps "
+                             "cluster 0x%llx, which is in use",
+                             table_name(sn, tb, sizeof(tb)),
+                             (unsigned long long)sn->vm_state_offset,
+                             (unsigned long long)((first + k) * cs));
+                sn->vm_state_bad = true;
+                break;
+            }
+        }
+        if (sn->vm_state_bad) {
+            continue;
+        }
+        for (k = 0; k < n; k++) {
+            c->w->cls[first + k] = PCOW_C_META;     /* not data: one owner */
+        }
+        c->w->vm_state_clusters += n;
+    }
+}
+
+/*
  * Classify every cluster below the frontier, validating every table entry
  * on the way.  Problems go to @pr; unless pr->collect, the walk stops at
  * the first.  With @repair, bad entries are cleared on disk.
@@ -453,6 +506,9 @@ int pcow_walk(pcow_image *img, PcowWalk *w, PcowProblems *pr, bool repair)
     if (ret == 0 && !stop(&c)) {
         walk_reserved(img, w);
         ret = walk_layers(&c, sl1, buf);
+    }
+    if (ret == 0 && !stop(&c)) {
+        walk_vm_states(&c);
     }
 out:
     if (repair && w->fixed) {

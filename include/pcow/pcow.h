@@ -42,6 +42,7 @@ extern "C" {
 #define PCOW_MAX_SNAPSHOT_NAME 255
 #define PCOW_MAX_CHAIN_DEPTH 64
 #define PCOW_MAX_VIRTUAL_SIZE (1ull << 50) /* 1 PiB */
+#define PCOW_MAX_VM_STATE (1ull << 40)  /* VM state of one snapshot: 1 TiB */
 
 /* What went wrong, for front ends to choose their advice by */
 typedef enum pcow_error_kind {
@@ -258,7 +259,8 @@ typedef struct pcow_info {
     uint64_t disk_size;         /* st_blocks * 512 */
     uint64_t allocated_clusters;    /* data clusters referenced by any table */
     uint64_t active_clusters;       /* data clusters of the active layer */
-    uint64_t metadata_clusters;
+    uint64_t metadata_clusters;     /* tables */
+    uint64_t vm_state_clusters;     /* VM state of snapshots */
     uint64_t frontier;
     uint32_t nb_snapshots;
     bool was_dirty;             /* in-use flag was set at open (crash) */
@@ -358,6 +360,8 @@ typedef struct pcow_snapshot_info {
     uint64_t date_sec;
     uint32_t date_nsec;
     uint64_t clusters;          /* data clusters its table references */
+    uint64_t vm_state_size;     /* bytes of VM state stored with it, or 0 */
+    uint64_t vm_clock_nsec;     /* the VM's clock then (with VM state) */
 } pcow_snapshot_info;
 
 /* Returns the count; *list is malloc'd (free with free()). */
@@ -366,6 +370,30 @@ int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
 /* *@id (if not NULL) receives the new snapshot's id. */
 int pcow_snapshot_create(pcow_image *img, const char *name, uint64_t *id,
                          pcow_error *err);
+/*
+ * A snapshot with a VM's state (QEMU's savevm when no disk can hold it):
+ * @size bytes at @data, 1 .. PCOW_MAX_VM_STATE, and the VM clock.  The
+ * state is written into clusters of the image and the one header commit
+ * that creates the snapshot makes it part of it: after a crash there is
+ * either the snapshot with its whole VM state or neither.
+ */
+typedef struct pcow_vm_state {
+    const void *data;
+    uint64_t size;
+    uint64_t vm_clock_nsec;
+} pcow_vm_state;
+/* pcow_snapshot_create() with @vm (NULL: none) stored with the snapshot */
+int pcow_snapshot_create_vm(pcow_image *img, const char *name,
+                            const pcow_vm_state *vm, uint64_t *id,
+                            pcow_error *err);
+/*
+ * Read @len bytes at @offset of the VM state of the snapshot named @name
+ * (exact name).  0; -ENOENT (no such snapshot), -ENODATA (it has no VM
+ * state) or -EINVAL (past its end), with a message; -errno of the read.
+ */
+int pcow_snapshot_read_vm_state(pcow_image *img, const char *name,
+                                uint64_t offset, void *buf, uint64_t len,
+                                pcow_error *err);
 /*
  * The rule for new snapshot names (pcow_snapshot_create() applies it):
  * 1..PCOW_MAX_SNAPSHOT_NAME bytes, none a control character (below 0x20,
@@ -472,6 +500,7 @@ typedef struct pcow_check_result {
     uint64_t allocated_clusters;
     uint64_t total_clusters;    /* virtual size in clusters */
     uint64_t fragmented_clusters;
+    uint64_t vm_state_clusters; /* holding snapshots' VM state */
     uint64_t image_end_offset;
     char first_problem[512];    /* first corruption found, one line */
 } pcow_check_result;

@@ -97,6 +97,7 @@ static void check_print_json(const char *file, const pcow_check_result *res)
     json_u64(&j, "allocated-clusters", res->allocated_clusters);
     json_u64(&j, "fragmented-clusters", res->fragmented_clusters);
     json_u64(&j, "compressed-clusters", 0);
+    json_u64(&j, "vm-state-clusters", res->vm_state_clusters);
     json_u64(&j, "corruptions", res->corruptions);
     json_u64(&j, "leaks", res->leaks);
     json_u64(&j, "stale-mappings", res->stale_entries);
@@ -155,6 +156,10 @@ static void check_print_human(const pcow_check_result *res)
                res->allocated_clusters ?
                100.0 * res->fragmented_clusters / res->allocated_clusters :
                0.0);
+    }
+    if (res->vm_state_clusters) {
+        printf("%" PRIu64 " clusters hold the VM state of snapshots\n",
+               res->vm_state_clusters);
     }
     if (res->image_end_offset) {
         printf("Image end offset: %" PRIu64 "\n", res->image_end_offset);

@@ -207,11 +207,11 @@ static void snapshots_json(ImgJson *j, const pcow_snapshot_info *sn, int n)
         json_begin_object(j, NULL);
         json_str(j, "id", id);
         json_str(j, "name", sn[i].name);
-        json_u64(j, "vm-state-size", 0);
+        json_u64(j, "vm-state-size", sn[i].vm_state_size);
         json_u64(j, "date-sec", sn[i].date_sec);
         json_u64(j, "date-nsec", sn[i].date_nsec);
-        json_u64(j, "vm-clock-sec", 0);
-        json_u64(j, "vm-clock-nsec", 0);
+        json_u64(j, "vm-clock-sec", sn[i].vm_clock_nsec / 1000000000);
+        json_u64(j, "vm-clock-nsec", sn[i].vm_clock_nsec % 1000000000);
         json_u64(j, "virtual-size", sn[i].virtual_size);
         json_u64(j, "clusters", sn[i].clusters);
         json_end_object(j);
@@ -236,6 +236,7 @@ static void format_specific_json(ImgJson *j, const PcowDesc *d)
     json_u64(j, "allocated-clusters", info->allocated_clusters);
     json_u64(j, "active-clusters", info->active_clusters);
     json_u64(j, "metadata-clusters", info->metadata_clusters);
+    json_u64(j, "vm-state-clusters", info->vm_state_clusters);
     json_u64(j, "file-size", info->file_size);
     if (d->vmas_ret == 0) {
         json_u64(j, "vmas-needed", d->vmas);
@@ -322,6 +323,10 @@ static void info_pcow_human(const PcowDesc *d)
     printf("    allocated clusters: %" PRIu64 " (active layer %" PRIu64
            ", metadata %" PRIu64 ")\n", info->allocated_clusters,
            info->active_clusters, info->metadata_clusters);
+    if (info->vm_state_clusters) {
+        printf("    VM state clusters: %" PRIu64 "\n",
+               info->vm_state_clusters);
+    }
     if (d->vmas_ret == 0) {
         printf("    VMAs needed: %" PRIu64 "\n", d->vmas);
     } else {

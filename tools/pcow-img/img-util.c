@@ -120,12 +120,19 @@ void img_print_snapshot_table(const pcow_snapshot_info *sn, int n)
            "VM CLOCK", "ICOUNT");
     for (int i = 0; i < n; i++) {
         g_autofree char *name = pcow_escape_text(sn[i].name);
-        char date[32], id[24];
+        g_autofree char *vmsize = img_size_to_str(sn[i].vm_state_size);
+        uint64_t secs = sn[i].vm_clock_nsec / 1000000000;
+        char date[32], id[24], clock[32];
 
         img_format_date(date, sizeof(date), sn[i].date_sec);
         snprintf(id, sizeof(id), "%" PRIu64, sn[i].id);
-        printf("%-9s %-16s %8s%20s%16s%8s\n", id, name, "0 B", date,
-               "0000:00:00.000", "--");
+        /* As qemu-img: hours:minutes:seconds.milliseconds of the VM clock */
+        snprintf(clock, sizeof(clock), "%04" PRIu64 ":%02u:%02u.%03u",
+                 secs / 3600, (unsigned)(secs / 60 % 60),
+                 (unsigned)(secs % 60),
+                 (unsigned)(sn[i].vm_clock_nsec / 1000000 % 1000));
+        printf("%-9s %-16s %8s%20s%16s%8s\n", id, name, vmsize, date,
+               clock, "--");
     }
 }
 

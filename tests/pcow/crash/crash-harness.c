@@ -276,8 +276,29 @@ static int view_of_image(pcow_image *img, View *v, char *why, size_t wlen)
     }
     for (k = 0; k < n; k++) {
         size_t l = strlen(v->snaps);
+        uint64_t vh = 0;
 
-        snprintf(v->snaps + l, sizeof(v->snaps) - l, "%s,", sl[k].name);
+        if (sl[k].vm_state_size) {
+            /* A snapshot shows with its whole VM state, or not at all */
+            uint8_t *b = xmalloc(sl[k].vm_state_size);
+
+            if (pcow_snapshot_read_vm_state(img, sl[k].name, 0, b,
+                                            sl[k].vm_state_size, &err) < 0) {
+                snprintf(why, wlen, "VM state of '%s': %s", sl[k].name,
+                         err.msg);
+                free(b);
+                free(sl);
+                return -EIO;
+            }
+            vh = fnv(b, sl[k].vm_state_size) ^ sl[k].vm_clock_nsec;
+            free(b);
+        }
+        if (vh) {
+            snprintf(v->snaps + l, sizeof(v->snaps) - l, "%s=%016" PRIx64
+                     ",", sl[k].name, vh);
+        } else {
+            snprintf(v->snaps + l, sizeof(v->snaps) - l, "%s,", sl[k].name);
+        }
     }
     free(sl);
     v->ok = true;
@@ -692,6 +713,21 @@ static void op_snap(pcow_image *img, char what, const char *name)
     }
 }
 
+/* Snapshot @name with @len bytes of VM state (pattern @seed) */
+static void op_snap_vm(pcow_image *img, const char *name, uint64_t len,
+                       uint64_t seed)
+{
+    uint8_t *b = xmalloc(len);
+    pcow_vm_state vm = { .data = b, .size = len, .vm_clock_nsec = seed };
+    pcow_error err = { 0 };
+
+    fill(b, len, seed);
+    if (pcow_snapshot_create_vm(img, name, &vm, NULL, &err) < 0) {
+        die("snapshot -c %s with VM state: %s", name, err.msg);
+    }
+    free(b);
+}
+
 /* Remember what snapshot @name must hold: the view of @img right now */
 static void expect_snap(Scen *s, pcow_image *img, const char *name)
 {
@@ -943,7 +979,7 @@ static bool verify_snapshots(Scen *s, const View *v, const CState *cs)
     path_join(p, sizeof(p), s->state, s->view);
     path_join(q, sizeof(q), s->state, "revert-check");
     while (*n) {
-        size_t l = strcspn(n, ",");
+        size_t l = strcspn(n, ",="); /* the name, without its VM state */
         SnapExpect *e = NULL;
         pcow_error err = { 0 };
         pcow_image *img;
@@ -952,7 +988,8 @@ static bool verify_snapshots(Scen *s, const View *v, const CState *cs)
         int k;
 
         snprintf(name, sizeof(name), "%.*s", (int)l, n);
-        n += l + (n[l] == ',');
+        n += strcspn(n, ",");
+        n += *n == ',';
         for (k = 0; k < s->nsnap; k++) {
             if (!strcmp(s->snap[k].name, name)) {
                 e = &s->snap[k];
@@ -1778,6 +1815,43 @@ static void t_snap_delete(Scen *s)
 }
 
 /*
+ * Snapshots with VM state (savevm without a disk): P-SNAP-VMSTATE before
+ * the commit, the feature bit set by the first and cleared with the last
+ * delete, the VM state kept by a revert.  A snapshot's view includes a
+ * hash of its VM state, so a state must show it whole or not at all.
+ */
+static void t_snap_vm_state(Scen *s)
+{
+    uint64_t cs = 16 * KiB, u = 4 * KiB;
+    pcow_image *img;
+
+    track(s, "img");
+    mk(s, "img", 2 * MiB, cs, u, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    snap_image(s, img, cs, u);
+    op_close(img);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    scen_start(s);
+    expect_snap(s, img, "s2");
+    op_snap_vm(img, "s2", 3 * cs + 100, 61);
+    step(s, ATOMIC, "snapshot -c s2 (VM state)");
+    op_write(img, 8 * cs + 1000, 2 * cs, 62);
+    step(s, u, "pwrite (COW)");
+    expect_snap(s, img, "s3");
+    op_snap_vm(img, "s3", cs / 2, 63);
+    step(s, ATOMIC, "snapshot -c s3 (VM state)");
+    op_snap(img, 'a', "s2");
+    step(s, ATOMIC, "snapshot -a s2 (VM state kept)");
+    op_snap(img, 'd', "s2");
+    step(s, ATOMIC, "snapshot -d s2 (VM state freed)");
+    op_snap(img, 'd', "s3");
+    step(s, ATOMIC, "snapshot -d s3 (last VM state)");
+    op_close(img);
+    step(s, ATOMIC, "close");
+    scen_finish(s);
+}
+
+/*
  * libpcow has no commit function: pcow-img commit copies the overlay's own
  * data into the base through the base's write path, flushes and closes the
  * base, then empties the touched clusters of the overlay.  The same
@@ -2366,6 +2440,7 @@ static const Test tests[] = {
     { "snapshot-create", t_snap_create },
     { "snapshot-revert", t_snap_revert },
     { "snapshot-delete", t_snap_delete },
+    { "snapshot-vm-state", t_snap_vm_state },
     { "commit", t_commit },
     { "rebase", t_rebase },
     { "resize", t_resize },

@@ -107,4 +107,50 @@ expect 0 "$IMG" snapshot -d 1 ids.pcow
 equal "$("$IMG" snapshot -l ids.pcow)" "" "then -d 1 is id 1"
 ok "snapshot -d: the name first, else the decimal id"
 
+# VM state stored with a snapshot (QEMU's savevm without a disk): snapshot
+# -l and info show VM SIZE and VM CLOCK as qemu-img does, JSON too; check
+# counts its clusters; the delete frees them (no leak), and the feature bit
+# goes with the last one.
+expect 0 "$IMG" create -q -o cluster_size=64K vm.pcow 16M
+"$HELPER" write vm.pcow 0 64K 7
+expect 0 "$IMG" snapshot -c plain vm.pcow
+"$HELPER" snapshot-vm vm.pcow s1 300K 3723004000000
+expect 0 "$IMG" snapshot -l vm.pcow
+grep -E '^1 +plain +0 B .* 0000:00:00\.000 +--$' <<<"$OUT" >/dev/null ||
+    fail "plain snapshot: VM SIZE 0 B, VM CLOCK 0: $OUT"
+grep -E '^2 +s1 +300 KiB .* 0001:02:03\.004 +--$' <<<"$OUT" >/dev/null ||
+    fail "s1: VM SIZE 300 KiB, VM CLOCK 0001:02:03.004: $OUT"
+ok "snapshot -l shows VM SIZE and VM CLOCK"
+expect 0 "$IMG" info vm.pcow
+contains "$OUT" "300 KiB" "info lists the VM state's size"
+contains "$OUT" "VM state clusters: 5" "info counts its clusters"
+expect 0 "$IMG" info --output=json vm.pcow
+equal "$(json_get "$OUT" 'd["snapshots"][1]["vm-state-size"]')" 307200 \
+    "json vm-state-size"
+equal "$(json_get "$OUT" 'd["snapshots"][1]["vm-clock-sec"]')" 3723 \
+    "json vm-clock-sec"
+equal "$(json_get "$OUT" 'd["snapshots"][1]["vm-clock-nsec"]')" 4000000 \
+    "json vm-clock-nsec"
+FEAT='d["format-specific"]["data"]["incompatible-features"]'
+equal "$(json_get "$OUT" "$FEAT")" 2 "json: the VM_STATE feature bit"
+ok "info --output=json: vm-state-size, vm-clock-sec/-nsec, feature bit"
+expect 0 "$IMG" check --output=json vm.pcow
+equal "$(json_get "$OUT" 'd["vm-state-clusters"]')" 5 "check counts them"
+equal "$(json_get "$OUT" 'd["leaks"]')" 0 "no leaks"
+expect 0 "$IMG" check vm.pcow
+contains "$OUT" "5 clusters hold the VM state of snapshots" "check human"
+ok "check counts the VM state clusters"
+expect 0 "$IMG" snapshot -a s1 vm.pcow
+expect 0 "$IMG" snapshot -a plain vm.pcow
+expect 0 "$IMG" check --output=json vm.pcow
+equal "$(json_get "$OUT" 'd["vm-state-clusters"]')" 5 "kept by reverts"
+expect 0 "$IMG" snapshot -d s1 vm.pcow
+expect 0 "$IMG" check --output=json vm.pcow
+equal "$(json_get "$OUT" 'd["vm-state-clusters"]')" 0 "freed by delete"
+equal "$(json_get "$OUT" 'd["leaks"]')" 0 "no leaks after the delete"
+expect 0 "$IMG" info --output=json vm.pcow
+equal "$(json_get "$OUT" "$FEAT")" 0 "the bit goes with the last VM state"
+"$HELPER" verify vm.pcow 0 64K 7 || fail "data kept"
+ok "snapshot -d frees the VM state: no leaks, feature bit cleared"
+
 finish

@@ -16,6 +16,11 @@
  *                                                   without the rule for new
  *                                                   names (an image made
  *                                                   elsewhere)
+ *   pcow-io-helper snapshot-vm FILE NAME SIZE NSEC   create snapshot NAME
+ *                                                   with SIZE bytes of VM
+ *                                                   state (bytes 1, 2, ..)
+ *                                                   and VM clock NSEC, as
+ *                                                   QEMU's savevm does
  *
  * OFFSET and LENGTH take K/M/G suffixes; BYTE is 0..255 (0x.. allowed).
  * Exit status 0 on success, 1 on a mismatch or any error (one line on
@@ -256,13 +261,52 @@ static int do_snapshot_any(const char *file, const char *name)
     return pcow_close(img, NULL) < 0 || ret < 0;
 }
 
+static int do_snapshot_vm(const char *file, const char *name,
+                          const char *size_str, const char *clock_str)
+{
+    pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+    pcow_vm_state vm = { 0 };
+    pcow_error err = { 0 };
+    pcow_image *img = NULL;
+    uint8_t *buf;
+    uint64_t i;
+    int ret;
+
+    if (pcow_parse_size(size_str, &vm.size) < 0 ||
+        pcow_parse_size(clock_str, &vm.vm_clock_nsec) < 0) {
+        fprintf(stderr, "pcow-io-helper: bad size or clock\n");
+        return 1;
+    }
+    buf = malloc(vm.size ? vm.size : 1);
+    if (!buf) {
+        fprintf(stderr, "pcow-io-helper: out of memory\n");
+        return 1;
+    }
+    for (i = 0; i < vm.size; i++) {
+        buf[i] = i + 1;
+    }
+    vm.data = buf;
+    if (pcow_open(file, &oo, &img, &err) < 0) {
+        fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
+        free(buf);
+        return 1;
+    }
+    ret = pcow_snapshot_create_vm(img, name, &vm, NULL, &err);
+    if (ret < 0) {
+        fprintf(stderr, "pcow-io-helper: %s\n", err.msg);
+    }
+    free(buf);
+    return pcow_close(img, NULL) < 0 || ret < 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: pcow-io-helper write|verify FILE OFFSET LENGTH "
             "BYTE\n       pcow-io-helper hold FILE [ro]\n"
             "       pcow-io-helper leak FILE COUNT\n"
             "       pcow-io-helper shrink-kill FILE SIZE\n"
-            "       pcow-io-helper snapshot-any FILE NAME\n");
+            "       pcow-io-helper snapshot-any FILE NAME\n"
+            "       pcow-io-helper snapshot-vm FILE NAME SIZE NSEC\n");
 }
 
 int main(int argc, char **argv)
@@ -278,6 +322,9 @@ int main(int argc, char **argv)
     }
     if (argc == 4 && strcmp(argv[1], "snapshot-any") == 0) {
         return do_snapshot_any(argv[2], argv[3]);
+    }
+    if (argc == 6 && strcmp(argv[1], "snapshot-vm") == 0) {
+        return do_snapshot_vm(argv[2], argv[3], argv[4], argv[5]);
     }
     if (argc == 4 && strcmp(argv[1], "shrink-kill") == 0) {
         return do_shrink_kill(argv[2], argv[3]);

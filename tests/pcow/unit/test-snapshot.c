@@ -387,6 +387,270 @@ static void test_truncated_behind_our_back(void **state)
     assert_true(contains(err.msg, "truncated"));
 }
 
+/* A VM state of @len bytes: a pattern seeded with @seed */
+static uint8_t *vm_bytes(uint64_t len, uint64_t seed)
+{
+    uint8_t *b = malloc(len);
+
+    assert_non_null(b);
+    fill_pattern(b, len, seed);
+    return b;
+}
+
+static void snap_vm(pcow_image *img, const char *name, const uint8_t *data,
+                    uint64_t len, uint64_t clock)
+{
+    pcow_vm_state vm = { .data = data, .size = len, .vm_clock_nsec = clock };
+    pcow_error err = { 0 };
+    int ret = pcow_snapshot_create_vm(img, name, &vm, NULL, &err);
+
+    if (ret < 0) {
+        fprintf(stderr, "snapshot create with VM state: %s\n", err.msg);
+    }
+    assert_int_equal(ret, 0);
+}
+
+static void expect_vm(pcow_image *img, const char *name, const uint8_t *data,
+                      uint64_t len)
+{
+    uint8_t *got = malloc(len);
+    pcow_error err = { 0 };
+
+    assert_non_null(got);
+    assert_int_equal(pcow_snapshot_read_vm_state(img, name, 0, got, len,
+                                                 &err), 0);
+    assert_memory_equal(got, data, len);
+    free(got);
+}
+
+#define REPAIR_ALL (PCOW_REPAIR_LEAKS | PCOW_REPAIR_ERRORS)
+
+static uint64_t check_result(const char *path, unsigned repair,
+                             pcow_check_result *r)
+{
+    pcow_error err = { 0 };
+
+    assert_int_equal(pcow_check(path, repair, false, r, &err), 0);
+    return r->corruptions;
+}
+
+/*
+ * savevm without a disk: the VM state is stored with the snapshot, read
+ * back whole or in part, kept by a revert, freed by the delete; the
+ * feature bit is set exactly while a snapshot has VM state.
+ */
+static void test_vm_state(void **state)
+{
+    const uint64_t len = 200 * KiB + 7, clock = 3723004000000ull;
+    uint8_t *vm = vm_bytes(len, 1), part[100];
+    pcow_error err = { 0 };
+    pcow_snapshot_info *l, one;
+    pcow_check_result r;
+    pcow_info info;
+    pcow_image *img;
+    int n;
+
+    mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 2 * 65536, 0x01);
+    snap(img, "plain");
+    pcow_get_info(img, &info);
+    assert_int_equal(info.incompatible_features, 0);
+    snap_vm(img, "vm", vm, len, clock);
+    write_bytes(img, 0, 65536, 0x02);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.incompatible_features, 2);
+    assert_int_equal(info.vm_state_clusters, 4);    /* 200 KiB + 7 */
+    n = pcow_snapshot_list(img, &l, &err);
+    assert_int_equal(n, 2);
+    assert_int_equal(l[0].vm_state_size, 0);
+    assert_int_equal(l[0].vm_clock_nsec, 0);
+    assert_int_equal(l[1].vm_state_size, len);
+    assert_int_equal(l[1].vm_clock_nsec, clock);
+    free(l);
+    assert_int_equal(pcow_snapshot_lookup(img, "vm", false, 0, &one, &err),
+                     0);
+    assert_int_equal(one.vm_state_size, len);
+    expect_vm(img, "vm", vm, len);
+    assert_int_equal(pcow_snapshot_read_vm_state(img, "vm", len - 100, part,
+                                                 100, &err), 0);
+    assert_memory_equal(part, vm + len - 100, 100);
+    assert_int_equal(pcow_snapshot_read_vm_state(img, "vm", len - 99, part,
+                                                 100, &err), -EINVAL);
+    assert_true(contains(err.msg, "past the end"));
+    assert_int_equal(pcow_snapshot_read_vm_state(img, "plain", 0, part, 1,
+                                                 &err), -ENODATA);
+    assert_true(contains(err.msg, "no VM state"));
+    assert_int_equal(pcow_snapshot_read_vm_state(img, "none", 0, part, 1,
+                                                 &err), -ENOENT);
+    close_image(img);
+    assert_int_equal(check_result(path, 0, &r), 0);
+    assert_int_equal(r.leaks, 0);
+    assert_int_equal(r.vm_state_clusters, 4);
+
+    /* Kept across close, and by a revert to it or to another snapshot */
+    img = open_image(path, PCOW_OPEN_RDWR);
+    expect_vm(img, "vm", vm, len);
+    revert(img, "vm");
+    expect_bytes(img, 0, 2 * 65536, 0x01);
+    revert(img, "plain");
+    expect_vm(img, "vm", vm, len);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+
+    /* The delete gives its clusters back and clears the feature bit */
+    img = open_image(path, PCOW_OPEN_RDWR);
+    del(img, "vm");
+    pcow_get_info(img, &info);
+    assert_int_equal(info.incompatible_features, 0);
+    assert_int_equal(info.vm_state_clusters, 0);
+    assert_int_equal(info.allocated_clusters, 2);
+    close_image(img);
+    assert_int_equal(check_result(path, 0, &r), 0);
+    assert_int_equal(r.leaks, 0);
+    assert_int_equal(r.vm_state_clusters, 0);
+    free(vm);
+}
+
+/* Bad VM state requests change nothing */
+static void test_vm_state_refused(void **state)
+{
+    uint8_t b[16] = { 1 };
+    pcow_vm_state none = { .data = b, .size = 0 };
+    pcow_vm_state huge = { .data = b, .size = PCOW_MAX_VM_STATE + 1 };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    pcow_info info;
+
+    mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    snap_vm(img, "s", b, sizeof(b), 1);
+    assert_int_equal(pcow_snapshot_create_vm(img, "a", &none, NULL, &err),
+                     -EINVAL);
+    assert_int_equal(pcow_snapshot_create_vm(img, "a", &huge, NULL, &err),
+                     -EINVAL);
+    assert_int_equal(pcow_snapshot_create_vm(img, "s", &none, NULL, &err),
+                     -EINVAL);
+    assert_int_equal(pcow_snapshot_create_vm(img, "x\n", &huge, NULL, &err),
+                     -EINVAL);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.nb_snapshots, 1);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+}
+
+/* The current header slot (higher generation) into @slot; its offset */
+static uint64_t current_slot(const char *file, uint8_t *slot)
+{
+    uint8_t other[PCOW_SLOT_SIZE];
+
+    peek(file, PCOW_SLOT_A, slot, PCOW_SLOT_SIZE);
+    peek(file, PCOW_SLOT_B, other, sizeof(other));
+    if (pcow_ld32(other) == PCOW_MAGIC &&
+        pcow_ld64(other + PCOW_H_GENERATION) >
+        pcow_ld64(slot + PCOW_H_GENERATION)) {
+        memcpy(slot, other, sizeof(other));
+        return PCOW_SLOT_B;
+    }
+    return PCOW_SLOT_A;
+}
+
+/* The u64 at @rec_off of the snapshot table */
+static uint64_t peek_snap_table(const char *file, uint64_t rec_off)
+{
+    uint8_t slot[PCOW_SLOT_SIZE];
+
+    current_slot(file, slot);
+    return peek64(file, pcow_ld64(slot + PCOW_H_SNAP_OFFSET) + rec_off);
+}
+
+/*
+ * Store @val at @rec_off of the snapshot table, fixing both checksums: a
+ * crafted corruption that only the walk can find.
+ */
+static void patch_snap_table(const char *file, uint64_t rec_off,
+                             uint64_t val)
+{
+    uint8_t slot[PCOW_SLOT_SIZE], *t;
+    uint64_t cur = current_slot(file, slot), so;
+    uint32_t ss, hl;
+
+    so = pcow_ld64(slot + PCOW_H_SNAP_OFFSET);
+    ss = pcow_ld32(slot + PCOW_H_SNAP_SIZE);
+    t = malloc(ss);
+    assert_non_null(t);
+    peek(file, so, t, ss);
+    pcow_st64(t + rec_off, val);
+    poke(file, so, t, ss);
+    pcow_st32(slot + PCOW_H_SNAP_CRC, pcow_crc32c(0, t, ss));
+    hl = pcow_ld32(slot + PCOW_H_LENGTH);
+    pcow_st32(slot + PCOW_H_CRC, 0);
+    pcow_st32(slot + PCOW_H_CRC, pcow_crc32c(0, slot, hl));
+    poke(file, cur, slot, sizeof(slot));
+    free(t);
+}
+
+/*
+ * A VM state over a cluster in use is a corruption that open refuses;
+ * check -r all drops the VM state and keeps the snapshot's data.  A VM
+ * state past the file is found too.
+ */
+static void test_vm_state_corrupt(void **state)
+{
+    uint8_t *vm = vm_bytes(100 * KiB, 2);
+    /* Record 0, name "s": the extension follows the 8-byte padded name */
+    const uint64_t x = PCOW_SNAP_FIXED + 8;
+    pcow_check_result r;
+    pcow_image *img;
+    pcow_info info;
+    char msg[512];
+    uint64_t l1;
+
+    mk_image(path, 64 * MiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    write_bytes(img, 0, 65536, 0x05);
+    snap_vm(img, "s", vm, 100 * KiB, 9);
+    pcow_get_info(img, &info);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+
+    /* Over the snapshot's own L1 table */
+    l1 = peek_snap_table(path, PCOW_S_L1_OFFSET);
+    patch_snap_table(path, x + PCOW_SX_VM_STATE_OFFSET, l1);
+    assert_true(open_fails(path, PCOW_OPEN_RDWR, msg, sizeof(msg)) < 0);
+    assert_true(contains(msg, "VM state"));
+    assert_true(contains(msg, "in use"));
+    assert_true(check_result(path, 0, &r) > 0);
+    assert_true(contains(r.first_problem, "VM state"));
+    assert_int_equal(check_result(path, REPAIR_ALL, &r), 0);
+    assert_true(r.corruptions_fixed > 0);
+    assert_int_equal(check_clean(path), 0);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    pcow_get_info(img, &info);
+    assert_int_equal(info.nb_snapshots, 1);
+    assert_int_equal(info.incompatible_features, 0);    /* none left */
+    revert(img, "s");
+    expect_bytes(img, 0, 65536, 0x05);
+    /* Past the end of the file */
+    del(img, "s");
+    snap_vm(img, "s", vm, 100 * KiB, 9);
+    close_image(img);
+    patch_snap_table(path, x + PCOW_SX_VM_STATE_OFFSET, 1ull << 40);
+    assert_true(open_fails(path, 0, msg, sizeof(msg)) < 0);
+    assert_true(contains(msg, "outside the image"));
+    assert_int_equal(check_result(path, REPAIR_ALL, &r), 0);
+    assert_int_equal(check_clean(path), 0);
+    /* An extension without the feature bit: refused by the table parser */
+    img = open_image(path, PCOW_OPEN_RDWR);
+    del(img, "s");
+    snap_vm(img, "s", vm, 100 * KiB, 9);
+    close_image(img);
+    patch_snap_table(path, x + PCOW_SX_VM_STATE_SIZE, 0);
+    assert_true(open_fails(path, 0, msg, sizeof(msg)) < 0);
+    assert_true(contains(msg, "invalid VM state"));
+    free(vm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -402,6 +666,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lookup_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_behind_our_back,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_vm_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_vm_state_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_vm_state_corrupt, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
