@@ -581,8 +581,8 @@ uint32_t pcow_reserve_clusters(pcow_image *img, uint32_t count,
     uint32_t n = 0, i, space, total;
     int ret = 0;
 
-    if (img->read_only) {
-        pcow_img_error(img, err, -EROFS, "image is read-only");
+    if (pcow_writable(img) < 0) {
+        pcow_write_check(img, err);
         return 0;
     }
     if (count > 64) {

@@ -166,7 +166,7 @@ int pcow_check_base(const char *owner, const char *dir, const char *name,
         }
         ret = pcow_open_internal(path, PCOW_OPEN_NO_LOCK |
                                  PCOW_OPEN_NO_BACKING | PCOW_OPEN_BASE,
-                                 NULL, NULL, NULL, 1, NULL, &base,
+                                 NULL, NULL, 0, NULL, 1, NULL, &base,
                                  level ? NULL : err);
         if (ret < 0) {
             return level == 0 ? ret : 0;
@@ -245,7 +245,7 @@ static int open_base(pcow_image *img, const char *name, uint32_t fmt,
         chain->n--;
         return pcow_open_internal(bh->path, PCOW_OPEN_BASE |
                                   (img->flags & PCOW_OPEN_NO_LOCK),
-                                  NULL, NULL, chain, img->depth + 1, NULL,
+                                  NULL, NULL, 0, chain, img->depth + 1, NULL,
                                   &bh->image, err);
     }
     bh->raw_fd = fd;
@@ -304,8 +304,8 @@ int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
 {
     PcowHeader h = img->hdr;
 
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    if (pcow_writable(img) < 0) {
+        return pcow_write_check(img, err);
     }
     if (limit % 4096 || limit > h.virtual_size) {
         return pcow_img_error(img, err, -EINVAL, "invalid backing limit "
@@ -320,8 +320,8 @@ int pcow_set_backing_limit(pcow_image *img, uint64_t limit, pcow_error *err)
 
 int pcow_can_commit_header(pcow_image *img, pcow_error *err)
 {
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    if (pcow_writable(img) < 0) {
+        return pcow_write_check(img, err);
     }
     return pcow_header_can_commit(img, err);
 }
@@ -335,8 +335,8 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     size_t len = backing_file ? strlen(backing_file) : 0;
     int ret;
 
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    if (pcow_writable(img) < 0) {
+        return pcow_write_check(img, err);
     }
     if (len > PCOW_MAX_BACKING_NAME || (backing_file && len == 0)) {
         return pcow_img_error(img, err, -ENAMETOOLONG, "backing file name "

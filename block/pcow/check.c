@@ -268,8 +268,8 @@ int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
     if (force_share) {
         flags |= PCOW_OPEN_NO_LOCK;
     }
-    ret = pcow_open_internal(path, flags, hook, opaque, NULL, 0, &pr, &img,
-                             err);
+    ret = pcow_open_internal(path, flags, hook, opaque, 0, NULL, 0, &pr,
+                             &img, err);
     if (ret < 0) {
         if (ret == -EINVAL || ret == -ENOTSUP || ret == -EFBIG ||
             ret == -EBADMSG) {

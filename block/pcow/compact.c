@@ -375,8 +375,8 @@ static int compact_runs(Compact *c, pcow_error *err)
 /* What compaction refuses, before it writes anything */
 static int compact_check(pcow_image *img, pcow_error *err)
 {
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    if (pcow_writable(img) < 0) {
+        return pcow_write_check(img, err);
     }
     if (img->flags & PCOW_OPEN_NO_LOCK) {
         return pcow_img_error(img, err, -EINVAL, "compact needs the "

@@ -251,23 +251,17 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 }
 
 /*
- * Read both slots, pick the current one (valid, highest generation) and
- * check its fields; sets the geometry derived from it and the hot line as
- * read.  Errors name the image.
+ * Decode both slots of @buf (cluster 0's first page) and pick the current
+ * one (valid, highest generation) into @h; @file_size is checked against
+ * the hot line.  Errors name the image.
  */
-int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err)
+static int pick_slot(pcow_image *img, const uint8_t *buf,
+                     uint64_t file_size, PcowHeader *h, int *slot,
+                     pcow_error *err)
 {
-    uint8_t buf[4096];
     PcowHeader a, b;
-    int ra, rb, n;
-    char msg[300];
+    int ra, rb;
 
-    memset(buf, 0, sizeof(buf));
-    n = read_full(img->fd, buf, sizeof(buf), 0);
-    if (n < 0) {
-        return pcow_img_error(img, err, n, "cannot read header: %s",
-                              strerror(-n));
-    }
     ra = header_decode(buf + PCOW_SLOT_A, &a);
     rb = header_decode(buf + PCOW_SLOT_B, &b);
     if (ra == -EINVAL && rb == -EINVAL) {
@@ -292,11 +286,46 @@ int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err)
                                               "valid checksum)"));
     }
     if (ra == 0 && (rb != 0 || a.generation >= b.generation)) {
-        img->hdr = a;
-        img->cur_slot = 0;
+        *h = a;
+        *slot = 0;
     } else {
-        img->hdr = b;
-        img->cur_slot = 1;
+        *h = b;
+        *slot = 1;
+    }
+    return 0;
+}
+
+/* Cluster 0's first page into @buf; zeros past the end of the file */
+static int read_page0(pcow_image *img, uint8_t *buf, pcow_error *err)
+{
+    int n;
+
+    memset(buf, 0, 4096);
+    n = read_full(img->fd, buf, 4096, 0);
+    if (n < 0) {
+        return pcow_img_error(img, err, n, "cannot read header: %s",
+                              strerror(-n));
+    }
+    return 0;
+}
+
+/*
+ * Read both slots, pick the current one and check its fields; sets the
+ * geometry derived from it and the hot line as read (frontier, in-use,
+ * stamp).  Errors name the image.
+ */
+int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err)
+{
+    uint8_t buf[4096];
+    char msg[300];
+    int n;
+
+    n = read_page0(img, buf, err);
+    if (n == 0) {
+        n = pick_slot(img, buf, file_size, &img->hdr, &img->cur_slot, err);
+    }
+    if (n < 0) {
+        return n;
     }
     n = header_check(&img->hdr, msg, sizeof(msg));
     if (n < 0) {
@@ -312,7 +341,30 @@ int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err)
     img->l2_words = img->cluster_size / 8;
     img->frontier_ro = pcow_ld64(buf + PCOW_HOT_FRONTIER);
     img->was_dirty = pcow_ld64(buf + PCOW_HOT_IN_USE) != 0;
+    img->open_clean = !img->was_dirty;
+    img->open_stamp = pcow_ld64(buf + PCOW_HOT_STAMP);
     return 0;
+}
+
+int pcow_header_reread(pcow_image *img, PcowHeader *h,
+                       uint8_t hot[PCOW_HOT_SIZE], pcow_error *err)
+{
+    uint8_t buf[4096];
+    struct stat st;
+    int slot, ret;
+
+    if (fstat(img->fd, &st) < 0) {
+        return pcow_img_error(img, err, -errno, "cannot stat: %s",
+                              strerror(errno));
+    }
+    ret = read_page0(img, buf, err);
+    if (ret == 0) {
+        ret = pick_slot(img, buf, st.st_size, h, &slot, err);
+    }
+    if (ret == 0) {
+        memcpy(hot, buf + PCOW_HOT_OFFSET, PCOW_HOT_SIZE);
+    }
+    return ret;
 }
 
 /*

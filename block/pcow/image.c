@@ -163,6 +163,8 @@ static int write_new_image(int fd, const char *path,
     }
     pcow_header_encode(&h, c0 + PCOW_SLOT_A);
     pcow_st64(c0 + PCOW_HOT_FRONTIER, g->empty_size);
+    /* A fresh stamp: no saved state can belong to this image yet */
+    pcow_st64(c0 + PCOW_HOT_STAMP, pcow_new_token());
     memset(&tmp, 0, sizeof(tmp));
     tmp.fd = fd;
     tmp.hook = opts->hook;
@@ -250,7 +252,7 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
     return ret;
 }
 
-static int take_lock(pcow_image *img, pcow_error *err)
+int pcow_take_lock(pcow_image *img, pcow_error *err)
 {
     struct flock fl = {
         .l_type = img->read_only ? F_RDLCK : F_WRLCK,
@@ -271,6 +273,20 @@ static int take_lock(pcow_image *img, pcow_error *err)
                               strerror(errno));
     }
     return 0;
+}
+
+void pcow_drop_lock(pcow_image *img)
+{
+    struct flock fl = {
+        .l_type = F_UNLCK,
+        .l_whence = SEEK_SET,
+        .l_start = 0,
+        .l_len = 1,
+    };
+
+    if (!(img->flags & PCOW_OPEN_NO_LOCK)) {
+        fcntl(img->fd, F_OFD_SETLK, &fl);
+    }
 }
 
 /*
@@ -379,11 +395,28 @@ void pcow_image_free(pcow_image *img)
     free(img);
 }
 
+/*
+ * A writer session starts: its token is stored as in_use (and becomes the
+ * stamp when the session closes cleanly or hands the image over).
+ */
+int pcow_start_session(pcow_image *img, pcow_error *err)
+{
+    int ret;
+
+    /* P-OPEN-INUSE */
+    img->in_use_token = pcow_new_token();
+    img->keep_stamp = false;
+    ret = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, img->in_use_token);
+    if (ret < 0) {
+        return pcow_img_error(img, err, ret, "cannot mark image in use: %s",
+                              strerror(-ret));
+    }
+    return 0;
+}
+
 static int finish_rdwr_open(pcow_image *img, const PcowWalk *w,
                             pcow_error *err)
 {
-    struct timespec ts;
-    uint64_t token;
     int ret;
 
     ret = pcow_alloc_init(img, w);
@@ -405,17 +438,9 @@ static int finish_rdwr_open(pcow_image *img, const PcowWalk *w,
             return ret;
         }
     }
-    /* P-OPEN-INUSE */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    token = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^
-            ((uint64_t)ts.tv_sec << 20);
-    img->in_use_token = token | 1;
-    ret = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, img->in_use_token);
-    if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot mark image in use: %s",
-                              strerror(-ret));
-    }
-    return 0;
+    /* Recovery changed nothing a reader sees; a crashed writer may have */
+    img->touched = img->was_dirty;
+    return pcow_start_session(img, err);
 }
 
 /*
@@ -480,7 +505,7 @@ static int open_file(pcow_image *img, PcowChain *chain, struct stat *st,
     if (chain) {
         pcow_chain_push(chain, st);
     }
-    ret = take_lock(img, err);
+    ret = pcow_take_lock(img, err);
     if (ret == 0) {
         ret = pcow_header_read(img, st->st_size, err);
     }
@@ -489,6 +514,27 @@ static int open_file(pcow_image *img, PcowChain *chain, struct stat *st,
                               check_frontier(img, st->st_size, err));
     }
     return ret;
+}
+
+/*
+ * PCOW_OPEN_EXPECT_STAMP: the image must be exactly as a saved state left
+ * it -- closed cleanly with that stamp.  Checked before anything is
+ * written, so a refused open leaves the file as it was.
+ */
+static int check_expected(pcow_image *img, uint64_t expect, pcow_error *err)
+{
+    if (!(img->flags & PCOW_OPEN_EXPECT_STAMP)) {
+        return 0;
+    }
+    if (!img->open_clean) {
+        return pcow_img_error(img, err, -ESTALE, "image was not closed "
+                              "cleanly since this state was saved");
+    }
+    if (img->open_stamp != expect) {
+        return pcow_img_error(img, err, -ESTALE, "image changed since this "
+                              "state was saved");
+    }
+    return 0;
 }
 
 /*
@@ -571,7 +617,8 @@ static int open_chain(pcow_image *img, PcowChain *chain,
 
 int pcow_open_internal(const char *path, unsigned flags,
                        pcow_persist_hook hook, void *opaque,
-                       PcowChain *chain, unsigned depth,
+                       uint64_t expect_stamp, PcowChain *chain,
+                       unsigned depth,
                        PcowProblems *pr, pcow_image **out,
                        pcow_error *err)
 {
@@ -590,6 +637,9 @@ int pcow_open_internal(const char *path, unsigned flags,
         return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
     }
     ret = open_file(img, chain, &st, err);
+    if (ret == 0) {
+        ret = check_expected(img, expect_stamp, err);
+    }
     if (ret == 0 && !img->read_only) {
         ret = prepare_rdwr(img, &st, err);
     }
@@ -624,49 +674,80 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
         return pcow_set_error(err, -EINVAL, "invalid arguments");
     }
     flags &= PCOW_OPEN_RDWR | PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING |
-             PCOW_OPEN_NO_RECOVER;
+             PCOW_OPEN_NO_RECOVER | PCOW_OPEN_EXPECT_STAMP;
     return pcow_open_internal(path, flags, opts ? opts->hook : NULL,
-                              opts ? opts->hook_opaque : NULL, NULL, 0,
+                              opts ? opts->hook_opaque : NULL,
+                              opts ? opts->expect_stamp : 0, NULL, 0,
                               NULL, out, err);
+}
+
+/*
+ * P-CLOSE-CLEAN stores the stamp first, then in_use 0, each durable: an
+ * image that reads clean must carry the stamp of the session that wrote
+ * it last.  A crash between the two leaves it in use, which a restore
+ * refuses anyway; the other order could leave it clean with the old
+ * stamp, and a state saved from the old contents would be accepted.
+ */
+static int store_clean(pcow_image *img, pcow_error *err)
+{
+    uint64_t stamp;
+    int r;
+
+    if (!img->in_use_token) {
+        /* Check mode found problems and started no session: a new one */
+        img->in_use_token = pcow_new_token();
+    }
+    stamp = pcow_stamp_to_leave(img);
+    /* P-CLOSE-CLEAN */
+    r = pcow_persist_hot_store(img, PCOW_HOT_STAMP, stamp);
+    if (r == 0) {
+        r = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, 0);
+    }
+    if (r < 0) {
+        return pcow_img_error(img, err, r, "cannot mark image clean: %s",
+                              strerror(-r));
+    }
+    img->left_stamp = stamp;
+    return 0;
+}
+
+int pcow_close_clean(pcow_image *img, pcow_error *err)
+{
+    /* Truncated behind our back: touch no table, leave it in use */
+    int ret = pcow_check_file_size(img, err), r;
+    bool touched = img->touched;    /* trimming changes nothing seen */
+
+    if (ret < 0) {
+        return ret;
+    }
+    r = pcow_ring_drain(img);
+    if (r < 0) {
+        ret = pcow_img_error(img, err, r, "cannot release reserved "
+                             "clusters: %s", strerror(-r));
+    }
+    if (!(img->flags & PCOW_OPEN_NO_RECOVER) && ret == 0) {
+        /* P-CLOSE-TRIM: give back what COW and the reserve orphaned */
+        ret = pcow_alloc_recover(img, false, err);
+    }
+    r = pcow_persist_barrier(img);
+    if (r < 0 && ret == 0) {
+        ret = pcow_img_error(img, err, r, "flush failed: %s", strerror(-r));
+    }
+    img->touched = touched;
+    /* Only when everything before is durable */
+    return ret < 0 ? ret : store_clean(img, err);
 }
 
 int pcow_close(pcow_image *img, pcow_error *err)
 {
-    int ret = 0, r;
+    int ret = 0;
 
     if (!img) {
         return 0;
     }
-    if (!img->read_only && img->c0) {
-        /* Truncated behind our back: touch no table, leave it in use */
-        ret = pcow_check_file_size(img, err);
-    }
-    if (!img->read_only && img->c0 && ret == 0) {
-        r = pcow_ring_drain(img);
-        if (r < 0 && ret == 0) {
-            ret = pcow_img_error(img, err, r, "cannot release reserved "
-                                 "clusters: %s", strerror(-r));
-        }
-        if (!(img->flags & PCOW_OPEN_NO_RECOVER) && ret == 0) {
-            /* P-CLOSE-TRIM: give back what COW and the reserve orphaned */
-            r = pcow_alloc_recover(img, false, err);
-            if (r < 0) {
-                ret = r;
-            }
-        }
-        r = pcow_persist_barrier(img);
-        if (r < 0 && ret == 0) {
-            ret = pcow_img_error(img, err, r, "flush failed: %s",
-                                 strerror(-r));
-        }
-        /* P-CLOSE-CLEAN, only when everything before is durable */
-        if (ret == 0) {
-            r = pcow_persist_hot_store(img, PCOW_HOT_IN_USE, 0);
-            if (r < 0) {
-                ret = pcow_img_error(img, err, r, "cannot mark image clean: "
-                                     "%s", strerror(-r));
-            }
-        }
+    /* A released image is another process's now: write nothing */
+    if (!img->read_only && img->c0 && !img->released) {
+        ret = pcow_close_clean(img, err);
     }
     pcow_image_free(img);
     return ret;

@@ -104,8 +104,9 @@ int64_t pcow_pwrite(pcow_image *img, uint64_t offset, const void *buf,
     pcow_extent ext;
     int ret;
 
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    ret = pcow_write_check(img, err);
+    if (ret < 0) {
+        return ret;
     }
     ret = check_range(img, offset, len, err);
     if (ret < 0) {
@@ -231,8 +232,9 @@ int pcow_zero_range(pcow_image *img, uint64_t offset, uint64_t len,
     uint64_t pos = offset;
     int ret;
 
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    ret = pcow_write_check(img, err);
+    if (ret < 0) {
+        return ret;
     }
     ret = check_range(img, offset, len, err);
     if (ret < 0 || len == 0) {
@@ -282,8 +284,8 @@ int pcow_flush(pcow_image *img, pcow_error *err)
 {
     int ret;
 
-    if (img->read_only) {
-        return 0;
+    if (pcow_writable(img) < 0) {
+        return 0;       /* nothing to flush; a released image is durable */
     }
     ret = pcow_persist_barrier(img);
     if (ret < 0) {

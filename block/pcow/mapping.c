@@ -351,7 +351,7 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
         ext->length = len < max ? len : max;
         ext->valid_length = ext->length;
         ext->file_offset = data + in;
-        ext->writable = depth == 0 && !img->read_only &&
+        ext->writable = depth == 0 && pcow_writable(img) == 0 &&
                         pcow_entry_is_ours(pcow_entry_kind(map));
         return 0;
     } else {
@@ -373,7 +373,7 @@ static int layer_extent(pcow_image *img, uint64_t off, uint64_t max,
             ext->length = len;
             ext->valid_length = len;
             ext->file_offset = data + in;
-            ext->writable = depth == 0 && !img->read_only &&
+            ext->writable = depth == 0 && pcow_writable(img) == 0 &&
                             pcow_entry_is_ours(pcow_entry_kind(map));
             return 0;
         }
@@ -445,6 +445,10 @@ int pcow_get_extent(pcow_image *img, uint64_t offset, uint64_t max_len,
     pcow_lock(img);
     ret = pcow_extent_locked(img, offset, max_len, ext);
     pcow_unlock(img);
+    if (ret == 0 && ext->writable) {
+        /* The caller may write through a mapping of it */
+        pcow_mark_touched(img);
+    }
     return ret;
 }
 

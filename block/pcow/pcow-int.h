@@ -33,8 +33,9 @@
 #define PCOW_SLOT_A             0
 #define PCOW_SLOT_B             1536
 #define PCOW_HOT_OFFSET         3072
-#define PCOW_HOT_FRONTIER       3072
-#define PCOW_HOT_IN_USE         3080
+#define PCOW_HOT_FRONTIER       3072    /* u64 */
+#define PCOW_HOT_IN_USE         3080    /* u64 in_use */
+#define PCOW_HOT_STAMP          3088    /* u64 */
 #define PCOW_HOT_SIZE           64
 #define PCOW_HEADER_FIXED       128
 
@@ -108,7 +109,8 @@ _Static_assert(PCOW_SLOT_B == PCOW_SLOT_A + PCOW_SLOT_SIZE, "slot layout");
 _Static_assert(PCOW_HOT_OFFSET == PCOW_SLOT_B + PCOW_SLOT_SIZE, "hot line");
 _Static_assert(PCOW_HOT_OFFSET % 64 == 0, "hot line is one cache line");
 _Static_assert(PCOW_HOT_FRONTIER == PCOW_HOT_OFFSET &&
-               PCOW_HOT_IN_USE == PCOW_HOT_OFFSET + 8, "hot line fields");
+               PCOW_HOT_IN_USE == PCOW_HOT_OFFSET + 8 &&
+               PCOW_HOT_STAMP == PCOW_HOT_OFFSET + 16, "hot line fields");
 _Static_assert(PCOW_HOT_OFFSET + PCOW_HOT_SIZE <=
                (1u << PCOW_MIN_CLUSTER_BITS), "cluster 0 holds the header");
 #define PCOW_MAX_L1_SIZE        (1u << 22)
@@ -331,7 +333,26 @@ struct pcow_image {
                                it below the frontier and extended it */
     bool frontier_wild;     /* check mode: frontier past the file and past
                                anything the image could use (garbage) */
-    uint64_t in_use_token;
+    uint64_t in_use_token;  /* this session's, 0 before P-OPEN-INUSE */
+    /*
+     * State stamps (handover.c): the hot line's stamp and whether in_use
+     * was 0 when this handle opened the image; keep_stamp: a release or
+     * clean close leaves open_stamp, not the token; released: handed over
+     * (pcow_release), so nothing may write until pcow_reacquire, which
+     * expects left_stamp, what the release stored, and no other change.
+     */
+    uint64_t open_stamp;
+    bool open_clean;
+    bool keep_stamp;
+    bool released;          /* __atomic: fault handlers read it */
+    uint64_t left_stamp;
+    /*
+     * This session may have changed what a reader sees: a table word or
+     * data written, or a writable extent handed out (the Image Monitor
+     * writes through its mappings).  Open bookkeeping and recovery do not
+     * count; a session that opened a dirty image or was taken back does.
+     */
+    bool touched;           /* __atomic: set from fault handlers too */
 
     /* active L1/L2: MAP_SHARED mappings (RDWR) or private copies (RO) */
     uint64_t *l1;
@@ -479,6 +500,8 @@ int pcow_img_error(pcow_image *img, pcow_error *err, int code,
 void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 uint64_t pcow_now_ns(void);                 /* sig-safe: CLOCK_MONOTONIC */
+/* A fresh non-zero token (getrandom, else time and pid).  - */
+uint64_t pcow_new_token(void);
 /*
  * Open @path (@oflags O_RDONLY or O_RDWR) for its data without ever
  * blocking, accepting only a regular file or, with @blk_ok, a block device.
@@ -496,6 +519,10 @@ uint64_t pcow_l1_size_for(uint64_t virtual_size, uint32_t cluster_bits);
 void pcow_header_encode(const PcowHeader *h, uint8_t *slot);
 /* Pick and check the current slot, set the geometry.  - */
 int pcow_header_read(pcow_image *img, uint64_t file_size, pcow_error *err);
+/* The current slot's header and the hot line as the file holds them now
+   (pread; @img unchanged).  - */
+int pcow_header_reread(pcow_image *img, PcowHeader *h,
+                       uint8_t hot[PCOW_HOT_SIZE], pcow_error *err);
 /* Could a header commit happen (generation not at its maximum)?  Pure */
 int pcow_header_can_commit(pcow_image *img, pcow_error *err);
 /* Write @h, generation + 1, to the other slot.  durable (P-xxx-COMMIT); - */
@@ -512,12 +539,14 @@ bool pcow_probe_fd(int fd);                 /* reads 3 KiB; - */
 
 /* image.c: create, open, close, info */
 /*
- * Open @path as an image (@flags: public and internal PCOW_OPEN_*); a base
- * joins @chain at @depth; @pr collects problems in check mode.  -
+ * Open @path as an image (@flags: public and internal PCOW_OPEN_*;
+ * @expect_stamp with PCOW_OPEN_EXPECT_STAMP); a base joins @chain at
+ * @depth; @pr collects problems in check mode.  -
  */
 int pcow_open_internal(const char *path, unsigned flags,
                        pcow_persist_hook hook, void *opaque,
-                       PcowChain *chain, unsigned depth,
+                       uint64_t expect_stamp, PcowChain *chain,
+                       unsigned depth,
                        PcowProblems *pr, pcow_image **out,
                        pcow_error *err);
 /*
@@ -529,6 +558,32 @@ int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
                       pcow_check_result *res, pcow_error *err);
 /* Release everything, closing the base chain; no persist.  - */
 void pcow_image_free(pcow_image *img);
+/* The image's OFD lock (none with PCOW_OPEN_NO_LOCK): -EBUSY if another
+   process holds it.  - */
+int pcow_take_lock(pcow_image *img, pcow_error *err);
+void pcow_drop_lock(pcow_image *img);       /* F_UNLCK; - */
+/* P-OPEN-INUSE: a new session token stored as in_use.  durable; - */
+int pcow_start_session(pcow_image *img, pcow_error *err);
+/*
+ * The durable part of close and release: file size check, reserve
+ * drained, P-CLOSE-TRIM, barrier, P-CLOSE-CLEAN (stamp, then in_use 0).
+ * On failure the image stays in use (and locked).  durable; -
+ */
+int pcow_close_clean(pcow_image *img, pcow_error *err);
+
+/* handover.c: state stamps, release and reacquire */
+/* 0 if @img may be written: -EROFS read-only, -EBADF released.  sig-safe */
+int pcow_writable(pcow_image *img);
+/* pcow_writable() with the error message in @err.  - */
+int pcow_write_check(pcow_image *img, pcow_error *err);
+/* The stamp a release or clean close leaves now.  Pure */
+uint64_t pcow_stamp_to_leave(pcow_image *img);
+
+/* This session may have changed what a reader sees.  sig-safe */
+static inline void pcow_mark_touched(pcow_image *img)
+{
+    __atomic_store_n(&img->touched, true, __ATOMIC_RELAXED);
+}
 
 /* persist.c: the only code that writes image files; all report to the hook */
 int pcow_persist_init(pcow_image *img);     /* choose img->sync once; - */

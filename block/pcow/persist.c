@@ -167,6 +167,7 @@ int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
 {
     const uint8_t *p = buf;
 
+    pcow_mark_touched(img);
     hook(img, PCOW_OP_WRITE, off, buf, len);
     while (len > 0) {
         ssize_t n = pwrite(img->fd, p, len, off);
@@ -271,13 +272,21 @@ int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t file_off,
     return 0;
 }
 
-void pcow_persist_store64_nosync(pcow_image *img, uint64_t *p,
-                                 uint64_t file_off, uint64_t val)
+static void store64(pcow_image *img, uint64_t *p, uint64_t file_off,
+                    uint64_t val)
 {
     uint64_t le = pcow_le64(val);
 
     hook(img, PCOW_OP_WRITE, file_off, &le, 8);
     __atomic_store_n(p, le, __ATOMIC_RELEASE);
+}
+
+/* Table words (and data) may change what a reader sees: not a hot word */
+void pcow_persist_store64_nosync(pcow_image *img, uint64_t *p,
+                                 uint64_t file_off, uint64_t val)
+{
+    pcow_mark_touched(img);
+    store64(img, p, file_off, val);
 }
 
 /* The hot path's commit: one aligned 8-byte store, made durable */
@@ -288,10 +297,13 @@ int pcow_persist_store64(pcow_image *img, uint64_t *p, uint64_t file_off,
     return pcow_persist_mapped(img, p, file_off, 8);
 }
 
+/* Bookkeeping (frontier, in-use, stamp): no change a reader sees */
 int pcow_persist_hot_store(pcow_image *img, unsigned hot_off, uint64_t val)
 {
-    return pcow_persist_store64(img, (uint64_t *)(img->c0 + hot_off),
-                                hot_off, val);
+    uint64_t *p = (uint64_t *)(img->c0 + hot_off);
+
+    store64(img, p, hot_off, val);
+    return pcow_persist_mapped(img, p, hot_off, 8);
 }
 
 int pcow_persist_allocate(pcow_image *img, uint64_t off, uint64_t len)

@@ -125,8 +125,9 @@ int pcow_resize(pcow_image *img, uint64_t new_size, bool shrink,
     pcow_error gerr;
     int ret;
 
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    ret = pcow_write_check(img, err);
+    if (ret < 0) {
+        return ret;
     }
     ret = pcow_header_can_commit(img, err);
     if (ret < 0) {

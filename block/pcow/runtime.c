@@ -118,8 +118,9 @@ int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
     uint32_t i;
     int ret;
 
-    if (img->read_only) {
-        return -EROFS;
+    ret = pcow_writable(img);
+    if (ret < 0) {
+        return ret;
     }
     nclusters = pcow_div_round_up(img->hdr.virtual_size, img->cluster_size);
     if (vcluster >= nclusters) {
@@ -460,8 +461,9 @@ int pcow_cow(pcow_image *img, uint64_t offset, bool whole_cluster,
     unsigned u;
     int ret;
 
-    if (img->read_only) {
-        return -EROFS;
+    ret = pcow_writable(img);
+    if (ret < 0) {
+        return ret;
     }
     if (offset >= img->hdr.virtual_size) {
         return -EINVAL;

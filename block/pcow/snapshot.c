@@ -535,8 +535,9 @@ static int check_rw(pcow_image *img, pcow_error *err)
 {
     int ret;
 
-    if (img->read_only) {
-        return pcow_img_error(img, err, -EROFS, "image is read-only");
+    ret = pcow_write_check(img, err);
+    if (ret < 0) {
+        return ret;
     }
     ret = pcow_check_file_size(img, err);
     if (ret < 0) {

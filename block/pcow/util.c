@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +45,8 @@ pcow_error_kind pcow_error_kind_of(int code)
         return PCOW_ERR_LIMIT;
     case ENOMEM:
         return PCOW_ERR_NO_MEMORY;
+    case ESTALE:
+        return PCOW_ERR_STALE;
     default:
         return PCOW_ERR_IO;
     }
@@ -317,4 +320,22 @@ void pcow_lock(pcow_image *img)
 void pcow_unlock(pcow_image *img)
 {
     atomic_flag_clear_explicit(&img->lock, memory_order_release);
+}
+
+/*
+ * In-use tokens and state stamps: random where the kernel offers it (a
+ * stamp must change with every writer session, in any process on any
+ * host sharing the storage), else time and pid mixed.  Never 0.
+ */
+uint64_t pcow_new_token(void)
+{
+    struct timespec ts;
+    uint64_t t = 0;
+
+    if (getrandom(&t, sizeof(t), GRND_NONBLOCK) != sizeof(t)) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^
+            ((uint64_t)ts.tv_sec << 20);
+    }
+    return t | 1;
 }

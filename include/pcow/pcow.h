@@ -59,6 +59,12 @@ typedef enum pcow_error_kind {
     PCOW_ERR_LIMIT,         /* a format limit (EFBIG, EOVERFLOW) */
     PCOW_ERR_NO_MEMORY,     /* ENOMEM */
     PCOW_ERR_IO,            /* a system call failed (EIO and the rest) */
+    /*
+     * The image is not in the state the caller expects (ESTALE): it was
+     * changed, or not closed cleanly, since a VM state was saved or since
+     * it was handed over (PCOW_OPEN_EXPECT_STAMP, pcow_reacquire()).
+     */
+    PCOW_ERR_STALE,
 } pcow_error_kind;
 
 typedef struct pcow_error {
