@@ -139,7 +139,9 @@ typedef struct pcow_create_opts {
  * Refuse the open with -ESTALE, before anything is written, unless the
  * image is clean (in_use 0) and its stamp is expect_stamp (see "State
  * stamps" below): a restore or an incoming migration that must find the
- * image exactly as the saved state left it.
+ * image exactly as the saved state left it.  Kind PCOW_ERR_STALE; the
+ * message is "FILE: image changed since this state was saved", or "FILE:
+ * image was not closed cleanly since this state was saved".
  */
 #define PCOW_OPEN_EXPECT_STAMP (1u << 4)
 
@@ -188,14 +190,20 @@ int pcow_close(pcow_image *img, pcow_error *err);
  * a handed-over image belongs to.  The hot line's stamp is the in-use
  * token of the writer session that last closed the image cleanly or
  * handed it over (pcow_release()); each read-write open starts a session
- * with a new token, so any writer in between changes it.  pcow_create()
- * gives a new image a fresh stamp; 0 means unknown (an image written
- * before stamps existed, until its next clean close).
+ * with a new token, so any writer in between changes it.  A session
+ * that cannot have changed what a reader sees -- it wrote no data and no
+ * table, handed out no writable extent (pcow_get_extent: the Image
+ * Monitor writes through such mappings), and found the image closed
+ * cleanly -- leaves the stamp it found (unless that is 0): a refused
+ * operation leaves the file as it was.  pcow_create() gives a new image
+ * a fresh stamp; 0 means unknown (an image written before stamps
+ * existed, until its next clean close).  Tokens are random, never 0.
  *
- * pcow_stamp(): read-write, this session's token (what a release or a
- * clean close will leave); read-only, the stamp stored at open.
- * pcow_open_stamp(): the stamp the image had when this handle opened it,
- * and (if @clean) whether in_use was 0 then.
+ * pcow_stamp(): read-write, what a release or a clean close would leave
+ * now (this session's token once it may have changed what a reader sees;
+ * after a release, the stamp it left); read-only, the stamp stored at
+ * open.  pcow_open_stamp(): the stamp the image had when this handle
+ * opened it, and (if @clean) whether in_use was 0 then.
  */
 uint64_t pcow_stamp(pcow_image *img);
 uint64_t pcow_open_stamp(pcow_image *img, bool *clean);
@@ -207,14 +215,24 @@ uint64_t pcow_open_stamp(pcow_image *img, bool *clean);
  * close), then the lock is dropped.  The handle stays valid for reading
  * (and its file mappings stay); nothing is written until pcow_reacquire()
  * succeeds, and pcow_close() of a released image writes nothing.
- * Durable on return.  Returns 0 or -errno with @err set.
+ * Durable on return.  Returns 0 or -errno with @err set: -EROFS for a
+ * read-only image, -EBADF if already released; on another failure the
+ * image stays this session's (locked, in use).  While released, every
+ * writing call (pcow_pwrite, pcow_zero_range, pcow_expand_cluster,
+ * pcow_cow, pcow_reserve_clusters, snapshots, resize, rebase, compact)
+ * fails with -EBADF, kind PCOW_ERR_READ_ONLY ("FILE: image was handed
+ * over to another process (released): nothing is written until it is
+ * taken back"), pcow_flush() returns 0 and extents are not writable.
  */
 int pcow_release(pcow_image *img, pcow_error *err);
 /*
- * Take a released image back: -EBUSY if another process holds it now,
- * -ESTALE if anyone opened it for writing since the release (stamp,
- * in_use or header generation differ), else the lock again and a new
- * session (P-OPEN-INUSE, a new token).  Returns 0 or -errno with @err set.
+ * Take a released image back: -EBUSY if another process holds it now
+ * (kind PCOW_ERR_IN_USE, "FILE: image is in use by another process"),
+ * -ESTALE if anyone changed it since the release (stamp, in_use or header
+ * generation differ; kind PCOW_ERR_STALE, "FILE: image was changed by
+ * another process since it was handed over"; the lock is dropped again),
+ * -EINVAL if it was not released; else the lock again and a new session
+ * (P-OPEN-INUSE, a new token).  Returns 0 or -errno with @err set.
  */
 int pcow_reacquire(pcow_image *img, pcow_error *err);
 bool pcow_released(pcow_image *img);
@@ -225,9 +243,10 @@ bool pcow_released(pcow_image *img);
  */
 void pcow_keep_stamp(pcow_image *img);
 /*
- * The identity of the backing chain below @img: a fold of each base's
- * stamp and virtual size, top to bottom.  0 if @img has no base, or a
- * base is raw or has stamp 0 (its state cannot be told).
+ * The identity of the backing chain below @img: a fold (64-bit FNV-1a) of
+ * each base's stamp and virtual size, top to bottom.  0 if @img has no
+ * base or was opened with PCOW_OPEN_NO_BACKING, or a base is raw, has
+ * stamp 0 or was not closed cleanly (its state cannot be told).
  */
 uint64_t pcow_chain_stamp(pcow_image *img);
 

@@ -25,6 +25,7 @@ typedef struct PcowDesc {
     uint64_t vmas;              /* mappings the Image Monitor needs */
     int vmas_ret;               /* 0, or why they are unknown: */
     pcow_error vmas_err;
+    uint64_t stamp;             /* the hot line's state stamp, 0: unknown */
 } PcowDesc;
 
 static const char *persist_name(pcow_persist_method m)
@@ -223,6 +224,9 @@ static void snapshots_json(ImgJson *j, const pcow_snapshot_info *sn, int n)
 static void format_specific_json(ImgJson *j, const PcowDesc *d)
 {
     const pcow_info *info = d->info;
+    char stamp[20];
+
+    snprintf(stamp, sizeof(stamp), "0x%016" PRIx64, d->stamp);
 
     json_begin_object(j, "format-specific");
     json_str(j, "type", "pcow");
@@ -233,6 +237,8 @@ static void format_specific_json(ImgJson *j, const PcowDesc *d)
     json_u64(j, "compatible-features", info->compatible_features);
     json_u64(j, "autoclear-features", info->autoclear_features);
     json_u64(j, "generation", info->generation);
+    /* A string: JSON readers lose the low bits of 64-bit numbers */
+    json_str(j, "state-stamp", stamp);
     json_u64(j, "allocated-clusters", info->allocated_clusters);
     json_u64(j, "active-clusters", info->active_clusters);
     json_u64(j, "metadata-clusters", info->metadata_clusters);
@@ -320,6 +326,11 @@ static void info_pcow_human(const PcowDesc *d)
     printf("    version: %u\n", info->version);
     printf("    cow unit: %u\n", info->cow_unit);
     printf("    dirty flag: %s\n", info->was_dirty ? "yes" : "no");
+    if (d->stamp) {
+        printf("    state stamp: 0x%016" PRIx64 "\n", d->stamp);
+    } else {
+        printf("    state stamp: unknown\n");
+    }
     printf("    allocated clusters: %" PRIu64 " (active layer %" PRIu64
            ", metadata %" PRIu64 ")\n", info->allocated_clusters,
            info->active_clusters, info->metadata_clusters);
@@ -358,6 +369,7 @@ static int info_pcow(const char *path, bool force_share, ImgJson *j,
     }
     d.info = g_new0(pcow_info, 1);
     pcow_get_info(img, d.info);
+    d.stamp = pcow_open_stamp(img, NULL);
     d.nsn = pcow_snapshot_list(img, &d.sn, &err);
     if (d.nsn < 0) {
         img_pcow_error(path, &err, d.nsn);

@@ -1852,6 +1852,43 @@ static void t_snap_vm_state(Scen *s)
 }
 
 /*
+ * Hand over and take back: a release (P-CLOSE-TRIM gives back the reserve
+ * and the clusters a zeroing freed, P-CLOSE-CLEAN stores the stamp, then
+ * in_use 0), a reacquire (P-OPEN-INUSE), a write that reuses what the
+ * release trimmed, and the close.
+ */
+static void t_release(Scen *s)
+{
+    uint64_t cs = 16 * KiB, u = 4 * KiB;
+    pcow_image *img;
+    pcow_error err = { 0 };
+
+    track(s, "img");
+    mk(s, "img", 2 * MiB, cs, u, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    op_write(img, 0, 8 * cs, 80);
+    if (pcow_zero_range(img, 2 * cs, 3 * cs, &err) < 0) {
+        die("zero_range: %s", err.msg);
+    }
+    scen_start(s);
+    op_write(img, 10 * cs, 2 * cs, 81);
+    step(s, u, "pwrite");
+    if (pcow_release(img, &err) < 0) {
+        die("release: %s", err.msg);
+    }
+    step(s, ATOMIC, "release");
+    if (pcow_reacquire(img, &err) < 0) {
+        die("reacquire: %s", err.msg);
+    }
+    step(s, ATOMIC, "reacquire");
+    op_write(img, 20 * cs, 3 * cs, 82);
+    step(s, u, "pwrite (reuses trimmed)");
+    op_close(img);
+    step(s, ATOMIC, "close");
+    scen_finish(s);
+}
+
+/*
  * libpcow has no commit function: pcow-img commit copies the overlay's own
  * data into the base through the base's write path, flushes and closes the
  * base, then empties the touched clusters of the overlay.  The same
@@ -2441,6 +2478,7 @@ static const Test tests[] = {
     { "snapshot-revert", t_snap_revert },
     { "snapshot-delete", t_snap_delete },
     { "snapshot-vm-state", t_snap_vm_state },
+    { "release", t_release },
     { "commit", t_commit },
     { "rebase", t_rebase },
     { "resize", t_resize },

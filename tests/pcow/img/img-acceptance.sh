@@ -39,6 +39,24 @@ expect 0 "$IMG" check x.pcow
 contains "$OUT" "No errors were found on the image." "check output"
 ok "check exits 0"
 
+# The state stamp: set at create (non-zero), different for each image,
+# the same in both outputs, kept by a session that changes nothing
+stamp=$(json_get "$("$IMG" info --output=json x.pcow)" \
+        'd["format-specific"]["data"]["state-stamp"]')
+[[ $stamp =~ ^0x[0-9a-f]{16}$ ]] || fail "state stamp '$stamp' malformed"
+[ "$stamp" != 0x0000000000000000 ] || fail "create left stamp 0"
+expect 0 "$IMG" info x.pcow
+contains "$OUT" "state stamp: $stamp" "info human state stamp"
+expect 0 "$IMG" create -q stamp2.pcow 1G
+contains "$("$IMG" info stamp2.pcow)" "state stamp: 0x" \
+    "a second image has a stamp"
+case "$("$IMG" info stamp2.pcow)" in
+*"state stamp: $stamp"*) fail "two new images share stamp $stamp" ;;
+esac
+expect 0 "$IMG" check -r leaks x.pcow
+contains "$("$IMG" info x.pcow)" "state stamp: $stamp" "kept by check -r"
+ok "state stamp: new, distinct, shown by info"
+
 expect 0 "$IMG" check --output=json x.pcow
 equal "$(json_get "$OUT" 'd["corruptions"] + d["leaks"]')" 0 "check json"
 ok "check --output=json"
