@@ -611,13 +611,6 @@ def script_cow(p, cfgs, region, name):
 
 # ----------------------------------------------------------------------------
 
-def busiest(n=8):
-    """The processes using the most CPU (what else shares the machine)."""
-    r = subprocess.run(["ps", "-eo", "pcpu,etimes,comm", "--sort=-pcpu"],
-                       capture_output=True, text=True)
-    return [" ".join(ln.split()) for ln in r.stdout.splitlines()[1:n + 1]]
-
-
 class Runner:
     def __init__(self, a):
         self.a = a
@@ -907,7 +900,7 @@ class Runner:
                                 "cow_whole_cluster": self.escalate,
                                 "qcow2_cache": "virtio-blk-pci, cache=writeback, aio=threads",
                                 "loadavg_start": benchmeta.loadavg(),
-                                "busiest_start": busiest(),
+                                "busiest_start": benchmeta.busiest(),
                                 "note": a.note}
         fss = a.fs.split(",") if a.fs else (["tmpfs"] if self.quick else ["tmpfs", "build"])
         self.dirs = []
@@ -938,7 +931,7 @@ class Runner:
                 shutil.rmtree(d, ignore_errors=True)
         self.results["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
         self.results["meta"]["loadavg_end"] = benchmeta.loadavg()
-        self.results["meta"]["busiest_end"] = busiest()
+        self.results["meta"]["busiest_end"] = benchmeta.busiest()
         self.results["meta"]["boots"] = self.boot_times
         self.save()
         return self.results

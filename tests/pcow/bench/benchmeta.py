@@ -129,6 +129,13 @@ def loadavg():
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def busiest(n=8):
+    """The processes using the most CPU (what else shares the machine)."""
+    r = subprocess.run(["ps", "-eo", "pcpu,etimes,comm", "--sort=-pcpu"],
+                       capture_output=True, text=True)
+    return [" ".join(ln.split()) for ln in r.stdout.splitlines()[1:n + 1]]
+
+
 def git_commit(top=TOP):
     """The commit, and the tracked files that differ from it (a published
     chart is one: --publish rewrites docs/figures/)."""

@@ -8,7 +8,10 @@ bench-monitor-json in suite monitor).
 A configuration whose setup fails (ndctl, mkfs, mount, no DAX, wrong
 device) must stop the guest before fio runs, and its results must never
 reach a ratio: the run is marked invalid.  bench-monitor's last line must
-be strict JSON (null, never nan).  No guest is booted: the guest's device
+be strict JSON (null, never nan).  bench-lifecycle's pure parts: its
+workload layout, its QEMU arguments with and without migrate-data, the
+figures it takes from query-migrate and query-block, its ratios and its
+JSON.  No guest is booted: the guest's device
 script runs under /bin/sh with stub commands and a fake sysfs and mount
 table.
 
@@ -29,6 +32,10 @@ _spec = importlib.util.spec_from_file_location("bench_guest",
                                                HERE / "bench-guest.py")
 bg = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bg)
+_spec = importlib.util.spec_from_file_location("bench_lifecycle",
+                                               HERE / "bench-lifecycle.py")
+lc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lc)
 import benchmeta  # noqa: E402
 
 BENCH_MONITOR = None
@@ -454,6 +461,117 @@ class BenchMonitorJson(unittest.TestCase):
         rows = [ln for ln in r.stdout.strip().splitlines()[:-1]
                 if not ln.startswith("#")]
         self.assertEqual(len(rows), sum(v is not None for v in m.values()))
+
+
+def lc_round(fresh_ms, raw_ms, vm=(100, 300), save=(10, 200)):
+    """One round of bench-lifecycle's results: pcow fresh and raw
+    migration times, vmstate sizes (pcow, raw), save file sizes."""
+    mig = (lambda ms, sent: {"total_time_ms": ms, "sent_bytes": sent,
+                             "pages_scanned": 1000})
+    return {"fresh": {"migrate": mig(fresh_ms, 200),
+                      "savevm": {"vmstate_bytes": vm[0], "time_s": 1.0}},
+            "fresh4": {"migrate": mig(fresh_ms, 200)},
+            "raw": {"migrate": mig(raw_ms, 300),
+                    "savevm": {"vmstate_bytes": vm[1], "time_s": 4.0},
+                    "save": {"file_bytes": save[1]}},
+            "shared": {"migrate": mig(fresh_ms // 2, 50),
+                       "save": {"file_bytes": save[0]}}}
+
+
+class Lifecycle(unittest.TestCase):
+    """bench-lifecycle's pure parts: the workload's layout, the QEMU
+    arguments, query-migrate's figures, the ratios and the JSON."""
+
+    def test_one_percent_of_16g_is_164_chunks(self):
+        self.assertEqual(lc.chunk_count(16, 1.0), 164)
+        self.assertEqual(lc.chunk_count(4, 1.0), 41)
+        self.assertEqual(lc.chunk_count(16, 0.5), 82)
+
+    def test_chunks_are_distinct_and_inside(self):
+        for size in (4096, 16384):
+            offs = lc.chunk_offsets(size, 164)
+            self.assertEqual(len(set(offs)), 164)
+            self.assertTrue(all(0 <= o < size for o in offs))
+            # scattered: no two neighbours in the file
+            s = sorted(offs)
+            self.assertGreater(min(b - a for a, b in zip(s, s[1:])), 1)
+        with self.assertRaises(ValueError):
+            lc.chunk_offsets(100, 101)
+
+    def test_base_chunks_avoid_the_top(self):
+        top = lc.chunk_offsets(16384, 164)
+        base = lc.base_offsets(16384, 164, top)
+        self.assertEqual(len(set(base)), 164)
+        self.assertFalse(set(base) & set(top))
+
+    def test_migrate_data_detected_and_dropped(self):
+        old = "  format=<string>  - ...\n  share=<bool>\n"
+        new = old + "  migrate-data=<string> - none, all or top\n"
+        self.assertFalse(lc.has_migrate_data(old))
+        self.assertTrue(lc.has_migrate_data(new))
+        self.assertEqual(lc.select_cases(lc.CASES, False),
+                         (["fresh", "fresh4", "raw"], ["shared", "top"]))
+        self.assertEqual(lc.select_cases(lc.CASES, True), (lc.CASES, []))
+        with_mode = lc.nvdimm(0, "/x.pcow", "pcow", 16, "top")[1]
+        self.assertIn(",format=pcow,migrate-data=top", with_mode)
+        self.assertNotIn("migrate-data", lc.nvdimm(0, "/x", "pcow", 16)[1])
+        raw = lc.nvdimm(1, "/x.raw", "raw", 16)
+        self.assertNotIn("format=", raw[1])
+        self.assertEqual(raw[3], "nvdimm,id=nv1,memdev=pm1")
+
+    def test_migration_figures(self):
+        info = {"status": "completed", "total-time": 1200, "downtime": 30,
+                "ram": {"duplicate": 100, "normal": 50, "skipped": 0,
+                        "transferred": 4096 * 50 + 900,
+                        "dirty-sync-count": 3, "total": 1 << 30}}
+        f = lc.mig_figures(info, 1.25)
+        self.assertEqual((f["pages_scanned"], f["sent_bytes"],
+                          f["total_time_ms"], f["downtime_ms"]),
+                         (150, 4096 * 50 + 900, 1200, 30))
+        self.assertIsNone(lc.mig_figures({"status": "failed"})
+                          ["pages_scanned"])
+
+    def test_vmstate_size_from_query_block(self):
+        qb = [{"device": "d0", "inserted": {
+            "node-name": "disk0", "image": {"snapshots": [
+                {"name": "lc", "vm-state-size": 12345}]}}}]
+        self.assertEqual(lc.vmstate_sizes(qb, "disk0"), {"lc": 12345})
+        self.assertEqual(lc.vmstate_sizes(qb, "other"), {})
+
+    def test_rounds_rotate(self):
+        orders = [lc.round_order(lc.CASES, r) for r in range(5)]
+        for o in orders:
+            self.assertEqual(sorted(o), sorted(lc.CASES))
+        self.assertEqual(len({o[0] for o in orders}), 5)
+
+    def test_ratios_pair_rounds_and_skip_failures(self):
+        rounds = [lc_round(1000, 30000), lc_round(2000, 50000),
+                  lc_round(1000, 10000)]
+        rounds[2]["raw"] = {"error": "migration failed"}
+        out = lc.summarize(rounds)
+        # rounds 1 and 2 only: 30 and 25
+        self.assertEqual(out["migrate_fresh_raw_over_pcow_time"], 27.5)
+        self.assertEqual(out["migrate_fresh_raw_over_pcow_time_min"], 25.0)
+        self.assertEqual(out["migrate_fresh_raw_over_pcow_time_max"], 30.0)
+        self.assertTrue(out["migrate_fresh_target_met"])
+        self.assertEqual(out["savevm_vmstate_raw_over_pcow_bytes"], 3.0)
+        self.assertEqual(out["save_file_raw_over_pcow_bytes"], 20.0)
+        self.assertEqual(out["migrate_shared_sent_bytes"], 50)
+        self.assertEqual(out["migrate_fresh_16g_over_4g_time"], 1.0)
+        for k in ("migrate_fresh_raw_over_pcow_time",
+                  "migrate_shared_sent_bytes",
+                  "savevm_vmstate_raw_over_pcow_bytes",
+                  "save_file_raw_over_pcow_bytes"):
+            self.assertIn(k, out)
+        benchmeta.strict_loads(benchmeta.strict_dumps(out))
+
+    def test_unmeasured_is_null_not_met(self):
+        out = lc.summarize([{"fresh": {"error": "x"}}])
+        self.assertIsNone(out["migrate_fresh_raw_over_pcow_time"])
+        self.assertIsNone(out["migrate_fresh_target_met"])
+        self.assertIsNone(out["migrate_shared_sent_bytes"])
+        slow = lc.summarize([lc_round(1000, 5000)])
+        self.assertFalse(slow["migrate_fresh_target_met"])
 
 
 if __name__ == "__main__":
