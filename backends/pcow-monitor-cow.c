@@ -121,6 +121,9 @@ static int cow_fault(pcow_monitor *mon, uint64_t off)
         mon_report(mon, "write to a read-only image at", off, -EROFS);
         return -EROFS;
     }
+    if (atomic_load(&mon->released)) {
+        return -EBADF;      /* held until the image is taken back */
+    }
     whole = mon->cow_escalate != UINT32_MAX &&
             pcow_cow_units_copied(mon->img, off) >= mon->cow_escalate;
     hit = pcow_reserve_count(mon->img) > 0;
@@ -188,20 +191,25 @@ void mon_cow_wake(pcow_monitor *mon)
 }
 
 /*
- * No space for the copy (policy stall): wait on the slot's futex until
- * mon_cow_wake() or PCOW_MONITOR_RETRY_MS, and try again; out of the
- * slot's inflight count while asleep.  Returns 0 when served, -ESTALE
- * when the monitor went away meanwhile (the access is retried and finds
- * whatever is mapped there now), or another error.
+ * No space for the copy (policy stall), or the image released: wait on
+ * the slot's futex until mon_cow_wake() or PCOW_MONITOR_RETRY_MS, and try
+ * again; out of the slot's inflight count while asleep.  Returns 0 when
+ * served, -ESTALE when the monitor went away meanwhile (the access is
+ * retried and finds whatever is mapped there now), or another error.
  */
 static int cow_hold(mon_slot *s, pcow_monitor *mon, uint64_t off, int r)
 {
     struct timespec ts = { 0, PCOW_MONITOR_RETRY_MS * 1000000L };
 
     atomic_fetch_add(&s->held, 1);
-    mon_nospace_begin(mon, "no space: holding the copy-on-write at", off);
     while (mon_holds(mon, r)) {
         uint32_t gen = atomic_load(&s->gen);
+
+        /* Opens the episode once (also for a taken back image, full) */
+        if (mon_holds_space(mon, r)) {
+            mon_nospace_begin(mon, "no space: holding the copy-on-write at",
+                              off);
+        }
 
         atomic_fetch_sub(&s->inflight, 1);
         syscall(SYS_futex, &s->gen, FUTEX_WAIT_PRIVATE, gen, &ts, NULL, 0);

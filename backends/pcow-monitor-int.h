@@ -4,7 +4,7 @@
  * One job per file; each calls only files below it in this list, so the
  * monitor has no call cycle:
  *
- * pcow-monitor.c           lifecycle: open, close, accessors
+ * pcow-monitor.c           lifecycle: open, close, handover, accessors
  * pcow-monitor-snapshot.c  live snapshots (create, delete, revert)
  * pcow-monitor-uffd.c      userfaultfd: hole reads, expansion, lazy mapping
  * pcow-monitor-cow.c       the process-wide SIGSEGV dispatcher and COW
@@ -86,6 +86,14 @@ struct pcow_monitor {
     pthread_t pool_thread;
     bool uffd_running;
     bool pool_running;
+    _Atomic bool pool_stop;     /* the pool thread exits (a release) */
+    bool fixed_addr;            /* mapped at the caller's opts->addr */
+    /*
+     * Handed over (pcow_monitor_release): the image is another process's.
+     * Faults that would write it are held (as for space) until
+     * pcow_monitor_reacquire(); data is mapped read-only meanwhile.
+     */
+    _Atomic bool released;
 
     /* Serialises the uffd thread against snapshot operations. */
     pthread_mutex_t fault_lock;
@@ -171,9 +179,20 @@ uint64_t mon_proc_read_u64(const char *path, uint64_t dflt);
 uint64_t mon_proc_count_maps(uintptr_t lo, uintptr_t hi);
 
 /* Is @r an out-of-space error that the policy holds (stall)? */
-static inline bool mon_holds(pcow_monitor *mon, int r)
+static inline bool mon_holds_space(pcow_monitor *mon, int r)
 {
     return !mon->nospace_fail && (r == -ENOSPC || r == -EDQUOT);
+}
+/* Is @r the error of a released image (-EBADF): held until reacquired? */
+static inline bool mon_holds_released(pcow_monitor *mon, int r)
+{
+    return r == -EBADF && atomic_load(&mon->released);
+}
+/* Is the fault that failed with @r held (space or a release)?
+ * Signal-safe. */
+static inline bool mon_holds(pcow_monitor *mon, int r)
+{
+    return mon_holds_space(mon, r) || mon_holds_released(mon, r);
 }
 /* A fault served with (@hit) or without a reserved cluster.  Signal-safe. */
 static inline void mon_pool_count(pcow_monitor *mon, bool hit)
@@ -228,6 +247,9 @@ int mon_map_reset(pcow_monitor *mon, pcow_error *err);
 void mon_kick_pool(pcow_monitor *mon);
 /* Start the pre-allocation thread.  Returns 0 or -errno with @err set. */
 int mon_pool_start(pcow_monitor *mon, pcow_error *err);
+/* Stop it and wait until it exits (a reservation in flight completes);
+ * nothing if it does not run.  Not signal-safe. */
+void mon_pool_stop(pcow_monitor *mon);
 
 /* pcow-monitor-cow.c: calls map, pool, stats */
 /* Fault handlers this thread runs now (pcow_monitor_in_handler); read in

@@ -69,7 +69,7 @@ static void *pool_thread(void *opaque)
                  backoff_ms : -1) < 0 && errno != EINTR) {
             break;
         }
-        if (pfd[1].revents) {
+        if (pfd[1].revents || atomic_load(&mon->pool_stop)) {
             break;
         }
         if (pfd[0].revents) {
@@ -83,7 +83,10 @@ static void *pool_thread(void *opaque)
 
 int mon_pool_start(pcow_monitor *mon, pcow_error *err)
 {
-    int r = pthread_create(&mon->pool_thread, NULL, pool_thread, mon);
+    int r;
+
+    atomic_store(&mon->pool_stop, false);
+    r = pthread_create(&mon->pool_thread, NULL, pool_thread, mon);
 
     if (r) {
         return mon_error(mon, err, -r, "cannot start the pre-allocation "
@@ -91,4 +94,19 @@ int mon_pool_start(pcow_monitor *mon, pcow_error *err)
     }
     mon->pool_running = true;
     return 0;
+}
+
+void mon_pool_stop(pcow_monitor *mon)
+{
+    uint64_t one = 1;
+
+    if (!mon->pool_running) {
+        return;
+    }
+    atomic_store(&mon->pool_stop, true);
+    if (write(mon->pool_efd, &one, sizeof(one)) < 0) {
+        /* Counter saturated: the thread is awake anyway. */
+    }
+    pthread_join(mon->pool_thread, NULL);
+    mon->pool_running = false;
 }

@@ -171,11 +171,12 @@ static void fail_hole(pcow_monitor *mon, char *addr, uint64_t vc, int r)
 }
 
 /*
- * No space for @vc's expansion (policy stall): hold the fault.  Nothing is
- * woken: the writers stay blocked in the kernel, every other fault is
- * served, and retry_held() expands the cluster once space returns.
+ * No space for @vc's expansion (policy stall), or the image is released
+ * (@r -EBADF): hold the fault.  Nothing is woken: the writers stay blocked
+ * in the kernel, every other fault is served, and retry_held() expands
+ * the cluster once space returns or the image is taken back.
  */
-static void hold_hole(pcow_monitor *mon, uint64_t vc)
+static void hold_hole(pcow_monitor *mon, uint64_t vc, int r)
 {
     if (!test_bit64(mon->held_map, vc)) {
         set_bit64(mon->held_map, vc);
@@ -184,8 +185,10 @@ static void hold_hole(pcow_monitor *mon, uint64_t vc)
             mon->held_lo = vc;
         }
     }
-    mon_nospace_begin(mon, "no space: holding the write fault at",
-                      vc << mon->cluster_bits);
+    if (mon_holds_space(mon, r)) {
+        mon_nospace_begin(mon, "no space: holding the write fault at",
+                          vc << mon->cluster_bits);
+    }
 }
 
 /*
@@ -214,11 +217,13 @@ static void expand(pcow_monitor *mon, uint64_t vc, uint64_t fault_addr,
         return;
     }
     hit = pcow_reserve_count(mon->img) > 0;
-    r = pcow_expand_cluster(mon->img, vc, &foff);
+    /* Released: the image is another process's until taken back */
+    r = atomic_load(&mon->released) ? -EBADF
+                                    : pcow_expand_cluster(mon->img, vc, &foff);
     if (mon_holds(mon, r)) {
         /* Nothing mapped: a long stall's retries must not use it up */
         mon_vma_unbudget(mon, 2);
-        hold_hole(mon, vc);
+        hold_hole(mon, vc, r);
         return;
     }
     mon_pool_count(mon, hit);

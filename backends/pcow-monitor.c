@@ -5,7 +5,9 @@
  * image, plan the mapping (pcow-monitor-map.c), reserve and register the
  * range (pcow-monitor-uffd.c), map it, join the SIGSEGV dispatcher
  * (pcow-monitor-cow.c) and start the threads.  Close undoes it in the
- * order that keeps every handler away from a closed image.
+ * order that keeps every handler away from a closed image.  Release and
+ * reacquire hand the image over to another process and take it back
+ * while the range stays mapped.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -46,11 +48,27 @@ static pcow_monitor *new_monitor(const char *path,
     return mon;
 }
 
-static void free_monitor(pcow_monitor *mon)
+/*
+ * A failed open leaves the caller's reservation (opts->addr) a private
+ * anonymous mapping again, the caller's to unmap; ours is unmapped.
+ */
+static void free_range(pcow_monitor *mon)
 {
-    if (mon->base) {
+    if (!mon->base) {
+        return;
+    }
+    if (mon->fixed_addr) {
+        mmap(mon->base, mon->size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS |
+             MAP_NORESERVE | MAP_FIXED, -1, 0);
+    } else {
         munmap(mon->base, mon->size);
     }
+    mon->base = NULL;
+}
+
+static void free_monitor(pcow_monitor *mon)
+{
+    free_range(mon);
     if (mon->zero_map) {
         munmap(mon->zero_map, mon->map_bytes);
     }
@@ -92,6 +110,10 @@ static int open_image(pcow_monitor *mon, const char *path,
     if (opts->flags & PCOW_MONITOR_NO_LOCK) {
         oo.flags |= PCOW_OPEN_NO_LOCK;
     }
+    if (opts->flags & PCOW_MONITOR_EXPECT_STAMP) {
+        oo.flags |= PCOW_OPEN_EXPECT_STAMP;
+        oo.expect_stamp = opts->expect_stamp;
+    }
     oo.hook = opts->hook;
     oo.hook_opaque = opts->hook_opaque;
     r = pcow_open(path, &oo, &mon->img, err);
@@ -121,11 +143,19 @@ static uint64_t *new_map(pcow_monitor *mon)
  * registration.  Returns 0 or -errno (@err set where there is more to say
  * than the errno).
  */
-static int reserve_range(pcow_monitor *mon, pcow_error *err)
+static int reserve_range(pcow_monitor *mon, void *addr, pcow_error *err)
 {
-    mon->base = mmap(NULL, mon->size, mon->read_only ? PROT_READ
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+
+    if ((uintptr_t)addr % (uintptr_t)sysconf(_SC_PAGESIZE)) {
+        return mon_error(mon, err, -EINVAL, "cannot map at %p: the address "
+                         "is not page aligned", addr);
+    }
+    /* The caller's reservation: ours from here on */
+    mon->fixed_addr = addr != NULL;
+    mon->base = mmap(addr, mon->size, mon->read_only ? PROT_READ
                      : PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                     flags | (addr ? MAP_FIXED : 0), -1, 0);
     if (mon->base == MAP_FAILED) {
         int e = errno;
 
@@ -214,7 +244,7 @@ int pcow_monitor_open(const char *path, const pcow_monitor_opts *opts,
     }
     r = mon_map_plan(mon, opts->max_vmas, err);
     if (r == 0) {
-        r = reserve_range(mon, err);
+        r = reserve_range(mon, opts->addr, err);
     }
     if (r == 0) {
         r = mon_map_image(mon, err);
@@ -242,6 +272,7 @@ int pcow_monitor_close(pcow_monitor *mon, pcow_error *err)
         return 0;
     }
     stop_threads(mon);
+    /* Released: the mappings are read-only and the image writes nothing */
     r = pcow_monitor_flush(mon, err);
     /* No handler may touch the image once it is closed. */
     mon_dispatcher_unregister(mon);
@@ -250,6 +281,97 @@ int pcow_monitor_close(pcow_monitor *mon, pcow_error *err)
     r2 = pcow_close(mon->img, r < 0 ? NULL : err);
     free_monitor(mon);
     return r < 0 ? r : r2;
+}
+
+/*
+ * With fault_lock held and no COW handler running: a fault that comes
+ * now sees @released and is held.  The image is released (or taken back)
+ * after this, so the uffd thread and the handlers never find it changing
+ * under them.
+ */
+static void set_released(pcow_monitor *mon, bool released)
+{
+    atomic_store(&mon->released, released);
+    mon_dispatcher_drain(mon);
+}
+
+/* Guest writes durable, the image released, its data mapped read-only */
+static int release_locked(pcow_monitor *mon, pcow_error *err)
+{
+    int r = pcow_monitor_flush(mon, err);
+
+    if (r == 0) {
+        r = pcow_release(mon->img, err);
+    }
+    if (r < 0) {
+        return r;
+    }
+    /* A stray write now faults and is held instead of reaching the file */
+    return mon_remap_data(mon, false, err);
+}
+
+int pcow_monitor_release(pcow_monitor *mon, uint64_t *stamp,
+                         pcow_error *err)
+{
+    int r;
+
+    if (mon->read_only) {
+        return mon_error(mon, err, -EROFS, "image is read-only");
+    }
+    if (atomic_load(&mon->released)) {
+        return mon_error(mon, err, -EBADF, "image is already handed over");
+    }
+    /* It allocates: its reserve goes back with the release's trim */
+    mon_pool_stop(mon);
+    pthread_mutex_lock(&mon->fault_lock);
+    set_released(mon, true);
+    r = release_locked(mon, err);
+    if (r < 0 && !pcow_released(mon->img)) {
+        set_released(mon, false);
+    }
+    pthread_mutex_unlock(&mon->fault_lock);
+    if (!atomic_load(&mon->released)) {
+        /* Still ours: serve again what was held meanwhile */
+        if (!(mon->flags & PCOW_MONITOR_NO_POOL)) {
+            mon_pool_start(mon, NULL);
+        }
+        pcow_monitor_retry(mon);
+    }
+    if (r == 0 && stamp) {
+        *stamp = pcow_stamp(mon->img);
+    }
+    return r;
+}
+
+int pcow_monitor_reacquire(pcow_monitor *mon, pcow_error *err)
+{
+    int r, r2 = 0;
+
+    if (!atomic_load(&mon->released)) {
+        return mon_error(mon, err, -EINVAL, "image was not handed over");
+    }
+    pthread_mutex_lock(&mon->fault_lock);
+    r = pcow_reacquire(mon->img, err);
+    if (r == 0) {
+        /* Ours again: what the image owns is mapped writable again */
+        r2 = mon_remap_data(mon, true, err);
+        set_released(mon, false);
+    }
+    pthread_mutex_unlock(&mon->fault_lock);
+    if (r < 0) {
+        return r;
+    }
+    if (!(mon->flags & PCOW_MONITOR_NO_POOL)) {
+        r = mon_pool_start(mon, r2 < 0 ? NULL : err);
+    }
+    /* The faults held since the release: expand and copy them now */
+    pcow_monitor_retry(mon);
+    return r2 < 0 ? r2 : r;
+}
+
+bool pcow_monitor_released(pcow_monitor *mon)
+{
+    return atomic_load(&mon->released);
 }
 
 void *pcow_monitor_base(pcow_monitor *mon)

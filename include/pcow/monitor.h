@@ -50,7 +50,9 @@ typedef struct pcow_monitor_opts {
      * virtual size (a private anonymous mapping, say), which the monitor
      * replaces (MAP_FIXED), owns from then on and unmaps at close.  QEMU
      * gives a RAM block its address before an incoming migration says
-     * which image state to map.
+     * which image state to map.  Page aligned, else -EINVAL ("cannot map
+     * at ADDR: the address is not page aligned").  If the open fails the
+     * range is still the caller's (a private anonymous mapping) to unmap.
      */
     void *addr;
     uint64_t expect_stamp;      /* with PCOW_MONITOR_EXPECT_STAMP */
@@ -141,6 +143,11 @@ int pcow_monitor_snapshot_revert(pcow_monitor *mon, const char *name,
  * the image while it is released is held until pcow_monitor_reacquire().
  * pcow_monitor_reacquire() takes it back (pcow_reacquire(): -EBUSY,
  * -ESTALE) and restarts the pool thread.  Returns 0 or -errno, @err set.
+ * While released, data mappings are read-only (a write faults and is
+ * held), held writes count in held_faults but open no out-of-space
+ * episode, and pcow_monitor_close() writes nothing to the image.
+ * Release: -EROFS for a read-only monitor, -EBADF if already released,
+ * else pcow_release()'s errors.  Reacquire: -EINVAL if not released.
  */
 int pcow_monitor_release(pcow_monitor *mon, uint64_t *stamp,
                          pcow_error *err);

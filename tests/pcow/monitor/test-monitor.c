@@ -1635,6 +1635,200 @@ static int t_compact(void)
     return 0;
 }
 
+/* --- opts.addr: the caller's reservation --------------------------------- */
+static int t_addr(void)
+{
+    const char *dir = test_dir("addr");
+    uint64_t size = 8 * MiB;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor_opts mo = { .flags = PCOW_MONITOR_NO_POOL };
+    pcow_monitor *mon;
+    pcow_error err = { 0 };
+    char path[4200];
+    uint8_t *res;
+
+    CHECK(shadow);
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    res = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS |
+               MAP_NORESERVE, -1, 0);
+    CHECK(res != MAP_FAILED);
+
+    /* Not page aligned: refused, the reservation left alone */
+    mo.addr = res + 100;
+    CHECK_EQ(pcow_monitor_open(path, &mo, &mon, &err), -EINVAL);
+    CHECK(strstr(err.msg, "not page aligned"));
+    CHECK(msync(res, 4096, MS_ASYNC) == 0);
+
+    /* At the reservation: data there, holes read zeros */
+    mo.addr = res;
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
+    CHECK(pcow_monitor_base(mon) == res);
+    put(mon, shadow, 3 * CL + 10, 2 * CL, 7);
+    CHECK(res[3 * CL + 10] == shadow[3 * CL + 10]);
+    CHECK(res[CL] == 0 && res[size - 1] == 0);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    /* The monitor owned it: unmapped at close */
+    CHECK(msync(res, 4096, MS_ASYNC) < 0 && errno == ENOMEM);
+    check_clean(path);
+    verify_image(path, shadow, size);
+
+    /* Reopened at the same address, as an incoming migration would */
+    res = mmap(res, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS |
+               MAP_NORESERVE | MAP_FIXED, -1, 0);
+    CHECK(res != MAP_FAILED);
+    mo.flags = 0;
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
+    CHECK(pcow_monitor_base(mon) == res);
+    verify_mapping(mon, shadow);
+    close_mon(mon);
+    free(shadow);
+    return 0;
+}
+
+/* --- hand over (release) and take back (reacquire) ---------------------- */
+typedef struct ho_arg {
+    pcow_monitor *mon;
+    uint8_t *shadow;
+    uint64_t off;
+    uint32_t tag;
+    _Atomic int *done;
+} ho_arg;
+
+static void *ho_writer(void *opaque)
+{
+    ho_arg *a = opaque;
+
+    put(a->mon, a->shadow, a->off, 4096, a->tag);
+    atomic_fetch_add(a->done, 1);
+    return NULL;
+}
+
+static uint64_t stamp_of(const char *path, bool *clean)
+{
+    pcow_open_opts oo = { .flags = PCOW_OPEN_NO_LOCK };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    uint64_t s;
+
+    CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+    s = pcow_open_stamp(img, clean);
+    pcow_close(img, NULL);
+    return s;
+}
+
+/*
+ * Writers to a hole (uffd), a frozen cluster (COW) and an owned one (its
+ * mapping was made read-only by the release) wait for the reacquire
+ */
+static void held_writes(pcow_monitor *mon, uint8_t *shadow)
+{
+    static const uint64_t offs[] = { 10 * CL, 4 * CL + 8192, 6 * CL + 100 };
+    pthread_t th[3];
+    ho_arg args[3];
+    _Atomic int done = 0;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+    int i;
+
+    alarm(60);
+    for (i = 0; i < 3; i++) {
+        args[i] = (ho_arg){ mon, shadow, offs[i], 900 + i, &done };
+        CHECK(pthread_create(&th[i], NULL, ho_writer, &args[i]) == 0);
+    }
+    usleep(3 * PCOW_MONITOR_RETRY_MS * 1000 / 2);
+    stats(mon, &s);
+    printf("released: %d of 3 writers done, %" PRIu64 " faults held\n",
+           atomic_load(&done), s.held_faults);
+    CHECK_EQ(atomic_load(&done), 0);
+    CHECK(s.held_faults >= 2);
+    CHECK_EQ(s.nospace_episodes, 0);
+    CHECK_OK(pcow_monitor_reacquire(mon, &err), &err);
+    CHECK(!pcow_monitor_released(mon));
+    for (i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+    }
+    alarm(0);
+    CHECK_EQ(atomic_load(&done), 3);
+    stats(mon, &s);
+    CHECK_EQ(s.held_faults, 0);
+    CHECK_EQ(s.errors, 0);
+}
+
+static int t_handover(void)
+{
+    const char *dir = test_dir("handover");
+    uint64_t size = 16 * MiB, stamp, s2;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor_opts mo = { 0 };
+    pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+    pcow_monitor *mon, *mon2;
+    pcow_error err = { 0 };
+    pcow_image *img;
+    char path[4200];
+    bool clean;
+    int i;
+
+    CHECK(shadow);
+    snprintf(path, sizeof(path), "%s/h.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    for (i = 0; i < 5; i++) {
+        put(mon, shadow, (uint64_t)i * CL, CL, 800 + i);
+    }
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "s1", NULL, &err), &err);
+    put(mon, shadow, 0, 4096, 810);     /* a unit of cluster 0 ours again */
+    put(mon, shadow, 6 * CL, CL, 811);  /* cluster 6 ours, mapped writable */
+
+    /* Released: durable, clean, the stamp it left; still readable */
+    CHECK_OK(pcow_monitor_release(mon, &stamp, &err), &err);
+    CHECK(pcow_monitor_released(mon));
+    CHECK_EQ(stamp_of(path, &clean), stamp);
+    CHECK(clean);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    verify_mapping(mon, shadow);
+    CHECK_EQ(pcow_monitor_release(mon, NULL, &err), -EBADF);
+
+    /* Another process takes it, expecting that stamp, and gives it back
+     * unchanged (an incoming migration that failed before its guest ran) */
+    mo.flags = PCOW_MONITOR_EXPECT_STAMP;
+    mo.expect_stamp = stamp ^ 1;
+    CHECK_EQ(pcow_monitor_open(path, &mo, &mon2, &err), -ESTALE);
+    CHECK(strstr(err.msg, "image changed since this state was saved"));
+    mo.expect_stamp = stamp;
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon2, &err), &err);
+    CHECK_EQ(pcow_monitor_reacquire(mon, &err), -EBUSY);
+    verify_mapping(mon2, shadow);
+    pcow_keep_stamp(pcow_monitor_image(mon2));
+    close_mon(mon2);
+    CHECK_EQ(stamp_of(path, NULL), stamp);
+
+    /* Writes while released wait; taken back, they complete */
+    held_writes(mon, shadow);
+    put(mon, shadow, 12 * CL, CL, 950);
+    verify_mapping(mon, shadow);
+
+    /* Released again and changed by another writer: not taken back */
+    CHECK_OK(pcow_monitor_release(mon, &s2, &err), &err);
+    CHECK(s2 != stamp);
+    CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+    CHECK_EQ(pcow_pwrite(img, 13 * CL, shadow, 4096, &err), 4096);
+    memcpy(shadow + 13 * CL, shadow, 4096);
+    CHECK_OK(pcow_close(img, &err), &err);
+    CHECK_EQ(pcow_monitor_reacquire(mon, &err), -ESTALE);
+    CHECK(strstr(err.msg, "changed by another process"));
+    CHECK(pcow_monitor_released(mon));
+    s2 = stamp_of(path, NULL);
+    close_mon(mon);
+    CHECK_EQ(stamp_of(path, NULL), s2);     /* the close wrote nothing */
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -1660,6 +1854,8 @@ static const struct {
     { "prefault", t_prefault },
     { "populate", t_populate },
     { "compact", t_compact },
+    { "addr", t_addr },
+    { "handover", t_handover },
 };
 
 int main(int argc, char **argv)
