@@ -23,10 +23,25 @@ hdr spec.pcow mkimage $((256 << 20))
 expect 0 "$IMG" check spec.pcow
 expect 0 "$IMG" info --output=json spec.pcow
 equal "$(json_get "$OUT" 'd["virtual-size"]')" $((256 << 20)) "spec size"
+# Its hot line has stamp 0, as images made before the field existed
+equal "$(hdr spec.pcow hot stamp)" 0 "stamp of a spec-made image"
+expect 0 "$IMG" info spec.pcow
+contains "$OUT" "state stamp: unknown" "stamp 0 shown as unknown"
 "$HELPER" write spec.pcow 1M 64K 0x5c
 "$HELPER" verify spec.pcow 1M 64K 0x5c
 expect 0 "$IMG" check spec.pcow
+[ "$(hdr spec.pcow hot stamp)" != 0 ] || fail "a clean close left stamp 0"
+equal "$(hdr spec.pcow hot in_use)" 0 "closed cleanly"
 ok "an image written from the spec alone opens, takes writes, checks clean"
+
+# Any stamp is valid: check and info accept it, a reader keeps it
+hdr spec.pcow hot stamp $((0x7fffffffffffffff))
+expect 0 "$IMG" check spec.pcow
+expect 0 "$IMG" info spec.pcow
+contains "$OUT" "state stamp: 0x7fffffffffffffff" "any stamp shown"
+"$HELPER" verify spec.pcow 1M 64K 0x5c
+equal "$(hdr spec.pcow hot stamp)" $((0x7fffffffffffffff)) "kept by a reader"
+ok "check and info accept any stamp value"
 
 # --- header generation: never wraps --------------------------------------
 expect 0 "$IMG" create -q g.pcow 64M

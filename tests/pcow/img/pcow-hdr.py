@@ -37,7 +37,7 @@ FIELDS = {
     "next_snapshot_id": (96, "<Q"), "backing_format": (104, "<I"),
     "backing_name_length": (108, "<I"),
 }
-HOT = {"frontier": 3072, "in_use": 3080}
+HOT = {"frontier": 3072, "in_use": 3080, "stamp": 3088}
 
 
 def crc32c(data):

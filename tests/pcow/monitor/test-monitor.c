@@ -1781,8 +1781,16 @@ static int t_handover(void)
     put(mon, shadow, 0, 4096, 810);     /* a unit of cluster 0 ours again */
     put(mon, shadow, 6 * CL, CL, 811);  /* cluster 6 ours, mapped writable */
 
-    /* Released: durable, clean, the stamp it left; still readable */
+    /* The pool holds reserved clusters: the release must not leak them */
+    for (i = 0; i < 200 && !pcow_reserve_count(pcow_monitor_image(mon));
+         i++) {
+        usleep(10000);
+    }
+    CHECK(pcow_reserve_count(pcow_monitor_image(mon)) > 0);
+
+    /* Released: durable, clean (no leak), the stamp it left; readable */
     CHECK_OK(pcow_monitor_release(mon, &stamp, &err), &err);
+    CHECK_EQ(pcow_reserve_count(pcow_monitor_image(mon)), 0);
     CHECK(pcow_monitor_released(mon));
     CHECK_EQ(stamp_of(path, &clean), stamp);
     CHECK(clean);
