@@ -350,7 +350,8 @@ static void test_locking(void **state)
     assert_int_equal(ret, -EBUSY);
     /* Neutral: the front end adds its advice from the kind */
     assert_true(contains(msg, "a.pcow: image is in use by another process"));
-    assert_false(contains(msg, "-U"));
+    /* (not just "-U": the random test directory may hold that) */
+    assert_false(strstr(msg, "use -U"));
     {
         pcow_open_opts o = { .flags = PCOW_OPEN_RDWR };
         pcow_error err = { 0 };
