@@ -8,6 +8,11 @@
  * vmstate, because the image holds it; loadvm reverts the image and maps
  * it again before any vCPU runs; delvm deletes the snapshot.
  *
+ * A VM without a block device for the vmstate keeps it in the image of the
+ * first pcow backend that takes part (patches/0018-savevm-let-a-snapshot-
+ * handler-keep-the-vmstate.patch): the snapshot stores it, loadvm reads
+ * it back, delvm frees it with the snapshot.
+ *
  * A read-only image takes no part, as a read-only drive: nobody can change
  * it while QEMU runs, so it gets no snapshot; its RAM is still left out of
  * the vmstate, which loadvm could not write into a read-only mapping.
@@ -188,6 +193,60 @@ static int vmsnap_create(void *opaque, const char *name, Error **errp)
     return ret < 0 ? vmsnap_error(vs, "create", name, ret, &perr, errp) : 0;
 }
 
+/*
+ * savevm of a VM that has no block device for the vmstate: the image
+ * stores it with the snapshot, in the one commit that creates it.
+ */
+static int vmsnap_create_vmstate(void *opaque, const char *name,
+                                 const void *buf, size_t len,
+                                 uint64_t vm_clock_nsec, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+    pcow_vm_state vm = { .data = buf, .size = len,
+                         .vm_clock_nsec = vm_clock_nsec };
+    pcow_error perr = { 0 };
+    int ret = pcow_monitor_snapshot_create_vm(
+        hostmem_pcow_monitor(vmsnap_pc(vs)), name, &vm, NULL, &perr);
+
+    return ret < 0 ? vmsnap_error(vs, "create", name, ret, &perr, errp) : 0;
+}
+
+/* loadvm: the vmstate stored with @name, before anything is reverted */
+static int vmsnap_load_vmstate(void *opaque, const char *name,
+                               uint8_t **buf, size_t *len, Error **errp)
+{
+    PcowVmSnap *vs = opaque;
+    pcow_image *img = pcow_monitor_image(hostmem_pcow_monitor(vmsnap_pc(vs)));
+    pcow_error perr = { 0 };
+    pcow_snapshot_info sn;
+    int ret;
+
+    *buf = NULL;
+    ret = pcow_snapshot_lookup(img, name, false, 0, &sn, &perr);
+    if (ret == 0 && sn.vm_state_size == 0) {
+        ret = -ENODATA;
+        snprintf(perr.msg, sizeof(perr.msg), "it holds no VM state (a "
+                 "snapshot taken beside a disk, or without QEMU)");
+    }
+    if (ret == 0 && !(*buf = g_try_malloc(sn.vm_state_size))) {
+        ret = -ENOMEM;
+        snprintf(perr.msg, sizeof(perr.msg), "no memory for its %" PRIu64
+                 " bytes of VM state", sn.vm_state_size);
+    }
+    if (ret == 0) {
+        ret = pcow_snapshot_read_vm_state(img, name, 0, *buf,
+                                          sn.vm_state_size, &perr);
+    }
+    if (ret < 0) {
+        g_free(*buf);
+        *buf = NULL;
+        return vmsnap_error(vs, "load the VM state of", name, ret, &perr,
+                            errp);
+    }
+    *len = sn.vm_state_size;
+    return 0;
+}
+
 static int vmsnap_goto(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
@@ -234,6 +293,8 @@ static const VMSnapshotOps vmsnap_ops = {
     .create = vmsnap_create,
     .goto_snapshot = vmsnap_goto,
     .delete = vmsnap_delete,
+    .create_vmstate = vmsnap_create_vmstate,
+    .load_vmstate = vmsnap_load_vmstate,
 };
 
 void *hostmem_pcow_vmsnap_add(HostMemoryBackend *backend)

@@ -16,6 +16,13 @@
 int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
                                  uint64_t *id, pcow_error *err)
 {
+    return pcow_monitor_snapshot_create_vm(mon, name, NULL, id, err);
+}
+
+int pcow_monitor_snapshot_create_vm(pcow_monitor *mon, const char *name,
+                                    const pcow_vm_state *vm, uint64_t *id,
+                                    pcow_error *err)
+{
     int r;
 
     if (mon->read_only) {
@@ -30,7 +37,7 @@ int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
     mon_dispatcher_drain(mon);
     r = pcow_monitor_flush(mon, err);
     if (r == 0) {
-        r = pcow_snapshot_create(mon->img, name, id, err);
+        r = pcow_snapshot_create_vm(mon->img, name, vm, id, err);
     }
     if (r == 0) {
         r = mon_remap_data(mon, false, err);

@@ -123,6 +123,10 @@ uint64_t pcow_latency_percentile(const pcow_latency *lat, double pct);
  */
 int pcow_monitor_snapshot_create(pcow_monitor *mon, const char *name,
                                  uint64_t *id, pcow_error *err);
+/* The same, with @vm (NULL: none) stored in the image with the snapshot */
+int pcow_monitor_snapshot_create_vm(pcow_monitor *mon, const char *name,
+                                    const pcow_vm_state *vm, uint64_t *id,
+                                    pcow_error *err);
 int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
                                  pcow_error *err);
 
