@@ -25,6 +25,8 @@ then boots on a copy of one of these, idles, and:
           (shared storage: the image is handed over at switchover)
   top     pcow, migrate-data=top: the overlay migrates to a fresh overlay
           of the same base; only the top's clusters are sent
+  ram     the same guest without an NVDIMM: the migration floor (the
+          512 MiB of RAM and the devices)
 
 Each round runs every case once, in an order that rotates from round to
 round.  Migration figures come from query-migrate on the source at its
@@ -73,7 +75,7 @@ import benchmeta  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
-CASES = ["fresh", "fresh4", "raw", "shared", "top"]
+CASES = ["fresh", "fresh4", "raw", "shared", "top", "ram"]
 NEEDS_MODES = {"shared", "top"}     # need QEMU's migrate-data property
 IDLE = "echo LC-IDLE\nwhile :; do sleep 5; done\n"
 DISK = {"vmstate": "disk0"}         # the qcow2 node that holds vmstates
@@ -174,11 +176,14 @@ def select_cases(cases, modes):
 
 
 def round_order(cases, rnd):
-    """The cases of round @rnd: reversed every other round, then rotated
-    by @rnd (no case always first, last or after the same one)."""
-    base = list(cases) if rnd % 2 == 0 else list(cases)[::-1]
-    k = rnd % len(base) if base else 0
-    return base[k:] + base[:k]
+    """The cases of round @rnd: case @rnd first, the others after it in
+    turn, backwards every other round (no case always first, last or
+    after the same one)."""
+    if not cases:
+        return []
+    k = rnd % len(cases)
+    rest = list(cases[k + 1:]) + list(cases[:k])
+    return [cases[k]] + (rest if rnd % 2 == 0 else rest[::-1])
 
 
 # (ratio name, (case, op, metric) of the numerator, of the denominator)
@@ -199,6 +204,10 @@ RATIOS = [
      ("shared", "migrate", "total_time_ms")),
     ("migrate_raw_over_top_time", ("raw", "migrate", "total_time_ms"),
      ("top", "migrate", "total_time_ms")),
+    ("migrate_fresh_over_ram_time", ("fresh", "migrate", "total_time_ms"),
+     ("ram", "migrate", "total_time_ms")),
+    ("migrate_raw_over_ram_time", ("raw", "migrate", "total_time_ms"),
+     ("ram", "migrate", "total_time_ms")),
     ("savevm_raw_over_pcow_time", ("raw", "savevm", "time_s"),
      ("fresh", "savevm", "time_s")),
     ("savevm_vmstate_raw_over_pcow_bytes", ("raw", "savevm", "vmstate_bytes"),
@@ -220,6 +229,8 @@ FIGURES = [
     ("migrate_raw_sent_bytes", ("raw", "migrate", "sent_bytes")),
     ("migrate_fresh_time_ms", ("fresh", "migrate", "total_time_ms")),
     ("migrate_raw_time_ms", ("raw", "migrate", "total_time_ms")),
+    ("migrate_ram_time_ms", ("ram", "migrate", "total_time_ms")),
+    ("migrate_ram_sent_bytes", ("ram", "migrate", "sent_bytes")),
 ]
 TARGET = ("migrate_fresh_raw_over_pcow_time", 20)
 
@@ -687,6 +698,17 @@ echo LC-WRITTEN
         self.clean("top-a.pcow", "top-b.pcow")
         return {"migrate": mig}
 
+    def case_ram(self, rnd):
+        src = Vm(self, [], label="ram")
+        try:
+            mig, dst = self.migrate(src, [], f"unix:{self.dir}/mig.sock",
+                                    "ram")
+        except BaseException:
+            src.close()
+            raise
+        dst.quit()
+        return {"migrate": mig}
+
     def run(self):
         self.prepare()
         for rnd in range(self.a.rounds):
@@ -719,7 +741,7 @@ def main():
     ap.add_argument("--publish")
     ap.add_argument("--tag")
     ap.add_argument("--note")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--size-gib", type=int, default=16)
     ap.add_argument("--small-gib", type=int, default=4)
     ap.add_argument("--percent", type=float, default=1.0)
