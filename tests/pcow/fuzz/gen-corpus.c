@@ -1,7 +1,7 @@
 /*
  * Seed corpus generator for the pcow fuzz target: small valid images (every
- * kind of entry, snapshots, bases, slot B current) and nearly valid ones
- * (one rule broken each).  Bases are named "base" (pcow) and "base.raw",
+ * kind of entry, snapshots, one with VM state, bases, slot B current) and
+ * nearly valid ones (one rule broken each).  Bases are named "base" (pcow) and "base.raw",
  * which the fuzz entry point provides (fuzz-entry.h).
  *
  * Usage: fuzz-gen-corpus OUTDIR   (tests/pcow/fuzz/gen-corpus.sh runs it)
@@ -95,6 +95,23 @@ static void snap(pcow_image *img, const char *name)
     if (pcow_snapshot_create(img, name, NULL, &err) < 0) {
         die("snapshot", &err);
     }
+}
+
+/* A snapshot with @len bytes of VM state, as QEMU's savevm without a disk */
+static void snap_vm(pcow_image *img, const char *name, uint64_t len)
+{
+    uint8_t *b = malloc(len);
+    pcow_vm_state vm = { .data = b, .size = len, .vm_clock_nsec = 1 };
+    pcow_error err = { 0 };
+    uint64_t i;
+
+    for (i = 0; i < len; i++) {
+        b[i] = (uint8_t)(i * 7 + 1);
+    }
+    if (pcow_snapshot_create_vm(img, name, &vm, NULL, &err) < 0) {
+        die("snapshot with VM state", &err);
+    }
+    free(b);
 }
 
 static void cow(pcow_image *img, uint64_t off)
@@ -357,6 +374,14 @@ int main(int argc, char **argv)
     done(img);
     emit("snap", "valid-snapshots-8k", NULL);
     emit("snap", "bad-snapshot-table", p_snap_bad);
+
+    img = create("vm", 256 * 1024, 8192, 4096, NULL, PCOW_BACKING_NONE);
+    wr(img, 0, 2 * 8192, 8);
+    snap_vm(img, "vm", 3 * 8192 + 100);    /* the VM state extension */
+    snap(img, "plain");
+    wr(img, 4 * 8192, 8192, 9);     /* reuses the old snapshot table */
+    done(img);
+    emit("vm", "valid-vm-state-8k", NULL);
 
     img = create("over", 64 * 1024, 8192, 4096, "base", PCOW_BACKING_PCOW);
     cow(img, 8192 + 4096);          /* PARTIAL over the base */
