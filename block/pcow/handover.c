@@ -17,43 +17,6 @@ static bool is_released(pcow_image *img)
     return __atomic_load_n(&img->released, __ATOMIC_ACQUIRE);
 }
 
-int pcow_writable(pcow_image *img)
-{
-    if (img->read_only) {
-        return -EROFS;
-    }
-    return is_released(img) ? -EBADF : 0;
-}
-
-int pcow_write_check(pcow_image *img, pcow_error *err)
-{
-    int ret = pcow_writable(img);
-
-    if (ret == -EROFS) {
-        return pcow_img_error(img, err, ret, "image is read-only");
-    }
-    if (ret < 0) {
-        /* Like a read-only handle until it is taken back */
-        pcow_img_error(img, err, ret, "image was handed over to another "
-                       "process (released): nothing is written until it "
-                       "is taken back");
-        return pcow_error_mark(err, PCOW_ERR_READ_ONLY, ret);
-    }
-    return 0;
-}
-
-uint64_t pcow_stamp_to_leave(pcow_image *img)
-{
-    if (is_released(img)) {
-        return img->left_stamp;
-    }
-    /* An image of unknown state (0) gets one at its first clean close */
-    if (img->keep_stamp || (!img->touched && img->open_stamp)) {
-        return img->open_stamp;
-    }
-    return img->in_use_token;
-}
-
 uint64_t pcow_stamp(pcow_image *img)
 {
     return img->read_only ? img->open_stamp : pcow_stamp_to_leave(img);

@@ -681,6 +681,19 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
                               NULL, out, err);
 }
 
+/* See pcow.h, State stamps */
+uint64_t pcow_stamp_to_leave(pcow_image *img)
+{
+    if (__atomic_load_n(&img->released, __ATOMIC_ACQUIRE)) {
+        return img->left_stamp;
+    }
+    /* An image of unknown state (0) gets one at its first clean close */
+    if (img->keep_stamp || (!img->touched && img->open_stamp)) {
+        return img->open_stamp;
+    }
+    return img->in_use_token;
+}
+
 /*
  * P-CLOSE-CLEAN stores the stamp first, then in_use 0, each durable: an
  * image that reads clean must carry the stamp of the session that wrote

@@ -502,6 +502,10 @@ void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
 uint64_t pcow_now_ns(void);                 /* sig-safe: CLOCK_MONOTONIC */
 /* A fresh non-zero token (getrandom, else time and pid).  - */
 uint64_t pcow_new_token(void);
+/* 0 if @img may be written: -EROFS read-only, -EBADF released.  sig-safe */
+int pcow_writable(pcow_image *img);
+/* pcow_writable() with the error message in @err.  - */
+int pcow_write_check(pcow_image *img, pcow_error *err);
 /*
  * Open @path (@oflags O_RDONLY or O_RDWR) for its data without ever
  * blocking, accepting only a regular file or, with @blk_ok, a block device.
@@ -571,13 +575,10 @@ int pcow_start_session(pcow_image *img, pcow_error *err);
  */
 int pcow_close_clean(pcow_image *img, pcow_error *err);
 
-/* handover.c: state stamps, release and reacquire */
-/* 0 if @img may be written: -EROFS read-only, -EBADF released.  sig-safe */
-int pcow_writable(pcow_image *img);
-/* pcow_writable() with the error message in @err.  - */
-int pcow_write_check(pcow_image *img, pcow_error *err);
 /* The stamp a release or clean close leaves now.  Pure */
 uint64_t pcow_stamp_to_leave(pcow_image *img);
+
+/* handover.c: state stamps, release and reacquire (the public calls) */
 
 /* This session may have changed what a reader sees.  sig-safe */
 static inline void pcow_mark_touched(pcow_image *img)

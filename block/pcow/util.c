@@ -339,3 +339,29 @@ uint64_t pcow_new_token(void)
     }
     return t | 1;
 }
+
+/* Writes refused: a read-only or a released (handed over) image */
+int pcow_writable(pcow_image *img)
+{
+    if (img->read_only) {
+        return -EROFS;
+    }
+    return __atomic_load_n(&img->released, __ATOMIC_ACQUIRE) ? -EBADF : 0;
+}
+
+int pcow_write_check(pcow_image *img, pcow_error *err)
+{
+    int ret = pcow_writable(img);
+
+    if (ret == -EROFS) {
+        return pcow_img_error(img, err, ret, "image is read-only");
+    }
+    if (ret < 0) {
+        /* Like a read-only handle until it is taken back */
+        pcow_img_error(img, err, ret, "image was handed over to another "
+                       "process (released): nothing is written until it "
+                       "is taken back");
+        return pcow_error_mark(err, PCOW_ERR_READ_ONLY, ret);
+    }
+    return 0;
+}
