@@ -59,8 +59,8 @@
  *   6. for the resize scenario: the state, grown to GROW_CHECK_SIZE after a
  *      read-write open and after one with PCOW_OPEN_NO_RECOVER, reads zeros
  *      beyond its virtual size (nothing a cut shrink left comes back).
- * The check-repair scenario (check -r all of a damaged image, whose cut
- * states cannot all open) checks each state instead with
+ * The check-repair scenarios (check -r all of a damaged image, whose cut
+ * states cannot all open) check each state instead with
  * check_repair_state(): refused only with a corruption counted, the
  * repaired content when it opens, and a second repair that leaves it
  * clean, with that content and the snapshot's.
@@ -2304,8 +2304,9 @@ static void wr64(int fd, uint64_t off, uint64_t v)
     }
 }
 
-/* Give the only snapshot id 0 (CRCs made right: only the id is wrong) */
-static void damage_snapshot_id(int fd, uint64_t slot)
+/* Store @val at @rec_off of the snapshot table, CRCs made right */
+static void damage_snapshot_table(int fd, uint64_t slot, uint64_t rec_off,
+                                  uint64_t val)
 {
     uint8_t h[PCOW_SLOT_SIZE], *t;
     uint64_t so;
@@ -2321,7 +2322,7 @@ static void damage_snapshot_id(int fd, uint64_t slot)
     if (pread(fd, t, ss, so) != (ssize_t)ss) {
         die("cannot read the snapshot table");
     }
-    pcow_st64(t, 0);
+    pcow_st64(t + rec_off, val);
     pcow_st32(h + PCOW_H_SNAP_CRC, pcow_crc32c(0, t, ss));
     pcow_st32(h + PCOW_H_CRC, 0);
     pcow_st32(h + PCOW_H_CRC, pcow_crc32c(0, h, hl));
@@ -2330,6 +2331,12 @@ static void damage_snapshot_id(int fd, uint64_t slot)
         die("cannot write the damage");
     }
     free(t);
+}
+
+/* Give the only snapshot id 0 (CRCs made right: only the id is wrong) */
+static void damage_snapshot_id(int fd, uint64_t slot)
+{
+    damage_snapshot_table(fd, slot, PCOW_S_ID, 0);
 }
 
 /* Record check -r all of the damaged image @p, then check every cut */
@@ -2460,6 +2467,44 @@ static void t_repair_short(Scen *s)
     repair_and_finish(s, p, 1, false);
 }
 
+/*
+ * check -r all of a VM state over clusters in use (its offset moved onto
+ * the snapshot's own L1 table): the snapshot loses its VM state in a new
+ * snapshot table and header commit (P-SNAP-LIST, P-HEADER-COMMIT); its
+ * data and the active layer's stay.
+ */
+static void t_repair_vm_state(Scen *s)
+{
+    const uint64_t cs = 4096;
+    pcow_image *img;
+    uint64_t slot, l1;
+    char p[512];
+    int fd;
+
+    track(s, "img");
+    mk(s, "img", 1 * MiB, cs, 0, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    op_write(img, 0, 8 * cs, 76);
+    expect_snap(s, img, "s");
+    op_snap_vm(img, "s", 3 * cs + 10, 77);
+    op_write(img, 0, 2 * cs, 78);
+    op_close(img);
+    live_view(s, &s->want);
+
+    wpath(s, "img", p, sizeof(p));
+    fd = open(p, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        die("open %s", p);
+    }
+    slot = current_slot(fd);
+    l1 = rd64(fd, rd64(fd, slot + PCOW_H_SNAP_OFFSET) + PCOW_S_L1_OFFSET);
+    /* Record 0, name "s" padded to 8: the extension follows */
+    damage_snapshot_table(fd, slot, PCOW_SNAP_FIXED + 8 +
+                          PCOW_SX_VM_STATE_OFFSET, l1);
+    close(fd);
+    repair_and_finish(s, p, 1, false);
+}
+
 typedef struct Test {
     const char *name;
     void (*fn)(Scen *s);
@@ -2486,6 +2531,7 @@ static const Test tests[] = {
     { "compact", t_compact },
     { "check-repair", t_repair },
     { "check-repair-short", t_repair_short },
+    { "check-repair-vm-state", t_repair_vm_state },
 };
 
 static void pick_root(void)
