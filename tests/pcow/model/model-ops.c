@@ -295,7 +295,58 @@ static void verify_down(Ctx *c, MLayer *l)
     }
 }
 
-/* The image's snapshot list and size against the model's */
+/* The VM state of snapshot @name: @len bytes of a pattern of its name */
+static uint8_t *vm_bytes(const char *name, uint64_t len)
+{
+    uint8_t *b = malloc(len ? len : 1);
+    uint64_t x = 0x9e3779b97f4a7c15ull, i;
+
+    for (i = 0; name[i]; i++) {
+        x = (x ^ (uint8_t)name[i]) * 0x100000001b3ull;
+    }
+    for (i = 0; b && i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b[i] = x;
+    }
+    return b;
+}
+
+/* Snapshot @s's VM state in the image is the one it was created with */
+static void verify_vm_state(Ctx *c, const MSnap *s, uint64_t size)
+{
+    pcow_error err = { 0 };
+    uint8_t *want, *got;
+    bool same;
+
+    if (size != s->vm_size) {
+        fail(c, "snapshot '%s' has %llu bytes of VM state, expected %llu",
+             s->name, (unsigned long long)size,
+             (unsigned long long)s->vm_size);
+    }
+    if (!size) {
+        return;
+    }
+    want = vm_bytes(s->name, size);
+    got = malloc(size);
+    if (!want || !got ||
+        pcow_snapshot_read_vm_state(c->img, s->name, 0, got, size,
+                                    &err) < 0) {
+        free(want);
+        free(got);
+        fail(c, "VM state of snapshot '%s': %s", s->name, err.msg);
+    }
+    same = !memcmp(want, got, size);
+    free(want);
+    free(got);
+    if (!same) {
+        fail(c, "snapshot '%s' does not hold its VM state any more",
+             s->name);
+    }
+}
+
+/* The image's snapshot list, sizes and VM states against the model's */
 static void verify_meta(Ctx *c)
 {
     pcow_snapshot_info *list = NULL;
@@ -321,6 +372,7 @@ static void verify_meta(Ctx *c)
                  (unsigned long long)list[i].virtual_size, s->name,
                  (unsigned long long)s->id, (unsigned long long)s->v.size);
         }
+        verify_vm_state(c, s, list[i].vm_state_size);
     }
     free(list);
 }
@@ -644,7 +696,7 @@ static void op_snap_create(Ctx *c, bool tool)
     pcow_snapshot_info *list = NULL;
     pcow_error err = { 0 };
     char name[M_NAME_MAX];
-    uint64_t id, want;
+    uint64_t id, want, vm_size = 0;
     int n;
 
     if (t->nsnaps == M_MAX_SNAPS) {
@@ -652,14 +704,26 @@ static void op_snap_create(Ctx *c, bool tool)
         return;
     }
     snprintf(name, sizeof(name), "s%u", ++c->counter);
+    if (!tool && c->counter % 2) {
+        /* Every other one holds VM state, of sizes around a cluster */
+        vm_size = (uint64_t)c->counter * 7919 % (3 * t->cs) + 1;
+    }
     snprintf(c->desc, sizeof(c->desc), "snapshot -c %s%s", name,
-             tool ? " (pcow-img)" : "");
+             tool ? " (pcow-img)" : vm_size ? " (VM state)" : "");
     if (tool) {
         close_top(c);
         tool_ok(c, "snapshot", "-c", name, TOP, NULL);
         open_top(c);
-    } else if (pcow_snapshot_create(c->img, name, NULL, &err) < 0) {
-        fail(c, "snapshot create: %s", err.msg);
+    } else {
+        uint8_t *b = vm_bytes(name, vm_size);
+        pcow_vm_state vm = { .data = b, .size = vm_size };
+        int ret = pcow_snapshot_create_vm(c->img, name, vm_size ? &vm : NULL,
+                                          NULL, &err);
+
+        free(b);
+        if (ret < 0) {
+            fail(c, "snapshot create: %s", err.msg);
+        }
     }
     n = pcow_snapshot_list(c->img, &list, &err);
     if (n != (int)t->nsnaps + 1 || strcmp(list[n - 1].name, name)) {
@@ -670,6 +734,7 @@ static void op_snap_create(Ctx *c, bool tool)
     id = list[n - 1].id;
     free(list);
     want = m_snap_create(t, name);
+    t->snaps[t->nsnaps - 1].vm_size = vm_size;
     if (id != want) {
         fail(c, "new snapshot id %llu, the model expects %llu",
              (unsigned long long)id, (unsigned long long)want);

@@ -49,6 +49,7 @@ typedef struct MView {
 typedef struct MSnap {
     char name[M_NAME_MAX];
     uint64_t id;
+    uint64_t vm_size;       /* bytes of VM state (vm_bytes()), or 0 */
     MView v;
 } MSnap;
 
