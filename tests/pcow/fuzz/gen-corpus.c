@@ -1,8 +1,8 @@
 /*
  * Seed corpus generator for the pcow fuzz target: small valid images (every
  * kind of entry, snapshots, one with VM state, bases, slot B current) and
- * nearly valid ones (one rule broken each).  Bases are named "base" (pcow) and "base.raw",
- * which the fuzz entry point provides (fuzz-entry.h).
+ * nearly valid ones (one rule broken each).  Bases are named "base" (pcow)
+ * and "base.raw", which the fuzz entry point provides (fuzz-entry.h).
  *
  * Usage: fuzz-gen-corpus OUTDIR   (tests/pcow/fuzz/gen-corpus.sh runs it)
  *
