@@ -355,6 +355,69 @@ static int t_revert(void)
     return 0;
 }
 
+/*
+ * --- savevm without a disk: a live snapshot with VM state -------------
+ * The snapshot is taken as any live one (writes after it copy on write),
+ * its VM state reads back while the image is mapped and after a revert
+ * (loadvm), and the delete gives its clusters back: no leak.
+ */
+static int t_vm_state(void)
+{
+    const char *dir = test_dir("vm-state");
+    char path[4200];
+    uint64_t size = 16 * MiB, len = 3 * CL + 123, i;
+    uint8_t *shadow = calloc(1, size), *old = malloc(size);
+    uint8_t *vm = malloc(len), *got = malloc(len);
+    pcow_vm_state vs = { .data = vm, .size = len, .vm_clock_nsec = 42 };
+    pcow_snapshot_info sn;
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+    pcow_image *img;
+
+    for (i = 0; i < len; i++) {
+        vm[i] = (uint8_t)(i * 31 + 7);
+    }
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, 0, 0);
+    img = pcow_monitor_image(mon);
+    for (i = 0; i < 8; i++) {
+        put(mon, shadow, i * 2 * CL + i, 3000, i + 1);
+    }
+    memcpy(old, shadow, size);
+    CHECK_OK(pcow_monitor_snapshot_create_vm(mon, "s1", &vs, NULL, &err),
+             &err);
+    for (i = 0; i < 8; i++) {
+        put(mon, shadow, i * 2 * CL + 10, 100, 100 + i);
+    }
+    stats(mon, &s);
+    CHECK(s.cow_unit_faults + s.cow_cluster_faults >= 8);
+    CHECK_OK(pcow_snapshot_lookup(img, "s1", false, 0, &sn, &err), &err);
+    CHECK_EQ(sn.vm_state_size, len);
+    CHECK_EQ(sn.vm_clock_nsec, 42);
+    CHECK_OK(pcow_snapshot_read_vm_state(img, "s1", 0, got, len, &err),
+             &err);
+    CHECK(memcmp(got, vm, len) == 0);
+    CHECK_OK(pcow_monitor_snapshot_revert(mon, "s1", &err), &err);
+    verify_mapping(mon, old);
+    memset(got, 0, len);
+    CHECK_OK(pcow_snapshot_read_vm_state(img, "s1", 0, got, len, &err),
+             &err);
+    CHECK(memcmp(got, vm, len) == 0);
+    CHECK_OK(pcow_monitor_snapshot_delete(mon, "s1", &err), &err);
+    CHECK(pcow_snapshot_read_vm_state(img, "s1", 0, got, 1, &err) ==
+          -ENOENT);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, old, size);
+    free(shadow);
+    free(old);
+    free(vm);
+    free(got);
+    return 0;
+}
+
 /* --- base chain (pcow and raw bases) then write ------------------------- */
 static int t_base(void)
 {
@@ -1846,6 +1909,7 @@ static const struct {
     { "cow", t_cow },
     { "snapshot", t_snapshot },
     { "revert", t_revert },
+    { "vm-state", t_vm_state },
     { "base", t_base },
     { "base-cut", t_base_cut },
     { "threads", t_threads },
