@@ -44,6 +44,7 @@
 #include "qemu/madvise.h"
 #include "exec/memory.h"
 #include "exec/address-spaces.h"
+#include "hw/boards.h"
 #include "sysemu/sysemu.h"
 #include "sysemu/hostmem.h"
 #include "sysemu/runstate.h"
@@ -181,6 +182,16 @@ static HostMemPcow *hostmem_pcow_user(const char *path, bool *as_base)
     return NULL;
 }
 
+/* The machine's default RAM backend, which -mem-path makes (share=off) */
+static bool hostmem_pcow_is_default_ram(HostMemoryBackend *backend)
+{
+    MachineClass *mc = current_machine ? MACHINE_GET_CLASS(current_machine)
+                                       : NULL;
+    const char *id = object_get_canonical_path_component(OBJECT(backend));
+
+    return mc && mc->default_ram_id && id && !strcmp(id, mc->default_ram_id);
+}
+
 /* The backend's properties that a pcow image refuses; sets *@align. */
 static bool hostmem_pcow_check_opts(HostMemoryBackend *backend,
                                     const HostMemPcowOptions *opts,
@@ -190,7 +201,11 @@ static bool hostmem_pcow_check_opts(HostMemoryBackend *backend,
 
     if (!backend->share) {
         error_setg(errp, "pcow image '%s' needs share=on: with share=off "
-                   "guest writes would never reach the image", path);
+                   "guest writes would never reach the image%s", path,
+                   hostmem_pcow_is_default_ram(backend) ?
+                   " (-mem-path cannot set it: use -object memory-backend-"
+                   "file,id=ID,mem-path=IMG,share=on -machine "
+                   "memory-backend=ID)" : "");
         return false;
     }
     if (opts->discard_data) {
