@@ -57,6 +57,7 @@ struct PcowRdm {
     HostMemPcow *pc;
     uint64_t cluster_size;
     uint64_t size;              /* the image's virtual size */
+    bool top_only;              /* migrate-data=top: bases' data too */
     QLIST_HEAD(, RamDiscardListener) listeners;
 };
 
@@ -70,6 +71,15 @@ typedef int (*PcowRdmRunFn)(MemoryRegionSection *s, bool hole, void *opaque);
 static bool pcow_rdm_reports_holes(const PcowRdm *r)
 {
     return !ram_block_discard_is_disabled();
+}
+
+/*
+ * Not sent: a hole, and with top_only data the destination's base holds
+ * (the destination is an overlay of the same base)
+ */
+static bool pcow_rdm_skips(const PcowRdm *r, const pcow_extent *ext)
+{
+    return ext->kind == PCOW_EXTENT_HOLE || (r->top_only && ext->depth > 0);
 }
 
 static int pcow_rdm_emit(const MemoryRegionSection *s, uint64_t a,
@@ -91,8 +101,9 @@ static int pcow_rdm_emit(const MemoryRegionSection *s, uint64_t a,
  * Call @fn for each maximal run of @s that is populated or a hole, in
  * order; stop at the first non-zero return and return it.  A hole is a
  * whole cluster (or the image's last, partial one) that libpcow reports
- * as PCOW_EXTENT_HOLE; anything else, and anything libpcow cannot answer
- * for, is populated.
+ * as PCOW_EXTENT_HOLE, or with top_only as data of a base (depth > 0: the
+ * destination, an overlay of the same base, reads it from there); anything
+ * else, and anything libpcow cannot answer for, is populated.
  */
 static int pcow_rdm_walk(const PcowRdm *r, const MemoryRegionSection *s,
                          PcowRdmRunFn fn, void *opaque)
@@ -118,7 +129,7 @@ static int pcow_rdm_walk(const PcowRdm *r, const MemoryRegionSection *s,
             break;              /* the rest counts as populated */
         }
         pos += ext.length;
-        if (ext.kind != PCOW_EXTENT_HOLE) {
+        if (!pcow_rdm_skips(r, &ext)) {
             continue;
         }
         hs = MAX(ROUND_UP(ext.offset, cs), start);
@@ -175,7 +186,8 @@ typedef struct PcowRdmReplay {
 } PcowRdmReplay;
 
 /*
- * A hole the guest filled while @s was being discarded: migration's discard
+ * A hole the guest filled while @s was being discarded (or, with top_only,
+ * base data it copied into the image): migration's discard
  * cleared its bits, and under KVM its dirty log too (KVM_CLEAR_DIRTY_LOG),
  * possibly after the write had set them.  Mark what is no longer a hole
  * dirty, so that the next sync sends it; KVM logs an expansion that comes
@@ -193,7 +205,7 @@ static void pcow_rdm_redirty_filled(const PcowRdm *r, MemoryRegionSection *s)
             memory_region_set_dirty(s->mr, pos, end - pos);
             return;
         }
-        if (ext.kind != PCOW_EXTENT_HOLE) {
+        if (!pcow_rdm_skips(r, &ext)) {
             memory_region_set_dirty(s->mr, pos, MIN(ext.length, end - pos));
         }
         pos += ext.length;
@@ -301,13 +313,14 @@ static void pcow_rdm_unregister_listener(RamDiscardManager *rdm,
  * is mapped (memory_region_set_ram_discard_manager insists).
  */
 Object *hostmem_pcow_rdm_add(HostMemoryBackend *backend, HostMemPcow *pc,
-                             uint64_t cluster_size)
+                             uint64_t cluster_size, bool top_only)
 {
     PcowRdm *r = PCOW_RDM(object_new(TYPE_PCOW_RDM));
 
     r->backend = backend;
     r->pc = pc;
     r->cluster_size = cluster_size;
+    r->top_only = top_only;
     r->size = memory_region_size(&backend->mr);
     QLIST_INIT(&r->listeners);
     memory_region_set_ram_discard_manager(&backend->mr,

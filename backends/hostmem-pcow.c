@@ -60,6 +60,17 @@ struct HostMemPcow {
     uint64_t size;
     bool readonly;
     bool nospace_fail;
+    HostMemPcowMigrate migrate;
+    unsigned mon_flags;         /* pcow_monitor_opts.flags */
+    /*
+     * migrate-data=none on an incoming migration's destination: the image
+     * is opened only when the stream says which state it must be in
+     * (hostmem_pcow_open_deferred); until then the RAM block is this
+     * private anonymous placeholder, which the monitor then maps over.
+     */
+    bool deferred;
+    bool incoming_open;         /* opened by hostmem_pcow_open_deferred */
+    bool ran;                   /* the guest has run on this image */
     int event_fd;               /* the monitor's episode eventfd, or -1 */
     uint64_t episodes_reported;
     uint64_t episodes_resumed;
@@ -67,6 +78,7 @@ struct HostMemPcow {
     QemuMutex lock;             /* flush (thread pool) against close */
     Notifier exit_notifier;
     void *vmsnap;               /* savevm/loadvm/delvm hooks */
+    void *mig;                  /* migration section and handover */
     Object *rdm;                /* holes as discarded RAM, for migration */
     QLIST_ENTRY(HostMemPcow) next;
 };
@@ -127,6 +139,7 @@ static void hostmem_pcow_vm_change(void *opaque, bool running,
     HostMemPcow *pc = opaque;
 
     if (running && pc->mon) {
+        pc->ran = true;
         pcow_monitor_retry(pc->mon);
     }
 }
@@ -144,6 +157,14 @@ static void hostmem_pcow_close(HostMemPcow *pc)
     if (!pc->mon) {
         qemu_mutex_unlock(&pc->lock);
         return;
+    }
+    if (pc->incoming_open && !pc->ran) {
+        /*
+         * An incoming migration that failed before the guest ran here
+         * changed nothing: leave the image as the source handed it over,
+         * so that the source can take it back.
+         */
+        pcow_keep_stamp(pcow_monitor_image(pc->mon));
     }
     ret = pcow_monitor_close(pc->mon, &perr);
     pc->mon = NULL;
@@ -316,50 +337,119 @@ static void hostmem_pcow_init_region(HostMemPcow *pc, uint64_t align)
     }
 }
 
+static HostMemPcowMigrate hostmem_pcow_parse_migrate(const char *s)
+{
+    if (s && !strcmp(s, "all")) {
+        return HOSTMEM_PCOW_MIGRATE_ALL;
+    }
+    if (s && !strcmp(s, "top")) {
+        return HOSTMEM_PCOW_MIGRATE_TOP;
+    }
+    return HOSTMEM_PCOW_MIGRATE_NONE;
+}
+
+/*
+ * The destination of a migration that hands the image over: the source
+ * holds its lock until switchover, so read only the geometry now (no
+ * lock, no base) and give QEMU a placeholder range of that size.
+ */
+static bool hostmem_pcow_placeholder(HostMemPcow *pc,
+                                     const HostMemPcowOptions *opts,
+                                     uint64_t *cluster_size, Error **errp)
+{
+    pcow_open_opts oo = { .flags = PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING };
+    pcow_error perr = { 0 };
+    pcow_image *img;
+    int ret;
+
+    ret = pcow_open(pc->path, &oo, &img, &perr);
+    if (ret < 0) {
+        hostmem_pcow_open_error(opts, ret, &perr, errp);
+        return false;
+    }
+    pc->size = pcow_virtual_size(img);
+    *cluster_size = pcow_cluster_size(img);
+    pcow_close(img, NULL);
+    if (!hostmem_pcow_check_size(pc->backend, pc->path, pc->size, errp)) {
+        return false;
+    }
+    pc->base = mmap(NULL, pc->size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (pc->base == MAP_FAILED) {
+        pc->base = NULL;
+        error_setg_errno(errp, errno, "pcow image '%s': cannot reserve "
+                         "%" PRIu64 " bytes of address space", pc->path,
+                         pc->size);
+        return false;
+    }
+    pc->deferred = true;
+    return true;
+}
+
+/* Open and map the image now; false with @errp set */
+static bool hostmem_pcow_open_now(HostMemPcow *pc,
+                                  const HostMemPcowOptions *opts,
+                                  uint64_t *cluster_size, Error **errp)
+{
+    pcow_monitor_opts mopts = { .flags = pc->mon_flags };
+    pcow_monitor *mon = NULL;
+    pcow_error perr = { 0 };
+    int ret;
+
+    ret = pcow_monitor_open(pc->path, &mopts, &mon, &perr);
+    if (ret < 0) {
+        hostmem_pcow_open_error(opts, ret, &perr, errp);
+        return false;
+    }
+    if (!hostmem_pcow_check_size(pc->backend, pc->path,
+                                 pcow_monitor_size(mon), errp)) {
+        pcow_monitor_close(mon, NULL);
+        return false;
+    }
+    pc->mon = mon;
+    pc->base = pcow_monitor_base(mon);
+    pc->size = pcow_monitor_size(mon);
+    *cluster_size = pcow_cluster_size(pcow_monitor_image(mon));
+    return true;
+}
+
 HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
                                 const HostMemPcowOptions *opts,
                                 Error **errp)
 {
-    const char *path = opts->mem_path;
-    pcow_monitor_opts mopts = { 0 };
-    pcow_monitor *mon = NULL;
-    pcow_error perr = { 0 };
     HostMemPcow *pc;
-    uint64_t align;
-    int ret;
+    uint64_t align, cluster_size;
+    bool ok;
 
     if (!hostmem_pcow_check_opts(backend, opts, &align, errp)) {
         return NULL;
     }
-    if (opts->readonly) {
-        mopts.flags |= PCOW_MONITOR_READONLY;
-    }
-    if (opts->nospace_fail) {
-        mopts.flags |= PCOW_MONITOR_NOSPACE_FAIL;
-    }
-    ret = pcow_monitor_open(path, &mopts, &mon, &perr);
-    if (ret < 0) {
-        hostmem_pcow_open_error(opts, ret, &perr, errp);
-        return NULL;
-    }
-    if (!hostmem_pcow_check_size(backend, path, pcow_monitor_size(mon),
-                                 errp)) {
-        pcow_monitor_close(mon, NULL);
-        return NULL;
-    }
-
     pc = g_new0(HostMemPcow, 1);
     pc->backend = backend;
-    pc->mon = mon;
-    pc->path = g_strdup(path);
-    pc->base = pcow_monitor_base(mon);
-    pc->size = pcow_monitor_size(mon);
+    pc->path = g_strdup(opts->mem_path);
     pc->readonly = opts->readonly;
     pc->nospace_fail = opts->nospace_fail;
+    pc->migrate = hostmem_pcow_parse_migrate(opts->migrate_data);
+    pc->mon_flags = (opts->readonly ? PCOW_MONITOR_READONLY : 0) |
+                    (opts->nospace_fail ? PCOW_MONITOR_NOSPACE_FAIL : 0);
+    pc->event_fd = -1;
+    if (pc->migrate == HOSTMEM_PCOW_MIGRATE_NONE && !pc->readonly &&
+        runstate_check(RUN_STATE_INMIGRATE)) {
+        ok = hostmem_pcow_placeholder(pc, opts, &cluster_size, errp);
+    } else {
+        ok = hostmem_pcow_open_now(pc, opts, &cluster_size, errp);
+    }
+    if (!ok) {
+        g_free(pc->path);
+        g_free(pc);
+        return NULL;
+    }
     qemu_mutex_init(&pc->lock);
     hostmem_pcow_init_region(pc, align);
 
-    pc->event_fd = pcow_monitor_event_fd(mon);
+    if (pc->mon) {
+        pc->event_fd = pcow_monitor_event_fd(pc->mon);
+    }
     if (pc->event_fd >= 0) {
         qemu_set_fd_handler(pc->event_fd, hostmem_pcow_episode, NULL, pc);
     }
@@ -370,8 +460,9 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     qemu_add_exit_notifier(&pc->exit_notifier);
     QLIST_INSERT_HEAD(&hostmem_pcow_list, pc, next);
     pc->vmsnap = hostmem_pcow_vmsnap_add(backend);
-    pc->rdm = hostmem_pcow_rdm_add(backend, pc,
-                                   pcow_cluster_size(pcow_monitor_image(mon)));
+    pc->rdm = hostmem_pcow_rdm_add(backend, pc, cluster_size,
+                                   pc->migrate == HOSTMEM_PCOW_MIGRATE_TOP);
+    pc->mig = hostmem_pcow_mig_add(backend, pc);
     return pc;
 }
 
@@ -478,14 +569,126 @@ int hostmem_pcow_get_extent(HostMemPcow *pc, uint64_t offset,
     return ret;
 }
 
+const char *hostmem_pcow_id(HostMemPcow *pc)
+{
+    return object_get_canonical_path_component(OBJECT(pc->backend));
+}
+
+HostMemPcowMigrate hostmem_pcow_migrate_data(HostMemPcow *pc)
+{
+    return pc->migrate;
+}
+
+uint64_t hostmem_pcow_size(HostMemPcow *pc)
+{
+    return pc->size;
+}
+
+bool hostmem_pcow_deferred(HostMemPcow *pc)
+{
+    return pc->deferred;
+}
+
+/*
+ * @errp for a libpcow/monitor failure of @what on @pc's image, naming the
+ * image once (libpcow's messages usually start with its path)
+ */
+static int hostmem_pcow_fail(HostMemPcow *pc, const char *what, int ret,
+                             const pcow_error *perr, Error **errp)
+{
+    const char *msg = hostmem_pcow_error_msg(perr, ret);
+
+    if (strstr(msg, pc->path)) {
+        error_setg(errp, "memory backend '%s': %s the pcow image: %s",
+                   hostmem_pcow_id(pc), what, msg);
+    } else {
+        error_setg(errp, "memory backend '%s': %s the pcow image '%s': %s",
+                   hostmem_pcow_id(pc), what, pc->path, msg);
+    }
+    return ret;
+}
+
+int hostmem_pcow_release(HostMemPcow *pc, uint64_t *stamp, Error **errp)
+{
+    pcow_error perr = { 0 };
+    int ret = 0;
+
+    qemu_mutex_lock(&pc->lock);
+    if (!pc->mon) {
+        ret = -EBADF;
+        pcow_set_error(&perr, ret, "the image is not open");
+    } else if (pc->readonly) {
+        *stamp = pcow_stamp(pcow_monitor_image(pc->mon));
+    } else {
+        ret = pcow_monitor_release(pc->mon, stamp, &perr);
+    }
+    qemu_mutex_unlock(&pc->lock);
+    if (ret < 0) {
+        return hostmem_pcow_fail(pc, "cannot hand over", ret, &perr, errp);
+    }
+    return 0;
+}
+
+int hostmem_pcow_reacquire(HostMemPcow *pc, Error **errp)
+{
+    pcow_error perr = { 0 };
+    int ret = 0;
+
+    qemu_mutex_lock(&pc->lock);
+    if (pc->mon && pcow_monitor_released(pc->mon)) {
+        ret = pcow_monitor_reacquire(pc->mon, &perr);
+    }
+    qemu_mutex_unlock(&pc->lock);
+    if (ret < 0) {
+        return hostmem_pcow_fail(pc, "cannot take back", ret, &perr, errp);
+    }
+    return 0;
+}
+
+int hostmem_pcow_open_deferred(HostMemPcow *pc, uint64_t stamp,
+                               Error **errp)
+{
+    pcow_monitor_opts mopts = {
+        .flags = pc->mon_flags | PCOW_MONITOR_EXPECT_STAMP,
+        .addr = pc->base,
+        .expect_stamp = stamp,
+    };
+    pcow_monitor *mon = NULL;
+    pcow_error perr = { 0 };
+    int ret;
+
+    if (!pc->deferred) {
+        return 0;
+    }
+    ret = pcow_monitor_open(pc->path, &mopts, &mon, &perr);
+    if (ret < 0) {
+        return hostmem_pcow_fail(pc, "cannot open", ret, &perr, errp);
+    }
+    /* The monitor owns the placeholder range now. */
+    qemu_mutex_lock(&pc->lock);
+    pc->mon = mon;
+    pc->deferred = false;
+    pc->incoming_open = true;
+    qemu_mutex_unlock(&pc->lock);
+    pc->event_fd = pcow_monitor_event_fd(mon);
+    if (pc->event_fd >= 0) {
+        qemu_set_fd_handler(pc->event_fd, hostmem_pcow_episode, NULL, pc);
+    }
+    return 0;
+}
+
 void hostmem_pcow_free(HostMemPcow *pc)
 {
     if (!pc) {
         return;
     }
+    hostmem_pcow_mig_del(pc->mig);
     hostmem_pcow_rdm_del(pc->rdm);
     hostmem_pcow_vmsnap_del(pc->vmsnap);
     hostmem_pcow_close(pc);
+    if (pc->deferred) {
+        munmap(pc->base, pc->size);
+    }
     qemu_del_vm_change_state_handler(pc->vm_change);
     qemu_remove_exit_notifier(&pc->exit_notifier);
     QLIST_REMOVE(pc, next);

@@ -26,7 +26,15 @@ typedef struct HostMemPcowOptions {
     bool discard_data;
     bool format_from_name;  /* format= not given, chosen by the .pcow name */
     bool nospace_fail;      /* nospace=fail: no space kills the access */
+    const char *migrate_data;   /* "none", "all" or "top" */
 } HostMemPcowOptions;
+
+/* What migration and save send of the image (migrate-data=) */
+typedef enum HostMemPcowMigrate {
+    HOSTMEM_PCOW_MIGRATE_NONE,  /* the image holds it: handed over */
+    HOSTMEM_PCOW_MIGRATE_ALL,   /* everything but holes */
+    HOSTMEM_PCOW_MIGRATE_TOP,   /* the top image's clusters only */
+} HostMemPcowMigrate;
 
 /*
  * Does @mem_path name a pcow image by its name alone (ends in ".pcow")?
@@ -98,12 +106,45 @@ int hostmem_pcow_get_extent(HostMemPcow *pc, uint64_t offset,
 
 /*
  * Report the image's holes to QEMU as discarded RAM of @backend's region
- * (backends/hostmem-pcow-rdm.c), so that migration does not send them:
+ * (backends/hostmem-pcow-rdm.c), so that migration does not send them;
+ * with @top_only also what the image's bases hold (migrate-data=top):
  * returns the manager, which hostmem_pcow_rdm_del() takes (NULL: nothing).
  */
 Object *hostmem_pcow_rdm_add(HostMemoryBackend *backend, HostMemPcow *pc,
-                             uint64_t cluster_size);
+                             uint64_t cluster_size, bool top_only);
 void hostmem_pcow_rdm_del(Object *rdm);
+
+/*
+ * Migration (backends/hostmem-pcow-migrate.c): the section that carries
+ * the image's identity and hands it over; returns the handle that
+ * hostmem_pcow_mig_del() takes.
+ */
+void *hostmem_pcow_mig_add(HostMemoryBackend *backend, HostMemPcow *pc);
+void hostmem_pcow_mig_del(void *mig);
+
+/*
+ * The image handover, in the main thread with the BQL held (see
+ * pcow_monitor_release() in include/pcow/monitor.h):
+ *  - hostmem_pcow_release(): the VM is stopped; make everything durable,
+ *    clear in-use, drop the lock; *@stamp is what the image keeps.
+ *  - hostmem_pcow_reacquire(): take a released image back (nothing to do
+ *    if it is not released).  Fails if another process has it or wrote
+ *    it meanwhile.
+ *  - hostmem_pcow_open_deferred(): an incoming migration's destination
+ *    with migrate-data=none did not open its image at start (the source
+ *    holds it); open and map it now at the RAM block's address, if it
+ *    is clean and has @stamp.
+ * Each returns 0 or -errno with @errp set naming backend and image.
+ */
+int hostmem_pcow_release(HostMemPcow *pc, uint64_t *stamp, Error **errp);
+int hostmem_pcow_reacquire(HostMemPcow *pc, Error **errp);
+int hostmem_pcow_open_deferred(HostMemPcow *pc, uint64_t stamp,
+                               Error **errp);
+bool hostmem_pcow_deferred(HostMemPcow *pc);
+HostMemPcowMigrate hostmem_pcow_migrate_data(HostMemPcow *pc);
+uint64_t hostmem_pcow_size(HostMemPcow *pc);
+/* "memory backend 'pm0'", for messages */
+const char *hostmem_pcow_id(HostMemPcow *pc);
 
 /* Close the image (flush, clear its in-use flag) and free @pc. */
 void hostmem_pcow_free(HostMemPcow *pc);

@@ -78,7 +78,7 @@ def main():
     t.img("create", b, "1G")
     kw = dict(common.GUEST_KW, qmp=True)
 
-    src = guest.Guest(SCRIPT, common.nvdimm_args([a]), **kw)
+    src = guest.Guest(SCRIPT, common.nvdimm_args([(a, "migrate-data=all")]), **kw)
     with src:
         try:
             src.wait_for_line(r"^WRITING$")
@@ -102,7 +102,7 @@ def main():
     t.check(syncs >= 3, f"source: migration iterated while the guest wrote "
             f"({syncs} dirty bitmap syncs)")
 
-    dst = guest.Guest(SCRIPT, common.nvdimm_args([b]) +
+    dst = guest.Guest(SCRIPT, common.nvdimm_args([(b, "migrate-data=all")]) +
                       ["-S", "-incoming", f"exec:cat {state}"], **kw)
     with dst:
         try:

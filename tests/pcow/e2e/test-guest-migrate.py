@@ -89,8 +89,10 @@ def block(i):
     return common.migration_block("pcow-migrate", i)
 
 
-def vm_args(img, ctl):
-    return common.nvdimm_args([img]) + common.ctl_args(ctl)
+def vm_args(img, ctl, mode="all"):
+    """The test's VM on @img with migrate-data=@mode ("" for the default)."""
+    obj = f"migrate-data={mode}" if mode else ""
+    return common.nvdimm_args([(img, obj)]) + common.ctl_args(ctl)
 
 
 def hole_reads(m):
@@ -124,10 +126,10 @@ def open_ctl(path):
     return s
 
 
-def restore(t, img, tag, what, state, after, kw):
+def restore(t, img, tag, what, state, after, kw, mode="all"):
     """Restore @state onto @img, send "go"; the number of blocks the guest
     verified (its check: every one of them reads back)."""
-    dst = guest.Guest(SCRIPT, vm_args(img, t.tmp / f"ctl-{tag}") +
+    dst = guest.Guest(SCRIPT, vm_args(img, t.tmp / f"ctl-{tag}", mode) +
                       ["-incoming", f"exec:cat {state}"], **kw)
     st = None
     with dst:

@@ -35,6 +35,10 @@
 #               libvirt 9.0 refuses an internal snapshot of a domain without
 #               a disk, so HMP savevm/loadvm/delvm go through virsh
 #               qemu-monitor-command (the recipe of docs/pcow.rst).
+#   saverestore a pcow NVDIMM across virsh save/restore and managedsave
+#               (issue 10): the state file holds no NVDIMM page, the guest
+#               runs on and reads its data after each restore; a restore
+#               onto an image changed since the save is refused, naming it.
 #   refusals    no boot: a raw file named *.pcow is refused (the name selects
 #               pcow, the content must then be pcow); QEMU as libvirt-qemu
 #               without userfaultfd access fails with a message naming it.
@@ -64,8 +68,8 @@
 #
 # Env: QEMU (default build/qemu-system-x86_64), PCOW_IMG (default
 #      build/pcow-img), PCOW_LV_KEEP=1 keeps the work directory,
-#      PCOW_LV_CASES="root snapshot snapshot-nodisk qemu-user raw
-#      refusals" to run a
+#      PCOW_LV_CASES="root snapshot snapshot-nodisk saverestore qemu-user
+#      raw refusals" to run a
 #      subset, QEMU_IMG (default: qemu-img next to QEMU),
 #      PCOW_LV_VERBOSE=1 prints the guest consoles.
 # Exit: 0 pass, 77 skip (one line saying why), anything else fail.
@@ -74,7 +78,7 @@ set -u -o pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 QEMU=${QEMU:-$top/build/qemu-system-x86_64}
 PCOW_IMG=${PCOW_IMG:-$top/build/pcow-img}
-CASES=${PCOW_LV_CASES:-root snapshot snapshot-nodisk qemu-user raw refusals}
+CASES=${PCOW_LV_CASES:-root snapshot snapshot-nodisk saverestore qemu-user raw refusals}
 VSIZE=$((1024 * 1024 * 1024))      # virtual size of the pcow images
 RAWSIZE=$((128 * 1024 * 1024))     # the raw control image (preallocated!)
 QUSER=libvirt-qemu
@@ -674,6 +678,98 @@ done'
     check_content "$c" "$img" "$(expect_file "$dir" "$VSIZE" "10 a10" "20000 a20000")"
 }
 
+# last_check DIR: the highest N of the "GUEST-CHECK N A" lines, 0 if none
+# (a "GUEST-CHECK N WRONG" line makes it -1)
+last_check() {
+    grep -q '^GUEST-CHECK [0-9]* WRONG' "$1/console.log" 2>/dev/null &&
+        { echo -1; return; }
+    grep -o '^GUEST-CHECK [0-9]* A' "$1/console.log" 2>/dev/null |
+        awk '{ if ($2 > n) n = $2 } END { print n + 0 }'
+}
+
+# wait_check DIR N: a "GUEST-CHECK M A" line with M > N appears
+wait_check() {
+    local i c
+    for i in $(seq 900); do
+        c=$(last_check "$1")
+        [ "$c" -gt "$2" ] && return 0
+        [ "$c" -lt 0 ] && break
+        sleep 0.1
+    done
+    tail -5 "$1/console.log"
+    return 1
+}
+
+case_saverestore() {
+    local dir=$W/saverestore name=pcow-lv-save img n out size
+    mkdir -p "$dir"; img=$dir/nv.pcow
+    "$PCOW_IMG" create -q -f pcow "$img" "$VSIZE" ||
+        { fail "saverestore: creating the image"; return; }
+    # The guest checks its NVDIMM (page cache dropped) every half second
+    # and says so with a counter that runs on across save and restore.
+    make_initrd "$dir" "$GUEST_LIB"'
+w 10 a10; w 20000 a20000; sync
+echo GUEST-WROTE-A
+n=0
+while :; do
+    n=$((n + 1))
+    echo 3 > /proc/sys/vm/drop_caches
+    if [ "$(r 10)" = "$(e a10)" ] && [ "$(r 20000)" = "$(e a20000)" ]; then
+        echo "GUEST-CHECK $n A"
+    else
+        echo "GUEST-CHECK $n WRONG"
+    fi
+    usleep 500000
+done'
+    domain_xml "$name" "$dir" "$(nvdimm_xml "$img" "$VSIZE")" >"$dir/domain.xml"
+    virsh_ define "$dir/domain.xml" >/dev/null || { fail "saverestore: virsh define"; return; }
+    DOMAINS+=("$dir $name")
+    virsh_ start "$name" >"$dir/start.out" 2>&1 ||
+        { cat "$dir/start.out"; fail "saverestore: virsh start"; return; }
+    wait_check "$dir" 1 || { fail "saverestore: guest did not check A"; return; }
+
+    # virsh save / restore: the state file holds no NVDIMM page
+    out=$(virsh_ save "$name" "$dir/state" 2>&1) ||
+        { fail "saverestore: virsh save: $out"; return; }
+    n=$(last_check "$dir")
+    size=$(stat -c %s "$dir/state")
+    [ "$size" -lt $((VSIZE / 8)) ] &&
+        log "saverestore: virsh save: state file $size bytes (NVDIMM $VSIZE)" ||
+        fail "saverestore: state file $size bytes: the NVDIMM is in it"
+    out=$(virsh_ restore "$dir/state" 2>&1) ||
+        { fail "saverestore: virsh restore: $out"; return; }
+    wait_check "$dir" "$n" &&
+        log "saverestore: after virsh restore the guest runs on and reads A" ||
+        { fail "saverestore: no check after virsh restore"; return; }
+
+    # managedsave, then start restores it
+    n=$(last_check "$dir")
+    out=$(virsh_ managedsave "$name" 2>&1) ||
+        { fail "saverestore: virsh managedsave: $out"; return; }
+    out=$(virsh_ start "$name" 2>&1) ||
+        { fail "saverestore: virsh start after managedsave: $out"; return; }
+    wait_check "$dir" "$n" &&
+        log "saverestore: after managedsave + start the guest runs on and reads A" ||
+        { fail "saverestore: no check after managedsave + start"; return; }
+
+    # a state file whose image changed meanwhile is refused
+    out=$(virsh_ save "$name" "$dir/state2" 2>&1) ||
+        { fail "saverestore: second virsh save: $out"; return; }
+    "$PCOW_IMG" snapshot -c x "$img" && "$PCOW_IMG" snapshot -d x "$img" ||
+        { fail "saverestore: pcow-img snapshot -c/-d"; return; }
+    if out=$(virsh_ restore "$dir/state2" 2>&1); then
+        fail "saverestore: virsh restore onto a changed image succeeded"
+    elif [[ $out == *"changed since this state was saved"* ]]; then
+        log "saverestore: restore onto a changed image refused: $(echo "$out" | grep -o "memory backend.*saved" | head -1)"
+    else
+        fail "saverestore: restore refused, but not for the image: $out"
+    fi
+    virsh_ undefine --managed-save "$name" >/dev/null ||
+        fail "saverestore: virsh undefine"
+    "$PCOW_IMG" check "$img" >/dev/null || fail "saverestore: pcow-img check"
+    check_content saverestore "$img" "$(expect_file "$dir" "$VSIZE" "10 a10" "20000 a20000")"
+}
+
 # start_must_fail NAME DIR IMG SIZE REGEX: QEMU refuses; its message matches
 start_must_fail() {
     local name=$1 dir=$2 img=$3 size=$4 rx=$5
@@ -718,12 +814,14 @@ case_refusals_user() {      # runs with the libvirt-qemu daemon, no uffd access
 want() { [[ " $CASES " == *" $1 "* ]]; }
 
 log "QEMU=$QEMU PCOW_IMG=$PCOW_IMG work=$W"
-if want root || want snapshot || want snapshot-nodisk || want refusals; then
+if want root || want snapshot || want snapshot-nodisk || want saverestore ||
+   want refusals; then
     daemon_start root root
     log "libvirtd (QEMU as root) pid $DAEMON_PID"
     want root && case_root
     want snapshot && case_snapshot
     want snapshot-nodisk && case_snapshot nodisk
+    want saverestore && case_saverestore
     want refusals && case_refusals_root
     daemon_stop
 fi

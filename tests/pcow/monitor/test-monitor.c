@@ -1900,6 +1900,44 @@ static int t_handover(void)
     return 0;
 }
 
+/*
+ * A guest that only rewrites data the image already owns goes through no
+ * libpcow write, yet it changes what a reader sees: the session must leave
+ * a new stamp (libpcow marks the session when it hands out a writable
+ * extent), or a state saved before would be restored onto it.
+ */
+static int t_stamp_written(void)
+{
+    const char *dir = test_dir("stamp-written");
+    uint64_t size = 16 * MiB, s0;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor *mon;
+    char path[4200];
+
+    CHECK(shadow);
+    snprintf(path, sizeof(path), "%s/w.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    put(mon, shadow, 0, CL, 700);
+    close_mon(mon);
+    s0 = stamp_of(path, NULL);
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    close_mon(mon);
+    printf("a session that maps the image writable: stamp %#" PRIx64
+           " -> %#" PRIx64 "\n", s0, stamp_of(path, NULL));
+    CHECK(stamp_of(path, NULL) != s0);
+    s0 = stamp_of(path, NULL);
+    mon = open_mon(path, PCOW_MONITOR_NO_POOL, 0);
+    memset(pcow_monitor_base(mon) + 100, 0x5a, 100);    /* owned data */
+    memset(shadow + 100, 0x5a, 100);
+    close_mon(mon);
+    CHECK(stamp_of(path, NULL) != s0);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -1928,6 +1966,7 @@ static const struct {
     { "compact", t_compact },
     { "addr", t_addr },
     { "handover", t_handover },
+    { "stamp-written", t_stamp_written },
 };
 
 int main(int argc, char **argv)
