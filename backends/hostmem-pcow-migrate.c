@@ -17,7 +17,7 @@
  *    that follow load.  A failed or cancelled migration, or cont after a
  *    completed one, takes the image back through bdrv_activate_all()
  *    (patches/0020), which fails if another process has it or wrote it
- *    meanwhile; the VM then stays stopped (patches/0020).
+ *    meanwhile; the VM then stays stopped (patches/0021).
  *  - all: the destination has its own image of the same size; RAM
  *    migration sends everything but the holes (hostmem-pcow-rdm.c).
  *  - top: as all, but the destination is an overlay of the same base, so
