@@ -55,6 +55,7 @@ typedef struct PcowMig {
     HostMemPcow *pc;
     char *idstr;
     Notifier state_notifier;
+    bool migrating;             /* an outgoing migration is under way */
     bool left_out;              /* RAM block made unmigratable by us */
 } PcowMig;
 
@@ -70,12 +71,15 @@ static RAMBlock *pcow_mig_block(PcowMig *m)
 }
 
 /*
- * Outgoing migration (not savevm, which runs with migration idle) or
- * the destination of one.
+ * An outgoing migration or the destination of one.  Not savevm/loadvm
+ * (hostmem-pcow-vmsnap.c): savevm puts the migration state in "setup"
+ * too, so the state notifier, which only a migration calls, says it.
  */
 static bool pcow_mig_is_active(void *opaque)
 {
-    return !migration_is_idle() || runstate_check(RUN_STATE_INMIGRATE);
+    PcowMig *m = opaque;
+
+    return m->migrating || runstate_check(RUN_STATE_INMIGRATE);
 }
 
 /* none: the RAM block stays out of RAM migration on both sides */
@@ -102,8 +106,10 @@ static void pcow_mig_state_changed(Notifier *n, void *data)
     MigrationState *s = data;
 
     if (migration_in_setup(s)) {
+        m->migrating = true;
         pcow_mig_leave_out(m, true);
     } else if (migration_has_finished(s) || migration_has_failed(s)) {
+        m->migrating = false;
         pcow_mig_leave_out(m, false);
     }
 }
