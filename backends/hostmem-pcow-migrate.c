@@ -264,11 +264,23 @@ static SaveVMHandlers pcow_mig_handlers = {
     .load_cleanup = pcow_mig_load_cleanup,
 };
 
-/* bdrv_activate_all(): take a handed-over image back */
+/*
+ * bdrv_activate_all(): take a handed-over image back.  On a destination,
+ * QEMU calls it once the stream is loaded, before the guest may run: an
+ * image still waiting for its handover (the stream had no section for it:
+ * a source without pcow, or a savevm stream) must not be run on.
+ */
 static int pcow_mig_activate(void *opaque, Error **errp)
 {
     PcowMig *m = opaque;
 
+    if (hostmem_pcow_deferred(m->pc)) {
+        error_setg(errp, "memory backend '%s': the incoming state did not "
+                   "hand over pcow image '%s' (its source had no such "
+                   "backend with migrate-data=none): the guest cannot run",
+                   hostmem_pcow_id(m->pc), hostmem_pcow_path(m->pc));
+        return -ENOENT;
+    }
     return hostmem_pcow_reacquire(m->pc, errp);
 }
 
