@@ -264,21 +264,15 @@ static int vmsnap_goto(void *opaque, const char *name, Error **errp)
  * overwriting a tag, call this while the guest runs.  savevm's own
  * rollback calls it with the VM stopped already: no second stop.
  */
+/* The vCPUs are stopped (vm_snapshot_all_delete, once for all backends) */
 static int vmsnap_delete(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
     pcow_error perr = { 0 };
-    bool was_running = runstate_is_running();
     int ret;
 
-    if (was_running) {
-        vm_stop(RUN_STATE_SAVE_VM);
-    }
     ret = pcow_monitor_snapshot_delete(hostmem_pcow_monitor(vmsnap_pc(vs)),
                                        name, &perr);
-    if (was_running) {
-        vm_start();
-    }
     return ret < 0 ? vmsnap_error(vs, "delete", name, ret, &perr, errp) : 0;
 }
 

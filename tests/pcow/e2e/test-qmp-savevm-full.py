@@ -8,7 +8,8 @@ the test's directory, pm1 on a small tmpfs that is then filled up.
   fails (no space).  savevm fails with one line naming pm1 and its image,
   and nothing is left: no snapshot in pm0, pm1 or the qcow2 drive.
 - Space freed: savevm s1 succeeds in all three; loadvm s1 and delvm s1
-  work.
+  work; delvm of the running VM stops it once for both images (one STOP,
+  one RESUME event), not once per image.
 - Host, after quit: both images check clean and hold no snapshot.
 - loadvm of a pcow snapshot whose virtual size is not the image's now
   (pcow-img resize after savevm) fails before anything changes: the
@@ -291,10 +292,19 @@ def run(t, fs, qemu_img):
                 f"pcow {pcow}, qcow2 {qcow2}")
         out = m.hmp("loadvm s1").strip()
         t.check(out == "", f"loadvm s1: {out!r}")
+        # delvm of a running VM stops it once for both images
+        m.execute("cont")
+        m.events.clear()
         out = m.hmp("delvm s1").strip()
         pcow, qcow2 = snaps(m)
         t.check(out == "" and pcow == {"pm0": [], "pm1": []} and
                 qcow2 == [], f"delvm s1 {out!r}: pcow {pcow}, qcow2 {qcow2}")
+        ev = [e["event"] for e in m.events if e["event"] in ("STOP",
+                                                             "RESUME")]
+        t.check(ev == ["STOP", "RESUME"], f"delvm s1 stopped the running VM "
+                f"once for both pcow images: events {ev}")
+        t.check(m.execute("query-status")["running"],
+                "the VM runs again after delvm")
         m.execute("quit")
         rc = q.wait(timeout=60)
     except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
