@@ -39,6 +39,13 @@
 #               (issue 10): the state file holds no NVDIMM page, the guest
 #               runs on and reads its data after each restore; a restore
 #               onto an image changed since the save is refused, naming it.
+#   migrate     virsh migrate --live --persistent --undefinesource between
+#               two daemons that look like two hosts (a UTS namespace and a
+#               host_uuid each: libvirt refuses a migration between equal
+#               host UUIDs); the image is at the same path for both, as on
+#               shared storage.  The guest's check counter runs on on B and
+#               reads A; told to stop on its second serial port (a pty on
+#               B), it writes B and exits; the domain is gone from A.
 #   refusals    no boot: a raw file named *.pcow is refused (the name selects
 #               pcow, the content must then be pcow); QEMU as libvirt-qemu
 #               without userfaultfd access fails with a message naming it.
@@ -52,7 +59,10 @@
 # /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt are bind mounts of
 # directories under the test's work directory, so the test writes its own
 # qemu.conf and never touches the host's libvirt configuration or state (it
-# works next to a system libvirtd too).  It is stopped by its PID.
+# works next to a system libvirtd too).  It is stopped by its PID.  The
+# migrate case's two daemons have a UTS namespace each as well (unshare -m
+# -u); the migration stream goes over TCP on 127.0.0.1 (libvirt picks the
+# port, from 49152 on).
 #
 # libvirt's MAC driver is off (security_driver = "none"): no LSM is active
 # here, and on a host where one is, this test still checks the same thing
@@ -68,8 +78,8 @@
 #
 # Env: QEMU (default build/qemu-system-x86_64), PCOW_IMG (default
 #      build/pcow-img), PCOW_LV_KEEP=1 keeps the work directory,
-#      PCOW_LV_CASES="root snapshot snapshot-nodisk saverestore qemu-user
-#      raw refusals" to run a
+#      PCOW_LV_CASES="root snapshot snapshot-nodisk saverestore migrate
+#      qemu-user raw refusals" to run a
 #      subset, QEMU_IMG (default: qemu-img next to QEMU),
 #      PCOW_LV_VERBOSE=1 prints the guest consoles.
 # Exit: 0 pass, 77 skip (one line saying why), anything else fail.
@@ -78,7 +88,7 @@ set -u -o pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 QEMU=${QEMU:-$top/build/qemu-system-x86_64}
 PCOW_IMG=${PCOW_IMG:-$top/build/pcow-img}
-CASES=${PCOW_LV_CASES:-root snapshot snapshot-nodisk saverestore qemu-user raw refusals}
+CASES=${PCOW_LV_CASES:-root snapshot snapshot-nodisk saverestore migrate qemu-user raw refusals}
 VSIZE=$((1024 * 1024 * 1024))      # virtual size of the pcow images
 RAWSIZE=$((128 * 1024 * 1024))     # the raw control image (preallocated!)
 QUSER=libvirt-qemu
@@ -129,6 +139,7 @@ W=$(mktemp -d /tmp/pcow-libvirt.XXXXXX) || die "mktemp"
 chmod 755 "$W"      # QEMU as libvirt-qemu must reach the files below
 DAEMON_PID=
 DAEMON_DIR=
+POLLER=             # the migrate case's job statistics poller
 DOMAINS=()          # "dir name" of domains defined in the running daemon
 CREATED_DIRS=()
 BASE_SUB=           # the qemu-user case's directory in BASE_DIR
@@ -153,7 +164,21 @@ alive() {   # alive PID: running and not a zombie (kill -0 succeeds on zombies)
     [ "${st%% *}" != Z ]
 }
 
-virsh_() { timeout 120 virsh -q -c "qemu:///system?socket=$DAEMON_DIR/run/libvirt-sock" "$@"; }
+# uri DIR: the URI of the daemon whose directory is DIR
+uri() { echo "qemu:///system?socket=$1/run/libvirt-sock"; }
+virsh_at() { local d=$1; shift; timeout 120 virsh -q -c "$(uri "$d")" "$@"; }
+virsh_() { virsh_at "$DAEMON_DIR" "$@"; }
+
+# The migrate case runs two daemons: the one the functions here act on
+# (DAEMON_*) and the other one (OTHER_*); daemon_swap exchanges them.
+OTHER_PID=
+OTHER_DIR=
+OTHER_DOMAINS=()
+daemon_swap() {
+    local pid=$DAEMON_PID dir=$DAEMON_DIR doms=("${DOMAINS[@]}")
+    DAEMON_PID=$OTHER_PID DAEMON_DIR=$OTHER_DIR DOMAINS=("${OTHER_DOMAINS[@]}")
+    OTHER_PID=$pid OTHER_DIR=$dir OTHER_DOMAINS=("${doms[@]}")
+}
 
 daemon_stop() {
     [ -n "$DAEMON_PID" ] || return 0
@@ -172,7 +197,7 @@ daemon_stop() {
     for d in "${DOMAINS[@]}"; do
         name=${d#* }
         pid=$(cat "$DAEMON_DIR/run/qemu/$name.pid" 2>/dev/null) || continue
-        if [ -n "$pid" ] && tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null |
+        if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null </proc/"$pid"/cmdline |
                 grep -q -- "guest=$name,"; then
             kill -KILL "$pid"
         fi
@@ -183,6 +208,9 @@ daemon_stop() {
 
 cleanup() {
     local rc=$?
+    [ -z "$POLLER" ] || kill "$POLLER" 2>/dev/null
+    daemon_stop
+    daemon_swap
     daemon_stop
     uffd_restore
     [ -z "$BASE_SUB" ] || rm -rf "$BASE_SUB"
@@ -212,10 +240,13 @@ if [ -n "$ns_root" ] && [ "$ns_root" != "$(stat -c %d:%i /)" ]; then
     log "running inside a chroot: libvirt's per-domain mount namespace is off"
 fi
 
-# daemon_start USER GROUP [extra qemu.conf lines]
+# daemon_start USER GROUP [extra qemu.conf lines] [HOST]: with HOST, the
+# daemon looks like a host of its own (for the migrate case): its own UTS
+# namespace with hostname pcow-lv-HOST, and a host_uuid of its own, which
+# is what libvirt compares to refuse a migration to the same host
 daemon_start() {
-    local user=$1 group=$2 extra=${3:-} d i
-    DAEMON_DIR=$W/libvirt-$user
+    local user=$1 group=$2 extra=${3:-} host=${4:-} d i uts=
+    DAEMON_DIR=$W/libvirt-${host:-$user}
     d=$DAEMON_DIR
     mkdir -p "$d"/{etc,run,lib,log,cache}
     cat >"$d/etc/qemu.conf" <<EOF
@@ -232,6 +263,11 @@ EOF
     cat >"$d/etc/libvirtd.conf" <<EOF
 log_outputs = "3:file:$d/libvirtd.log"
 EOF
+    if [ -n "$host" ]; then
+        echo "host_uuid = \"$(cat /proc/sys/kernel/random/uuid)\"" \
+            >>"$d/etc/libvirtd.conf"
+        uts=--uts
+    fi
     # Mount points for the bind mounts.  On a host without
     # libvirt-daemon-system these do not exist; we remove them afterwards.
     for i in /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
@@ -240,15 +276,16 @@ EOF
         fi
     done
     # unshare and bash exec, so $! is libvirtd's PID.
-    unshare --mount --propagation private -- bash -c '
+    unshare --mount $uts --propagation private -- bash -c '
         d=$1
+        [ -z "$2" ] || hostname "pcow-lv-$2" || exit 1
         mount --bind "$d/etc" /etc/libvirt &&
         mount --bind "$d/run" /run/libvirt &&
         mount --bind "$d/lib" /var/lib/libvirt &&
         mount --bind "$d/log" /var/log/libvirt &&
         mount --bind "$d/cache" /var/cache/libvirt || exit 1
         exec libvirtd -f "$d/etc/libvirtd.conf" -p "$d/libvirtd.pid"
-    ' libvirtd-ns "$d" >"$d/libvirtd.out" 2>&1 </dev/null &
+    ' libvirtd-ns "$d" "$host" >"$d/libvirtd.out" 2>&1 </dev/null &
     DAEMON_PID=$!
     for i in $(seq 300); do
         if ! alive "$DAEMON_PID"; then
@@ -770,6 +807,140 @@ done'
     check_content saverestore "$img" "$(expect_file "$dir" "$VSIZE" "10 a10" "20000 a20000")"
 }
 
+# pty_of DIR NAME PORT: the host end of serial port PORT (type pty) of the
+# running domain NAME in the daemon at DIR
+pty_of() {
+    virsh_at "$1" dumpxml "$2" | xmllint --xpath \
+        "string(//devices/serial[target/@port='$3']/source/@path)" -
+}
+
+# quit_guest DIR PTY: say "q" on the guest's second serial port until it
+# answers GUEST-GOT-Q (it may not read before the port is open)
+quit_guest() {
+    local i j fd
+    for i in $(seq 24); do
+        exec {fd}>"$2" || return 1
+        printf 'q\n' >&"$fd"
+        sleep 0.5
+        exec {fd}>&-
+        for j in $(seq 50); do
+            grep -q '^GUEST-GOT-Q' "$1/console.log" && return 0
+            sleep 0.1
+        done
+    done
+    return 1
+}
+
+# case_migrate: virsh migrate --live from daemon A (DAEMON_*) to daemon B
+# (OTHER_*), which look like two hosts (daemon_start HOST).  The image is at
+# the same path for both, as on shared storage.  The guest writes A, then
+# checks it every half second with a counter that runs on across the
+# migration, until told "q" on its second serial port (a pty; B makes its
+# own); then it writes B and exits.
+case_migrate() {
+    local dir=$W/migrate name=pcow-lv-mig img n out t0 pty i st total
+    mkdir -p "$dir"; img=$dir/nv.pcow
+    "$PCOW_IMG" create -q -f pcow "$img" "$VSIZE" ||
+        { fail "migrate: creating the image"; return; }
+    make_initrd "$dir" "$GUEST_LIB"'
+exec 3</dev/ttyS1
+(while read -r c <&3; do
+    case $c in q*) : >/tmp/quit; echo GUEST-GOT-Q ;; esac
+done) &
+w 10 a10; w 20000 a20000; sync
+echo GUEST-WROTE-A
+n=0
+while [ ! -e /tmp/quit ]; do
+    n=$((n + 1))
+    echo 3 > /proc/sys/vm/drop_caches
+    if [ "$(r 10)" = "$(e a10)" ] && [ "$(r 20000)" = "$(e a20000)" ]; then
+        echo "GUEST-CHECK $n A"
+    else
+        echo "GUEST-CHECK $n WRONG"
+    fi
+    usleep 500000
+done
+w 30000 b30000; sync
+echo GUEST-WROTE-B'
+    # Both QEMUs write the console file, the destination from its start
+    # on: append, do not truncate.
+    domain_xml "$name" "$dir" "$(nvdimm_xml "$img" "$VSIZE")
+    <serial type='pty'>
+      <target port='1'/>
+    </serial>" |
+        sed "s|<source path='$dir/console.log'/>|<source path='$dir/console.log' append='on'/>|" \
+        >"$dir/domain.xml"
+    virsh_ define "$dir/domain.xml" >/dev/null || { fail "migrate: virsh define"; return; }
+    DOMAINS+=("$dir $name")
+    OTHER_DOMAINS+=("$dir $name")
+    virsh_ start "$name" >"$dir/start.out" 2>&1 ||
+        { cat "$dir/start.out"; fail "migrate: virsh start"; return; }
+    wait_check "$dir" 1 || { fail "migrate: guest did not check A"; return; }
+
+    # The stream goes to 127.0.0.1, named on the command line: qemu.conf's
+    # migration_host and migration_address must not be local addresses,
+    # and B's hostname resolves nowhere.
+    # A's job statistics while the migration runs (32 MiB/s: a few seconds):
+    # their memory total while memory remains (once QEMU is done, the total
+    # counts every RAM block again)
+    (while :; do virsh_ domjobinfo --rawstats "$name" 2>/dev/null; sleep 0.2; done) \
+        >"$dir/jobs" 2>&1 &
+    POLLER=$!
+    t0=$(date +%s%N)
+    out=$(timeout 600 virsh -q -c "$(uri "$DAEMON_DIR")" migrate --live \
+              --persistent --undefinesource --listen-address 127.0.0.1 \
+              --bandwidth 32 \
+              "$name" "$(uri "$OTHER_DIR")" tcp://127.0.0.1 2>&1)
+    st=$?
+    kill "$POLLER"; wait "$POLLER" 2>/dev/null; POLLER=
+    [ "$st" = 0 ] || { fail "migrate: virsh migrate --live: $out"; return; }
+    log "migrate: virsh migrate --live --persistent --undefinesource:" \
+        "$((($(date +%s%N) - t0) / 1000000)) ms"
+    total=$(awk '$1 == "memory_total:" { t = $2 }
+                 $1 == "memory_remaining:" && $2 > 0 && t > n { n = t }
+                 END { print n + 0 }' "$dir/jobs")
+    if [ "$total" = 0 ]; then
+        fail "migrate: no memory total from A's domjobinfo while migrating"
+    elif [ "$total" -lt "$VSIZE" ]; then
+        log "migrate: memory total while migrating $total bytes: the" \
+            "NVDIMM ($VSIZE) is not in the stream"
+    else
+        fail "migrate: memory total while migrating $total: the NVDIMM is in it"
+    fi
+    n=$(last_check "$dir")
+    st=$(virsh_at "$OTHER_DIR" domstate "$name" 2>&1)
+    [ "$st" = running ] && log "migrate: the domain runs on B" ||
+        fail "migrate: domain state on B: $st"
+    virsh_ list --all --name | grep -q -x "$name" &&
+        fail "migrate: the domain is still on A: $(virsh_ domstate "$name" 2>&1)" ||
+        log "migrate: the domain is gone from A"
+    virsh_at "$OTHER_DIR" domjobinfo --completed "$name" >"$dir/jobinfo" 2>&1
+    log "migrate: B's domjobinfo --completed:" \
+        "$(grep -E '^(Memory processed|Total downtime)' "$dir/jobinfo" |
+           tr -s ' ' | paste -sd';')"
+    wait_check "$dir" "$n" &&
+        log "migrate: on B the guest runs on (check $((n + 1)) after $n) and reads A" ||
+        { fail "migrate: no check on B after check $n"; return; }
+    [ "$(grep -c '^PCOW-GUEST-START' "$dir/console.log")" = 1 ] ||
+        fail "migrate: the guest booted again"
+
+    pty=$(pty_of "$OTHER_DIR" "$name" 1)
+    [ -c "$pty" ] || { fail "migrate: no pty for serial port 1 on B ($pty)"; return; }
+    quit_guest "$dir" "$pty" || { fail "migrate: the guest did not take q on $pty"; return; }
+    wait_console "$dir" '^PCOW-GUEST-EXIT 0' || { fail "migrate: guest did not exit 0"; return; }
+    for i in $(seq 600); do
+        st=$(virsh_at "$OTHER_DIR" domstate "$name" 2>/dev/null)
+        [ "$st" = "shut off" ] && break
+        sleep 0.1
+    done
+    [ "$st" = "shut off" ] || { fail "migrate: state on B after exit: $st"; return; }
+    virsh_at "$OTHER_DIR" undefine "$name" >/dev/null || fail "migrate: virsh undefine on B"
+    "$PCOW_IMG" check "$img" >/dev/null || fail "migrate: pcow-img check"
+    check_content migrate "$img" "$(expect_file "$dir" "$VSIZE" "10 a10" "20000 a20000" \
+        "30000 b30000")"
+    check_thin migrate "$img"
+}
+
 # start_must_fail NAME DIR IMG SIZE REGEX: QEMU refuses; its message matches
 start_must_fail() {
     local name=$1 dir=$2 img=$3 size=$4 rx=$5
@@ -823,6 +994,18 @@ if want root || want snapshot || want snapshot-nodisk || want saverestore ||
     want snapshot-nodisk && case_snapshot nodisk
     want saverestore && case_saverestore
     want refusals && case_refusals_root
+    daemon_stop
+fi
+if want migrate; then
+    daemon_start root root "" mig-a
+    daemon_swap
+    daemon_start root root "" mig-b
+    log "libvirtd B (QEMU as root, host pcow-lv-mig-b) pid $DAEMON_PID"
+    daemon_swap
+    log "libvirtd A (QEMU as root, host pcow-lv-mig-a) pid $DAEMON_PID"
+    case_migrate
+    daemon_stop
+    daemon_swap
     daemon_stop
 fi
 if want qemu-user || want raw || want refusals; then
