@@ -217,9 +217,10 @@ typedef struct BaseHandle {
 } BaseHandle;
 
 static int open_base(pcow_image *img, const char *name, uint32_t fmt,
-                     PcowChain *chain, BaseHandle *bh, pcow_error *err)
+                     uint64_t snap_id, PcowChain *chain, BaseHandle *bh,
+                     pcow_error *err)
 {
-    int fd;
+    int fd, ret;
 
     bh->image = NULL;
     bh->raw_fd = -1;
@@ -243,10 +244,19 @@ static int open_base(pcow_image *img, const char *name, uint32_t fmt,
         close(fd);
         /* It records itself in @chain again: take this level back out */
         chain->n--;
-        return pcow_open_internal(bh->path, PCOW_OPEN_BASE |
-                                  (img->flags & PCOW_OPEN_NO_LOCK),
-                                  NULL, NULL, 0, chain, img->depth + 1, NULL,
-                                  &bh->image, err);
+        ret = pcow_open_internal(bh->path, PCOW_OPEN_BASE |
+                                 (img->flags & PCOW_OPEN_NO_LOCK),
+                                 NULL, NULL, 0, chain, img->depth + 1, NULL,
+                                 &bh->image, err);
+        if (ret == 0 && snap_id) {
+            /* A clone: the base shows that snapshot, not its active layer */
+            ret = pcow_snapshot_view(bh->image, snap_id, img->filename, err);
+            if (ret < 0) {
+                pcow_image_free(bh->image);
+                bh->image = NULL;
+            }
+        }
+        return ret;
     }
     bh->raw_fd = fd;
     if (!(img->flags & PCOW_OPEN_NO_LOCK)) {
@@ -279,7 +289,7 @@ int pcow_backing_open(pcow_image *img, PcowChain *chain, pcow_error *err)
     int ret;
 
     ret = open_base(img, img->hdr.backing_name, img->hdr.backing_format,
-                    chain, &bh, err);
+                    img->hdr.backing_snapshot_id, chain, &bh, err);
     if (ret < 0) {
         return ret;
     }
@@ -363,7 +373,7 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
         fmt = f;
         if (open_new) {
             chain.n = 1;
-            ret = open_base(img, backing_file, fmt, &chain, &bh, err);
+            ret = open_base(img, backing_file, fmt, 0, &chain, &bh, err);
             if (ret < 0) {
                 return ret;
             }
@@ -371,6 +381,9 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     }
     h.backing_format = len ? fmt : PCOW_BACKING_NONE;
     h.backing_name_length = len;
+    /* A new base reference is to the base's active layer */
+    h.backing_snapshot_id = 0;
+    h.incompatible_features &= ~PCOW_INCOMPAT_BACKING_SNAPSHOT;
     if (!len) {
         /* No base: nothing to hide any more */
         pcow_header_set_limit(img, &h, 0);
@@ -396,4 +409,41 @@ int pcow_set_backing(pcow_image *img, const char *backing_file,
     }
     pcow_unlock(img);
     return 0;
+}
+
+/*
+ * The virtual size of snapshot @id of the pcow image @name (relative to
+ * @dir), the base of @owner: read without a lock and without its chain
+ * (the caller holds the lock that matters).  -ENOENT if it has none.
+ */
+int pcow_base_snapshot_size(const char *owner, const char *dir,
+                            const char *name, uint64_t id, uint64_t *size,
+                            pcow_error *err)
+{
+    char path[4096];
+    pcow_image *base;
+    uint32_t k;
+    int ret;
+
+    if (pcow_resolve_backing(dir, name, path, sizeof(path)) < 0) {
+        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
+                              "too long", owner);
+    }
+    ret = pcow_open_internal(path, PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING |
+                             PCOW_OPEN_BASE, NULL, NULL, 0, NULL, 1, NULL,
+                             &base, err);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = pcow_set_error(err, -ENOENT, "%s: base %s has no snapshot with "
+                         "id %llu", owner, path, (unsigned long long)id);
+    for (k = 0; k < base->hdr.nb_snapshots; k++) {
+        if (base->snaps[k].id == id) {
+            *size = base->snaps[k].virtual_size;
+            pcow_error_clear(err);
+            ret = 0;
+        }
+    }
+    pcow_image_free(base);
+    return ret;
 }

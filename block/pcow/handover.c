@@ -152,6 +152,10 @@ uint64_t pcow_chain_stamp(pcow_image *img)
             return 0;
         }
         h = fold64(fold64(h, base->open_stamp), base->hdr.virtual_size);
+        if (b->hdr.backing_snapshot_id) {
+            /* A clone: which snapshot of the base it shows */
+            h = fold64(h, b->hdr.backing_snapshot_id);
+        }
     }
     return h ? h : 1;
 }

@@ -91,6 +91,7 @@ void pcow_header_encode(const PcowHeader *h, uint8_t *slot)
     pcow_st32(slot + PCOW_H_BACKING_FORMAT, h->backing_format);
     pcow_st32(slot + PCOW_H_BACKING_NAME_LEN, h->backing_name_length);
     pcow_st64(slot + PCOW_H_BACKING_LIMIT, h->backing_limit);
+    pcow_st64(slot + PCOW_H_BACKING_SNAP, h->backing_snapshot_id);
     memcpy(slot + PCOW_H_BACKING_NAME, h->backing_name,
            h->backing_name_length);
     pcow_st32(slot + PCOW_H_CRC, pcow_crc32c(0, slot, len));
@@ -136,6 +137,7 @@ static int header_decode(const uint8_t *slot, PcowHeader *h)
     h->backing_format = pcow_ld32(slot + PCOW_H_BACKING_FORMAT);
     h->backing_name_length = pcow_ld32(slot + PCOW_H_BACKING_NAME_LEN);
     h->backing_limit = pcow_ld64(slot + PCOW_H_BACKING_LIMIT);
+    h->backing_snapshot_id = pcow_ld64(slot + PCOW_H_BACKING_SNAP);
     memset(h->backing_name, 0, sizeof(h->backing_name));
     if (h->backing_name_length <= PCOW_MAX_BACKING_NAME &&
         PCOW_HEADER_FIXED + h->backing_name_length <= len) {
@@ -210,6 +212,18 @@ static int header_check(const PcowHeader *h, char *msg, size_t msglen)
                  (unsigned long long)h->backing_limit,
                  (unsigned long long)h->virtual_size,
                  h->incompatible_features & PCOW_INCOMPAT_BACKING_LIMIT ?
+                 "set" : "not set");
+        return -EINVAL;
+    }
+    /* The bit is set exactly while there is an id, of a pcow base */
+    if (!!h->backing_snapshot_id !=
+        !!(h->incompatible_features & PCOW_INCOMPAT_BACKING_SNAPSHOT) ||
+        (h->backing_snapshot_id && h->backing_format != PCOW_FMT_PCOW)) {
+        snprintf(msg, msglen, "invalid backing snapshot id %llu (backing "
+                 "format %u, feature bit %s)",
+                 (unsigned long long)h->backing_snapshot_id,
+                 h->backing_format,
+                 h->incompatible_features & PCOW_INCOMPAT_BACKING_SNAPSHOT ?
                  "set" : "not set");
         return -EINVAL;
     }

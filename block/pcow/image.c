@@ -130,6 +130,29 @@ static int check_create_base(const char *path, int fd, const char *name,
     return ret;
 }
 
+/* A clone's base: a pcow image that holds the snapshot; its size */
+static int create_snapshot_base(const char *path,
+                                const pcow_create_opts *opts,
+                                pcow_backing_format fmt, uint64_t *size,
+                                pcow_error *err)
+{
+    char *tmp;
+    int ret;
+
+    if (fmt != PCOW_BACKING_PCOW) {
+        return pcow_set_error(err, -EINVAL, "%s: a backing snapshot needs "
+                              "a pcow backing file", path);
+    }
+    tmp = strdup(path);
+    if (!tmp) {
+        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+    }
+    ret = pcow_base_snapshot_size(path, dirname(tmp), opts->backing_file,
+                                  opts->backing_snapshot_id, size, err);
+    free(tmp);
+    return ret;
+}
+
 /* P-CREATE-BODY: cluster 0 and the (sparse) L1 table */
 static int write_new_image(int fd, const char *path,
                            const pcow_create_opts *opts,
@@ -153,6 +176,10 @@ static int write_new_image(int fd, const char *path,
     h.next_snapshot_id = 1;
     h.backing_format = fmt;
     h.backing_name_length = name_len;
+    if (name_len && opts->backing_snapshot_id) {
+        h.backing_snapshot_id = opts->backing_snapshot_id;
+        h.incompatible_features |= PCOW_INCOMPAT_BACKING_SNAPSHOT;
+    }
     if (name_len) {
         memcpy(h.backing_name, opts->backing_file, name_len);
     }
@@ -219,6 +246,11 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
         return pcow_set_error(err, -EINVAL, "%s: backing format given "
                               "without a backing file", path);
     }
+    if (opts->backing_snapshot_id &&
+        (!opts->backing_file || fmt == PCOW_BACKING_RAW)) {
+        return pcow_set_error(err, -EINVAL, "%s: a backing snapshot needs "
+                              "a pcow backing file", path);
+    }
     size_from_base = vsize == 0 && opts->size_from_backing &&
                      opts->backing_file;
     if (!size_from_base) {
@@ -237,6 +269,9 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
     if (opts->backing_file) {
         ret = check_create_base(path, fd, opts->backing_file, &fmt, &bsize,
                                 err);
+        if (ret == 0 && opts->backing_snapshot_id) {
+            ret = create_snapshot_base(path, opts, fmt, &bsize, err);
+        }
         if (ret == 0 && size_from_base) {
             ret = create_geometry(path, pcow_round_up(bsize, 4096), opts, &g,
                                   err);
@@ -831,6 +866,12 @@ void pcow_get_info(pcow_image *img, pcow_info *info)
     }
     info->backing_format = img->hdr.backing_format;
     info->backing_limit = img->hdr.backing_limit;
+    info->backing_snapshot_id = img->hdr.backing_snapshot_id;
+    if (img->backing && img->backing->view_snapshot_id) {
+        snprintf(info->backing_snapshot_name,
+                 sizeof(info->backing_snapshot_name), "%s",
+                 img->backing->view_snapshot_name);
+    }
     if (fstat(img->fd, &st) == 0) {
         info->file_size = st.st_size;
         info->disk_size = (uint64_t)st.st_blocks * 512;

@@ -65,7 +65,7 @@
 #define PCOW_H_BACKING_FORMAT   104 /* u32 */
 #define PCOW_H_BACKING_NAME_LEN 108 /* u32 backing_name_length */
 #define PCOW_H_BACKING_LIMIT    112 /* u64 */
-#define PCOW_H_RESERVED         120 /* u64, zero */
+#define PCOW_H_BACKING_SNAP     120 /* u64 backing_snapshot_id */
 #define PCOW_H_BACKING_NAME     128 /* name bytes, zero padded to 8 */
 
 /* Each field follows the one before, as in the spec's table */
@@ -95,8 +95,10 @@ _Static_assert(PCOW_H_BACKING_NAME_LEN == PCOW_H_BACKING_FORMAT + 4,
                "header layout");
 _Static_assert(PCOW_H_BACKING_LIMIT == PCOW_H_BACKING_NAME_LEN + 4,
                "header layout");
-_Static_assert(PCOW_H_RESERVED == PCOW_H_BACKING_LIMIT + 8, "header layout");
-_Static_assert(PCOW_H_BACKING_NAME == PCOW_H_RESERVED + 8, "header layout");
+_Static_assert(PCOW_H_BACKING_SNAP == PCOW_H_BACKING_LIMIT + 8,
+               "header layout");
+_Static_assert(PCOW_H_BACKING_NAME == PCOW_H_BACKING_SNAP + 8,
+               "header layout");
 /* 8-aligned u64 fields; the fixed part, then the longest name, fit a slot */
 _Static_assert(PCOW_H_GENERATION % 8 == 0 && PCOW_H_VIRTUAL_SIZE % 8 == 0 &&
                PCOW_H_NEXT_SNAP_ID % 8 == 0 && PCOW_H_BACKING_LIMIT % 8 == 0,
@@ -131,7 +133,7 @@ _Static_assert(PCOW_HOT_OFFSET + PCOW_HOT_SIZE <=
 #define PCOW_S_DATE_NSEC        40  /* u32 */
 #define PCOW_S_EXTRA_LEN        44  /* u32 extra_length, 0 or PCOW_SX_SIZE */
 #define PCOW_S_BACKING_LIMIT    48  /* u64 */
-#define PCOW_S_RESERVED2        56  /* u64, zero */
+#define PCOW_S_FLAGS            56  /* u64 snapshot flags */
 #define PCOW_S_NAME             64  /* name bytes, zero padded to 8 */
 
 _Static_assert(PCOW_S_L1_OFFSET == PCOW_S_ID + 8 &&
@@ -142,8 +144,8 @@ _Static_assert(PCOW_S_L1_OFFSET == PCOW_S_ID + 8 &&
                PCOW_S_DATE_NSEC == PCOW_S_DATE_SEC + 8 &&
                PCOW_S_EXTRA_LEN == PCOW_S_DATE_NSEC + 4 &&
                PCOW_S_BACKING_LIMIT == PCOW_S_EXTRA_LEN + 4 &&
-               PCOW_S_RESERVED2 == PCOW_S_BACKING_LIMIT + 8 &&
-               PCOW_S_NAME == PCOW_S_RESERVED2 + 8, "snapshot record");
+               PCOW_S_FLAGS == PCOW_S_BACKING_LIMIT + 8 &&
+               PCOW_S_NAME == PCOW_S_FLAGS + 8, "snapshot record");
 _Static_assert(PCOW_S_NAME == PCOW_SNAP_FIXED, "snapshot record size");
 
 /*
@@ -158,6 +160,9 @@ _Static_assert(PCOW_SX_VM_STATE_SIZE == PCOW_SX_VM_STATE_OFFSET + 8 &&
                PCOW_SX_VM_CLOCK_NSEC == PCOW_SX_VM_STATE_SIZE + 8 &&
                PCOW_SX_SIZE == PCOW_SX_VM_CLOCK_NSEC + 8,
                "snapshot record extension");
+
+/* Snapshot flags (record offset 56) */
+#define PCOW_SNAP_F_HAS_CLONES  (1ull << 0) /* images use it as their base */
 
 #define PCOW_FMT_NONE           0
 #define PCOW_FMT_PCOW           1
@@ -221,8 +226,10 @@ static inline bool pcow_entry_is_ours(PcowEntryKind k)
 /* Known feature bits */
 #define PCOW_INCOMPAT_BACKING_LIMIT (1ull << 0) /* backing_limit fields */
 #define PCOW_INCOMPAT_VM_STATE  (1ull << 1) /* snapshots with VM state */
+#define PCOW_INCOMPAT_BACKING_SNAPSHOT (1ull << 2) /* base is a snapshot */
 #define PCOW_INCOMPAT_KNOWN     (PCOW_INCOMPAT_BACKING_LIMIT | \
-                                 PCOW_INCOMPAT_VM_STATE)
+                                 PCOW_INCOMPAT_VM_STATE | \
+                                 PCOW_INCOMPAT_BACKING_SNAPSHOT)
 #define PCOW_AUTOCLEAR_KNOWN    0ull
 
 /* Reserve ring capacity (clusters made ready ahead of faults) */
@@ -266,6 +273,8 @@ typedef struct PcowHeader {
     uint32_t backing_format;
     uint32_t backing_name_length;
     uint64_t backing_limit;     /* 0: none; else base shows only below it */
+    uint64_t backing_snapshot_id; /* 0: the base's active layer; else the
+                                     base's snapshot of that id (a clone) */
     char backing_name[PCOW_MAX_BACKING_NAME + 1];
 } PcowHeader;
 
@@ -280,6 +289,7 @@ typedef struct PcowSnapshot {
     uint64_t vm_state_offset;   /* 0: no VM state */
     uint64_t vm_state_size;
     uint64_t vm_clock_nsec;
+    uint64_t flags;             /* PCOW_SNAP_F_*; unknown bits kept */
     bool vm_state_bad;          /* the walk found its clusters unusable */
     char name[PCOW_MAX_SNAPSHOT_NAME + 1];
 } PcowSnapshot;
@@ -384,6 +394,9 @@ struct pcow_image {
     uint64_t backing_raw_size;
     char backing_path[4096];
     unsigned depth;
+    /* A clone's base: the snapshot it shows (snapshot.c), else 0 */
+    uint64_t view_snapshot_id;
+    char view_snapshot_name[PCOW_MAX_SNAPSHOT_NAME + 1];
 };
 
 /* Little-endian helpers */
@@ -710,6 +723,16 @@ int pcow_set_map_locked(pcow_image *img, uint64_t vcluster, uint64_t map);
 /* snapshot.c */
 /* Parse and check the snapshot table.  Allocates; - */
 int pcow_snapshots_load(pcow_image *img, PcowProblems *pr);
+/*
+ * Make @img (a base, read-only) show its snapshot @id instead of its
+ * active layer: that snapshot's tables, virtual size and backing limit.
+ * -ENOENT naming @owner, @img and the id.  -
+ */
+int pcow_snapshot_view(pcow_image *img, uint64_t id, const char *owner,
+                       pcow_error *err);
+/* Set (@on) or clear HAS_CLONES of snapshot @k.  durable (P-CLONE-*); - */
+int pcow_snapshot_set_clones(pcow_image *img, uint32_t k, bool on,
+                             pcow_error *err);
 /* Index of the snapshot named @name_or_id, else of that id; -1.  Pure */
 int pcow_snapshot_find(pcow_image *img, const char *name_or_id);
 /* Report bad or duplicate ids; returns how many.  Pure */
@@ -739,6 +762,10 @@ int pcow_backing_open(pcow_image *img, PcowChain *chain, pcow_error *err);
 int pcow_check_base(const char *owner, const char *dir, const char *name,
                     uint32_t *fmt, bool missing_ok, PcowChain *chain,
                     uint64_t *size, pcow_error *err);
+/* The virtual size of snapshot @id of base @name (relative to @dir).  - */
+int pcow_base_snapshot_size(const char *owner, const char *dir,
+                            const char *name, uint64_t id, uint64_t *size,
+                            pcow_error *err);
 /* Close the base chain; locked if the image is shared with faults */
 void pcow_backing_close(pcow_image *img);
 /* @name relative to @dir (absolute names as they are).  Pure */

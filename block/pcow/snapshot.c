@@ -88,6 +88,7 @@ static uint32_t record_decode(pcow_image *img, const uint8_t *buf,
     sn->date_sec = pcow_ld64(r + PCOW_S_DATE_SEC);
     sn->date_nsec = pcow_ld32(r + PCOW_S_DATE_NSEC);
     sn->backing_limit = pcow_ld64(r + PCOW_S_BACKING_LIMIT);
+    sn->flags = pcow_ld64(r + PCOW_S_FLAGS);
     memcpy(sn->name, r + PCOW_S_NAME, nl);
     sn->name[nl] = '\0';
     if (memchr(sn->name, '\0', nl)) {
@@ -301,6 +302,7 @@ static int write_table(pcow_image *img, const PcowSnapshot *snaps,
         pcow_st64(r + PCOW_S_DATE_SEC, snaps[k].date_sec);
         pcow_st32(r + PCOW_S_DATE_NSEC, snaps[k].date_nsec);
         pcow_st64(r + PCOW_S_BACKING_LIMIT, snaps[k].backing_limit);
+        pcow_st64(r + PCOW_S_FLAGS, snaps[k].flags);
         memcpy(r + PCOW_S_NAME, snaps[k].name, nl);
         if (snaps[k].vm_state_size) {
             uint8_t *x = r + record_len(nl, 0);
@@ -923,6 +925,12 @@ int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
 int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
                          pcow_error *err)
 {
+    return pcow_snapshot_delete_flags(img, name_or_id, 0, err);
+}
+
+int pcow_snapshot_delete_flags(pcow_image *img, const char *name_or_id,
+                               unsigned flags, pcow_error *err)
+{
     PcowHeader h = img->hdr;
     PcowSnapshot *ns;
     uint32_t n = h.nb_snapshots, i, m = 0;
@@ -931,6 +939,14 @@ int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
     k = find_writable(img, name_or_id, err);
     if (k < 0) {
         return k;
+    }
+    /* Its clusters would be reused under the clones that read them */
+    if ((img->snaps[k].flags & PCOW_SNAP_F_HAS_CLONES) &&
+        !(flags & PCOW_SNAPSHOT_DELETE_FORCE)) {
+        pcow_img_error(img, err, -EBUSY, "snapshot '%s' has clones (made "
+                       "by pcow-img clone); deleting it breaks them",
+                       img->snaps[k].name);
+        return pcow_error_mark(err, PCOW_ERR_HAS_CLONES, -EBUSY);
     }
     ns = calloc(n, sizeof(*ns));
     if (!ns) {
@@ -1012,6 +1028,7 @@ int pcow_snapshot_list(pcow_image *img, pcow_snapshot_info **list,
         l[k].clusters = count_clusters(img, sn);
         l[k].vm_state_size = sn->vm_state_size;
         l[k].vm_clock_nsec = sn->vm_clock_nsec;
+        l[k].has_clones = !!(sn->flags & PCOW_SNAP_F_HAS_CLONES);
     }
     *list = l;
     return n;
@@ -1051,4 +1068,88 @@ int pcow_snapshot_read_vm_state(pcow_image *img, const char *name,
                               "snapshot '%s': %s", name, strerror(-ret));
     }
     return 0;
+}
+
+/* See pcow-int.h: a clone's base shows the snapshot, read-only */
+int pcow_snapshot_view(pcow_image *img, uint64_t id, const char *owner,
+                       pcow_error *err)
+{
+    PcowProblems pr = { 0 };
+    const PcowSnapshot *sn = NULL;
+    uint32_t k;
+    int ret;
+
+    for (k = 0; k < img->hdr.nb_snapshots; k++) {
+        if (img->snaps[k].id == id) {
+            sn = &img->snaps[k];
+        }
+    }
+    if (!sn) {
+        return pcow_set_error(err, -ENOENT, "%s: base %s has no snapshot "
+                              "with id %llu", owner, img->filename,
+                              (unsigned long long)id);
+    }
+    if (!img->read_only) {
+        return pcow_img_error(img, err, -EINVAL, "a snapshot view is "
+                              "read-only");
+    }
+    pcow_tables_unload(img);
+    img->hdr.l1_table_offset = sn->l1_table_offset;
+    img->hdr.l1_size = sn->l1_size;
+    img->hdr.virtual_size = sn->virtual_size;
+    img->hdr.backing_limit = sn->backing_limit;
+    img->view_snapshot_id = id;
+    snprintf(img->view_snapshot_name, sizeof(img->view_snapshot_name), "%s",
+             sn->name);
+    /* The walk at open checked these tables already */
+    ret = pcow_tables_load(img, &pr);
+    if (ret < 0 || pr.count) {
+        return pcow_img_error(img, err, ret < 0 ? ret : -EINVAL,
+                              "snapshot %llu: %s", (unsigned long long)id,
+                              pr.first);
+    }
+    return 0;
+}
+
+/*
+ * P-CLONE-LIST, P-CLONE-COMMIT: set or clear HAS_CLONES on snapshot @k
+ * with a new snapshot table and a header commit.
+ */
+int pcow_snapshot_set_clones(pcow_image *img, uint32_t k, bool on,
+                             pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    uint32_t n = h.nb_snapshots;
+    PcowSnapshot *ns;
+    int ret = check_rw(img, err);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (k >= n) {
+        return pcow_img_error(img, err, -EINVAL, "no snapshot %u", k);
+    }
+    ns = malloc(n * sizeof(*ns));
+    if (!ns) {
+        return pcow_img_error(img, err, -ENOMEM, "out of memory");
+    }
+    memcpy(ns, img->snaps, n * sizeof(*ns));
+    ns[k].flags = on ? ns[k].flags | PCOW_SNAP_F_HAS_CLONES
+                     : ns[k].flags & ~PCOW_SNAP_F_HAS_CLONES;
+    ret = write_table(img, ns, n, &h);          /* P-CLONE-LIST */
+    if (ret < 0) {
+        free(ns);
+        pcow_alloc_recover(img, false, NULL);
+        return pcow_img_error(img, err, ret, "cannot mark snapshot '%s': "
+                              "%s", img->snaps[k].name, strerror(-ret));
+    }
+    ret = pcow_header_commit(img, &h, err);     /* P-CLONE-COMMIT */
+    if (ret < 0) {
+        free(ns);
+        return ret;
+    }
+    free(img->snaps);
+    img->snaps = ns;
+    /* Free the old list */
+    return pcow_alloc_recover(img, false, err);
 }

@@ -65,6 +65,11 @@ typedef enum pcow_error_kind {
      * it was handed over (PCOW_OPEN_EXPECT_STAMP, pcow_reacquire()).
      */
     PCOW_ERR_STALE,
+    /*
+     * The snapshot has clones (pcow_clone): deleting it would break them
+     * (PCOW_SNAPSHOT_DELETE_FORCE does it anyway).
+     */
+    PCOW_ERR_HAS_CLONES,
 } pcow_error_kind;
 
 typedef struct pcow_error {
@@ -125,7 +130,14 @@ typedef struct pcow_create_opts {
     uint32_t cow_unit;          /* 0: default (4 KiB, or cluster/64) */
     const char *backing_file;   /* NULL: none; stored as given */
     pcow_backing_format backing_format; /* NONE with a file: probe */
-    bool size_from_backing;     /* virtual_size 0: take the base's size */
+    bool size_from_backing;     /* virtual_size 0: take the base's size
+                                 * (the snapshot's, with one below) */
+    /*
+     * 0: the base's active layer.  Else the id of the base's snapshot the
+     * new image is an overlay of (a clone; the base must be pcow and hold
+     * it).  pcow_clone() is the way to make one: it marks the snapshot.
+     */
+    uint64_t backing_snapshot_id;
     pcow_persist_hook hook;     /* optional, for tests */
     void *hook_opaque;
 } pcow_create_opts;
@@ -244,7 +256,8 @@ bool pcow_released(pcow_image *img);
 void pcow_keep_stamp(pcow_image *img);
 /*
  * The identity of the backing chain below @img: a fold (64-bit FNV-1a) of
- * each base's stamp and virtual size, top to bottom.  0 if @img has no
+ * each base's stamp, virtual size and, for a clone's base, the snapshot
+ * id it shows, top to bottom.  0 if @img has no
  * base or was opened with PCOW_OPEN_NO_BACKING, or a base is raw, has
  * stamp 0 or was not closed cleanly (its state cannot be told).
  */
@@ -280,6 +293,9 @@ typedef struct pcow_info {
     char backing_path[4096];                        /* resolved */
     pcow_backing_format backing_format;
     uint64_t backing_limit;     /* 0, or: the base shows only below it */
+    uint64_t backing_snapshot_id;   /* a clone: the base's snapshot, else 0 */
+    /* its name, when the base is open (not PCOW_OPEN_NO_BACKING), else "" */
+    char backing_snapshot_name[PCOW_MAX_SNAPSHOT_NAME + 1];
     uint64_t file_size;         /* st_size */
     uint64_t disk_size;         /* st_blocks * 512 */
     uint64_t allocated_clusters;    /* data clusters referenced by any table */
@@ -387,6 +403,7 @@ typedef struct pcow_snapshot_info {
     uint64_t clusters;          /* data clusters its table references */
     uint64_t vm_state_size;     /* bytes of VM state stored with it, or 0 */
     uint64_t vm_clock_nsec;     /* the VM's clock then (with VM state) */
+    bool has_clones;            /* pcow_clone() made overlays of it */
 } pcow_snapshot_info;
 
 /* Returns the count; *list is malloc'd (free with free()). */
@@ -445,8 +462,49 @@ int pcow_snapshot_lookup(pcow_image *img, const char *name, bool has_id,
  */
 int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
                          pcow_error *err);
+/*
+ * A snapshot that has clones (pcow_clone) is refused with -EBUSY, kind
+ * PCOW_ERR_IN_USE: "FILE: snapshot 'S' has clones (made by pcow-img
+ * clone); deleting it breaks them", unless @flags holds
+ * PCOW_SNAPSHOT_DELETE_FORCE.  pcow_snapshot_delete() passes no flags.
+ */
+#define PCOW_SNAPSHOT_DELETE_FORCE (1u << 0)
 int pcow_snapshot_delete(pcow_image *img, const char *name_or_id,
                          pcow_error *err);
+int pcow_snapshot_delete_flags(pcow_image *img, const char *name_or_id,
+                               unsigned flags, pcow_error *err);
+
+/*
+ * Clones (docs/interop/pcow-spec.rst, Backing snapshot): make @path a new
+ * image whose base is snapshot @snapshot (name, else decimal id) of the
+ * pcow image @template, with the snapshot's virtual size and the cluster
+ * geometry of the template.  The base is stored as @template's path
+ * relative to @path's directory.  The snapshot is marked HAS_CLONES first
+ * (a header commit of the template, which needs the template's write lock
+ * unless it is marked already), so it cannot be deleted without force.
+ * Refused with nothing left behind: @path exists (-EEXIST), no such
+ * snapshot (-ENOENT), the template is in use (-EBUSY), or @template is
+ * not a pcow image.  *@snap_id (if not NULL) receives the snapshot's id.
+ */
+typedef struct pcow_clone_opts {
+    pcow_persist_hook hook;         /* the template's writes (for tests) */
+    void *hook_opaque;
+    pcow_persist_hook new_hook;     /* the new image's writes */
+    void *new_hook_opaque;
+} pcow_clone_opts;
+
+/*
+ * The name of the base's snapshot a clone shows (info->backing_snapshot_id
+ * not 0), read from the base when it is not open (PCOW_OPEN_NO_BACKING),
+ * without a lock.  0; -ENOENT with a message when the base has no such
+ * snapshot; -EINVAL if @img is not a clone.
+ */
+int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
+                               pcow_error *err);
+
+int pcow_clone(const char *template_path, const char *snapshot,
+               const char *path, const pcow_clone_opts *opts,
+               uint64_t *snap_id, pcow_error *err);
 
 /* Backing chain */
 /*

@@ -26,6 +26,7 @@ typedef struct PcowDesc {
     int vmas_ret;               /* 0, or why they are unknown: */
     pcow_error vmas_err;
     uint64_t stamp;             /* the hot line's state stamp, 0: unknown */
+    char snap_name[PCOW_MAX_SNAPSHOT_NAME + 1]; /* a clone's base snapshot */
 } PcowDesc;
 
 static const char *persist_name(pcow_persist_method m)
@@ -215,6 +216,7 @@ static void snapshots_json(ImgJson *j, const pcow_snapshot_info *sn, int n)
         json_u64(j, "vm-clock-nsec", sn[i].vm_clock_nsec % 1000000000);
         json_u64(j, "virtual-size", sn[i].virtual_size);
         json_u64(j, "clusters", sn[i].clusters);
+        json_bool(j, "has-clones", sn[i].has_clones);
         json_end_object(j);
     }
     json_end_array(j);
@@ -274,6 +276,15 @@ static void info_pcow_json(ImgJson *j, const PcowDesc *d)
         if (info->backing_limit) {
             json_u64(j, "backing-limit", info->backing_limit);
         }
+        if (info->backing_snapshot_id) {
+            char id[24];
+
+            snprintf(id, sizeof(id), "%" PRIu64, info->backing_snapshot_id);
+            json_str(j, "backing-snapshot-id", id);
+            if (d->snap_name[0]) {
+                json_str(j, "backing-snapshot-name", d->snap_name);
+            }
+        }
     }
     chain_files(d->path, d->force_share, j);
     if (d->nsn > 0) {
@@ -283,21 +294,47 @@ static void info_pcow_json(ImgJson *j, const PcowDesc *d)
     json_end_object(j);
 }
 
-static void backing_human(const pcow_info *info)
+static void backing_human(const PcowDesc *d)
 {
+    const pcow_info *info = d->info;
     g_autofree char *ebf = pcow_escape_text(info->backing_file);
     g_autofree char *ebp = pcow_escape_text(info->backing_path);
+    g_autofree char *esn = pcow_escape_text(d->snap_name);
+    g_autofree char *snap = NULL;
 
+    if (info->backing_snapshot_id) {
+        /* A clone: the base shows one of its snapshots */
+        snap = d->snap_name[0] ?
+               g_strdup_printf(" (snapshot %s, id %" PRIu64 ")", esn,
+                               info->backing_snapshot_id) :
+               g_strdup_printf(" (snapshot id %" PRIu64 ", not found in the base)",
+                               info->backing_snapshot_id);
+    }
     if (strcmp(info->backing_file, info->backing_path)) {
-        printf("backing file: %s (actual path: %s)\n", ebf, ebp);
+        printf("backing file: %s%s (actual path: %s)\n", ebf,
+               snap ? snap : "", ebp);
     } else {
-        printf("backing file: %s\n", ebf);
+        printf("backing file: %s%s\n", ebf, snap ? snap : "");
     }
     printf("backing file format: %s\n",
            backing_fmt_name(info->backing_format));
     if (info->backing_limit) {
         printf("backing limit: %" PRIu64 " (beyond it, what the image does "
                "not hold reads as zeros)\n", info->backing_limit);
+    }
+}
+
+/* Which snapshots are clones' bases (pcow-img clone): delete refuses them */
+static void clones_human(const PcowDesc *d)
+{
+    for (int i = 0; i < d->nsn; i++) {
+        g_autofree char *en = pcow_escape_text(d->sn[i].name);
+
+        if (d->sn[i].has_clones) {
+            printf("snapshot %s (id %" PRIu64 "): clones: yes (a template: "
+                   "pcow-img clone made overlays of it)\n", en,
+                   d->sn[i].id);
+        }
     }
 }
 
@@ -315,12 +352,13 @@ static void info_pcow_human(const PcowDesc *d)
     printf("disk size: %s\n", ds);
     printf("cluster_size: %u\n", info->cluster_size);
     if (info->backing_format != PCOW_BACKING_NONE) {
-        backing_human(info);
+        backing_human(d);
     }
     chain_files(d->path, d->force_share, NULL);
     if (d->nsn > 0) {
         printf("Snapshot list:\n");
         img_print_snapshot_table(d->sn, d->nsn);
+        clones_human(d);
     }
     printf("Format specific information:\n");
     printf("    version: %u\n", info->version);
@@ -370,6 +408,11 @@ static int info_pcow(const char *path, bool force_share, ImgJson *j,
     d.info = g_new0(pcow_info, 1);
     pcow_get_info(img, d.info);
     d.stamp = pcow_open_stamp(img, NULL);
+    if (d.info->backing_snapshot_id &&
+        pcow_backing_snapshot_name(img, d.snap_name, sizeof(d.snap_name),
+                                   &err) < 0) {
+        d.snap_name[0] = '\0';     /* shown as not in the base */
+    }
     d.nsn = pcow_snapshot_list(img, &d.sn, &err);
     if (d.nsn < 0) {
         img_pcow_error(path, &err, d.nsn);

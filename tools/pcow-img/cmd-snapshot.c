@@ -19,7 +19,9 @@ static const char snapshot_help[] =
 "  -c NAME   create a snapshot of the current content (1..255 bytes, no\n"
 "            control characters)\n"
 "  -a NAME   apply (revert to) a snapshot\n"
-"  -d NAME   delete a snapshot; its space is given back\n"
+"  -d NAME   delete a snapshot; its space is given back.  A snapshot with\n"
+"            clones (pcow-img clone) is refused: they would break\n"
+"  --force   with -d: delete a snapshot that has clones all the same\n"
 "  -U        with -l: take no lock\n"
 "\n"
 "-a and -d take the snapshot named NAME if there is one, else the one whose\n"
@@ -33,15 +35,17 @@ typedef struct SnapshotArgs {
     int action;
     const char *name;           /* NULL with -l */
     const char *file;
-    bool force_share, quiet;
+    bool force_share, quiet, force;
 } SnapshotArgs;
 
 /* 1: done (help printed), 0: go on, -1: error (reported) */
 static int snapshot_parse_options(int argc, char **argv, SnapshotArgs *a)
 {
+    enum { OPT_FORCE = 256 };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "force-share", no_argument, NULL, 'U' },
+        { "force", no_argument, NULL, OPT_FORCE },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -73,6 +77,9 @@ static int snapshot_parse_options(int argc, char **argv, SnapshotArgs *a)
             continue;
         case 'q':
             a->quiet = true;
+            continue;
+        case OPT_FORCE:
+            a->force = true;
             continue;
         case 'f':
             if (strcmp(optarg, "pcow") != 0) {
@@ -107,6 +114,10 @@ static int snapshot_check_args(int argc, char **argv, SnapshotArgs *a)
         return -1;
     }
     a->file = argv[optind];
+    if (a->force && a->action != SN_DELETE) {
+        img_error(a->file, "--force is only allowed with -d");
+        return -1;
+    }
     if (a->force_share && a->action != SN_LIST) {
         img_error(a->file, "-U is only allowed with -l");
         return -1;
@@ -158,7 +169,10 @@ static int snapshot_run(pcow_image *img, const SnapshotArgs *a,
         ret = pcow_snapshot_revert(img, a->name, err);
         break;
     case SN_DELETE:
-        ret = pcow_snapshot_delete(img, a->name, err);
+        ret = pcow_snapshot_delete_flags(img, a->name,
+                                         a->force ?
+                                         PCOW_SNAPSHOT_DELETE_FORCE : 0,
+                                         err);
         break;
     }
     return ret;

@@ -63,7 +63,9 @@ void img_pcow_error(const char *file, const pcow_error *err, int ret)
     /* Locked, most likely by the QEMU that runs a guest on it. */
     hint = err->kind == PCOW_ERR_IN_USE ?
            " (use -U to inspect it read-only); for a running VM use QMP "
-           "pcow-snapshot-create, pcow-snapshot-delete or query-pcow" : "";
+           "pcow-snapshot-create, pcow-snapshot-delete or query-pcow" :
+           err->kind == PCOW_ERR_HAS_CLONES ?
+           " (snapshot --force -d deletes it all the same)" : "";
     /* libpcow's message names its file; img_error escapes line breaks */
     img_error(NULL, "%s%s", err->msg, hint);
 }

@@ -31,6 +31,7 @@ static const ImgCommand commands[] = {
       "check [-r leaks|all] [--output=human|json] [-U] FILE" },
     { "snapshot", img_snapshot,
       "snapshot [-U] -l | -c NAME | -a NAME | -d NAME FILE" },
+    { "clone", img_clone, "clone [-q] [-f pcow] TEMPLATE@SNAPSHOT NEW" },
     { "rebase", img_rebase, "rebase [-u] [-U] -b BASE [-F pcow|raw] FILE" },
     { "commit", img_commit, "commit [-d] FILE" },
     { "convert", img_convert,

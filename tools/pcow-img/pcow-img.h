@@ -196,6 +196,7 @@ int img_info(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
 int img_rebase(int argc, char **argv);
+int img_clone(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_convert(int argc, char **argv);
 int img_compact(int argc, char **argv);

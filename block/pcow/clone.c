@@ -1,0 +1,220 @@
+/*
+ * libpcow clones: a new image whose base is a snapshot of a template
+ * (docs/interop/pcow-spec.rst, Backing snapshot; docs/pcow.rst, Clones).
+ * The snapshot is marked HAS_CLONES in the template first (P-CLONE-LIST,
+ * P-CLONE-COMMIT), then the clone is created (P-CREATE-BODY): a crash in
+ * between leaves a marked snapshot without a clone, never a clone whose
+ * snapshot could be deleted.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pcow-int.h"
+
+/*
+ * @target as a path relative to the directory @dir (both absolute, no
+ * symlinks): what create stores so that the pair can move together.
+ */
+static int relative_to(const char *dir, const char *target, char *out,
+                       size_t outlen)
+{
+    size_t common = 0, i;
+    size_t dlen = strlen(dir);
+    int n = 0;
+
+    /* The longest common prefix ending at a path component boundary */
+    for (i = 0; dir[i] && dir[i] == target[i]; i++) {
+        if (dir[i] == '/') {
+            common = i + 1;
+        }
+    }
+    if (!dir[i] && (target[i] == '/' || dlen == 1)) {
+        common = dlen == 1 ? 1 : i + 1;
+    }
+    out[0] = '\0';
+    /* One ".." per component of @dir below the common prefix */
+    for (i = common; i < dlen; i++) {
+        if (i == common || dir[i - 1] == '/') {
+            n += snprintf(out + n, n < (int)outlen ? outlen - n : 0, "../");
+        }
+    }
+    n += snprintf(out + n, n < (int)outlen ? outlen - n : 0, "%s",
+                  target + common);
+    return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+/* The name @path's base @template gets: relative to @path's directory */
+static int clone_backing_name(const char *template_path, const char *path,
+                              char *out, size_t outlen, pcow_error *err)
+{
+    char tabs[PATH_MAX], dabs[PATH_MAX];
+    char *tmp = strdup(path);
+    int ret = 0;
+
+    if (!tmp) {
+        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+    }
+    if (!realpath(template_path, tabs) || !realpath(dirname(tmp), dabs)) {
+        ret = -errno;
+        pcow_set_error(err, ret, "%s: cannot resolve: %s", path,
+                       strerror(-ret));
+    } else if (relative_to(dabs, tabs, out, outlen) < 0 ||
+               strlen(out) > PCOW_MAX_BACKING_NAME) {
+        ret = pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
+                             "too long", path);
+    }
+    free(tmp);
+    return ret;
+}
+
+/*
+ * Open the template: read-only (a shared lock, as clones hold) when its
+ * snapshot is marked already, else read-write to mark it.  *@k: the
+ * snapshot's index.
+ */
+static int open_template(const char *template_path, const char *snapshot,
+                         const pcow_clone_opts *opts, pcow_image **out,
+                         int *k, pcow_error *err)
+{
+    pcow_open_opts o = { .flags = 0 };
+    pcow_image *t;
+    uint64_t id;
+    int ret;
+
+    ret = pcow_open(template_path, &o, &t, err);
+    if (ret < 0) {
+        return ret;
+    }
+    *k = pcow_snapshot_find(t, snapshot);
+    if (*k < 0) {
+        ret = pcow_img_error(t, err, -ENOENT, "snapshot '%s' not found",
+                             snapshot);
+        pcow_close(t, NULL);
+        return ret;
+    }
+    if (t->snaps[*k].flags & PCOW_SNAP_F_HAS_CLONES) {
+        *out = t;
+        return 0;
+    }
+    id = t->snaps[*k].id;
+    pcow_close(t, NULL);
+    o.flags = PCOW_OPEN_RDWR;
+    o.hook = opts ? opts->hook : NULL;
+    o.hook_opaque = opts ? opts->hook_opaque : NULL;
+    ret = pcow_open(template_path, &o, &t, err);
+    if (ret < 0) {
+        return ret;
+    }
+    /* By id: the name may have moved to another snapshot meanwhile */
+    for (*k = 0; *k < (int)t->hdr.nb_snapshots; (*k)++) {
+        if (t->snaps[*k].id == id) {
+            *out = t;
+            return 0;
+        }
+    }
+    ret = pcow_img_error(t, err, -ENOENT, "snapshot '%s' not found",
+                         snapshot);
+    pcow_close(t, NULL);
+    return ret;
+}
+
+int pcow_clone(const char *template_path, const char *snapshot,
+               const char *path, const pcow_clone_opts *opts,
+               uint64_t *snap_id, pcow_error *err)
+{
+    char name[PCOW_MAX_BACKING_NAME + 1];
+    pcow_create_opts co = { 0 };
+    pcow_image *t = NULL;
+    bool marked = false;
+    struct stat st;
+    int k, ret;
+
+    pcow_error_clear(err);
+    if (!template_path || !snapshot || !path) {
+        return pcow_set_error(err, -EINVAL, "invalid arguments");
+    }
+    if (lstat(path, &st) == 0) {
+        return pcow_set_error(err, -EEXIST, "%s: file exists", path);
+    }
+    ret = open_template(template_path, snapshot, opts, &t, &k, err);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = clone_backing_name(template_path, path, name, sizeof(name), err);
+    if (ret == 0 && !t->read_only) {
+        ret = pcow_snapshot_set_clones(t, k, true, err); /* P-CLONE-* */
+        marked = ret == 0;
+    }
+    if (ret == 0) {
+        co.virtual_size = t->snaps[k].virtual_size;
+        co.cluster_size = t->cluster_size;
+        co.cow_unit = 1u << t->cow_unit_bits;
+        co.backing_file = name;
+        co.backing_format = PCOW_BACKING_PCOW;
+        co.backing_snapshot_id = t->snaps[k].id;
+        co.hook = opts ? opts->new_hook : NULL;
+        co.hook_opaque = opts ? opts->new_hook_opaque : NULL;
+        ret = pcow_create(path, &co, err);      /* P-CREATE-BODY */
+    }
+    if (ret < 0 && marked) {
+        /* Nothing left behind: no clone, so no mark either */
+        pcow_snapshot_set_clones(t, k, false, NULL);
+    }
+    if (ret == 0 && snap_id) {
+        *snap_id = t->snaps[k].id;
+    }
+    if (ret < 0) {
+        pcow_close(t, NULL);
+    } else {
+        ret = pcow_close(t, err);
+    }
+    return ret;
+}
+
+int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
+                               pcow_error *err)
+{
+    uint64_t id = img->hdr.backing_snapshot_id;
+    char path[4096];
+    pcow_image *base;
+    uint32_t k;
+    int ret;
+
+    if (!id) {
+        return pcow_img_error(img, err, -EINVAL, "not a clone");
+    }
+    if (img->backing) {
+        snprintf(name, len, "%s", img->backing->view_snapshot_name);
+        return 0;
+    }
+    if (pcow_resolve_backing(img->dirname, img->hdr.backing_name, path,
+                             sizeof(path)) < 0) {
+        return pcow_img_error(img, err, -ENAMETOOLONG, "backing file name "
+                              "too long");
+    }
+    ret = pcow_open_internal(path, PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING |
+                             PCOW_OPEN_BASE, NULL, NULL, 0, NULL, 1, NULL,
+                             &base, err);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = pcow_img_error(img, err, -ENOENT, "base %s has no snapshot with "
+                         "id %llu", path, (unsigned long long)id);
+    for (k = 0; k < base->hdr.nb_snapshots; k++) {
+        if (base->snaps[k].id == id) {
+            snprintf(name, len, "%s", base->snaps[k].name);
+            pcow_error_clear(err);
+            ret = 0;
+        }
+    }
+    pcow_image_free(base);
+    return ret;
+}
