@@ -239,6 +239,28 @@ static void repair_extent_and_ids(pcow_image *img, const PcowWalk *w)
     }
 }
 
+/*
+ * A clone's snapshot must be in its base (a base that does not open is
+ * not this image's problem, as for any overlay).  Repair cannot bring it
+ * back.  Returns the problems found (0 or 1).
+ */
+static uint64_t check_clone_base(pcow_image *img, pcow_check_result *res,
+                                 uint64_t found)
+{
+    char name[PCOW_MAX_SNAPSHOT_NAME + 1];
+    pcow_error e;
+
+    if (!img->hdr.backing_snapshot_id ||
+        pcow_base_snapshot_lookup(img, name, sizeof(name), &e) != 0) {
+        return 0;
+    }
+    if (!found) {
+        snprintf(res->first_problem, sizeof(res->first_problem), "%s",
+                 e.msg);
+    }
+    return 1;
+}
+
 int pcow_check(const char *path, unsigned repair, bool force_share,
                pcow_check_result *res, pcow_error *err)
 {
@@ -286,6 +308,7 @@ int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
         snprintf(res->first_problem, sizeof(res->first_problem), "%s: %.400s",
                  path, pr.first);
     }
+    found += check_clone_base(img, res, found);
     if (img->short_size) {
         /* Open already repaired this one: the file was extended */
         snprintf(res->first_problem, sizeof(res->first_problem), "%s: file "
@@ -313,6 +336,8 @@ int pcow_check_hooked(const char *path, unsigned repair, bool force_share,
         if (found && pcow_alloc_recover(img, false, NULL) == 0) {
             found = scan(img, &w, &pr);
         }
+        /* Repair cannot bring a clone's snapshot back */
+        found += check_clone_base(img, res, found);
         res->corruptions_fixed = res->corruptions - found;
     }
     res->corruptions = found;

@@ -179,8 +179,13 @@ int pcow_clone(const char *template_path, const char *snapshot,
     return ret;
 }
 
-int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
-                               pcow_error *err)
+/*
+ * Look snapshot backing_snapshot_id up in @img's base, opened without a
+ * lock and without its chain: 1 found (name in @name), 0 the base has
+ * none (@err says so), or a negative errno: the base did not open.
+ */
+int pcow_base_snapshot_lookup(pcow_image *img, char *name, size_t len,
+                              pcow_error *err)
 {
     uint64_t id = img->hdr.backing_snapshot_id;
     char path[4096];
@@ -188,13 +193,6 @@ int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
     uint32_t k;
     int ret;
 
-    if (!id) {
-        return pcow_img_error(img, err, -EINVAL, "not a clone");
-    }
-    if (img->backing) {
-        snprintf(name, len, "%s", img->backing->view_snapshot_name);
-        return 0;
-    }
     if (pcow_resolve_backing(img->dirname, img->hdr.backing_name, path,
                              sizeof(path)) < 0) {
         return pcow_img_error(img, err, -ENAMETOOLONG, "backing file name "
@@ -206,15 +204,32 @@ int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
     if (ret < 0) {
         return ret;
     }
-    ret = pcow_img_error(img, err, -ENOENT, "base %s has no snapshot with "
-                         "id %llu", path, (unsigned long long)id);
+    pcow_img_error(img, err, -ENOENT, "base %s has no snapshot with id %llu",
+                   path, (unsigned long long)id);
+    ret = 0;
     for (k = 0; k < base->hdr.nb_snapshots; k++) {
         if (base->snaps[k].id == id) {
             snprintf(name, len, "%s", base->snaps[k].name);
             pcow_error_clear(err);
-            ret = 0;
+            ret = 1;
         }
     }
     pcow_image_free(base);
     return ret;
+}
+
+int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
+                               pcow_error *err)
+{
+    int ret;
+
+    if (!img->hdr.backing_snapshot_id) {
+        return pcow_img_error(img, err, -EINVAL, "not a clone");
+    }
+    if (img->backing) {
+        snprintf(name, len, "%s", img->backing->view_snapshot_name);
+        return 0;
+    }
+    ret = pcow_base_snapshot_lookup(img, name, len, err);
+    return ret == 0 ? -ENOENT : ret < 0 ? ret : 0;
 }

@@ -766,6 +766,10 @@ int pcow_check_base(const char *owner, const char *dir, const char *name,
 int pcow_base_snapshot_size(const char *owner, const char *dir,
                             const char *name, uint64_t id, uint64_t *size,
                             pcow_error *err);
+/* clone.c: is a clone's snapshot in its base?  1, 0 (no: @err says so),
+   or -errno when the base does not open.  - */
+int pcow_base_snapshot_lookup(pcow_image *img, char *name, size_t len,
+                              pcow_error *err);
 /* Close the base chain; locked if the image is shared with faults */
 void pcow_backing_close(pcow_image *img);
 /* @name relative to @dir (absolute names as they are).  Pure */
