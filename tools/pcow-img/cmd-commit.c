@@ -103,6 +103,16 @@ static int commit_open_file(CommitJob *j)
         img_error(j->file, "image has no backing file to commit into");
         return -1;
     }
+    if (j->info->backing_snapshot_id) {
+        /*
+         * Its base shows a snapshot; commit would write into the base's
+         * active layer and leave the clone showing the snapshot again.
+         */
+        img_error(j->file, "a clone (its base is snapshot id %" PRIu64
+                  " of %s) cannot be committed: the snapshot is frozen",
+                  j->info->backing_snapshot_id, j->info->backing_file);
+        return -1;
+    }
     /*
      * A chain that leads back to FILE would otherwise fail on FILE's own
      * lock, reported as "in use by another process".

@@ -2505,6 +2505,79 @@ static void t_repair_vm_state(Scen *s)
     repair_and_finish(s, p, 1, false);
 }
 
+/*
+ * Clone (pcow_clone): P-CLONE-LIST and P-CLONE-COMMIT in the template, then
+ * P-CREATE-BODY of the clone, then the clone's own writes.  Each state's
+ * clone, if it opens, shows the snapshot (or what it wrote), and its
+ * template is consistent and has the snapshot marked HAS_CLONES: a crash
+ * never leaves a clone whose snapshot could be deleted.
+ */
+static void clone_template_ok(Scen *s, const CState *cs, const View *v)
+{
+    pcow_check_result res;
+    pcow_error err = { 0 };
+    pcow_image *t;
+    char p[512];
+    int k;
+
+    (void)v;
+    path_join(p, sizeof(p), s->state, "tmpl");
+    memset(&res, 0, sizeof(res));
+    if (pcow_check(p, 0, false, &res, &err) < 0 || res.corruptions) {
+        fail(s, cs, "template: check: %s %s", res.first_problem, err.msg);
+        return;
+    }
+    if (pcow_open(p, &(pcow_open_opts){ .flags = PCOW_OPEN_NO_BACKING }, &t,
+                  &err) < 0) {
+        fail(s, cs, "template: open: %s", err.msg);
+        return;
+    }
+    k = pcow_snapshot_find(t, "s1");
+    if (k < 0 || !(t->snaps[k].flags & PCOW_SNAP_F_HAS_CLONES)) {
+        fail(s, cs, "a clone opens but its snapshot is %s",
+             k < 0 ? "gone" : "not marked HAS_CLONES");
+    }
+    pcow_close(t, NULL);
+}
+
+static void t_clone(Scen *s)
+{
+    uint64_t cs = 16 * KiB, u = 4 * KiB;
+    pcow_clone_opts co = { 0 };
+    pcow_error err = { 0 };
+    pcow_image *img;
+    char tp[512], cp[512];
+
+    track(s, "clone");
+    track(s, "tmpl");
+    mk(s, "tmpl", 1 * MiB, cs, u, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "tmpl", PCOW_OPEN_RDWR);
+    op_write(img, 0, 10 * cs, 90);
+    op_snap(img, 'c', "s1");
+    op_write(img, 2 * cs, 3 * cs, 91);       /* the active layer moves on */
+    op_snap(img, 'c', "s2");
+    op_close(img);
+    s->create = true;
+    s->extra = clone_template_ok;
+    scen_start(s);
+    co.hook = rec_hook;
+    co.hook_opaque = tag_of(s, "tmpl");
+    co.new_hook = rec_hook;
+    co.new_hook_opaque = tag_of(s, "clone");
+    wpath(s, "tmpl", tp, sizeof(tp));
+    wpath(s, "clone", cp, sizeof(cp));
+    if (pcow_clone(tp, "s1", cp, &co, NULL, &err) < 0) {
+        die("clone: %s", err.msg);
+    }
+    step(s, ATOMIC, "clone tmpl@s1");
+    img = op_open(s, "clone", PCOW_OPEN_RDWR);
+    op_write(img, cs + 1000, 2 * cs, 92);   /* COW over the template */
+    step(s, u, "pwrite (COW from the template's snapshot)");
+    op_close(img);
+    step(s, ATOMIC, "close");
+    scen_finish(s);
+}
+
 typedef struct Test {
     const char *name;
     void (*fn)(Scen *s);
@@ -2529,6 +2602,7 @@ static const Test tests[] = {
     { "resize", t_resize },
     { "resize-overlay", t_resize_overlay },
     { "compact", t_compact },
+    { "clone", t_clone },
     { "check-repair", t_repair },
     { "check-repair-short", t_repair_short },
     { "check-repair-vm-state", t_repair_vm_state },

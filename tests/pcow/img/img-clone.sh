@@ -103,6 +103,12 @@ expect 0 "$IMG" snapshot -a gold tmpl.pcow
 "$HELPER" verify vms/a.pcow 128K 64K 0x11
 ok "template writes and reverts leave clones' views as they were"
 
+expect_error "$IMG" commit c.pcow
+contains "$ERR" "c.pcow: a clone (its base is snapshot id 1 of tmpl.pcow) \
+cannot be committed" "commit refused"
+"$HELPER" verify tmpl.pcow 128K 64K 0x44
+ok "commit of a clone is refused (the snapshot is frozen)"
+
 expect 0 "$IMG" check c.pcow
 expect 0 "$IMG" check tmpl.pcow
 ok "check: clone and template clean"
