@@ -274,6 +274,8 @@ int pcow_fuzz_setup(const char *dir)
     }
     if (ret == 0) {
         pcow_pwrite(img, 8192, buf, sizeof(buf), &err);
+        /* Snapshot id 1, the base of the clone seeds */
+        pcow_snapshot_create(img, "s", NULL, &err);
         ret = pcow_close(img, &err);
     }
     if (ret < 0) {

@@ -1,6 +1,7 @@
 /*
  * Seed corpus generator for the pcow fuzz target: small valid images (every
- * kind of entry, snapshots, one with VM state, bases, slot B current) and
+ * kind of entry, snapshots, one with VM state, bases, a clone of the base's
+ * snapshot, slot B current) and
  * nearly valid ones (one rule broken each).  Bases are named "base" (pcow)
  * and "base.raw", which the fuzz entry point provides (fuzz-entry.h).
  *
@@ -296,6 +297,21 @@ static void p_incompat(uint8_t *d, size_t *size)
     fix_slot_a(d);
 }
 
+/* A clone whose header lost its BACKING_SNAPSHOT bit (an old writer) */
+static void p_clone_no_bit(uint8_t *d, size_t *size)
+{
+    pcow_st64(d + PCOW_H_INCOMPAT, pcow_ld64(d + PCOW_H_INCOMPAT) &
+              ~PCOW_INCOMPAT_BACKING_SNAPSHOT);
+    fix_slot_a(d);
+}
+
+/* A clone of a snapshot its base does not have */
+static void p_clone_missing(uint8_t *d, size_t *size)
+{
+    pcow_st64(d + PCOW_H_BACKING_SNAP, 7);
+    fix_slot_a(d);
+}
+
 static void p_big_l1(uint8_t *d, size_t *size)
 {
     /* Largest L1 the format allows, mostly beyond the end of the file */
@@ -388,6 +404,28 @@ int main(int argc, char **argv)
     wr(img, 4 * 8192, 8192, 6);
     done(img);
     emit("over", "valid-backing-pcow", NULL);
+
+    {
+        /* A clone: the base's snapshot 1 (fuzz-entry.c makes it) */
+        pcow_create_opts co = {
+            .virtual_size = 1 << 20, .cluster_size = 4096,
+            .backing_file = "base", .backing_format = PCOW_BACKING_PCOW,
+            .backing_snapshot_id = 1,
+        };
+        pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+        char p[2048];
+
+        path(p, sizeof(p), tmp, "clone");
+        if (pcow_create(p, &co, &err) < 0 ||
+            pcow_open(p, &oo, &img, &err) < 0) {
+            die("clone", &err);
+        }
+        cow(img, 8192 + 100);       /* PARTIAL over the base's snapshot */
+        done(img);
+        emit("clone", "valid-clone-4k", NULL);
+        emit("clone", "bad-clone-no-feature-bit", p_clone_no_bit);
+        emit("clone", "edge-clone-missing-snapshot", p_clone_missing);
+    }
 
     img = create("overraw", 64 * 1024, 4096, 0, "base.raw",
                  PCOW_BACKING_RAW);
