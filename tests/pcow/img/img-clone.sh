@@ -76,6 +76,15 @@ contains "$ERR" "tmpl.pcow: image is in use by another process" "in use"
 release_image
 ok "a template in use by a writer is refused"
 
+# As any open overlay holds its base (what clones rely on)
+expect 0 "$IMG" create -q -b tmpl.pcow -F pcow ov.pcow
+hold_image ov.pcow ro
+expect_error "$IMG" snapshot -c x tmpl.pcow
+contains "$ERR" "tmpl.pcow: image is in use by another process" "base held"
+release_image
+rm -f ov.pcow
+ok "an open overlay holds its base's read lock: no writer opens the base"
+
 # A running clone holds the template: no writer may open it
 hold_image vms/a.pcow ro
 for cmd in "snapshot -c x" "snapshot -a gold" "snapshot -d gold"; do
