@@ -122,6 +122,20 @@ expect 0 "$IMG" check c.pcow
 expect 0 "$IMG" check tmpl.pcow
 ok "check: clone and template clean"
 
+# rebase gives a clone an ordinary base reference: safe keeps its content
+expect 0 "$IMG" clone -q tmpl.pcow@gold r.pcow
+expect 0 "$IMG" rebase -b '' r.pcow
+"$HELPER" verify r.pcow 0 1M 0x11
+expect 0 "$IMG" info --output=json r.pcow
+equal "$(json_get "$OUT" 'd.get("backing-snapshot-id")')" None "no id"
+equal "$(json_get "$OUT" \
+    'd["format-specific"]["data"]["incompatible-features"] & 4')" 0 "no bit"
+expect 0 "$IMG" clone -q tmpl.pcow@gold u.pcow
+expect 0 "$IMG" rebase -u -b tmpl.pcow -F pcow u.pcow
+"$HELPER" verify u.pcow 128K 64K 0x44
+rm -f r.pcow u.pcow
+ok "rebase of a clone: safe keeps the content, -u shows the active layer"
+
 expect 0 "$IMG" snapshot --force -d gold tmpl.pcow
 expect 0 "$IMG" info c.pcow
 contains "$OUT" "(snapshot id 1, not found in the base)" "info of orphan"
