@@ -723,7 +723,8 @@ uint64_t pcow_stamp_to_leave(pcow_image *img)
         return img->left_stamp;
     }
     /* An image of unknown state (0) gets one at its first clean close */
-    if (img->keep_stamp || (!img->touched && img->open_stamp)) {
+    if ((img->keep_stamp && !__atomic_load_n(&img->wrote, __ATOMIC_RELAXED))
+        || (!img->touched && img->open_stamp)) {
         return img->open_stamp;
     }
     return img->in_use_token;
@@ -763,7 +764,8 @@ int pcow_close_clean(pcow_image *img, pcow_error *err)
 {
     /* Truncated behind our back: touch no table, leave it in use */
     int ret = pcow_check_file_size(img, err), r;
-    bool touched = img->touched;    /* trimming changes nothing seen */
+    /* Trimming changes nothing a reader sees */
+    bool touched = img->touched, wrote = img->wrote;
 
     if (ret < 0) {
         return ret;
@@ -782,6 +784,7 @@ int pcow_close_clean(pcow_image *img, pcow_error *err)
         ret = pcow_img_error(img, err, r, "flush failed: %s", strerror(-r));
     }
     img->touched = touched;
+    img->wrote = wrote;
     /* Only when everything before is durable */
     return ret < 0 ? ret : store_clean(img, err);
 }

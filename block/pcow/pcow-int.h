@@ -363,6 +363,11 @@ struct pcow_image {
      * count; a session that opened a dirty image or was taken back does.
      */
     bool touched;           /* __atomic: set from fault handlers too */
+    /*
+     * This session wrote a table word or data through libpcow (a subset
+     * of touched): a kept stamp would then describe another image.
+     */
+    bool wrote;             /* __atomic */
 
     /* active L1/L2: MAP_SHARED mappings (RDWR) or private copies (RO) */
     uint64_t *l1;
@@ -597,6 +602,13 @@ uint64_t pcow_stamp_to_leave(pcow_image *img);
 static inline void pcow_mark_touched(pcow_image *img)
 {
     __atomic_store_n(&img->touched, true, __ATOMIC_RELAXED);
+}
+
+/* This session wrote data or a table word.  sig-safe */
+static inline void pcow_mark_wrote(pcow_image *img)
+{
+    pcow_mark_touched(img);
+    __atomic_store_n(&img->wrote, true, __ATOMIC_RELAXED);
 }
 
 /* persist.c: the only code that writes image files; all report to the hook */

@@ -167,7 +167,7 @@ int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
 {
     const uint8_t *p = buf;
 
-    pcow_mark_touched(img);
+    pcow_mark_wrote(img);
     hook(img, PCOW_OP_WRITE, off, buf, len);
     while (len > 0) {
         ssize_t n = pwrite(img->fd, p, len, off);
@@ -285,7 +285,7 @@ static void store64(pcow_image *img, uint64_t *p, uint64_t file_off,
 void pcow_persist_store64_nosync(pcow_image *img, uint64_t *p,
                                  uint64_t file_off, uint64_t val)
 {
-    pcow_mark_touched(img);
+    pcow_mark_wrote(img);
     store64(img, p, file_off, val);
 }
 

@@ -252,6 +252,9 @@ bool pcow_released(pcow_image *img);
  * This session changed nothing a reader can see (an incoming migration
  * that failed before its guest ran): a later release or clean close
  * leaves the stamp found at open instead of this session's token.
+ * Ignored once the session wrote data or a table word through libpcow
+ * (a snapshot made, a revert, an expansion): the caller vouches only for
+ * writes libpcow cannot see (through its writable extents).
  */
 void pcow_keep_stamp(pcow_image *img);
 /*

@@ -257,6 +257,7 @@ static void test_reacquire(void **state)
 static void test_keep_stamp(void **state)
 {
     pcow_error err = { 0 };
+    pcow_extent ext;
     pcow_image *a, *b;
     uint64_t s;
 
@@ -266,7 +267,8 @@ static void test_keep_stamp(void **state)
     s = pcow_stamp(a);
     assert_int_equal(open_expect(path, PCOW_OPEN_RDWR, s, &b, &err), 0);
     /* It hands out writable extents (the monitor maps them) */
-    write_bytes(b, 0, 4096, 0x77);
+    assert_int_equal(pcow_get_extent(b, 0, CS, &ext), 0);
+    assert_true(ext.writable);
     assert_true(pcow_stamp(b) != s);
     pcow_keep_stamp(b);
     assert_true(pcow_stamp(b) == s);
@@ -278,6 +280,14 @@ static void test_keep_stamp(void **state)
     write_bytes(a, 0, 4096, 0x79);
     close_image(a);
     assert_int_equal(check_clean(path), 0);
+    /* A session that wrote through libpcow cannot keep the stamp */
+    s = file_stamp(path);
+    assert_int_equal(open_expect(path, PCOW_OPEN_RDWR, s, &b, &err), 0);
+    write_bytes(b, 0, 4096, 0x7a);
+    pcow_keep_stamp(b);
+    assert_true(pcow_stamp(b) != s);
+    close_image(b);
+    assert_true(file_stamp(path) != s);
 }
 
 static void test_release_refused(void **state)
