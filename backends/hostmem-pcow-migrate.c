@@ -40,10 +40,12 @@
 #include "exec/memory.h"
 #include "block/block.h"
 #include "migration/misc.h"
+#include "migration/migration.h"
 #include "migration/register.h"
 #include "migration/qemu-file-types.h"
 #include "sysemu/hostmem.h"
 #include "sysemu/runstate.h"
+#include "sysemu/sysemu.h"
 #include "backends/hostmem-pcow.h"
 #include "pcow/monitor.h"
 
@@ -55,6 +57,7 @@ typedef struct PcowMig {
     HostMemPcow *pc;
     char *idstr;
     Notifier state_notifier;
+    Notifier init_done;
     bool migrating;             /* an outgoing migration is under way */
     bool left_out;              /* RAM block made unmigratable by us */
 } PcowMig;
@@ -127,6 +130,15 @@ static int pcow_mig_save_setup(QEMUFile *f, void *opaque)
     HostMemPcowMigrate mode = hostmem_pcow_migrate_data(m->pc);
     uint64_t chain = 0;
 
+    if (mode == HOSTMEM_PCOW_MIGRATE_NONE &&
+        (migrate_postcopy_ram() || migrate_colo_enabled())) {
+        /* Both run the guest on without taking a handed-over image back */
+        error_report("memory backend '%s': pcow image '%s' is handed over "
+                     "at switchover (migrate-data=none), which post-copy "
+                     "and COLO cannot do", hostmem_pcow_id(m->pc),
+                     hostmem_pcow_path(m->pc));
+        return -ENOTSUP;
+    }
     if (mode == HOSTMEM_PCOW_MIGRATE_TOP) {
         chain = pcow_mig_chain_stamp(m);
         if (!chain) {
@@ -161,6 +173,19 @@ static int pcow_mig_save_complete(QEMUFile *f, void *opaque)
     return 0;
 }
 
+/* Data clusters of the image's own (top) layer */
+static uint64_t pcow_mig_top_data(PcowMig *m)
+{
+    pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
+    pcow_info info;
+
+    if (!mon) {
+        return 0;
+    }
+    pcow_get_info(pcow_monitor_image(mon), &info);
+    return info.active_clusters;
+}
+
 static int pcow_mig_load_setup_part(PcowMig *m, QEMUFile *f)
 {
     HostMemPcowMigrate mode = hostmem_pcow_migrate_data(m->pc);
@@ -192,7 +217,25 @@ static int pcow_mig_load_setup_part(PcowMig *m, QEMUFile *f)
                      hostmem_pcow_path(m->pc));
         return -EINVAL;
     }
+    if (mode == HOSTMEM_PCOW_MIGRATE_TOP && pcow_mig_top_data(m)) {
+        /* Its own data would show where the source reads the base */
+        error_report("memory backend '%s': pcow image '%s' holds data of "
+                     "its own (migrate-data=top needs a fresh overlay)", id,
+                     hostmem_pcow_path(m->pc));
+        return -EINVAL;
+    }
     return 0;
+}
+
+static bool pcow_open_clean(PcowMig *m)
+{
+    pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
+    bool clean = false;
+
+    if (mon) {
+        pcow_open_stamp(pcow_monitor_image(mon), &clean);
+    }
+    return clean;
 }
 
 static int pcow_mig_load_handover(PcowMig *m, QEMUFile *f)
@@ -212,7 +255,8 @@ static int pcow_mig_load_handover(PcowMig *m, QEMUFile *f)
         return 0;
     }
     /* A read-only image, open since start: it must be that state too */
-    if (!mon || pcow_stamp(pcow_monitor_image(mon)) != stamp) {
+    if (!mon || !stamp || !pcow_open_clean(m) ||
+        pcow_stamp(pcow_monitor_image(mon)) != stamp) {
         error_report("memory backend '%s': pcow image '%s' changed since "
                      "this state was saved", hostmem_pcow_id(m->pc),
                      hostmem_pcow_path(m->pc));
@@ -242,10 +286,33 @@ static int pcow_mig_load_state(QEMUFile *f, void *opaque, int version_id)
     return ret ? ret : qemu_file_get_error(f);
 }
 
-/* The destination: a source that sent this RAM block is refused */
+/*
+ * The destination leaves the RAM block out once the machine is made,
+ * before any load starts (RAM migration's load setup and cleanup must see
+ * the same set of blocks), so that a source that sends it is refused.
+ */
+static void pcow_mig_init_done(Notifier *n, void *data)
+{
+    PcowMig *m = container_of(n, PcowMig, init_done);
+
+    if (runstate_check(RUN_STATE_INMIGRATE)) {
+        pcow_mig_leave_out(m, true);
+    }
+}
+
 static int pcow_mig_load_setup(QEMUFile *f, void *opaque)
 {
-    pcow_mig_leave_out(opaque, true);
+    PcowMig *m = opaque;
+    RAMBlock *rb = pcow_mig_block(m);
+
+    if (hostmem_pcow_migrate_data(m->pc) == HOSTMEM_PCOW_MIGRATE_NONE &&
+        rb && qemu_ram_is_migratable(rb)) {
+        error_report("memory backend '%s': its device was added after the "
+                     "machine was made, so an incoming migration cannot "
+                     "leave its pcow image out (migrate-data=none)",
+                     hostmem_pcow_id(m->pc));
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -273,8 +340,11 @@ static SaveVMHandlers pcow_mig_handlers = {
 static int pcow_mig_activate(void *opaque, Error **errp)
 {
     PcowMig *m = opaque;
+    int incoming = migration_incoming_get_current()->state;
 
-    if (hostmem_pcow_deferred(m->pc)) {
+    /* cont before migrate-incoming (-incoming defer) only sets autostart */
+    if (hostmem_pcow_deferred(m->pc) && incoming != MIGRATION_STATUS_NONE &&
+        incoming != MIGRATION_STATUS_SETUP) {
         error_setg(errp, "memory backend '%s': the incoming state did not "
                    "hand over pcow image '%s' (its source had no such "
                    "backend with migrate-data=none): the guest cannot run",
@@ -294,6 +364,8 @@ void *hostmem_pcow_mig_add(HostMemoryBackend *backend, HostMemPcow *pc)
     register_savevm_live(m->idstr, 0, 1, &pcow_mig_handlers, m);
     m->state_notifier.notify = pcow_mig_state_changed;
     add_migration_state_change_notifier(&m->state_notifier);
+    m->init_done.notify = pcow_mig_init_done;
+    qemu_add_machine_init_done_notifier(&m->init_done);
     bdrv_register_external_image(pcow_mig_activate, m);
     return m;
 }
@@ -307,6 +379,7 @@ void hostmem_pcow_mig_del(void *opaque)
     }
     bdrv_unregister_external_image(m);
     remove_migration_state_change_notifier(&m->state_notifier);
+    qemu_remove_machine_init_done_notifier(&m->init_done);
     unregister_savevm(NULL, m->idstr, m);
     g_free(m->idstr);
     g_free(m);

@@ -70,6 +70,7 @@ struct HostMemPcow {
      */
     bool deferred;
     bool incoming_open;         /* opened by hostmem_pcow_open_deferred */
+    bool prealloc_pending;      /* prealloc=on asked while deferred */
     bool ran;                   /* the guest has run on this image */
     int event_fd;               /* the monitor's episode eventfd, or -1 */
     uint64_t episodes_reported;
@@ -129,6 +130,15 @@ static void hostmem_pcow_episode(void *opaque)
         id = host_memory_backend_get_name(pc->backend);
         qapi_event_send_pcow_io_resumed(id, pc->path);
         g_free(id);
+    }
+}
+
+/* The monitor's out-of-space episodes, once the image is open */
+static void hostmem_pcow_watch_episodes(HostMemPcow *pc)
+{
+    pc->event_fd = pc->mon ? pcow_monitor_event_fd(pc->mon) : -1;
+    if (pc->event_fd >= 0) {
+        qemu_set_fd_handler(pc->event_fd, hostmem_pcow_episode, NULL, pc);
     }
 }
 
@@ -447,12 +457,7 @@ HostMemPcow *hostmem_pcow_alloc(HostMemoryBackend *backend,
     qemu_mutex_init(&pc->lock);
     hostmem_pcow_init_region(pc, align);
 
-    if (pc->mon) {
-        pc->event_fd = pcow_monitor_event_fd(pc->mon);
-    }
-    if (pc->event_fd >= 0) {
-        qemu_set_fd_handler(pc->event_fd, hostmem_pcow_episode, NULL, pc);
-    }
+    hostmem_pcow_watch_episodes(pc);
     pc->vm_change = qemu_add_vm_change_state_handler(hostmem_pcow_vm_change,
                                                      pc);
 
@@ -472,6 +477,7 @@ void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp)
     int ret;
 
     if (!pc->mon) {
+        pc->prealloc_pending = pc->deferred;
         return;
     }
     /*
@@ -651,6 +657,7 @@ int hostmem_pcow_open_deferred(HostMemPcow *pc, uint64_t stamp,
     pcow_monitor_opts mopts = {
         .flags = pc->mon_flags | PCOW_MONITOR_EXPECT_STAMP,
         .addr = pc->base,
+        .addr_len = pc->size,
         .expect_stamp = stamp,
     };
     pcow_monitor *mon = NULL;
@@ -670,9 +677,15 @@ int hostmem_pcow_open_deferred(HostMemPcow *pc, uint64_t stamp,
     pc->deferred = false;
     pc->incoming_open = true;
     qemu_mutex_unlock(&pc->lock);
-    pc->event_fd = pcow_monitor_event_fd(mon);
-    if (pc->event_fd >= 0) {
-        qemu_set_fd_handler(pc->event_fd, hostmem_pcow_episode, NULL, pc);
+    hostmem_pcow_watch_episodes(pc);
+    if (pc->prealloc_pending) {
+        Error *err = NULL;
+
+        pc->prealloc_pending = false;
+        hostmem_pcow_prealloc(pc, &err);
+        if (err) {
+            warn_report_err(err);   /* a hint only: faults fill it in */
+        }
     }
     return 0;
 }

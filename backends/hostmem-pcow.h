@@ -123,7 +123,8 @@ void *hostmem_pcow_mig_add(HostMemoryBackend *backend, HostMemPcow *pc);
 void hostmem_pcow_mig_del(void *mig);
 
 /*
- * The image handover, in the main thread with the BQL held (see
+ * The image handover, with the BQL held (the release runs in the
+ * migration thread, the rest in the main thread; see
  * pcow_monitor_release() in include/pcow/monitor.h):
  *  - hostmem_pcow_release(): the VM is stopped; make everything durable,
  *    clear in-use, drop the lock; *@stamp is what the image keeps.

@@ -143,13 +143,20 @@ static uint64_t *new_map(pcow_monitor *mon)
  * registration.  Returns 0 or -errno (@err set where there is more to say
  * than the errno).
  */
-static int reserve_range(pcow_monitor *mon, void *addr, pcow_error *err)
+static int reserve_range(pcow_monitor *mon, void *addr, uint64_t len,
+                         pcow_error *err)
 {
     int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
 
     if ((uintptr_t)addr % (uintptr_t)sysconf(_SC_PAGESIZE)) {
         return mon_error(mon, err, -EINVAL, "cannot map at %p: the address "
                          "is not page aligned", addr);
+    }
+    if (addr && len && len != mon->size) {
+        /* MAP_FIXED past the reservation would replace others' mappings */
+        return mon_error(mon, err, -EINVAL, "cannot map at %p: the image's "
+                         "virtual size %" PRIu64 " is not the reservation's "
+                         "%" PRIu64, addr, mon->size, len);
     }
     /* The caller's reservation: ours from here on */
     mon->fixed_addr = addr != NULL;
@@ -244,7 +251,7 @@ int pcow_monitor_open(const char *path, const pcow_monitor_opts *opts,
     }
     r = mon_map_plan(mon, opts->max_vmas, err);
     if (r == 0) {
-        r = reserve_range(mon, opts->addr, err);
+        r = reserve_range(mon, opts->addr, opts->addr_len, err);
     }
     if (r == 0) {
         r = mon_map_image(mon, err);

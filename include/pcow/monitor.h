@@ -55,6 +55,8 @@ typedef struct pcow_monitor_opts {
      * range is still the caller's (a private anonymous mapping) to unmap.
      */
     void *addr;
+    uint64_t addr_len;          /* its length: the open fails (-EINVAL)
+                                 * unless the virtual size is this */
     uint64_t expect_stamp;      /* with PCOW_MONITOR_EXPECT_STAMP */
 } pcow_monitor_opts;
 

@@ -11,7 +11,9 @@ overlay of it, with the guest of test-guest-migrate-faults.py writing a
    stamp): refused at setup, before any page, with one line naming the
    image; the source runs on and its guest verifies every block; the
    destination's overlay received no data.
-2. Destination on dst.pcow, an overlay of base.pcow: the migration
+2. Destination on a copy of the source's overlay (same base, but data of
+   its own): refused before any page, naming the image; the source runs on.
+3. Destination on dst.pcow, a fresh overlay of base.pcow: the migration
    completes having sent less than half of the base's data (the base's
    clusters are not sent; RAM and the guest's blocks are); the
    destination's guest verifies every block and writes on.  Afterwards
@@ -24,6 +26,7 @@ Env: QEMU, PCOW_IMG.  Exit 0 pass, 77 skip (last line says why), 1 fail.
 import importlib.util
 import os
 import re
+import shutil
 import socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,6 +87,27 @@ def case_other_base(t, s, kw):
     s.after(case, info, "failed", before, midstream=False)
     t.check(own_bytes(t, dst2) == 0, f"{case}: dst2.pcow received no data")
     t.check_clean(dst2, f"{case}: dst2.pcow after its exit")
+
+
+def case_not_fresh(t, s, kw):
+    """An overlay of the same base that holds data of its own (a copy of
+    the source's overlay, taken while it runs): refused before any page."""
+    case = "overlay with data of its own"
+    dst3 = t.tmp / "dst3.pcow"
+    shutil.copy(t.tmp / "src.pcow", dst3)
+    dst, uri = faults.destination(t, dst3, "notfresh", kw, mode="top")
+    with dst:
+        before = s.start(uri)
+        info = common.wait_migration(s.m)
+        r = dst.wait(timeout=60)
+    err = r.qemu_stderr.strip()
+    t.note(f"{case}: destination stderr: {err!r}")
+    t.check(r.qemu_rc not in (None, 0) and not r.killed and
+            re.search(r"memory backend 'pm0': pcow image '.*dst3\.pcow' "
+                      r"holds data of its own", err),
+            f"{case}: the destination refuses it, naming the image "
+            f"(exit {r.qemu_rc})")
+    s.after(case, info, "failed", before, midstream=False)
 
 
 def case_same_base(t, s, kw):
@@ -163,6 +187,7 @@ def main():
             s.m.execute("migrate-set-capabilities", capabilities=[
                 {"capability": "return-path", "state": True}])
             case_other_base(t, s, kw)
+            case_not_fresh(t, s, kw)
             case_same_base(t, s, kw)
         except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
             t.fatal(f"source: {e}")

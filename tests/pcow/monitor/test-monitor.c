@@ -1723,6 +1723,14 @@ static int t_addr(void)
     CHECK(strstr(err.msg, "not page aligned"));
     CHECK(msync(res, 4096, MS_ASYNC) == 0);
 
+    /* A reservation of another length: refused before mapping anything */
+    mo.addr = res;
+    mo.addr_len = size / 2;
+    CHECK_EQ(pcow_monitor_open(path, &mo, &mon, &err), -EINVAL);
+    CHECK(strstr(err.msg, "is not the reservation's"));
+    CHECK(msync(res, 4096, MS_ASYNC) == 0);
+    mo.addr_len = size;
+
     /* At the reservation: data there, holes read zeros */
     mo.addr = res;
     CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
