@@ -635,16 +635,28 @@ int hostmem_pcow_release(HostMemPcow *pc, uint64_t *stamp, Error **errp)
     return 0;
 }
 
+/*
+ * A destination that failed may still be exiting, its lock not yet
+ * dropped: how long a take-back waits for it before it gives up.
+ */
+#define HOSTMEM_PCOW_REACQUIRE_WAIT_MS 5000
+
 int hostmem_pcow_reacquire(HostMemPcow *pc, Error **errp)
 {
     pcow_error perr = { 0 };
-    int ret = 0;
+    int ret = 0, waited;
 
-    qemu_mutex_lock(&pc->lock);
-    if (pc->mon && pcow_monitor_released(pc->mon)) {
-        ret = pcow_monitor_reacquire(pc->mon, &perr);
+    for (waited = 0; ; waited += 50) {
+        qemu_mutex_lock(&pc->lock);
+        if (pc->mon && pcow_monitor_released(pc->mon)) {
+            ret = pcow_monitor_reacquire(pc->mon, &perr);
+        }
+        qemu_mutex_unlock(&pc->lock);
+        if (ret != -EBUSY || waited >= HOSTMEM_PCOW_REACQUIRE_WAIT_MS) {
+            break;
+        }
+        g_usleep(50 * 1000);
     }
-    qemu_mutex_unlock(&pc->lock);
     if (ret < 0) {
         return hostmem_pcow_fail(pc, "cannot take back", ret, &perr, errp);
     }

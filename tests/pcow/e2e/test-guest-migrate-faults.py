@@ -160,10 +160,10 @@ def case_cancel(t, s):
     s.after(case, common.wait_migration(s.m), "cancelled", before)
 
 
-def destination(t, img, tag, kw, mode="all"):
+def destination(t, img, tag, kw, mode="all", extra=()):
     sock = t.tmp / f"mig-{tag}.sock"
     dst = guest.Guest(common.GUEST_PRELUDE,
-                      vm_args(img, t.tmp / f"ctl-{tag}", mode) +
+                      vm_args(img, t.tmp / f"ctl-{tag}", mode) + list(extra) +
                       ["-incoming", f"unix:{sock}"], **kw)
     dst.start()
     if not wait_path(sock):

@@ -13,18 +13,21 @@ second, keeps their md5s, and verifies them all when told on COM2.
    image is not the state's, b.pcow is byte for byte unchanged, and the
    source takes its image back by itself and runs on: the guest verifies
    every block.
-2. Shared storage: a destination QEMU on a.pcow itself, started while the
+2. A destination on a.pcow itself that fails after it took the image (on
+   a device the source has and it lacks): it gives the image back with
+   the stamp it found, and the source takes it back by itself and runs on.
+3. Shared storage: a destination QEMU on a.pcow itself, started while the
    source runs (it does not open the image until switchover).  No page of
    the NVDIMM is sent (the stream's RAM total is less than the NVDIMM's
    size).  The destination's guest verifies every block, written before
    and during the migration, and keeps writing.  The source cannot take
    the image back: cont fails, naming it, and the VM stays paused.
-3. Save and restore: a fresh VM on a.pcow saves to a file
+4. Save and restore: a fresh VM on a.pcow saves to a file
    (exec:cat > FILE) and quits; the state file holds no page of the NVDIMM
    (its RAM blocks do not include the NVDIMM's).  A restore from it
-   verifies every block; savevm, loadvm and delvm work on the restored VM,
-   which verifies again and writes on.  A second restore from the same file is
-   refused (exit 1, one line: the image changed since the state was
+   verifies every block; savevm, loadvm and delvm work on the restored
+   VM, which verifies again and writes on.  A second restore from the
+   same file is refused (exit 1, one line: the image changed since the state was
    saved), and the image is still clean with every block.
 Env: QEMU, PCOW_IMG.  Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
@@ -50,6 +53,8 @@ common = faults.common
 guest = common.guest
 GiB, MiB = common.GiB, common.MiB
 SIZE = 1 * GiB
+# A device with migration state that the late-failure destination lacks
+EXTRA = ["-device", "ib700"]
 
 
 def connect(path):
@@ -135,9 +140,28 @@ def ram_block_names(data):
     return names
 
 
+def case_late_failure(t, s, a, kw):
+    """The destination takes the image, then fails on a device the source
+    has and it lacks: it gives the image back unchanged, and the source,
+    told on the return path, takes it back and runs on."""
+    case = "destination fails after the handover"
+    dst, uri = faults.destination(t, a, "late", kw, mode="")
+    with dst:
+        before = start(s, uri)
+        info = common.wait_migration(s.m)
+        r = dst.wait(timeout=60)
+    err = r.qemu_stderr.strip()
+    t.note(f"{case}: destination stderr: {err!r}")
+    t.check(r.qemu_rc not in (None, 0) and not r.killed and
+            "ib700" in err and "pcow" not in err,
+            f"{case}: the destination failed on the device it lacks, not "
+            f"on the image (exit {r.qemu_rc})")
+    s.after(case, info, "failed", before, midstream=False, desc=False)
+
+
 def case_shared(t, s, a, kw):
     case = "shared storage"
-    dst, uri = faults.destination(t, a, "shared", kw, mode="")
+    dst, uri = faults.destination(t, a, "shared", kw, mode="", extra=EXTRA)
     with dst:
         try:
             before = start(s, uri)
@@ -261,8 +285,8 @@ def main():
     t.img("create", a, "1G")
     kw = dict(common.GUEST_KW, qmp=True)
     kw["timeout"] = 900
-    src = guest.Guest(faults.SCRIPT, faults.vm_args(a, t.tmp / "ctl-src", ""),
-                      **kw)
+    src = guest.Guest(faults.SCRIPT, faults.vm_args(a, t.tmp / "ctl-src", "") +
+                      EXTRA, **kw)
     with src:
         try:
             src.wait_for_line(r"^ITER 3$")
@@ -270,6 +294,7 @@ def main():
             s.m.execute("migrate-set-capabilities", capabilities=[
                 {"capability": "return-path", "state": True}])
             case_wrong_image(t, s, kw)
+            case_late_failure(t, s, a, kw)
             n = case_shared(t, s, a, kw)
         except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
             t.fatal(f"source: {e}")
