@@ -260,11 +260,10 @@ static int vmsnap_goto(void *opaque, const char *name, Error **errp)
 
 /*
  * The monitor deletes a snapshot with the image's writers stopped
- * (pcow/monitor.h), as pcow-snapshot-delete does: delvm, and savevm
- * overwriting a tag, call this while the guest runs.  savevm's own
- * rollback calls it with the VM stopped already: no second stop.
+ * (pcow/monitor.h): vm_snapshot_all_delete() stops the vCPUs once for all
+ * backends (delvm, savevm overwriting a tag), savevm's own rollback runs
+ * with the VM stopped already.
  */
-/* The vCPUs are stopped (vm_snapshot_all_delete, once for all backends) */
 static int vmsnap_delete(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
