@@ -33,9 +33,9 @@ round.  Migration figures come from query-migrate on the source at its
 end: total-time, downtime, ram.transferred (bytes sent), and the pages
 the RAM migration scanned, ram.duplicate + ram.normal (each page it looked
 at is sent as one or the other; holes of a pcow image are never looked
-at); dirty-sync-count and ram.total (the RAM the migration covers: guest
-RAM plus the NVDIMM unless migrate-data=none leaves it out) are kept too,
-and the host's wall time from the migrate command to the end.
+at); dirty-sync-count and ram.total (guest RAM plus the NVDIMM's size,
+whether or not it is sent) are kept too, and the host's wall time from
+the migrate command to the end.
 savevm/loadvm: wall time of the HMP command, VM state size from
 query-block.  Save: query-migrate's total-time, the file's size; restore:
 from migrate-incoming to the VM running (-incoming defer).
