@@ -15,7 +15,7 @@ then boots on a copy of one of these, idles, and:
           image of the same size; on the destination, savevm and loadvm
           (the vmstate goes to a qcow2 disk, if=none)
   fresh4  the same migration with the 4 GiB image (time against virtual
-          size: same data, a quarter of the size)
+          size: same data, a quarter of the size; the same qcow2 disk)
   raw     the raw file: migration to a fresh sparse file, savevm and
           loadvm on the destination, save to a state file
           (migrate exec:cat > FILE), quit, restore onto the same file
@@ -619,17 +619,19 @@ echo LC-WRITTEN
         g = self.a.small_gib
         a = self.copy(self.P4, "fresh4-a.pcow")
         b = self.fresh("fresh4-b.pcow", g)
+        disk = self.qcow2("fresh4.qcow2")   # as in fresh: only the size differs
         mode = self.mode("all")
-        src = Vm(self, nvdimm(0, a, "pcow", g, mode), label="fresh4", gib=g)
+        src = Vm(self, nvdimm(0, a, "pcow", g, mode) + disk, label="fresh4",
+                 gib=g)
         try:
-            mig, dst = self.migrate(src, nvdimm(0, b, "pcow", g, mode),
+            mig, dst = self.migrate(src, nvdimm(0, b, "pcow", g, mode) + disk,
                                     f"unix:{self.dir}/mig.sock", "fresh4",
                                     gib=g)
         except BaseException:
             src.close()
             raise
         dst.quit()
-        self.clean("fresh4-a.pcow", "fresh4-b.pcow")
+        self.clean("fresh4-a.pcow", "fresh4-b.pcow", "fresh4.qcow2")
         return {"migrate": mig}
 
     def case_raw(self, rnd):
