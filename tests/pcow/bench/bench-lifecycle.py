@@ -619,7 +619,7 @@ echo LC-WRITTEN
         g = self.a.small_gib
         a = self.copy(self.P4, "fresh4-a.pcow")
         b = self.fresh("fresh4-b.pcow", g)
-        disk = self.qcow2("fresh4.qcow2")   # as in fresh: only the size differs
+        disk = self.qcow2("fresh4.qcow2")  # as fresh: only the size differs
         mode = self.mode("all")
         src = Vm(self, nvdimm(0, a, "pcow", g, mode) + disk, label="fresh4",
                  gib=g)
