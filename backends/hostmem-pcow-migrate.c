@@ -227,21 +227,19 @@ static int pcow_mig_load_setup_part(PcowMig *m, QEMUFile *f)
     return 0;
 }
 
-static bool pcow_open_clean(PcowMig *m)
+/* A read-only image, open since start: clean then, with @stamp (known) */
+static bool pcow_mig_ro_is(PcowMig *m, uint64_t stamp)
 {
     pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
     bool clean = false;
 
-    if (mon) {
-        pcow_open_stamp(pcow_monitor_image(mon), &clean);
-    }
-    return clean;
+    return mon && stamp &&
+           pcow_open_stamp(pcow_monitor_image(mon), &clean) == stamp && clean;
 }
 
 static int pcow_mig_load_handover(PcowMig *m, QEMUFile *f)
 {
     uint64_t stamp = qemu_get_be64(f);
-    pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
     Error *err = NULL;
 
     if (hostmem_pcow_migrate_data(m->pc) != HOSTMEM_PCOW_MIGRATE_NONE) {
@@ -254,9 +252,7 @@ static int pcow_mig_load_handover(PcowMig *m, QEMUFile *f)
         }
         return 0;
     }
-    /* A read-only image, open since start: it must be that state too */
-    if (!mon || !stamp || !pcow_open_clean(m) ||
-        pcow_stamp(pcow_monitor_image(mon)) != stamp) {
+    if (!pcow_mig_ro_is(m, stamp)) {
         error_report("memory backend '%s': pcow image '%s' changed since "
                      "this state was saved", hostmem_pcow_id(m->pc),
                      hostmem_pcow_path(m->pc));
