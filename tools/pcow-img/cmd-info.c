@@ -27,6 +27,8 @@ typedef struct PcowDesc {
     pcow_error vmas_err;
     uint64_t stamp;             /* the hot line's state stamp, 0: unknown */
     char snap_name[PCOW_MAX_SNAPSHOT_NAME + 1]; /* a clone's base snapshot */
+    ImgUsers users;             /* the processes that have it open */
+    int users_ret;              /* 0, or why they are unknown */
 } PcowDesc;
 
 static const char *persist_name(pcow_persist_method m)
@@ -290,6 +292,9 @@ static void info_pcow_json(ImgJson *j, const PcowDesc *d)
     if (d->nsn > 0) {
         snapshots_json(j, d->sn, d->nsn);
     }
+    if (d->users_ret == 0) {
+        img_users_json(j, &d->users);
+    }
     format_specific_json(j, d);
     json_end_object(j);
 }
@@ -324,7 +329,11 @@ static void backing_human(const PcowDesc *d)
     }
 }
 
-/* Which snapshots are clones' bases (pcow-img clone): delete refuses them */
+/*
+ * Which snapshots are clones' bases (pcow-img clone): delete refuses them.
+ * The template does not record its clones, so "in use by" shows only the
+ * running ones.
+ */
 static void clones_human(const PcowDesc *d)
 {
     for (int i = 0; i < d->nsn; i++) {
@@ -332,9 +341,20 @@ static void clones_human(const PcowDesc *d)
 
         if (d->sn[i].has_clones) {
             printf("snapshot %s (id %" PRIu64 "): clones: yes (a template: "
-                   "pcow-img clone made overlays of it)\n", en,
+                   "pcow-img clone made overlays of it; clones not open "
+                   "now may exist, the template does not list them)\n", en,
                    d->sn[i].id);
         }
+    }
+}
+
+static void users_human(const PcowDesc *d)
+{
+    if (d->users_ret < 0) {
+        printf("in use by: unknown (cannot read /proc: %s)\n",
+               strerror(-d->users_ret));
+    } else {
+        img_users_human(&d->users);
     }
 }
 
@@ -360,6 +380,7 @@ static void info_pcow_human(const PcowDesc *d)
         img_print_snapshot_table(d->sn, d->nsn);
         clones_human(d);
     }
+    users_human(d);
     printf("Format specific information:\n");
     printf("    version: %u\n", info->version);
     printf("    cow unit: %u\n", info->cow_unit);
@@ -422,6 +443,7 @@ static int info_pcow(const char *path, bool force_share, ImgJson *j,
     }
     d.have_si = pcow_storage_probe(path, &d.si, &err) == 0;
     count_vmas(&d, img);
+    d.users_ret = img_users_scan(path, &d.users);
     if (j) {
         info_pcow_json(j, &d);
     } else {
@@ -432,6 +454,7 @@ static int info_pcow(const char *path, bool force_share, ImgJson *j,
         *next_fmt = d.info->backing_format == PCOW_BACKING_RAW ?
                     IMG_FMT_RAW : IMG_FMT_PCOW;
     }
+    img_users_free(&d.users);
     free(d.sn);
     g_free(d.info);
     ret = pcow_close(img, &err);
@@ -472,8 +495,8 @@ static const char info_help[] =
 "FILE\n"
 "\n"
 "Describe FILE: sizes, cluster size, COW unit, base image, snapshots,\n"
-"dirty flag and the storage under it (file system, DAX, NVDIMM namespace,\n"
-"persistence method).\n"
+"dirty flag, the storage under it (file system, DAX, NVDIMM namespace,\n"
+"persistence method) and the processes that have it open now (in use by).\n"
 "\n"
 "  --output=FMT     human (default) or json\n"
 "  --backing-chain  describe every image of the backing chain\n"

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <glib.h>
 
 #include "pcow/pcow.h"
@@ -188,6 +189,45 @@ void json_bool(ImgJson *j, const char *key, bool val);
 void img_bad_option(const char *cmd, char **argv, int c);
 /* "pcow-img CMD: expecting N file names" style error; returns EXIT_ERR. */
 int img_usage_error(const char *cmd, const char *msg);
+
+/* ------------------------------------------------- who uses an image */
+
+typedef enum ImgUseKind {
+    IMG_USE_DIRECT,             /* the process opened the image itself */
+    IMG_USE_OVERLAY,            /* through an overlay of its active layer */
+    IMG_USE_CLONE,              /* through a clone of one of its snapshots */
+} ImgUseKind;
+
+typedef struct ImgUse {
+    ImgUseKind kind;
+    char *image;                /* the overlay or clone, NULL: directly */
+    uint64_t snap_id;           /* a clone's snapshot */
+    char snap_name[PCOW_MAX_SNAPSHOT_NAME + 1]; /* "": not in the image */
+} ImgUse;
+
+typedef struct ImgUser {
+    pid_t pid;
+    char *comm;                 /* /proc/PID/comm */
+    GArray *uses;               /* ImgUse */
+} ImgUser;
+
+typedef struct ImgUsers {
+    GPtrArray *users;           /* ImgUser, by pid */
+    unsigned uninspected;       /* processes /proc would not show us */
+} ImgUsers;
+
+/*
+ * The processes (other than this one) that have the image at @path open
+ * now, from /proc/PID/fd, and through which of their images.  0, or a
+ * negative errno when @path or /proc cannot be read; free with
+ * img_users_free() either way.
+ */
+int img_users_scan(const char *path, ImgUsers *users);
+void img_users_free(ImgUsers *users);
+/* info's "in use by" block (nothing when no process uses the image) */
+void img_users_human(const ImgUsers *users);
+/* JSON "in-use-by" (an array) and "in-use-uninspected" */
+void img_users_json(ImgJson *j, const ImgUsers *users);
 
 /* --------------------------------------------------------- subcommands */
 

@@ -1,0 +1,160 @@
+#!/bin/bash
+# pcow-img info: "in use by", the processes that have an image open now
+# (from /proc/PID/fd) and through which of their images: the clones of a
+# template with their snapshot, an overlay, or the image itself.  Nothing
+# once they exit; odd descriptors and processes that come and go during
+# the scan change nothing; processes it may not inspect are counted.
+. "$(dirname "$0")/common.sh"
+
+# The kernel names files by their real path
+RT=$(pwd -P)
+
+# uses JSON: "pid type filename snapshot-name" of each use, sorted
+uses() {
+    json_get "$1" '"\n".join(sorted(" ".join(str(x) for x in
+        (u["pid"], t["type"], t.get("filename", "-"),
+         t.get("snapshot-name", "-")))
+        for u in d["in-use-by"] for t in u["through"]))'
+}
+
+# no_users: info of tmpl.pcow shows nobody (but says what it could not see)
+no_users() {
+    local n
+    expect 0 "$IMG" info --output=json tmpl.pcow
+    equal "$(json_get "$OUT" 'd["in-use-by"]')" "[]" "$1: JSON in-use-by"
+    n=$(json_get "$OUT" 'd["in-use-uninspected"]')
+    expect 0 "$IMG" info tmpl.pcow
+    not_contains "$OUT" "pid " "$1: no process listed"
+    if [ "$n" -eq 0 ]; then
+        not_contains "$OUT" "in use by" "$1: no in-use block"
+    else
+        contains "$OUT" "in use by: none found, but $n process" \
+            "$1: the processes it could not inspect are counted"
+    fi
+}
+
+expect 0 "$IMG" create -q -o cluster_size=64K tmpl.pcow 8M
+"$HELPER" write tmpl.pcow 0 64K 0x11
+expect 0 "$IMG" snapshot -c gold tmpl.pcow
+mkdir vms
+expect 0 "$IMG" clone -q tmpl.pcow@gold vms/c1.pcow
+expect 0 "$IMG" clone -q tmpl.pcow@gold c2.pcow
+
+no_users "unused template"
+expect 0 "$IMG" info tmpl.pcow
+contains "$OUT" "snapshot gold (id 1): clones: yes" "has clones"
+contains "$OUT" "clones not open now may exist, the template does not \
+list them" "says that clones not running are not known"
+ok "a template nobody uses: no in-use block, JSON in-use-by []"
+
+hold_image vms/c1.pcow ro
+P1=$HOLD_PID
+hold_image c2.pcow ro
+P2=$HOLD_PID
+expect 0 "$IMG" info tmpl.pcow
+contains "$OUT" "in use by:
+    pid $P1 (pcow-io-helper): clone $RT/vms/c1.pcow of snapshot 'gold'" \
+    "first clone's holder"
+contains "$OUT" "
+    pid $P2 (pcow-io-helper): clone $RT/c2.pcow of snapshot 'gold'" \
+    "second clone's holder"
+expect 0 "$IMG" info --output=json tmpl.pcow
+equal "$(uses "$OUT")" "$(printf '%s\n' \
+    "$P1 clone $RT/vms/c1.pcow gold" "$P2 clone $RT/c2.pcow gold" | sort)" \
+    "JSON: both holders, their clones and snapshot"
+equal "$(json_get "$OUT" \
+    '[t["snapshot-id"] for u in d["in-use-by"] for t in u["through"]]')" \
+    "['1', '1']" "JSON snapshot ids"
+ok "two clones held open by two processes: both pids with their clones"
+
+expect 0 "$IMG" info --backing-chain --output=json vms/c1.pcow
+equal "$(json_get "$OUT" '[(u["pid"], u["through"][0]["type"])
+                           for u in d[0]["in-use-by"]]')" \
+    "[($P1, 'direct')]" "the clone itself: its holder, directly"
+equal "$(json_get "$OUT" 'sorted(u["pid"] for u in d[1]["in-use-by"])')" \
+    "[$(printf '%s\n' "$P1" "$P2" | sort -n | paste -sd, | sed 's/,/, /')]" \
+    "the template in the chain: both holders"
+ok "--backing-chain: each image of the chain says who holds it"
+
+kill "$P1" "$P2"
+wait "$P1" || fail "holder of c1 failed"
+wait "$P2" || fail "holder of c2 failed"
+no_users "after the holders exit"
+ok "after they exit, none"
+
+expect 0 "$IMG" create -q -b tmpl.pcow -F pcow ov.pcow
+hold_image ov.pcow ro
+P1=$HOLD_PID
+hold_image tmpl.pcow ro
+P2=$HOLD_PID
+expect 0 "$IMG" info tmpl.pcow
+contains "$OUT" "pid $P1 (pcow-io-helper): overlay $RT/ov.pcow
+" "an overlay's holder"
+contains "$OUT" "pid $P2 (pcow-io-helper): directly
+" "a process that opened the template itself"
+kill "$P1" "$P2"
+wait "$P1" "$P2" || true
+ok "a plain overlay's holder, and a direct open"
+
+# A process with odd descriptors: a socket, a pipe, a FIFO, a deleted file,
+# a directory, /dev/null, and the template opened by plain open(2)
+mkfifo fifo
+python3 - "$RT/tmpl.pcow" >odd.out <<'EOF' &
+import os, socket, sys, time
+fds = [socket.socket(), os.pipe(), os.open("fifo", os.O_RDWR),
+       os.open("gone", os.O_RDWR | os.O_CREAT), os.open(".", os.O_RDONLY),
+       os.open("/dev/null", os.O_RDONLY), os.open(sys.argv[1], os.O_RDONLY)]
+os.unlink("gone")
+print("ready", flush=True)
+time.sleep(120)
+EOF
+ODD=$!
+CLEANUP_CMDS+=("kill $ODD 2>/dev/null")
+for _ in $(seq 50); do
+    grep -q ready odd.out 2>/dev/null && break
+    sleep 0.1
+done
+grep -q ready odd.out || fail "python holder did not start"
+expect 0 "$IMG" info --output=json tmpl.pcow
+equal "$(uses "$OUT")" "$ODD direct - -" "odd descriptors: just a direct use"
+kill "$ODD"
+wait "$ODD" 2>/dev/null || true
+ok "sockets, pipes, FIFOs, deleted files: skipped, no hang"
+
+# Processes starting and exiting while info scans /proc
+hold_image vms/c1.pcow ro
+P1=$HOLD_PID
+(while :; do /bin/true; done) &
+CHURN=$!
+CLEANUP_CMDS+=("kill $CHURN 2>/dev/null")
+for _ in $(seq 10); do
+    expect 0 "$IMG" info --output=json tmpl.pcow
+    equal "$(uses "$OUT")" "$P1 clone $RT/vms/c1.pcow gold" "under churn"
+done
+kill "$CHURN"
+wait "$CHURN" 2>/dev/null || true
+ok "processes exiting during the scan: no failure, same answer"
+
+# Not root: other users' processes are counted, not silently dropped
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null; then
+    chmod 755 "$T"
+    chmod 644 tmpl.pcow
+    NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    if "${NOBODY[@]}" "$IMG" --version >/dev/null 2>&1; then
+        expect 0 "${NOBODY[@]}" "$IMG" info tmpl.pcow
+        not_contains "$OUT" "pid $P1" "root's holder is not shown"
+        contains "$OUT" "in use by: none found, but" "none found"
+        contains "$OUT" "could not be inspected: run as root" "says why"
+        expect 0 "${NOBODY[@]}" "$IMG" info --output=json tmpl.pcow
+        [ "$(json_get "$OUT" 'd["in-use-uninspected"]')" -ge 1 ] ||
+            fail "JSON in-use-uninspected is 0"
+        ok "processes it may not inspect are counted, with the advice"
+    else
+        echo "# skipped the unprivileged check: nobody cannot run $IMG"
+    fi
+else
+    echo "# skipped the unprivileged check: not root, or no setpriv"
+fi
+release_image
+
+finish
