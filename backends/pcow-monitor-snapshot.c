@@ -65,6 +65,21 @@ int pcow_monitor_snapshot_delete(pcow_monitor *mon, const char *name_or_id,
 }
 
 /*
+ * After a revert: the whole range is replaced by one hole and mapped again
+ * as the image now says, so that holes read zeros and what was written
+ * since is gone from every page.  fault_lock held.
+ */
+static int mon_remap_all(pcow_monitor *mon, pcow_error *err)
+{
+    int r = mon_map_reset(mon, err);
+
+    if (r == 0) {
+        r = mon_uffd_register(mon, err);
+    }
+    return r < 0 ? r : mon_map_image(mon, err);
+}
+
+/*
  * The guest's memory becomes the snapshot's: the whole range is replaced
  * by one hole and mapped again as the reverted image says, so that holes
  * read zeros and what was written since is gone from every page.
@@ -91,13 +106,34 @@ int pcow_monitor_snapshot_revert(pcow_monitor *mon, const char *name,
     mon_dispatcher_drain(mon);
     r = pcow_snapshot_revert(mon->img, name, err);
     if (r == 0) {
-        r = mon_map_reset(mon, err);
+        r = mon_remap_all(mon, err);
     }
-    if (r == 0) {
-        r = mon_uffd_register(mon, err);
+    pthread_mutex_unlock(&mon->fault_lock);
+    return r;
+}
+
+int pcow_monitor_clone_reset(pcow_monitor *mon, pcow_error *err)
+{
+    pcow_snapshot_info sn;
+    int r;
+
+    if (mon->read_only) {
+        return mon_error(mon, err, -EROFS, "image is read-only");
     }
+    r = pcow_clone_origin(mon->img, &sn, err);
+    if (r < 0) {
+        return r;
+    }
+    if (sn.virtual_size != mon->size) {
+        return mon_error(mon, err, -EINVAL, "the clone's origin '%s' has "
+                         "virtual size %" PRIu64 ", the mapping %" PRIu64,
+                         sn.name, sn.virtual_size, mon->size);
+    }
+    pthread_mutex_lock(&mon->fault_lock);
+    mon_dispatcher_drain(mon);
+    r = pcow_clone_reset(mon->img, err);
     if (r == 0) {
-        r = mon_map_image(mon, err);
+        r = mon_remap_all(mon, err);
     }
     pthread_mutex_unlock(&mon->fault_lock);
     return r;

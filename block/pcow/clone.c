@@ -6,6 +6,11 @@
  * between leaves a marked snapshot without a clone, never a clone whose
  * snapshot could be deleted.
  *
+ * A clone's *origin* is that snapshot: its VM state is where a VM started
+ * from the clone resumes, and pcow_clone_reset() reverts the clone to it
+ * (P-ORIGIN-TABLES, P-ORIGIN-COMMIT; docs/pcow.rst, Starting VMs from a
+ * clone).
+ *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
 #include <errno.h>
@@ -232,4 +237,113 @@ int pcow_backing_snapshot_name(pcow_image *img, char *name, size_t len,
     }
     ret = pcow_base_snapshot_lookup(img, name, len, err);
     return ret == 0 ? -ENOENT : ret < 0 ? ret : 0;
+}
+
+/* The origin's record in the open base (*@sn), or a negative errno */
+static int origin_of(pcow_image *img, const PcowSnapshot **sn,
+                     pcow_error *err)
+{
+    pcow_image *b = img->backing;
+    uint32_t k;
+
+    pcow_error_clear(err);
+    if (!img->hdr.backing_snapshot_id) {
+        return pcow_img_error(img, err, -EINVAL, "not a clone");
+    }
+    if (!b || !b->view_snapshot_id) {
+        return pcow_img_error(img, err, -EINVAL, "the clone's base is not "
+                              "open");
+    }
+    for (k = 0; k < b->hdr.nb_snapshots; k++) {
+        if (b->snaps[k].id == b->view_snapshot_id) {
+            *sn = &b->snaps[k];
+            return 0;
+        }
+    }
+    return pcow_img_error(img, err, -ENOENT, "base %s has no snapshot with "
+                          "id %llu", b->filename,
+                          (unsigned long long)b->view_snapshot_id);
+}
+
+int pcow_clone_origin(pcow_image *img, pcow_snapshot_info *info,
+                      pcow_error *err)
+{
+    const PcowSnapshot *sn;
+    int ret;
+
+    ret = origin_of(img, &sn, err);
+    if (ret < 0) {
+        return ret;
+    }
+    return pcow_snapshot_lookup(img->backing, NULL, true, sn->id, info, err);
+}
+
+int pcow_clone_origin_read_vm_state(pcow_image *img, uint64_t offset,
+                                    void *buf, uint64_t len,
+                                    pcow_error *err)
+{
+    const PcowSnapshot *sn;
+    int ret;
+
+    ret = origin_of(img, &sn, err);
+    if (ret < 0) {
+        return ret;
+    }
+    return pcow_snapshot_read_vm_state(img->backing, sn->name, offset, buf,
+                                       len, err);
+}
+
+int pcow_clone_reset(pcow_image *img, pcow_error *err)
+{
+    PcowHeader h = img->hdr;
+    PcowProblems pr = { 0 };
+    const PcowSnapshot *sn;
+    uint64_t l1_off, l1_size;
+    int ret;
+
+    ret = origin_of(img, &sn, err);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = pcow_write_check(img, err);
+    if (ret == 0) {
+        ret = pcow_check_file_size(img, err);
+    }
+    if (ret == 0) {
+        ret = pcow_header_can_commit(img, err);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    l1_size = pcow_l1_size_for(sn->virtual_size, img->cluster_bits);
+    /* P-ORIGIN-TABLES: the new L1, allocated zeroed, made durable */
+    ret = pcow_alloc_clusters(img, pcow_div_round_up(l1_size * 8,
+                                                     img->cluster_size),
+                              &l1_off);
+    if (ret == 0) {
+        ret = pcow_persist_barrier(img);
+    }
+    if (ret < 0) {
+        pcow_alloc_recover(img, false, NULL);
+        return pcow_img_error(img, err, ret, "cannot revert to the origin: "
+                              "%s", strerror(-ret));
+    }
+    h.l1_table_offset = l1_off;
+    h.l1_size = l1_size;
+    h.virtual_size = sn->virtual_size;
+    pcow_header_set_limit(img, &h, 0);  /* the whole origin shows again */
+    ret = pcow_header_commit(img, &h, err);     /* P-ORIGIN-COMMIT */
+    if (ret < 0) {
+        return ret;
+    }
+    pcow_lock(img);
+    pcow_tables_unload(img);
+    ret = pcow_tables_load(img, &pr);
+    pcow_unlock(img);
+    if (ret < 0 || pr.count) {
+        return pcow_img_error(img, err, ret < 0 ? ret : -EINVAL, "%s",
+                              pr.first);
+    }
+    /* Free the old active tables and what only they referenced */
+    return pcow_alloc_recover(img, false, err);
 }

@@ -142,6 +142,16 @@ int pcow_monitor_snapshot_revert(pcow_monitor *mon, const char *name,
                                  pcow_error *err);
 
 /*
+ * The same for a clone and its origin (pcow_clone_reset): the range then
+ * reads as the template's snapshot the clone was made from, and what the
+ * clone wrote is gone from every page.  On a clone that wrote nothing it
+ * frees nothing and maps the same.  The origin must have the mapping's
+ * virtual size; -EINVAL for an image that is not a clone, -EROFS for a
+ * read-only one.
+ */
+int pcow_monitor_clone_reset(pcow_monitor *mon, pcow_error *err);
+
+/*
  * Hand the image over (pcow_release()) while the caller keeps every
  * writer of the range stopped: the pool thread is joined, guest writes
  * made durable, the image released; *@stamp (if not NULL) receives the

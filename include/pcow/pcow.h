@@ -509,6 +509,33 @@ int pcow_clone(const char *template_path, const char *snapshot,
                const char *path, const pcow_clone_opts *opts,
                uint64_t *snap_id, pcow_error *err);
 
+/*
+ * A clone's *origin*: the snapshot of its base it was made from, as
+ * pcow_snapshot_lookup() describes it (name, virtual size, VM state size
+ * and VM clock).  The base must be open (not PCOW_OPEN_NO_BACKING).
+ * 0; -EINVAL if @img is not a clone or its base is not open; -ENOENT if
+ * the base no longer has the snapshot.
+ */
+int pcow_clone_origin(pcow_image *img, pcow_snapshot_info *info,
+                      pcow_error *err);
+/*
+ * Read @len bytes at @offset of the VM state the origin holds (savevm
+ * stored it there), as pcow_snapshot_read_vm_state() does for a snapshot
+ * of @img itself: -ENODATA when the origin holds none.
+ */
+int pcow_clone_origin_read_vm_state(pcow_image *img, uint64_t offset,
+                                    void *buf, uint64_t len,
+                                    pcow_error *err);
+/*
+ * Revert a clone to its origin: the active layer is dropped (a new
+ * all-zero L1 for the origin's virtual size, one header commit, then the
+ * old active tables and what only they referenced are freed), so every
+ * read falls through to the origin again.  The clone's own snapshots stay;
+ * the virtual size becomes the origin's.  -EINVAL if @img is not a clone
+ * or its base is not open; the errors of a snapshot revert otherwise.
+ */
+int pcow_clone_reset(pcow_image *img, pcow_error *err);
+
 /* Backing chain */
 /*
  * Rewrite the backing reference only (rebase -u).  A base that exists must

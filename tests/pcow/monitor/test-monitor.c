@@ -2066,6 +2066,61 @@ static int t_clones(void)
     return 0;
 }
 
+/*
+ * --- clone reset (loadvm of a clone's origin on a running clone) -------
+ * A fresh clone reset copies and expands nothing; after writes, the reset
+ * range reads the template's snapshot again, and writes copy anew.
+ */
+static int t_clone_reset(void)
+{
+    const char *dir = test_dir("clone-reset");
+    char tp[4200], c1[4200];
+    uint64_t size = 8 * MiB;
+    uint8_t *snap = calloc(1, size), *shadow = malloc(size);
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+
+    snprintf(tp, sizeof(tp), "%s/t.pcow", dir);
+    snprintf(c1, sizeof(c1), "%s/c1.pcow", dir);
+    make_image(tp, size, CL, NULL, PCOW_BACKING_NONE);
+    mon = open_mon(tp, 0, 0);
+    put(mon, snap, 0, 2 * MiB, 1);
+    CHECK_OK(pcow_monitor_snapshot_create(mon, "gold", NULL, &err), &err);
+    /* Not a clone: refused, the mapping unchanged */
+    CHECK(pcow_monitor_clone_reset(mon, &err) == -EINVAL);
+    CHECK(strstr(err.msg, "not a clone") != NULL);
+    verify_mapping(mon, snap);
+    close_mon(mon);
+    CHECK_OK(pcow_clone(tp, "gold", c1, NULL, NULL, &err), &err);
+
+    mon = open_mon(c1, 0, 0);
+    CHECK_OK(pcow_monitor_clone_reset(mon, &err), &err);
+    verify_mapping(mon, snap);
+    stats(mon, &s);
+    CHECK_EQ(s.expansions + s.cow_unit_faults + s.cow_cluster_faults, 0);
+    memcpy(shadow, snap, size);
+    put(mon, shadow, 4 * KiB, 100, 2);      /* COW from the template */
+    put(mon, shadow, 5 * MiB, 100, 3);      /* a hole expanded */
+    verify_mapping(mon, shadow);
+    CHECK_OK(pcow_monitor_clone_reset(mon, &err), &err);
+    verify_mapping(mon, snap);
+    stats(mon, &s);
+    CHECK_EQ(s.errors, 0);
+    memcpy(shadow, snap, size);
+    put(mon, shadow, 4 * KiB, 100, 4);      /* frozen again: copies again */
+    verify_mapping(mon, shadow);
+    stats(mon, &s);
+    CHECK(s.cow_unit_faults + s.cow_cluster_faults >= 2);
+    close_mon(mon);
+    check_clean(c1);
+    check_clean(tp);
+    verify_image(c1, shadow, size);
+    free(snap);
+    free(shadow);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(void);
@@ -2096,6 +2151,7 @@ static const struct {
     { "handover", t_handover },
     { "stamp-written", t_stamp_written },
     { "clones", t_clones },
+    { "clone-reset", t_clone_reset },
 };
 
 int main(int argc, char **argv)

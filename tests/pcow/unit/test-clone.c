@@ -333,6 +333,152 @@ static void test_chain_stamp(void **state)
     close_image(o);
 }
 
+/*
+ * A template whose snapshot "gold" holds 0xaa over [0, 256K) and @vmlen
+ * bytes of VM state (pattern 7, VM clock 1234); its active layer moves on.
+ */
+static void mk_vm_template(uint64_t vmlen)
+{
+    uint8_t *vm = malloc(vmlen ? vmlen : 1);
+    pcow_vm_state st = { .data = vm, .size = vmlen, .vm_clock_nsec = 1234 };
+    pcow_error err = { 0 };
+    pcow_image *t;
+
+    assert_non_null(vm);
+    fill_pattern(vm, vmlen, 7);
+    mk_image(tpath, 1 * MiB, 64 * KiB, NULL, PCOW_BACKING_NONE);
+    t = open_image(tpath, PCOW_OPEN_RDWR);
+    write_bytes(t, 0, 256 * KiB, 0xaa);
+    assert_int_equal(pcow_snapshot_create_vm(t, "gold", vmlen ? &st : NULL,
+                                             NULL, &err), 0);
+    write_bytes(t, 0, 64 * KiB, 0xbb);
+    close_image(t);
+    free(vm);
+}
+
+/* The origin's record and VM state, read from the open base */
+static void test_clone_origin(void **state)
+{
+    uint8_t want[3000], got[3000];
+    pcow_snapshot_info sn;
+    pcow_error err = { 0 };
+    pcow_image *c;
+
+    (void)state;
+    mk_vm_template(sizeof(want));
+    fill_pattern(want, sizeof(want), 7);
+    clone_ok("gold", cpath);
+    c = open_image(cpath, PCOW_OPEN_RDWR);
+    snap(c, "own");         /* the clone's own snapshots are not the origin */
+    assert_int_equal(pcow_clone_origin(c, &sn, &err), 0);
+    assert_string_equal(sn.name, "gold");
+    assert_int_equal(sn.id, 1);
+    assert_int_equal(sn.virtual_size, 1 * MiB);
+    assert_int_equal(sn.vm_state_size, sizeof(want));
+    assert_int_equal(sn.vm_clock_nsec, 1234);
+    assert_int_equal(pcow_clone_origin_read_vm_state(c, 0, got, sizeof(got),
+                                                     &err), 0);
+    assert_memory_equal(got, want, sizeof(want));
+    assert_int_equal(pcow_clone_origin_read_vm_state(c, 1000, got, 100,
+                                                     &err), 0);
+    assert_memory_equal(got, want + 1000, 100);
+    assert_int_equal(pcow_clone_origin_read_vm_state(c, 2990, got, 100,
+                                                     &err), -EINVAL);
+    close_image(c);
+
+    /* An origin without VM state (a snapshot taken without QEMU) */
+    unlink(cpath);
+    unlink(tpath);
+    mk_vm_template(0);
+    clone_ok("gold", cpath);
+    c = open_image(cpath, 0);
+    assert_int_equal(pcow_clone_origin(c, &sn, &err), 0);
+    assert_int_equal(sn.vm_state_size, 0);
+    assert_int_equal(pcow_clone_origin_read_vm_state(c, 0, got, 1, &err),
+                     -ENODATA);
+    close_image(c);
+}
+
+/*
+ * pcow_clone_reset: what the clone wrote (also after a resize) is gone,
+ * it reads the origin again at the origin's size, its own snapshots stay,
+ * and what only the dropped layer held is freed (check: no leaks).
+ */
+static void test_clone_reset(void **state)
+{
+    pcow_error err = { 0 };
+    pcow_info info;
+    pcow_image *c;
+
+    (void)state;
+    mk_vm_template(100);
+    clone_ok("gold", cpath);
+    c = open_image(cpath, PCOW_OPEN_RDWR);
+    /* Nothing written yet: the reset changes nothing that shows */
+    assert_int_equal(pcow_clone_reset(c, &err), 0);
+    expect_bytes(c, 0, 256 * KiB, 0xaa);
+    write_bytes(c, 64 * KiB, 8 * KiB, 0xcc);
+    snap(c, "own");
+    assert_int_equal(pcow_resize(c, 2 * MiB, false, &err), 0);
+    write_bytes(c, 0, 4 * KiB, 0xdd);
+    write_bytes(c, 1536 * KiB, 64 * KiB, 0xee);
+    assert_int_equal(pcow_clone_reset(c, &err), 0);
+    pcow_get_info(c, &info);
+    assert_int_equal(info.virtual_size, 1 * MiB);
+    expect_bytes(c, 0, 256 * KiB, 0xaa);
+    expect_bytes(c, 256 * KiB, 768 * KiB, 0);
+    /* Writable again after the reset, and its own snapshot kept */
+    write_bytes(c, 128 * KiB, 4 * KiB, 0x11);
+    expect_bytes(c, 128 * KiB, 4 * KiB, 0x11);
+    revert(c, "own");
+    expect_bytes(c, 64 * KiB, 8 * KiB, 0xcc);
+    expect_bytes(c, 0, 4 * KiB, 0xaa);
+    /* Grown past the origin, then reset: the grown part goes */
+    assert_int_equal(pcow_resize(c, 2 * MiB, false, &err), 0);
+    assert_int_equal(pcow_clone_reset(c, &err), 0);
+    expect_bytes(c, 64 * KiB, 8 * KiB, 0xaa);
+    close_image(c);
+    assert_int_equal(check_clean(cpath), 0);
+    c = open_image(cpath, 0);
+    pcow_get_info(c, &info);
+    assert_int_equal(info.virtual_size, 1 * MiB);
+    assert_int_equal(info.backing_limit, 0);
+    expect_bytes(c, 0, 256 * KiB, 0xaa);
+    close_image(c);
+    /* The template is only read */
+    c = open_image(tpath, 0);
+    expect_bytes(c, 0, 64 * KiB, 0xbb);
+    close_image(c);
+    assert_int_equal(check_clean(tpath), 0);
+}
+
+/* Refused: not a clone, a clone without its base, a read-only clone */
+static void test_clone_reset_refused(void **state)
+{
+    pcow_snapshot_info sn;
+    pcow_error err = { 0 };
+    pcow_image *c;
+
+    (void)state;
+    mk_vm_template(100);
+    c = open_image(tpath, PCOW_OPEN_RDWR);
+    assert_int_equal(pcow_clone_reset(c, &err), -EINVAL);
+    assert_true(contains(err.msg, "not a clone"));
+    assert_int_equal(pcow_clone_origin(c, &sn, &err), -EINVAL);
+    expect_bytes(c, 0, 64 * KiB, 0xbb);
+    close_image(c);
+    clone_ok("gold", cpath);
+    c = open_image(cpath, PCOW_OPEN_RDWR | PCOW_OPEN_NO_BACKING);
+    assert_int_equal(pcow_clone_reset(c, &err), -EINVAL);
+    assert_true(contains(err.msg, "base is not open"));
+    close_image(c);
+    c = open_image(cpath, 0);
+    assert_true(pcow_clone_reset(c, &err) < 0);
+    assert_true(err.msg[0] != '\0');
+    close_image(c);
+    assert_int_equal(check_clean(cpath), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -349,6 +495,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_header_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chain_stamp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clone_origin, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clone_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clone_reset_refused, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
