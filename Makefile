@@ -20,6 +20,12 @@
 #                        migration, savevm/loadvm and save/restore of a
 #                        TCG guest with a 16 GiB NVDIMM, 1% written,
 #                        pcow against raw (about 15 minutes)
+#   make bench-clones    build, run tests/pcow/bench/bench-clones.sh:
+#                        start time of 1, 4 and 16 TCG clones of a VM
+#                        snapshot (RAM on pcow) against raw restores and
+#                        cold boots, against RAM size, summed PSS of 8
+#                        clones, COW copies (about 15 minutes; --quick
+#                        a smoke run, --rounds N)
 #                        (BENCH_ARGS="..." adds arguments to any of these;
 #                        BENCH_ARGS=--publish commits-ready results in
 #                        docs/figures/, see docs/benchmarks.rst)
@@ -73,7 +79,7 @@ export DESTDIR
 
 .PHONY: all build-standalone build-qemu check check-long demo bench \
         bench-quick bench-monitor bench-overhead bench-compact \
-        bench-lifecycle install \
+        bench-lifecycle bench-clones install \
         clean distclean \
         help deps
 
@@ -145,6 +151,8 @@ bench-compact: build-standalone
 	tests/pcow/bench/bench-compact.sh $(BENCH_ARGS)
 bench-lifecycle: all
 	tests/pcow/bench/bench-lifecycle.sh $(BENCH_ARGS)
+bench-clones: all
+	tests/pcow/bench/bench-clones.sh $(BENCH_ARGS)
 bench bench-quick bench-monitor:
 	@script=tests/pcow/bench/$(if $(filter bench-monitor,$@),bench-monitor.sh,run-bench.sh); \
 	test -x $$script || { echo "make $@: $$script is missing" >&2; exit 1; }; \

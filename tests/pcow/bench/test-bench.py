@@ -11,6 +11,8 @@ reach a ratio: the run is marked invalid.  bench-monitor's last line must
 be strict JSON (null, never nan).  bench-lifecycle's pure parts: its
 workload layout, its QEMU arguments with and without migrate-data, the
 figures it takes from query-migrate and query-block, its ratios and its
+JSON.  bench-clones' pure parts: its guest loop, its cases, the start
+times, PSS and query-pcow figures it takes, its ratios, memory check and
 JSON.  No guest is booted: the guest's device
 script runs under /bin/sh with stub commands and a fake sysfs and mount
 table.
@@ -36,6 +38,10 @@ _spec = importlib.util.spec_from_file_location("bench_lifecycle",
                                                HERE / "bench-lifecycle.py")
 lc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lc)
+_spec = importlib.util.spec_from_file_location("bench_clones",
+                                               HERE / "bench-clones.py")
+bc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bc)
 import benchmeta  # noqa: E402
 
 BENCH_MONITOR = None
@@ -574,6 +580,158 @@ class Lifecycle(unittest.TestCase):
         self.assertIsNone(out["migrate_shared_sent_bytes"])
         slow = lc.summarize([lc_round(1000, 5000)])
         self.assertFalse(slow["migrate_fresh_target_met"])
+
+
+def bc_round(clone_s, raw_s, big_s=None, pss=(300, 100, 900), wrote=8):
+    """One round of bench-clones' results: start times of clone1 and
+    raw1, of the 4 GiB clone, and the PSS of 8 clones, one clone alone
+    and 8 raw restores (MiB), what the 8 clones wrote (MiB)."""
+    return {"clone1": {"start_s": clone_s, "last_s": clone_s},
+            "raw1": {"start_s": raw_s, "last_s": raw_s},
+            "cold1": {"start_s": 8.0, "last_s": 8.0},
+            "clone-4096": {"start_s": big_s or clone_s},
+            "raw-4096": {"start_s": raw_s * 3},
+            "mem-clone8": {"pss_sum_bytes": pss[0] << 20,
+                           "active_bytes_sum": wrote << 20,
+                           "cow_units_per_clone": 100},
+            "mem-clone1": {"pss_sum_bytes": pss[1] << 20},
+            "mem-raw8": {"pss_sum_bytes": pss[2] << 20}}
+
+
+class Clones(unittest.TestCase):
+    """bench-clones' pure parts: the guest's loop, the cases, the start
+    times, PSS and query-pcow figures, the ratios, the memory check and
+    the JSON."""
+
+    ARGS = ([1, 4], [256, 4096], 256, 8)
+
+    def test_guest_loop_ticks_and_works_once(self):
+        """The script under /bin/sh with a usleep that stops it after
+        12 ticks and a dd that writes nothing."""
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "usleep").write_text(
+                "#!/bin/sh\nn=$(cat %s/n 2>/dev/null || echo 0)\n"
+                "echo $((n + 1)) > %s/n\n"
+                "[ $n -ge 11 ] && kill $PPID\nexit 0\n" % (d, d))
+            Path(d, "dd").write_text("#!/bin/sh\necho \"dd $*\" >> %s/dd.log\n"
+                                     % d)
+            for f in ("usleep", "dd"):
+                os.chmod(Path(d, f), 0o755)
+            r = subprocess.run(["/bin/sh", "-c", bc.workload(200, 7, 4)],
+                               capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ,
+                                        PATH=f"{d}:{os.environ['PATH']}"))
+            lines = r.stdout.split("\n")
+            ticks = [int(m.group(1)) for m in map(bc.TICK_RE.search, lines)
+                     if m]
+            self.assertEqual(ticks, list(range(1, 13)))
+            self.assertEqual([ln for ln in lines if "WORKED" in ln],
+                             ["CL-WORKED 7"])
+            self.assertEqual(Path(d, "dd.log").read_text().split(),
+                             ["dd", "if=/dev/urandom", "of=/tmp/work",
+                              "bs=1M", "count=4"])
+        self.assertIn("usleep 200000", bc.workload(200, 7, 4))
+
+    def test_cases_and_names(self):
+        cases = bc.case_names(*self.ARGS)
+        self.assertEqual(cases, ["clone1", "clone4", "raw1", "raw4",
+                                 "cold1", "cold4", "clone-4096", "raw-4096",
+                                 "mem-clone8", "mem-raw8", "mem-clone1",
+                                 "mem-raw1"])
+        self.assertEqual(bc.parse_case("clone16"), ("clone", 16, None,
+                                                    False))
+        self.assertEqual(bc.parse_case("raw-4096"), ("raw", 1, 4096, False))
+        self.assertEqual(bc.parse_case("mem-raw8"), ("raw", 8, None, True))
+        with self.assertRaises(ValueError):
+            bc.parse_case("cold-4096")
+        a = bc.parse_args(["--qemu", "q", "--pcow-img", "p", "--dir", "d",
+                           "--out", "o", "--quick"])
+        self.assertEqual((a.rounds, a.counts, a.mem_n), (1, [1, 2], 2))
+        with self.assertRaises(SystemExit):
+            bc.parse_args(["--qemu", "q", "--pcow-img", "p", "--dir", "d",
+                           "--out", "o", "--counts", "4,16"])
+
+    def test_ram_on_pcow_args(self):
+        a = bc.ram_args("/x/c0.pcow")
+        self.assertIn("mem-path=/x/c0.pcow,format=pcow,share=on", a[1])
+        self.assertEqual(a[2:], ["-machine", "memory-backend=ram0"])
+
+    def test_first_tick_and_boot_marker(self):
+        lines = ["Linux version", bc.BOOT_MARK, "CL-TICK 1", "CL-TICK 2"]
+        self.assertEqual(bc.first_tick(lines, [0.1, 5.0, 6.5, 6.7]),
+                         (6.5, 1, True))
+        self.assertEqual(bc.first_tick(["\x00CL-TICK 7"], [0.4]),
+                         (0.4, 7, False))
+        self.assertEqual(bc.first_tick(["x"], [1.0]), (None, None, False))
+
+    def test_start_figures(self):
+        # three VMs started 0.1 s apart; the last running is the second
+        f = bc.start_figures([10.0, 10.1, 10.2], [1.0, 3.0, 2.0])
+        self.assertEqual((f["start_s"], f["start_max_s"], f["last_s"]),
+                         (2.0, 3.0, 3.1))
+
+    def test_pss_and_query_pcow(self):
+        text = "Rss:  2048 kB\nPss:  1500 kB\nPss_Anon:  10 kB\n"
+        self.assertEqual(bc.pss_bytes(text), 1500 * 1024)
+        with self.assertRaises(ValueError):
+            bc.pss_bytes("Rss: 1 kB\n")
+        st = {"expansions": 3, "cow-unit-faults": 40,
+              "cow-cluster-faults": 1, "hole-read-faults": 9}
+        q = [{"id": "pm0", "statistics": {}},
+             {"id": "ram0", "statistics": st, "active-bytes": 65536 * 5,
+              "cluster-size": 65536}]
+        s = bc.pcow_stats(q)
+        self.assertEqual((s["cow_units"], s["expansions"],
+                          s["active_bytes"]), (40, 3, 65536 * 5))
+        with self.assertRaises(ValueError):
+            bc.pcow_stats(q, "nv9")
+        t = bc.sum_stats([s, dict(s, cow_units=60)])
+        self.assertEqual((t["cow_units_sum"], t["cow_units_per_clone"]),
+                         (100, 50))
+
+    def test_memory_check(self):
+        self.assertEqual(bc.pss_check(150, 100, 0), (True, 150))
+        self.assertEqual(bc.pss_check(151, 100, 0), (False, 150))
+        self.assertEqual(bc.pss_check(151, 100, 10), (True, 160))
+        self.assertEqual(bc.pss_check(None, 100, 0), (None, None))
+
+    def test_ratios_targets_and_json(self):
+        rounds = [bc_round(0.5, 1.0), bc_round(0.5, 2.0, big_s=1.5),
+                  bc_round(1.0, 3.0, pss=(300, 100, 600))]
+        rounds[1]["raw1"] = {"error": "restore failed"}
+        out = bc.summarize(rounds, *self.ARGS, bc.case_names(*self.ARGS))
+        # rounds 1 and 3: 2 and 3
+        self.assertEqual(out["clone_start_raw_over_pcow"], 2.5)
+        self.assertEqual(out["clone_start_raw_over_pcow_min"], 2.0)
+        self.assertIsNotNone(out["clone_start_raw_over_pcow_ci95"])
+        # 1, 3, 1
+        self.assertEqual(out["clone_start_ram_scaling"], 1.0)
+        self.assertTrue(out["clone_start_ram_scaling_target_met"])
+        self.assertEqual(out["clones8_pss_raw_over_pcow"], 3.0)
+        self.assertEqual(out["clone1_start_s"], 0.5)
+        self.assertEqual(out["mem_clone8_cow_units_per_clone"], 100)
+        pc = out["pss_check"]
+        # 300 MiB <= 1.5 x 100 MiB + 8 MiB: no
+        self.assertEqual((pc["met"], pc["bound_bytes"]),
+                         (False, 158 << 20))
+        self.assertEqual(pc["met_per_round"], [False] * 3)
+        good = bc.summarize([bc_round(0.5, 1.0, pss=(150, 100, 900))],
+                            *self.ARGS, bc.case_names(*self.ARGS))
+        self.assertTrue(good["pss_check"]["met"])
+        self.assertIsNone(good["clone_start_raw_over_pcow_ci95"])
+        benchmeta.strict_loads(benchmeta.strict_dumps(out))
+
+    def test_unmeasured_is_null_not_met(self):
+        out = bc.summarize([{"clone1": {"error": "x"}}], *self.ARGS,
+                           bc.case_names(*self.ARGS))
+        for k in ("clone_start_raw_over_pcow", "clone_start_ram_scaling",
+                  "clones8_pss_raw_over_pcow"):
+            self.assertIsNone(out[k])
+        self.assertIsNone(out["clone_start_ram_scaling_target_met"])
+        self.assertIsNone(out["pss_check"]["met"])
+        slow = bc.summarize([bc_round(0.5, 1.0, big_s=1.5)], *self.ARGS,
+                            bc.case_names(*self.ARGS))
+        self.assertFalse(slow["clone_start_ram_scaling_target_met"])
 
 
 if __name__ == "__main__":
