@@ -29,8 +29,9 @@ The cases of a round (each starts its VMs at once, then kills them):
         PCOW-GUEST-START line) and must tick on from the saved tick.
         Clones also: pcow-img clone's time, and the monitor's counters
         (query-pcow) right after the first tick.
-  clone-S, raw-S   one clone or raw restore of RAM size S (MiB) for the
-        other sizes of --scale-mib (the main size is clone1/raw1).
+  clone-S, raw-S   one clone of RAM size S (MiB) for the other sizes of
+        --scale-mib (the main size is clone1/raw1), one raw restore of
+        the largest.
   mem-clone<M>, mem-raw<M>, mem-clone1, mem-raw1   M (--mem-n) clones or
         raw restores, and one alone, each running until its CL-WORKED
         line; then the sum of their PSS (/proc/PID/smaps_rollup), and
@@ -48,10 +49,14 @@ docs/figures/bench-clones.png).
 
 Usage: bench-clones.py --qemu Q --pcow-img P --dir DIR --out FILE
                        [--publish DIR] [--tag T] [--rounds N] [--quick]
-                       [--counts 1,4,16] [--ram-mib 256]
+                       [--counts 1,4,16] [--cold-counts 1,4]
+                       [--ram-mib 256]
                        [--scale-mib 256,1024,4096] [--mem-n 8]
                        [--cases C,...] [--note TEXT]
   --quick   a smoke run: 1 round, counts 1,2, scale 256,512, mem-n 2
+  --cold-counts   the counts with cold boots (default those of --counts
+            up to 4: 16 TCG boots at once take minutes on 2 CPUs)
+  --rounds  default 3 (about 15 minutes on 2 CPUs)
 
 Prints a table of medians [min, max] and the ratios, then, as the last
 line, one JSON object.  Exit 1 if any case failed (the run is invalid and
@@ -123,14 +128,19 @@ def ram_args(path):
             "format=pcow,share=on", "-machine", "memory-backend=ram0"]
 
 
-def case_names(counts, scale_mib, ram_mib, mem_n):
-    """Every case of a round, in the base order the rounds rotate."""
+def case_names(counts, scale_mib, ram_mib, mem_n, cold_counts=None):
+    """Every case of a round, in the base order the rounds rotate: cold
+    boots only for @cold_counts (default all of @counts), raw restores
+    against RAM size only for the largest."""
     out = []
     for kind in ("clone", "raw", "cold"):
-        out += [f"{kind}{n}" for n in counts]
+        out += [f"{kind}{n}" for n in counts
+                if kind != "cold" or cold_counts is None or
+                n in cold_counts]
     for s in scale_mib:
         if s != ram_mib:
-            out += [f"clone-{s}", f"raw-{s}"]
+            out += [f"clone-{s}"] + ([f"raw-{s}"] if s == max(scale_mib)
+                                     else [])
     return out + [f"mem-clone{mem_n}", f"mem-raw{mem_n}", "mem-clone1",
                   "mem-raw1"]
 
@@ -631,6 +641,7 @@ def parse_args(argv=None):
     ap.add_argument("--ram-mib", type=int, default=256)
     ap.add_argument("--scale-mib", type=int_list)
     ap.add_argument("--mem-n", type=int)
+    ap.add_argument("--cold-counts", type=int_list)
     ap.add_argument("--tick-ms", type=int, default=200)
     ap.add_argument("--snap-at", type=int, default=5)
     ap.add_argument("--work-at", type=int, default=40)
@@ -642,7 +653,9 @@ def parse_args(argv=None):
     a.counts = a.counts or ([1, 2] if q else [1, 4, 16])
     a.scale_mib = a.scale_mib or ([256, 512] if q else [256, 1024, 4096])
     a.mem_n = a.mem_n or (2 if q else 8)
-    all_cases = case_names(a.counts, a.scale_mib, a.ram_mib, a.mem_n)
+    a.cold_counts = a.cold_counts or [n for n in a.counts if n <= 4]
+    all_cases = case_names(a.counts, a.scale_mib, a.ram_mib, a.mem_n,
+                           a.cold_counts)
     a.cases = a.cases.split(",") if a.cases else all_cases
     bad = [c for c in a.cases if c not in all_cases]
     if bad or a.rounds < 1 or 1 not in a.counts or \

@@ -638,6 +638,11 @@ class Clones(unittest.TestCase):
                                  "cold1", "cold4", "clone-4096", "raw-4096",
                                  "mem-clone8", "mem-raw8", "mem-clone1",
                                  "mem-raw1"])
+        full = bc.case_names([1, 4, 16], [256, 1024, 4096], 256, 8, [1, 4])
+        self.assertNotIn("cold16", full)
+        self.assertNotIn("raw-1024", full)
+        self.assertIn("clone-1024", full)
+        self.assertIn("raw16", full)
         self.assertEqual(bc.parse_case("clone16"), ("clone", 16, None,
                                                     False))
         self.assertEqual(bc.parse_case("raw-4096"), ("raw", 1, 4096, False))
