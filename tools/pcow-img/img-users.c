@@ -161,6 +161,36 @@ static int scan_fds(const char *pid, const FileId *id, unsigned *nimage,
     return 0;
 }
 
+/*
+ * Does /proc hide other users' processes from us altogether (mounted with
+ * hidepid=invisible or ptraceable)?  Then they cannot even be counted.
+ */
+static bool proc_hides_processes(void)
+{
+    g_autofree char *mi = NULL;
+    g_auto(GStrv) lines = NULL;
+    bool hides = false;
+
+    if (geteuid() == 0 ||
+        !g_file_get_contents("/proc/self/mountinfo", &mi, NULL, NULL)) {
+        return false;
+    }
+    lines = g_strsplit(mi, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        /* "ID PARENT DEV ROOT MOUNTPOINT ... - proc SOURCE OPTIONS" */
+        g_auto(GStrv) f = g_strsplit(*l, " ", -1);
+        const char *sep = strstr(*l, " - proc ");
+
+        /* The last mount on /proc is the one we see */
+        if (g_strv_length(f) > 4 && !strcmp(f[4], "/proc") && sep) {
+            hides = strstr(sep, "hidepid=2") || strstr(sep, "hidepid=4") ||
+                    strstr(sep, "hidepid=invisible") ||
+                    strstr(sep, "hidepid=ptraceable");
+        }
+    }
+    return hides;
+}
+
 /* One process: a user of the image, or NULL */
 static ImgUser *inspect(const char *pid, const FileId *id, bool *denied)
 {
@@ -208,6 +238,7 @@ int img_users_scan(const char *path, ImgUsers *users)
 
     users->users = g_ptr_array_new_with_free_func(user_free);
     users->uninspected = 0;
+    users->hidden = proc_hides_processes();
     if (stat(path, &st) < 0) {
         return -errno;
     }
@@ -270,6 +301,9 @@ void img_users_human(const ImgUsers *users)
         if (n) {
             printf("in use by: none found, but %u process%s could not be "
                    "inspected: run as root\n", n, n == 1 ? "" : "es");
+        } else if (users->hidden) {
+            printf("in use by: none found, but /proc hides other users' "
+                   "processes (hidepid): run as root\n");
         }
         return;
     }
@@ -289,6 +323,10 @@ void img_users_human(const ImgUsers *users)
     if (n) {
         printf("    %u more process%s could not be inspected: run as root\n",
                n, n == 1 ? "" : "es");
+    }
+    if (users->hidden) {
+        printf("    /proc hides other users' processes (hidepid): run as "
+               "root\n");
     }
 }
 
@@ -332,4 +370,5 @@ void img_users_json(ImgJson *j, const ImgUsers *users)
     }
     json_end_array(j);
     json_u64(j, "in-use-uninspected", users->uninspected);
+    json_bool(j, "in-use-hidden", users->hidden);
 }

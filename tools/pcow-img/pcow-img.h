@@ -214,6 +214,7 @@ typedef struct ImgUser {
 typedef struct ImgUsers {
     GPtrArray *users;           /* ImgUser, by pid */
     unsigned uninspected;       /* processes /proc would not show us */
+    bool hidden;                /* /proc hides other users' (hidepid) */
 } ImgUsers;
 
 /*
@@ -226,7 +227,7 @@ int img_users_scan(const char *path, ImgUsers *users);
 void img_users_free(ImgUsers *users);
 /* info's "in use by" block (nothing when no process uses the image) */
 void img_users_human(const ImgUsers *users);
-/* JSON "in-use-by" (an array) and "in-use-uninspected" */
+/* JSON "in-use-by" (an array), "in-use-uninspected", "in-use-hidden" */
 void img_users_json(ImgJson *j, const ImgUsers *users);
 
 /* --------------------------------------------------------- subcommands */

@@ -96,6 +96,30 @@ kill "$P1" "$P2"
 wait "$P1" "$P2" || true
 ok "a plain overlay's holder, and a direct open"
 
+# One process with a clone and the template itself open: both uses.  A
+# clone holds its own descriptor of the template, the direct open another.
+python3 - "$RT/c2.pcow" "$RT/tmpl.pcow" >both.out <<'EOF' &
+import os, sys, time
+fds = [os.open(sys.argv[1], os.O_RDONLY), os.open(sys.argv[2], os.O_RDONLY),
+       os.open(sys.argv[2], os.O_RDONLY)]
+print("ready", flush=True)
+time.sleep(120)
+EOF
+BOTH=$!
+CLEANUP_CMDS+=("kill $BOTH 2>/dev/null")
+for _ in $(seq 50); do
+    grep -q ready both.out 2>/dev/null && break
+    sleep 0.1
+done
+grep -q ready both.out || fail "python holder did not start"
+expect 0 "$IMG" info tmpl.pcow
+contains "$OUT" "pid $BOTH (python3): clone $RT/c2.pcow of snapshot 'gold', \
+directly
+" "a clone and a direct open in one process"
+kill "$BOTH"
+wait "$BOTH" 2>/dev/null || true
+ok "one process using the template through a clone and directly"
+
 # A process with odd descriptors: a socket, a pipe, a FIFO, a deleted file,
 # a directory, /dev/null, and the template opened by plain open(2)
 mkfifo fifo
@@ -127,7 +151,7 @@ P1=$HOLD_PID
 (while :; do /bin/true; done) &
 CHURN=$!
 CLEANUP_CMDS+=("kill $CHURN 2>/dev/null")
-for _ in $(seq 10); do
+for _ in $(seq 5); do
     expect 0 "$IMG" info --output=json tmpl.pcow
     equal "$(uses "$OUT")" "$P1 clone $RT/vms/c1.pcow gold" "under churn"
 done
@@ -156,5 +180,36 @@ else
     echo "# skipped the unprivileged check: not root, or no setpriv"
 fi
 release_image
+
+# /proc mounted with hidepid=invisible hides other users' processes: they
+# cannot be counted, so info says so (a private /proc in new mount and pid
+# namespaces; the host's /proc is left alone)
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null &&
+   unshare -mpf --mount-proc true 2>/dev/null; then
+    NOBODY="setpriv --reuid=65534 --regid=65534 --clear-groups"
+    cat >ns.sh <<EOF
+mount -o remount,hidepid=invisible /proc || exit 3
+"$HELPER" hold vms/c1.pcow ro >ns-hold.out &
+for _ in \$(seq 50); do grep -q holding ns-hold.out && break; sleep 0.1; done
+$NOBODY "$IMG" info tmpl.pcow >ns-info.out
+$NOBODY "$IMG" info --output=json tmpl.pcow >ns-info.json
+kill %1
+EOF
+    run unshare -mpf --mount-proc bash ns.sh
+    if [ "$RC" -eq 3 ]; then
+        echo "# skipped the hidepid check: cannot remount /proc"
+    else
+        equal "$RC" 0 "namespace script: $ERR"
+        OUT=$(cat ns-info.out)
+        not_contains "$OUT" "pid " "the hidden holder is not shown"
+        contains "$OUT" "in use by: none found, but /proc hides other \
+users' processes (hidepid): run as root" "hidepid said"
+        equal "$(json_get "$(cat ns-info.json)" 'd["in-use-hidden"]')" \
+            True "JSON in-use-hidden"
+        ok "/proc with hidepid: info says that it cannot see every process"
+    fi
+else
+    echo "# skipped the hidepid check: not root, or no unshare"
+fi
 
 finish
