@@ -13,6 +13,13 @@
  * handler-keep-the-vmstate.patch): the snapshot stores it, loadvm reads
  * it back, delvm frees it with the snapshot.
  *
+ * A clone (pcow-img clone TEMPLATE@SNAP) also answers to the name of its
+ * *origin*, the template's snapshot it was made from, unless it has a
+ * snapshot of that name itself: loadvm (and -loadvm) of that name read the
+ * VM state from the template and revert the clone to the origin, which on
+ * a clone that never ran frees and copies nothing; delvm and savevm of the
+ * name are refused.  So a VM starts from a clone with -loadvm ORIGIN.
+ *
  * A read-only image takes no part, as a read-only drive: nobody can change
  * it while QEMU runs, so it gets no snapshot; its RAM is still left out of
  * the vmstate, which loadvm could not write into a read-only mapping.
@@ -107,6 +114,27 @@ static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
     return ret;
 }
 
+static pcow_image *vmsnap_img(PcowVmSnap *vs)
+{
+    return pcow_monitor_image(hostmem_pcow_monitor(vmsnap_pc(vs)));
+}
+
+/*
+ * Is @name the clone's origin (the template's snapshot it was made from)
+ * rather than a snapshot of its own?  Its own take precedence.  If so,
+ * *@sn describes the origin.
+ */
+static bool vmsnap_is_origin(PcowVmSnap *vs, const char *name,
+                             pcow_snapshot_info *sn)
+{
+    pcow_image *img = vmsnap_img(vs);
+
+    if (pcow_snapshot_lookup(img, name, false, 0, sn, NULL) == 0) {
+        return false;
+    }
+    return pcow_clone_origin(img, sn, NULL) == 0 && !strcmp(sn->name, name);
+}
+
 /*
  * The snapshot table is read from memory, but touching the image's
  * mappings after a truncation behind our back raises SIGBUS: check the
@@ -123,7 +151,7 @@ static int vmsnap_has_snapshot(void *opaque, const char *name, Error **errp)
     if (ret == 0) {
         ret = pcow_snapshot_lookup(img, name, false, 0, &sn, &perr);
         if (ret == -ENOENT) {
-            return 0;
+            return vmsnap_is_origin(vs, name, &sn);
         }
     }
     if (ret < 0) {
@@ -170,6 +198,9 @@ static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
 
     ret = pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
                                &sn, &perr);
+    if (ret == -ENOENT && vmsnap_is_origin(vs, name, &sn)) {
+        ret = 0;
+    }
     if (ret == 0 && sn.virtual_size != pcow_monitor_size(mon)) {
         ret = -EINVAL;
         snprintf(perr.msg, sizeof(perr.msg), "its virtual size is %" PRIu64
@@ -216,17 +247,22 @@ static int vmsnap_load_vmstate(void *opaque, const char *name,
                                uint8_t **buf, size_t *len, Error **errp)
 {
     PcowVmSnap *vs = opaque;
-    pcow_image *img = pcow_monitor_image(hostmem_pcow_monitor(vmsnap_pc(vs)));
+    pcow_image *img = vmsnap_img(vs);
     pcow_error perr = { 0 };
     pcow_snapshot_info sn;
-    int ret;
+    bool origin = vmsnap_is_origin(vs, name, &sn);
+    int ret = 0;
 
     *buf = NULL;
-    ret = pcow_snapshot_lookup(img, name, false, 0, &sn, &perr);
+    if (!origin) {
+        ret = pcow_snapshot_lookup(img, name, false, 0, &sn, &perr);
+    }
     if (ret == 0 && sn.vm_state_size == 0) {
         ret = -ENODATA;
-        snprintf(perr.msg, sizeof(perr.msg), "it holds no VM state (a "
-                 "snapshot taken beside a disk, or without QEMU)");
+        snprintf(perr.msg, sizeof(perr.msg), "%s", origin ?
+                 "the template's snapshot holds no VM state (taken without "
+                 "QEMU?)" : "it holds no VM state (a snapshot taken beside "
+                 "a disk, or without QEMU)");
     }
     if (ret == 0 && !(*buf = g_try_malloc(sn.vm_state_size))) {
         ret = -ENOMEM;
@@ -234,8 +270,11 @@ static int vmsnap_load_vmstate(void *opaque, const char *name,
                  " bytes of VM state", sn.vm_state_size);
     }
     if (ret == 0) {
-        ret = pcow_snapshot_read_vm_state(img, name, 0, *buf,
-                                          sn.vm_state_size, &perr);
+        ret = origin ? pcow_clone_origin_read_vm_state(img, 0, *buf,
+                                                       sn.vm_state_size,
+                                                       &perr)
+                     : pcow_snapshot_read_vm_state(img, name, 0, *buf,
+                                                   sn.vm_state_size, &perr);
     }
     if (ret < 0) {
         g_free(*buf);
@@ -247,12 +286,16 @@ static int vmsnap_load_vmstate(void *opaque, const char *name,
     return 0;
 }
 
+/* A clone's origin: the clone is reverted to it (pcow_clone_reset) */
 static int vmsnap_goto(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
+    pcow_monitor *mon = hostmem_pcow_monitor(vmsnap_pc(vs));
     pcow_error perr = { 0 };
-    int ret = pcow_monitor_snapshot_revert(
-        hostmem_pcow_monitor(vmsnap_pc(vs)), name, &perr);
+    pcow_snapshot_info sn;
+    int ret = vmsnap_is_origin(vs, name, &sn)
+              ? pcow_monitor_clone_reset(mon, &perr)
+              : pcow_monitor_snapshot_revert(mon, name, &perr);
 
     return ret < 0 ? vmsnap_error(vs, "revert to", name, ret, &perr, errp)
                    : 0;
@@ -262,14 +305,24 @@ static int vmsnap_goto(void *opaque, const char *name, Error **errp)
  * The monitor deletes a snapshot with the image's writers stopped
  * (pcow/monitor.h): vm_snapshot_all_delete() stops the vCPUs once for all
  * backends (delvm, savevm overwriting a tag), savevm's own rollback runs
- * with the VM stopped already.
+ * with the VM stopped already.  A clone's origin is not the clone's to
+ * delete (nor to overwrite with savevm, which deletes first).
  */
 static int vmsnap_delete(void *opaque, const char *name, Error **errp)
 {
     PcowVmSnap *vs = opaque;
     pcow_error perr = { 0 };
+    pcow_snapshot_info sn;
     int ret;
 
+    if (vmsnap_is_origin(vs, name, &sn)) {
+        pcow_info info;
+
+        pcow_get_info(vmsnap_img(vs), &info);
+        snprintf(perr.msg, sizeof(perr.msg), "it is the snapshot this clone "
+                 "was made from (in %s)", info.backing_file);
+        return vmsnap_error(vs, "delete", name, -EPERM, &perr, errp);
+    }
     ret = pcow_monitor_snapshot_delete(hostmem_pcow_monitor(vmsnap_pc(vs)),
                                        name, &perr);
     return ret < 0 ? vmsnap_error(vs, "delete", name, ret, &perr, errp) : 0;
