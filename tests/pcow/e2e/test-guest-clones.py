@@ -25,11 +25,16 @@ exits.
 - Clone 1: HMP loadvm gold brings it back (no marker, ticks from T0 on
   again); delvm gold and savevm gold are refused with one line naming the
   clone's image and the template (and nothing is left half-made).
+- Clone 2: a snapshot of its own named gold (QMP pcow-snapshot-create,
+  no VM state) takes precedence over the origin: loadvm gold fails for
+  want of VM state and changes nothing.
 - Quit: the template files hash as before; pcow-img check passes on the
   template and the surviving clones; the killed clone's check has no
   corruption (what it says is printed).
 - Control: a clone started without -loadvm boots (prints the start line
   and TICK 1): so the "did not boot" check can fail.
+- -loadvm gold on a clone of a snapshot made by pcow-img (no VM state):
+  QEMU exits 1 with one line naming the clone's image.
 Env: QEMU, PCOW_IMG.  Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
 
@@ -227,6 +232,7 @@ def main():
 
     after(t, hashes, rams, pms)
     control(t, tram, tpm)
+    no_vm_state(t)
     t.finish()
 
 
@@ -299,8 +305,25 @@ def clones(t, vms, t0, t1, tram_bytes):
     t.check(st == "running" and snaps == {"ram0": [], "pm0": []} and
             nv == "none",
             f"clone1 runs on ({st}); no snapshot made or lost ({snaps})")
+    own_first(t, vms[2])
     for vm in vms[:3]:
         vm.send("q", r"^BYE$")
+
+
+def own_first(t, vm):
+    """A snapshot of the clone's own named like the origin wins: loadvm
+    then finds no VM state in it (the origin has some)"""
+    vm.m.execute("pcow-snapshot-create", id="ram0", name="gold")
+    out = vm.hmp("loadvm gold")
+    if vm.m.execute("query-status")["status"] != "running":
+        vm.m.execute("cont")        # a failed loadvm leaves the VM stopped
+    nv, _, _ = vm.see()
+    t.check(len(out.strip().splitlines()) == 1 and "c2-ram.pcow" in out and
+            "it holds no VM state" in out and nv == "MARK-c2",
+            f"{vm.name}: its own snapshot 'gold' (no VM state) takes "
+            f"precedence over the origin: loadvm gold {out.strip()!r}; "
+            f"nothing changed ({nv})")
+    vm.m.execute("pcow-snapshot-delete", id="ram0", name="gold")
 
 
 def after(t, hashes, rams, pms):
@@ -342,6 +365,27 @@ def control(t, tram, tpm):
             t.check(False, f"control: {e}")
         r = vm.g.wait(timeout=120)
     t.boots.append(("control", r))
+
+
+def no_vm_state(t):
+    """-loadvm of an origin taken without QEMU fails in one line"""
+    tmpl, c = t.tmp / "novm.pcow", t.tmp / "novm-c.pcow"
+    t.img("create", tmpl, str(RAM))
+    t.img("snapshot", "-c", "gold", tmpl)
+    t.img("clone", "-q", f"{tmpl}@gold", c)
+    g = guest.Guest(SCRIPT, ["-object", f"memory-backend-file,id=ram0,"
+                             f"mem-path={c},format=pcow,share=on",
+                             "-machine", "memory-backend=ram0",
+                             "-loadvm", "gold"],
+                    **dict(KW, timeout=120, qmp=False))
+    with g:
+        r = g.wait(timeout=120)
+    err = r.qemu_stderr.strip()
+    t.check(r.qemu_rc == 1 and len(err.splitlines()) == 1 and
+            "novm-c.pcow" in err and "the template's snapshot holds no VM "
+            "state (taken without QEMU?)" in err,
+            f"-loadvm of an origin without VM state: QEMU exit "
+            f"{r.qemu_rc}: {err!r}")
 
 
 if __name__ == "__main__":
