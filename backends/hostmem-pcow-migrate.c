@@ -60,6 +60,7 @@ typedef struct PcowMig {
     Notifier init_done;
     bool migrating;             /* an outgoing migration is under way */
     bool left_out;              /* RAM block made unmigratable by us */
+    bool deferred;              /* incoming: expansion commits deferred */
 } PcowMig;
 
 static const char *const pcow_mig_names[] = {
@@ -296,6 +297,42 @@ static void pcow_mig_init_done(Notifier *n, void *data)
     }
 }
 
+/*
+ * all/top: the incoming pages fill holes of the destination's image, a
+ * burst of expansions that nobody needs durable one by one (a destination
+ * that dies mid-migration leaves an image nobody uses): their commits are
+ * deferred until pcow_mig_activate() makes the image durable at once,
+ * before the guest may run.  The image is consistent throughout.
+ */
+static void pcow_mig_defer(PcowMig *m)
+{
+    pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
+
+    if (mon && hostmem_pcow_migrate_data(m->pc) != HOSTMEM_PCOW_MIGRATE_NONE) {
+        pcow_monitor_defer_commits(mon, true, NULL);
+        m->deferred = true;
+    }
+}
+
+/* The end of the burst: one barrier; the guest does not run without it */
+static int pcow_mig_undefer(PcowMig *m, Error **errp)
+{
+    pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
+    pcow_error err = { 0 };
+
+    if (!m->deferred || !mon) {
+        return 0;
+    }
+    m->deferred = false;
+    if (pcow_monitor_defer_commits(mon, false, &err) < 0) {
+        error_setg(errp, "memory backend '%s': cannot make the incoming "
+                   "pcow image '%s' durable: %s", hostmem_pcow_id(m->pc),
+                   hostmem_pcow_path(m->pc), err.msg);
+        return err.code;
+    }
+    return 0;
+}
+
 static int pcow_mig_load_setup(QEMUFile *f, void *opaque)
 {
     PcowMig *m = opaque;
@@ -309,6 +346,7 @@ static int pcow_mig_load_setup(QEMUFile *f, void *opaque)
                      hostmem_pcow_id(m->pc));
         return -EINVAL;
     }
+    pcow_mig_defer(m);
     return 0;
 }
 
@@ -346,6 +384,9 @@ static int pcow_mig_activate(void *opaque, Error **errp)
                    "backend with migrate-data=none): the guest cannot run",
                    hostmem_pcow_id(m->pc), hostmem_pcow_path(m->pc));
         return -ENOENT;
+    }
+    if (pcow_mig_undefer(m, errp) < 0) {
+        return -EIO;
     }
     return hostmem_pcow_reacquire(m->pc, errp);
 }

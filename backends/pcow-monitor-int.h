@@ -65,6 +65,9 @@ struct pcow_monitor {
     uint64_t nb_clusters;
     unsigned flags;
     uint32_t pool_size;
+    /* Clusters the pool keeps ready now: pool_size, more while commits
+     * are deferred (a burst of expansions: pcow_monitor_defer_commits) */
+    _Atomic uint32_t pool_target;
     uint32_t cow_escalate;
     bool read_only;
     /*

@@ -28,7 +28,7 @@ void mon_kick_pool(pcow_monitor *mon)
     uint64_t one = 1;
 
     if (mon->pool_efd >= 0 &&
-        pcow_reserve_count(mon->img) <= mon->pool_size / 2) {
+        pcow_reserve_count(mon->img) <= atomic_load(&mon->pool_target) / 2) {
         if (write(mon->pool_efd, &one, sizeof(one)) < 0) {
             /* Counter saturated: the thread is awake anyway. */
         }
@@ -47,12 +47,13 @@ static void *pool_thread(void *opaque)
     for (;;) {
         uint64_t v;
         uint32_t have = pcow_reserve_count(mon->img);
+        uint32_t target = atomic_load(&mon->pool_target);
+        int timeout = -1;
 
-        if (have < mon->pool_size) {
+        if (have < target) {
             pcow_error err = { 0 };
 
-            have = pcow_reserve_clusters(mon->img, mon->pool_size - have,
-                                         &err);
+            have = pcow_reserve_clusters(mon->img, target - have, &err);
             if (err.code < 0) {
                 /* Back off (10 ms .. 1 s) instead of spinning on ENOSPC. */
                 atomic_store(&mon->pool_error, err.code);
@@ -64,9 +65,14 @@ static void *pool_thread(void *opaque)
                 atomic_store(&mon->pool_error, 0);
                 backoff_ms = 0;
             }
+            /*
+             * Still at or below the kick's mark (batches of 64): go on, or
+             * back off; else sleep until the next kick, so that each
+             * refill takes at least half of the target.
+             */
+            timeout = have > target / 2 ? -1 : backoff_ms;
         }
-        if (poll(pfd, 2, have < mon->pool_size && backoff_ms ?
-                 backoff_ms : -1) < 0 && errno != EINTR) {
+        if (poll(pfd, 2, timeout) < 0 && errno != EINTR) {
             break;
         }
         if (pfd[1].revents || atomic_load(&mon->pool_stop)) {

@@ -24,6 +24,10 @@
 
 #define MON_DEFAULT_POOL 8
 #define MON_DEFAULT_ESCALATE 4
+/* The reserve while commits are deferred: one fallocate and fdatasync
+ * per half of it, at most 64 clusters (a reservation's batch), 4 MiB */
+#define MON_BURST_BYTES (4u << 20)
+#define MON_BURST_MAX 64u
 
 static pcow_monitor *new_monitor(const char *path,
                                  const pcow_monitor_opts *opts)
@@ -43,6 +47,7 @@ static pcow_monitor *new_monitor(const char *path,
     mon->flags = opts->flags;
     mon->read_only = opts->flags & PCOW_MONITOR_READONLY;
     mon->pool_size = opts->pool_size ? opts->pool_size : MON_DEFAULT_POOL;
+    atomic_store(&mon->pool_target, mon->pool_size);
     mon->cow_escalate = opts->cow_escalate ? opts->cow_escalate
                                            : MON_DEFAULT_ESCALATE;
     return mon;
@@ -374,6 +379,20 @@ int pcow_monitor_reacquire(pcow_monitor *mon, pcow_error *err)
     /* The faults held since the release: expand and copy them now */
     pcow_monitor_retry(mon);
     return r2 < 0 ? r2 : r;
+}
+
+int pcow_monitor_defer_commits(pcow_monitor *mon, bool on, pcow_error *err)
+{
+    uint32_t burst = MON_BURST_BYTES / mon->cluster_size;
+
+    if (mon->read_only) {
+        return 0;
+    }
+    burst = burst > MON_BURST_MAX ? MON_BURST_MAX : burst;
+    burst = burst < mon->pool_size ? mon->pool_size : burst;
+    atomic_store(&mon->pool_target, on ? burst : mon->pool_size);
+    mon_kick_pool(mon);
+    return pcow_defer_commits(mon->img, on, err);
 }
 
 bool pcow_monitor_released(pcow_monitor *mon)

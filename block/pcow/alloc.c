@@ -358,6 +358,26 @@ static int raise_frontier_locked(pcow_image *img, uint64_t end)
 }
 
 /*
+ * The same for a reservation, whose clusters are in flight: the store under
+ * the lock, its persist (a disk flush) outside, so that expansions taking
+ * reserved clusters meanwhile do not wait for it.  While clusters are in
+ * flight nothing lowers the frontier (pcow_alloc_trim).
+ */
+static int raise_frontier(pcow_image *img, uint64_t end)
+{
+    bool raised = false;
+
+    pcow_lock(img);
+    if (end > pcow_frontier(img)) {
+        pcow_persist_hot_set(img, PCOW_HOT_FRONTIER, end);
+        raised = true;
+    }
+    pcow_unlock(img);
+    /* P-RESERVE-FRONTIER */
+    return raised ? pcow_persist_hot_sync(img, PCOW_HOT_FRONTIER) : 0;
+}
+
+/*
  * check -r all: raise a frontier that lies below clusters in use to @end.
  * The clusters between stay off the free list (the next reclaim frees
  * what nothing uses); new allocations start at @end.
@@ -429,7 +449,11 @@ static void unpick_locked(pcow_image *img, uint64_t off, uint64_t n,
     }
 }
 
-/* Zeroed, allocated blocks for picked clusters; P-RESERVE-SPACE */
+/*
+ * Zeroed, allocated blocks for picked clusters; P-RESERVE-SPACE.  A ranged
+ * sync (the blocks, the file's metadata, a disk flush), not fdatasync: that
+ * would also write back the guest's dirty pages of the whole image.
+ */
 static int make_ready(pcow_image *img, uint64_t off, uint64_t len,
                       bool reused)
 {
@@ -446,7 +470,7 @@ static int make_ready(pcow_image *img, uint64_t off, uint64_t len,
     if (ret < 0) {
         return ret;
     }
-    return pcow_persist_barrier(img);
+    return pcow_persist_sync_range(img, off, len);
 }
 
 /* Synchronous allocation of @n contiguous zeroed clusters, lock held */
@@ -482,16 +506,34 @@ int pcow_alloc_clusters(pcow_image *img, uint64_t n, uint64_t *off)
     return ret;
 }
 
-/* One ready cluster: from the reserve, else synchronously */
+/*
+ * One ready cluster: from the reserve, else synchronously.  While commits
+ * are deferred (a burst of expansions that outruns the pool thread) a miss
+ * makes PCOW_DEFER_BATCH clusters ready at once and reserves the rest: one
+ * fallocate and sync instead of one per cluster.
+ */
 int pcow_take_locked(pcow_image *img, uint64_t *off)
 {
+    uint64_t n = img->defer_commits ? PCOW_DEFER_BATCH : 1, k;
+    int ret;
+
     if (img->ring_count) {
         *off = img->ring[img->ring_head];
         img->ring_head = (img->ring_head + 1) % PCOW_RING_CAP;
         img->ring_count--;
         return 0;
     }
-    return alloc_locked(img, 1, off);
+    ret = alloc_locked(img, n, off);
+    if (ret == -ENOSPC && n > 1) {
+        n = 1;
+        ret = alloc_locked(img, n, off);    /* the last clusters */
+    }
+    for (k = 1; ret == 0 && k < n; k++) {
+        img->ring[(img->ring_head + img->ring_count) % PCOW_RING_CAP] =
+            *off + (k << img->cluster_bits);
+        img->ring_count++;
+    }
+    return ret;
 }
 
 /* Put a ready cluster back at the front of the reserve */
@@ -579,6 +621,7 @@ uint32_t pcow_reserve_clusters(pcow_image *img, uint32_t count,
     bool reused[64];
     uint64_t new_start = 0, new_n = 0, cs = img->cluster_size;
     uint32_t n = 0, i, space, total;
+    bool any_reused = false;
     int ret = 0;
 
     if (pcow_writable(img) < 0) {
@@ -600,6 +643,7 @@ uint32_t pcow_reserve_clusters(pcow_image *img, uint32_t count,
             bm_clear(img, i0);
             picked[n] = i0 << img->cluster_bits;
             reused[n] = true;
+            any_reused = true;
         } else {
             /* New clusters: one contiguous run from the allocation end */
             if (!new_n) {
@@ -627,13 +671,15 @@ uint32_t pcow_reserve_clusters(pcow_image *img, uint32_t count,
         ret = pcow_persist_allocate(img, new_start, new_n * cs);
     }
     if (ret == 0 && n) {
-        ret = pcow_persist_barrier(img);        /* P-RESERVE-SPACE */
+        /* P-RESERVE-SPACE: as make_ready(); scattered reused ones: all */
+        ret = any_reused ? pcow_persist_barrier(img)
+                         : pcow_persist_sync_range(img, new_start, new_n * cs);
     }
 
-    pcow_lock(img);
     if (ret == 0 && new_n) {
-        ret = raise_frontier_locked(img, new_start + new_n * cs);
+        ret = raise_frontier(img, new_start + new_n * cs);
     }
+    pcow_lock(img);
     for (i = 0; i < n; i++) {
         inflight_remove(img, picked[i]);
         if (ret == 0) {

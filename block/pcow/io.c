@@ -294,3 +294,22 @@ int pcow_flush(pcow_image *img, pcow_error *err)
     }
     return 0;
 }
+
+int pcow_defer_commits(pcow_image *img, bool on, pcow_error *err)
+{
+    pcow_lock(img);
+    img->defer_commits = on && !img->read_only;
+    pcow_unlock(img);
+    /* Every deferred store was made under the lock, so before the barrier */
+    return on ? 0 : pcow_flush(img, err);
+}
+
+bool pcow_commits_deferred(pcow_image *img)
+{
+    bool on;
+
+    pcow_lock(img);
+    on = img->defer_commits;
+    pcow_unlock(img);
+    return on;
+}

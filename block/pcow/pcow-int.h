@@ -234,6 +234,8 @@ static inline bool pcow_entry_is_ours(PcowEntryKind k)
 
 /* Reserve ring capacity (clusters made ready ahead of faults) */
 #define PCOW_RING_CAP           4096
+/* Clusters a reserve miss makes ready while commits are deferred */
+#define PCOW_DEFER_BATCH        32
 
 /* Internal open flags, above the public ones */
 #define PCOW_OPEN_CHECK         (1u << 16)  /* count errors, do not fail */
@@ -392,6 +394,11 @@ struct pcow_image {
     uint32_t inflight_n;
     uint32_t ring_head;
     uint32_t ring_count;
+    /*
+     * pcow_defer_commits(): expansions store their commit without
+     * persisting it (read and changed under the lock).
+     */
+    bool defer_commits;
 
     /* backing chain */
     pcow_image *backing;
@@ -637,6 +644,10 @@ int pcow_persist_punch(pcow_image *img, uint64_t off, uint64_t len);
 int pcow_persist_truncate(pcow_image *img, uint64_t size);  /* not durable */
 /* A hot line word (frontier, in-use): durable; sig-safe */
 int pcow_persist_hot_store(pcow_image *img, unsigned hot_off, uint64_t val);
+/* pcow_persist_hot_store() in two halves: the store (not durable), and the
+   persist of what the word holds now (a sync of its page); sig-safe */
+void pcow_persist_hot_set(pcow_image *img, unsigned hot_off, uint64_t val);
+int pcow_persist_hot_sync(pcow_image *img, unsigned hot_off);
 /* Shared read-write mapping of a table range; sig-safe (mmap) */
 void *pcow_persist_map(pcow_image *img, uint64_t off, uint64_t len);
 void pcow_persist_unmap(pcow_image *img, void *addr, uint64_t len);

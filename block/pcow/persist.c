@@ -298,12 +298,20 @@ int pcow_persist_store64(pcow_image *img, uint64_t *p, uint64_t file_off,
 }
 
 /* Bookkeeping (frontier, in-use, stamp): no change a reader sees */
+void pcow_persist_hot_set(pcow_image *img, unsigned hot_off, uint64_t val)
+{
+    store64(img, (uint64_t *)(img->c0 + hot_off), hot_off, val);
+}
+
+int pcow_persist_hot_sync(pcow_image *img, unsigned hot_off)
+{
+    return pcow_persist_mapped(img, img->c0 + hot_off, hot_off, 8);
+}
+
 int pcow_persist_hot_store(pcow_image *img, unsigned hot_off, uint64_t val)
 {
-    uint64_t *p = (uint64_t *)(img->c0 + hot_off);
-
-    store64(img, p, hot_off, val);
-    return pcow_persist_mapped(img, p, hot_off, 8);
+    pcow_persist_hot_set(img, hot_off, val);
+    return pcow_persist_hot_sync(img, hot_off);
 }
 
 int pcow_persist_allocate(pcow_image *img, uint64_t off, uint64_t len)

@@ -128,6 +128,8 @@ int pcow_expand_internal(pcow_image *img, uint64_t vcluster,
     }
     i = vcluster / img->l2_entries;
     pcow_lock(img);
+    /* Under the lock: pcow_defer_commits(off)'s barrier comes after us */
+    sync = sync && !img->defer_commits;
     /* Re-check under the lock: exactly one allocation per cluster */
     e = pcow_l2_entry(img, vcluster);
     map = e ? pcow_word(e) : 0;

@@ -174,6 +174,16 @@ bool pcow_monitor_released(pcow_monitor *mon);
 int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
 
 /*
+ * A burst of first writes ahead (an incoming live migration into a fresh
+ * image), durable only at its end: @on defers the expansions' commits
+ * (pcow_defer_commits()) and keeps a larger reserve ready (up to 64
+ * clusters, 4 MiB), so that a fault costs no flush of its own; off makes
+ * the image durable with one barrier and goes back to pool_size.  Returns
+ * 0 (nothing for a read-only monitor) or -errno with @err set.
+ */
+int pcow_monitor_defer_commits(pcow_monitor *mon, bool on, pcow_error *err);
+
+/*
  * Prefault the mapping for reading (QEMU's prealloc=on): page tables for
  * every data extent, so the guest's first reads take no fault.  Holes stay
  * holes and frozen data is not copied (the image stays thin).  Returns 0

@@ -365,6 +365,19 @@ int64_t pcow_pwrite(pcow_image *img, uint64_t offset, const void *buf,
 int pcow_zero_range(pcow_image *img, uint64_t offset, uint64_t len,
                     pcow_error *err);
 int pcow_flush(pcow_image *img, pcow_error *err);
+/*
+ * Deferred commits, for a burst of expansions that nobody needs durable
+ * one by one (an incoming live migration filling a fresh image): while
+ * on, pcow_expand_cluster() stores its commits (P-EXPAND-L1,
+ * P-EXPAND-COMMIT) as pcow_pwrite() does, without persisting each; the
+ * image stays consistent at every point, only durability waits.  Turning
+ * it off persists everything with one barrier (as pcow_flush(); on error
+ * it stays off and the error is returned).  Copy-on-write is never
+ * deferred.  Returns 0 or -errno with @err set; 0 and nothing else for a
+ * read-only or released image.
+ */
+int pcow_defer_commits(pcow_image *img, bool on, pcow_error *err);
+bool pcow_commits_deferred(pcow_image *img);
 
 /*
  * Runtime operations for the Image Monitor, serialised by the image's

@@ -672,6 +672,15 @@ static void op_flush(pcow_image *img)
     }
 }
 
+static void op_defer(pcow_image *img, bool on)
+{
+    pcow_error err = { 0 };
+
+    if (pcow_defer_commits(img, on, &err) < 0) {
+        die("defer commits %s: %s", on ? "on" : "off", err.msg);
+    }
+}
+
 static void op_cow(pcow_image *img, uint64_t off, bool whole)
 {
     pcow_extent e;
@@ -1574,6 +1583,41 @@ static void t_expand(Scen *s)
     step(s, 4096, "pwrite 300..302");
     op_flush(img);
     step(s, ATOMIC, "flush");
+    op_close(img);
+    step(s, ATOMIC, "close");
+    scen_finish(s);
+}
+
+/*
+ * Deferred commits (an incoming migration): expansions whose commits
+ * persist nothing of their own (P-EXPAND-L1, P-EXPAND-COMMIT), a reserve
+ * miss that readies a batch (P-RESERVE-SPACE over its run), writes into
+ * them, the one barrier that ends the deferral, then a persisted commit
+ */
+static void t_expand_deferred(Scen *s)
+{
+    uint64_t cs = 4 * KiB;
+    pcow_image *img;
+
+    track(s, "img");
+    mk(s, "img", 2 * MiB, cs, 0, NULL, PCOW_BACKING_NONE);
+    img = op_open(s, "img", PCOW_OPEN_RDWR);
+    scen_start(s);
+    op_defer(img, true);
+    op_expand(img, 3);
+    step(s, ATOMIC, "deferred expand 3 (new L2, a batch)");
+    op_write(img, 3 * cs + 100, 5000, 2);
+    step(s, 4096, "pwrite into 3..4");
+    op_expand(img, 5);
+    step(s, ATOMIC, "deferred expand 5");
+    op_expand(img, 300);
+    step(s, ATOMIC, "deferred expand 300 (3rd L2)");
+    op_write(img, 300 * cs + 2048, 2 * cs, 3);
+    step(s, 4096, "pwrite 300..302");
+    op_defer(img, false);
+    step(s, ATOMIC, "end of deferral (barrier)");
+    op_expand(img, 6);
+    step(s, ATOMIC, "expand 6 (persisted)");
     op_close(img);
     step(s, ATOMIC, "close");
     scen_finish(s);
@@ -2642,6 +2686,7 @@ static const Test tests[] = {
     { "create-base", t_create_base },
     { "reserve", t_reserve },
     { "expand", t_expand },
+    { "expand-deferred", t_expand_deferred },
     { "cow-base", t_cow_base },
     { "cow-raw", t_cow_raw },
     { "cow-snapshot", t_cow_snap },

@@ -1557,6 +1557,70 @@ static int t_prefault(void)
     return 0;
 }
 
+/* --- deferred commits: an incoming migration's burst of expansions ----- */
+static _Atomic uint64_t df_commit_syncs, df_barriers;
+
+/* Runs in the uffd and pool threads: counters only */
+static void df_hook(void *opaque, pcow_persist_op op, uint64_t off,
+                    const void *data, uint64_t len)
+{
+    /* A commit's persist is its table page; a reservation's covers its
+     * clusters (64 KiB and more), the frontier's is page 0 */
+    if (op == PCOW_OP_SYNC && len == 4096 && off != 0) {
+        atomic_fetch_add(&df_commit_syncs, 1);
+    } else if (op == PCOW_OP_BARRIER) {
+        atomic_fetch_add(&df_barriers, 1);
+    }
+}
+
+static int t_defer(void)
+{
+    const char *dir = test_dir("defer");
+    char path[4200];
+    uint64_t size = 64 * MiB, b0;
+    uint8_t *shadow = calloc(1, size);
+    pcow_monitor_opts mo = { .hook = df_hook };
+    pcow_monitor *mon;
+    pcow_monitor_stats s;
+    pcow_error err = { 0 };
+    int i;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    CHECK_OK(pcow_monitor_open(path, &mo, &mon, &err), &err);
+    CHECK_OK(pcow_monitor_defer_commits(mon, true, &err), &err);
+    CHECK(pcow_commits_deferred(pcow_monitor_image(mon)));
+    /* The pool keeps a burst's reserve: 64 clusters of 64 KiB, not 8 */
+    for (i = 0; i < 1000 &&
+         pcow_reserve_count(pcow_monitor_image(mon)) < 64; i++) {
+        usleep(10000);
+    }
+    CHECK(pcow_reserve_count(pcow_monitor_image(mon)) >= 64);
+    atomic_store(&df_commit_syncs, 0);
+    atomic_store(&df_barriers, 0);
+    for (i = 0; i < 300; i++) {
+        put(mon, shadow, (uint64_t)i * CL + i, 3000, i + 1);
+    }
+    stats(mon, &s);
+    CHECK_EQ(s.expansions, 300);
+    /* No commit persisted one by one, none flushed the whole file */
+    CHECK_EQ(atomic_load(&df_commit_syncs), 0);
+    b0 = atomic_load(&df_barriers);
+    CHECK_EQ(b0, 0);
+    verify_mapping(mon, shadow);
+    /* The end of the burst: one barrier, then commits persist at once */
+    CHECK_OK(pcow_monitor_defer_commits(mon, false, &err), &err);
+    CHECK(!pcow_commits_deferred(pcow_monitor_image(mon)));
+    CHECK_EQ(atomic_load(&df_barriers), 1);
+    put(mon, shadow, 700 * CL, 100, 999);
+    CHECK(atomic_load(&df_commit_syncs) >= 1);
+    close_mon(mon);
+    check_clean(path);
+    verify_image(path, shadow, size);
+    free(shadow);
+    return 0;
+}
+
 /*
  * --- populate: an expanded cluster's page tables come after the wake ----
  * The uffd thread fills them in when no fault waits; a burst of
@@ -2146,6 +2210,7 @@ static const struct {
     { "blockdev-base", t_blockdev_base },
     { "prefault", t_prefault },
     { "populate", t_populate },
+    { "defer", t_defer },
     { "compact", t_compact },
     { "addr", t_addr },
     { "handover", t_handover },

@@ -421,6 +421,125 @@ static void test_enospc(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Persist operations an image reports (its hook) */
+typedef struct OpCount {
+    uint64_t writes, syncs, barriers;
+    uint64_t f0, f1;        /* a SYNC covering [f0, f1) counts in covered */
+    uint64_t covered;
+} OpCount;
+
+static void count_ops(void *opaque, pcow_persist_op op, uint64_t off,
+                      const void *data, uint64_t len)
+{
+    OpCount *c = opaque;
+
+    if (op == PCOW_OP_WRITE) {
+        c->writes++;
+    } else if (op == PCOW_OP_BARRIER) {
+        c->barriers++;
+    } else if (op == PCOW_OP_SYNC) {
+        c->syncs++;
+        c->covered += off <= c->f0 && off + len >= c->f1;
+    }
+}
+
+static pcow_image *open_counted(OpCount *c)
+{
+    pcow_open_opts o = { .flags = PCOW_OPEN_RDWR, .hook = count_ops,
+                         .hook_opaque = c };
+    pcow_image *img = NULL;
+
+    assert_int_equal(pcow_open(path, &o, &img, NULL), 0);
+    return img;
+}
+
+/*
+ * Deferred commits (an incoming migration): expansions persist nothing one
+ * by one, their commits are visible at once, and turning deferral off is
+ * one barrier; after it, commits persist each again.
+ */
+static void test_deferred_commits(void **state)
+{
+    OpCount c = { 0 };
+    pcow_image *img;
+    pcow_extent ext;
+    uint64_t off;
+    int i;
+
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_counted(&c);
+    assert_int_equal(pcow_reserve_clusters(img, 64, NULL), 64);
+    assert_false(pcow_commits_deferred(img));
+    assert_int_equal(pcow_defer_commits(img, true, NULL), 0);
+    assert_true(pcow_commits_deferred(img));
+    memset(&c, 0, sizeof(c));
+    for (i = 0; i < 10; i++) {
+        assert_int_equal(pcow_expand_cluster(img, i, &off), 0);
+    }
+    assert_int_equal(pcow_expand_cluster(img, 16383, &off), 0);
+    assert_int_equal(c.syncs, 0);
+    assert_int_equal(c.barriers, 0);
+    assert_true(c.writes >= 11);
+    assert_int_equal(pcow_get_extent(img, 16383 * 65536ull, 65536, &ext), 0);
+    assert_int_equal(ext.kind, PCOW_EXTENT_DATA);
+    assert_int_equal(pcow_defer_commits(img, false, NULL), 0);
+    assert_false(pcow_commits_deferred(img));
+    assert_int_equal(c.barriers, 1);
+    assert_int_equal(pcow_expand_cluster(img, 20, &off), 0);
+    assert_true(c.syncs >= 1);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+}
+
+/* A reserve miss while deferred makes a batch ready with one sync */
+static void test_deferred_miss_batch(void **state)
+{
+    OpCount c = { 0 };
+    pcow_image *img;
+    uint64_t off;
+
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_counted(&c);
+    assert_int_equal(pcow_reserve_count(img), 0);
+    assert_int_equal(pcow_defer_commits(img, true, NULL), 0);
+    memset(&c, 0, sizeof(c));
+    /* L2 table and data cluster: the first miss readies the batch */
+    assert_int_equal(pcow_expand_cluster(img, 0, &off), 0);
+    assert_int_equal(pcow_reserve_count(img), PCOW_DEFER_BATCH - 2);
+    assert_int_equal(pcow_expand_cluster(img, 1, &off), 0);
+    assert_int_equal(pcow_reserve_count(img), PCOW_DEFER_BATCH - 3);
+    assert_int_equal(c.barriers, 0);
+    assert_int_equal(pcow_defer_commits(img, false, NULL), 0);
+    close_image(img);
+    /* The unused rest of the batch is given back at close */
+    assert_int_equal(check_clean(path), 0);
+}
+
+/*
+ * A reservation of new clusters persists their run (and the frontier),
+ * not the whole file: fdatasync would also write back the guest's dirty
+ * pages of every other cluster.
+ */
+static void test_reserve_sync_range(void **state)
+{
+    OpCount c = { 0 };
+    pcow_image *img;
+    pcow_info info;
+
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_counted(&c);
+    pcow_get_info(img, &info);
+    memset(&c, 0, sizeof(c));
+    c.f0 = info.frontier;
+    c.f1 = info.frontier + 8 * 65536;
+    assert_int_equal(pcow_reserve_clusters(img, 8, NULL), 8);
+    assert_int_equal(c.barriers, 0);
+    assert_int_equal(c.covered, 1);
+    assert_int_equal(peek64(path, PCOW_HOT_FRONTIER), c.f1);
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +552,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_runtime_errors, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_enospc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_commits, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_miss_batch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_sync_range, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_expand_from_reserve, setup_shm,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_1m_clusters, setup_shm,
