@@ -52,11 +52,16 @@ Usage: bench-clones.py --qemu Q --pcow-img P --dir DIR --out FILE
                        [--counts 1,4,16] [--cold-counts 1,4]
                        [--ram-mib 256]
                        [--scale-mib 256,1024,4096] [--mem-n 8]
-                       [--cases C,...] [--note TEXT]
+                       [--cases C,...] [--kernel vmlinux|bzimage]
+                       [--note TEXT]
   --quick   a smoke run: 1 round, counts 1,2, scale 256,512, mem-n 2
   --cold-counts   the counts with cold boots (default those of --counts
             up to 4: 16 TCG boots at once take minutes on 2 CPUs)
   --rounds  default 3 (about 15 minutes on 2 CPUs)
+  --kernel  the guest kernel of every VM: vmlinux (default, as every
+            guest test: an ELF booted through PVH, which QEMU copies into
+            guest RAM at every machine reset, so also before a clone's
+            -loadvm) or bzimage (loaded by the option ROM at boot only)
 
 Prints a table of medians [min, max] and the ratios, then, as the last
 line, one JSON object.  Exit 1 if any case failed (the run is invalid and
@@ -356,9 +361,12 @@ class Bench:
         self.templates = {}
 
     def kw(self, mib):
-        return dict(qemu=self.a.qemu, mem=f"{mib}M",
-                    maxmem=f"{max(mib * 2, 1024)}M", timeout=3600,
-                    qmp=True, append="no_timer_check")
+        kw = dict(qemu=self.a.qemu, mem=f"{mib}M",
+                  maxmem=f"{max(mib * 2, 1024)}M", timeout=3600,
+                  qmp=True, append="no_timer_check")
+        if self.a.kernel == "bzimage":
+            kw["kernel"] = str(guest.build_initramfs() / "vmlinuz")
+        return kw
 
     def img(self, *args):
         subprocess.run([self.a.pcow_img] + [str(x) for x in args],
@@ -647,6 +655,8 @@ def parse_args(argv=None):
     ap.add_argument("--work-at", type=int, default=40)
     ap.add_argument("--work-mib", type=int, default=4)
     ap.add_argument("--cases")
+    ap.add_argument("--kernel", choices=["vmlinux", "bzimage"],
+                    default="vmlinux")
     a = ap.parse_args(argv)
     q = a.quick
     a.rounds = a.rounds or (1 if q else 3)
@@ -686,6 +696,7 @@ def main():
     figs = summarize(rounds, a.counts, a.scale_mib, a.ram_mib, a.mem_n,
                      a.cases)
     figs.update(rounds=a.rounds, cases=a.cases, counts=a.counts,
+                kernel=a.kernel,
                 ram_mib=a.ram_mib, scale_mib=a.scale_mib, mem_n=a.mem_n,
                 tick_ms=a.tick_ms, work_mib=a.work_mib, valid=not b.invalid,
                 templates={f"{k}-{s}": {x: (str(y) if isinstance(y, Path)
