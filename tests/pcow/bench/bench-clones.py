@@ -34,7 +34,8 @@ The cases of a round (each starts its VMs at once, then kills them):
         the largest.
   mem-clone<M>, mem-raw<M>, mem-clone1, mem-raw1   M (--mem-n) clones or
         raw restores, and one alone, each running until its CL-WORKED
-        line; then the sum of their PSS (/proc/PID/smaps_rollup), and
+        line; then the sum of their PSS (/proc/PID/smaps_rollup; also
+        split into Pss_Anon, _File and _Shmem), and
         for clones the monitor's counters (COW units, expansions) and
         each image's active bytes (what the clone wrote).
 
@@ -45,7 +46,7 @@ interval (benchmeta.py).  The memory check: sum of the clones' PSS <=
 per round and on the medians.
 
 The chart: `bench-clones.py --plot RESULTS.json PNG` (--publish makes
-docs/figures/bench-clones.png).
+docs/figures/bench-clones[-T].png).
 
 Usage: bench-clones.py --qemu Q --pcow-img P --dir DIR --out FILE
                        [--publish DIR] [--tag T] [--rounds N] [--quick]
@@ -185,11 +186,13 @@ def start_figures(t0s, firsts):
             "starts_s": [round(x, 3) for x in firsts]}
 
 
-def pss_bytes(smaps_rollup):
-    """Pss of /proc/PID/smaps_rollup's text, in bytes."""
-    m = re.search(r"^Pss:\s+(\d+) kB", smaps_rollup, re.M)
+def pss_bytes(smaps_rollup, kind=""):
+    """Pss (or Pss_Anon, _File, _Shmem for @kind anon, file, shmem) of
+    /proc/PID/smaps_rollup's text, in bytes."""
+    key = "Pss" + (f"_{kind.capitalize()}" if kind else "")
+    m = re.search(rf"^{key}:\s+(\d+) kB", smaps_rollup, re.M)
     if not m:
-        raise ValueError("no Pss line in smaps_rollup")
+        raise ValueError(f"no {key} line in smaps_rollup")
     return int(m.group(1)) * 1024
 
 
@@ -263,7 +266,8 @@ def ratio_defs(counts, scale_mib, ram_mib, mem_n):
 
 def figure_defs(cases):
     """(key, case, metric) of the medians quoted as they are."""
-    want = {"start_s", "last_s", "pss_sum_bytes", "clone_create_s",
+    want = {"start_s", "last_s", "pss_sum_bytes", "pss_anon_sum_bytes",
+            "pss_file_sum_bytes", "clone_create_s",
             "cow_units_per_clone", "cow_clusters_per_clone",
             "expansions_per_clone", "active_bytes_per_clone",
             "active_bytes_sum", "cow_units_sum", "expansions_sum"}
@@ -271,10 +275,10 @@ def figure_defs(cases):
     for c in cases:
         kind, n, size, mem = parse_case(c)
         for m in sorted(want):
-            if m in ("pss_sum_bytes",) and not mem:
+            if m.startswith("pss_") and not mem:
                 continue
-            if m != "start_s" and m != "last_s" and m != "pss_sum_bytes" \
-                    and kind != "clone":
+            if m not in ("start_s", "last_s") and \
+                    not m.startswith("pss_") and kind != "clone":
                 continue
             out.append((f"{c.replace('-', '_')}_{m}", c, m))
     return out
@@ -318,6 +322,15 @@ def summarize(rounds, counts, scale_mib, ram_mib, mem_n, cases):
         f"clones{mem_n}_pss_bytes": clones, "one_vm_pss_bytes": single,
         "written_bytes": wrote, "bound_bytes": bound, "met": ok,
         "met_per_round": per}
+    # the same rule on mapped files only (the images' pages and QEMU's
+    # binary), leaving out each QEMU's own anonymous memory
+    fc, fo = med("pss_file_sum_bytes"), med("pss_file_sum_bytes", one)
+    ok, bound = pss_check(fc, fo, wrote)
+    out["pss_check_file"] = {
+        "rule": f"sum Pss_File of {mem_n} clones <= {PSS_TARGET} x "
+                "Pss_File of one clone alone + the clones' active bytes",
+        f"clones{mem_n}_bytes": fc, "one_vm_bytes": fo,
+        "written_bytes": wrote, "bound_bytes": bound, "met": ok}
     return out
 
 
@@ -326,6 +339,8 @@ def table(rounds, cases):
     lines = [f"{'case':<14} {'figure':<24} {'median':>14} "
              f"{'[min, max]':>28}"]
     metrics = ["start_s", "last_s", "clone_create_s", "pss_sum_bytes",
+               "pss_anon_sum_bytes", "pss_file_sum_bytes",
+               "pss_shmem_sum_bytes",
                "cow_units_per_clone", "cow_clusters_per_clone",
                "expansions_per_clone", "active_bytes_per_clone",
                "first_tick"]
@@ -518,10 +533,15 @@ class Bench:
                 for g in gs:
                     g.wait_for_line(WORKED_RE.pattern, 900)
                 time.sleep(1)
-                pss = [pss_bytes(Path(f"/proc/{g.proc.pid}/smaps_rollup")
-                                 .read_text()) for g in gs]
-                fig["pss_sum_bytes"] = sum(pss)
-                fig["pss_bytes"] = pss
+                texts = [Path(f"/proc/{g.proc.pid}/smaps_rollup")
+                         .read_text() for g in gs]
+                fig["pss_bytes"] = [pss_bytes(t) for t in texts]
+                fig["pss_sum_bytes"] = sum(fig["pss_bytes"])
+                # where it is: QEMU's own (anon) against mapped files
+                # (the pcow images, QEMU's binary and libraries)
+                for k in ("anon", "file", "shmem"):
+                    fig[f"pss_{k}_sum_bytes"] = sum(pss_bytes(t, k)
+                                                    for t in texts)
             if kind == "clone":
                 st = self.stats(gs)
                 fig.update(sum_stats(st))
@@ -732,10 +752,14 @@ def main():
     print(f"  memory check: {pc['rule']}: {met[pc['met']]} "
           f"({pc[f'clones{a.mem_n}_pss_bytes']} <= {pc['bound_bytes']}; "
           f"per round {pc['met_per_round']})")
+    pf = figs["pss_check_file"]
+    print(f"  (mapped files only: {pf['rule']}: {met[pf['met']]}, "
+          f"{pf[f'clones{a.mem_n}_bytes']} <= {pf['bound_bytes']})")
     benchmeta.write_results(res, a.out, a.publish if not b.invalid else None,
                             "clones" + (f"-{a.tag}" if a.tag else ""))
     if a.publish and not b.invalid:
-        plot(res, Path(a.publish) / "bench-clones.png")
+        plot(res, Path(a.publish) /
+             ("bench-clones" + (f"-{a.tag}" if a.tag else "") + ".png"))
     if b.invalid:
         print(f"bench-clones: INVALID run ({len(b.invalid)} failures); "
               "not published", file=sys.stderr)

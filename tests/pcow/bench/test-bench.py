@@ -592,9 +592,11 @@ def bc_round(clone_s, raw_s, big_s=None, pss=(300, 100, 900), wrote=8):
             "clone-4096": {"start_s": big_s or clone_s},
             "raw-4096": {"start_s": raw_s * 3},
             "mem-clone8": {"pss_sum_bytes": pss[0] << 20,
+                           "pss_file_sum_bytes": (pss[0] - 100) << 20,
                            "active_bytes_sum": wrote << 20,
                            "cow_units_per_clone": 100},
-            "mem-clone1": {"pss_sum_bytes": pss[1] << 20},
+            "mem-clone1": {"pss_sum_bytes": pss[1] << 20,
+                           "pss_file_sum_bytes": (pss[1] - 20) << 20},
             "mem-raw8": {"pss_sum_bytes": pss[2] << 20}}
 
 
@@ -678,6 +680,9 @@ class Clones(unittest.TestCase):
     def test_pss_and_query_pcow(self):
         text = "Rss:  2048 kB\nPss:  1500 kB\nPss_Anon:  10 kB\n"
         self.assertEqual(bc.pss_bytes(text), 1500 * 1024)
+        self.assertEqual(bc.pss_bytes(text, "anon"), 10 * 1024)
+        with self.assertRaises(ValueError):
+            bc.pss_bytes(text, "file")
         with self.assertRaises(ValueError):
             bc.pss_bytes("Rss: 1 kB\n")
         st = {"expansions": 3, "cow-unit-faults": 40,
@@ -720,6 +725,10 @@ class Clones(unittest.TestCase):
         self.assertEqual((pc["met"], pc["bound_bytes"]),
                          (False, 158 << 20))
         self.assertEqual(pc["met_per_round"], [False] * 3)
+        # files only: 200 MiB <= 1.5 x 80 MiB + 8 MiB: no
+        self.assertEqual((out["pss_check_file"]["met"],
+                          out["pss_check_file"]["bound_bytes"]),
+                         (False, 128 << 20))
         good = bc.summarize([bc_round(0.5, 1.0, pss=(150, 100, 900))],
                             *self.ARGS, bc.case_names(*self.ARGS))
         self.assertTrue(good["pss_check"]["met"])
