@@ -24,7 +24,7 @@
 #                        start time of 1, 4 and 16 TCG clones of a VM
 #                        snapshot (RAM on pcow) against raw restores and
 #                        cold boots, against RAM size, summed PSS of 8
-#                        clones, COW copies (about 15 minutes; --quick
+#                        clones, COW copies (8 to 12 minutes; --quick
 #                        a smoke run, --rounds N)
 #                        (BENCH_ARGS="..." adds arguments to any of these;
 #                        BENCH_ARGS=--publish commits-ready results in

@@ -58,7 +58,7 @@ Usage: bench-clones.py --qemu Q --pcow-img P --dir DIR --out FILE
   --quick   a smoke run: 1 round, counts 1,2, scale 256,512, mem-n 2
   --cold-counts   the counts with cold boots (default those of --counts
             up to 4: 16 TCG boots at once take minutes on 2 CPUs)
-  --rounds  default 3 (about 15 minutes on 2 CPUs)
+  --rounds  default 3 (8 to 12 minutes on 2 loaded CPUs)
   --kernel  the guest kernel of every VM: vmlinux (default, as every
             guest test: an ELF booted through PVH, which QEMU copies into
             guest RAM at every machine reset, so also before a clone's

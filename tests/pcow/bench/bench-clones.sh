@@ -3,8 +3,8 @@
 # bench-clones` runs this (bench-clones.py; docs/benchmarks.rst,
 # "Clones").  TCG guests with RAM on pcow: start time of 1, 4 and 16
 # clones started at once, start time against RAM size (256 MiB to
-# 4 GiB), summed PSS of 8 clones, COW copies.  About 15 minutes with 3
-# rounds on a 2-vCPU host; --quick is a smoke run of about 3 minutes.
+# 4 GiB), summed PSS of 8 clones, COW copies.  8 to 12 minutes with 3
+# rounds on a 2-vCPU host; --quick is a smoke run of a few minutes.
 #
 # Usage: bench-clones.sh [--out FILE] [--publish] [--tag T] [--dir DIR]
 #                        [--rounds N] [--quick] [--note TEXT] [MORE...]
