@@ -325,6 +325,27 @@ void pcow_drop_lock(pcow_image *img)
 }
 
 /*
+ * Does another open of the image (any process, or another open in this
+ * one) hold its lock?  Asked on this open's own descriptor: its own lock
+ * never conflicts with the probe.  Traditional (per-process) locks on the
+ * lock byte count too.
+ */
+int pcow_lock_held_elsewhere(pcow_image *img)
+{
+    struct flock fl = {
+        .l_type = F_WRLCK,
+        .l_whence = SEEK_SET,
+        .l_start = 0,
+        .l_len = 1,
+    };
+
+    if (fcntl(img->fd, F_OFD_GETLK, &fl) < 0) {
+        return -errno;
+    }
+    return fl.l_type != F_UNLCK;
+}
+
+/*
  * The most an image of this geometry can use: cluster 0, the snapshot
  * table, and per layer (active and each snapshot) its L1 table, every L2
  * table, every data cluster and, with the VM state feature, the largest

@@ -327,6 +327,12 @@ uint64_t pcow_virtual_size(pcow_image *img);
 uint32_t pcow_cluster_size(pcow_image *img);
 uint32_t pcow_cow_unit(pcow_image *img);
 int pcow_fd(pcow_image *img);
+/*
+ * 1 if another open of the image (another process, or another open in
+ * this one) holds its lock (every open takes one, except with
+ * PCOW_OPEN_NO_LOCK), 0 if none does, or a negative errno.
+ */
+int pcow_lock_held_elsewhere(pcow_image *img);
 /* The backing image (NULL if none or a raw base) and a raw base's fd. */
 pcow_image *pcow_backing(pcow_image *img);
 int pcow_backing_raw_fd(pcow_image *img);

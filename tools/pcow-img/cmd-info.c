@@ -443,7 +443,7 @@ static int info_pcow(const char *path, bool force_share, ImgJson *j,
     }
     d.have_si = pcow_storage_probe(path, &d.si, &err) == 0;
     count_vmas(&d, img);
-    d.users_ret = img_users_scan(path, &d.users);
+    d.users_ret = img_users_scan(img, &d.users);
     if (j) {
         info_pcow_json(j, &d);
     } else {

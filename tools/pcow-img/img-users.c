@@ -4,8 +4,13 @@
  *
  * The /proc scan is here; whether a file a process holds is an overlay or
  * a clone of the image, and of which snapshot, is libpcow's answer (the
- * file opened without its chain and without a lock).  Matching is by
- * device and inode, so any name of the file counts.
+ * file opened without its chain and without a lock).
+ *
+ * A process's descriptors are identified from /proc/PID/fdinfo (mount id
+ * and inode), never by stat() or open() of the file: a file on a hung NFS
+ * mount or behind a stopped FUSE daemon would block info.  Only the other
+ * files of a process that holds the image, on local file systems, are
+ * opened to classify them.  Nobody holding the image's lock skips the scan.
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -15,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "pcow-img.h"
@@ -22,15 +28,30 @@
 /* The kernel's flag for a kernel thread (/proc/PID/stat field 9) */
 #define IMG_PF_KTHREAD 0x00200000u
 
+/* A file as /proc/PID/fdinfo names it; dev from the mount's mountinfo */
 typedef struct FileId {
+    int mnt_id;
     dev_t dev;
-    ino_t ino;
+    uint64_t ino;
 } FileId;
 
-static bool same_file(const struct stat *st, const FileId *id)
-{
-    return st->st_dev == id->dev && st->st_ino == id->ino;
-}
+/* A mount, from some process's /proc/PID/mountinfo */
+typedef struct MountDesc {
+    dev_t dev;
+    bool remote;                /* network or FUSE: may hang, never touched */
+    bool known;                 /* false: in no mountinfo read (pipefs...) */
+} MountDesc;
+
+typedef struct Scan {
+    FileId id;                  /* the image, from /proc/self/fdinfo */
+    GHashTable *mounts;         /* mount id (global) -> MountDesc */
+} Scan;
+
+/* A descriptor of a process that holds the image: what may be classified */
+typedef struct FdDesc {
+    char *fd;
+    FileId id;
+} FdDesc;
 
 static void user_free(gpointer p)
 {
@@ -76,14 +97,130 @@ static bool is_kernel_thread(const char *pid)
            (flags & IMG_PF_KTHREAD);
 }
 
-/*
- * Is the file a process holds at @link (known as @st) an overlay or a
- * clone of the image @id?  Asked of libpcow by the name the kernel gives
- * the file, which must still be this file (not renamed or deleted since).
- */
-static bool classify(const char *link, const struct stat *st,
-                     const FileId *id, ImgUse *use)
+/* Network and FUSE file systems: touching their files may block */
+static bool fs_is_remote(const char *type)
 {
+    static const char *const remote[] = {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "afs",
+        "lustre", "virtiofs", "gfs2", "ocfs2", "orangefs", "coda", NULL,
+    };
+
+    if (g_str_has_prefix(type, "fuse")) {
+        return true;
+    }
+    return g_strv_contains(remote, type);
+}
+
+/*
+ * Learn the mounts of @pid's mount namespace from /proc/PID/mountinfo
+ * (text the kernel has, nothing asked of a file system).  Mount ids are
+ * system-wide, so one read serves every process of that namespace.
+ */
+static void load_mounts(Scan *s, const char *pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%s/mountinfo", pid);
+    g_autofree char *mi = NULL;
+    g_auto(GStrv) lines = NULL;
+
+    if (!g_file_get_contents(path, &mi, NULL, NULL)) {
+        return;
+    }
+    lines = g_strsplit(mi, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        /* "ID PARENT MAJ:MIN ROOT MOUNTPOINT ... - FSTYPE SOURCE OPTS" */
+        const char *sep = strstr(*l, " - ");
+        unsigned maj, min;
+        int id;
+        char type[64];
+        MountDesc *m;
+
+        if (!sep || sscanf(*l, "%d %*d %u:%u", &id, &maj, &min) != 3 ||
+            sscanf(sep, " - %63s", type) != 1 ||
+            g_hash_table_contains(s->mounts, GINT_TO_POINTER(id))) {
+            continue;
+        }
+        m = g_new0(MountDesc, 1);
+        m->dev = makedev(maj, min);
+        m->remote = fs_is_remote(type);
+        m->known = true;
+        g_hash_table_insert(s->mounts, GINT_TO_POINTER(id), m);
+    }
+}
+
+/* The mount @mnt_id, seen in @pid's namespace; NULL if none says */
+static const MountDesc *mount_of(Scan *s, const char *pid, int mnt_id)
+{
+    MountDesc *m = g_hash_table_lookup(s->mounts, GINT_TO_POINTER(mnt_id));
+
+    if (!m) {
+        load_mounts(s, pid);
+        m = g_hash_table_lookup(s->mounts, GINT_TO_POINTER(mnt_id));
+    }
+    if (!m) {
+        /* pipefs, sockfs, anon inodes: remember the miss */
+        m = g_new0(MountDesc, 1);
+        g_hash_table_insert(s->mounts, GINT_TO_POINTER(mnt_id), m);
+    }
+    return m->known ? m : NULL;
+}
+
+/* Descriptor @fd of @pid ("self" too), from its fdinfo alone */
+static bool fd_id(Scan *s, const char *pid, const char *fd, FileId *id)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%s/fdinfo/%s", pid, fd);
+    g_autofree char *text = NULL;
+    const char *p, *q;
+    const MountDesc *m;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL) ||
+        !(p = strstr(text, "\nmnt_id:")) || !(q = strstr(text, "\nino:"))) {
+        return false;
+    }
+    id->mnt_id = atoi(p + 8);
+    id->ino = g_ascii_strtoull(q + 5, NULL, 10);
+    m = mount_of(s, pid, id->mnt_id);
+    id->dev = m ? m->dev : 0;
+    return m != NULL;
+}
+
+static bool same_id(const FileId *a, const FileId *b)
+{
+    return a->ino == b->ino && (a->mnt_id == b->mnt_id || a->dev == b->dev);
+}
+
+/* Is the file we opened as @fd the file @want? */
+static bool own_fd_is(Scan *s, int fd, const FileId *want)
+{
+    char num[16];
+    FileId id;
+
+    snprintf(num, sizeof(num), "%d", fd);
+    return fd_id(s, "self", num, &id) && same_id(&id, want);
+}
+
+/* Does the file at @path name the image?  Checked on our own descriptor */
+static bool path_is_image(Scan *s, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    bool same;
+
+    if (fd < 0) {
+        return false;
+    }
+    same = own_fd_is(s, fd, &s->id);
+    close(fd);
+    return same;
+}
+
+/*
+ * Is descriptor @fd of @pid (known as @fid, on a local file system) an
+ * overlay or a clone of the image?  Asked of libpcow by the name the
+ * kernel gives the file, which must still be this regular file.
+ */
+static bool classify(Scan *s, const char *pid, const FdDesc *fdd,
+                     ImgUse *use)
+{
+    g_autofree char *link = g_strdup_printf("/proc/%s/fd/%s", pid, fdd->fd);
     g_autofree char *name = g_file_read_link(link, NULL);
     pcow_open_opts oo = {
         .flags = PCOW_OPEN_NO_BACKING | PCOW_OPEN_NO_LOCK,
@@ -91,17 +228,27 @@ static bool classify(const char *link, const struct stat *st,
     pcow_error err = { 0 };
     pcow_image *img;
     pcow_info info;
-    struct stat now, base;
+    struct stat st;
     bool ours;
+    int fd;
 
-    if (!name || name[0] != '/' || stat(name, &now) < 0 ||
-        now.st_dev != st->st_dev || now.st_ino != st->st_ino ||
-        !pcow_probe(name) || pcow_open(name, &oo, &img, &err) < 0) {
+    if (!name || name[0] != '/') {
+        return false;
+    }
+    /* O_PATH: no device's or FIFO's open runs before we know the type */
+    fd = open(name, O_PATH | O_CLOEXEC);
+    if (fd < 0) {
+        return false;
+    }
+    ours = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+           own_fd_is(s, fd, &fdd->id);
+    close(fd);
+    if (!ours || !pcow_probe(name) || pcow_open(name, &oo, &img, &err) < 0) {
         return false;
     }
     pcow_get_info(img, &info);
     ours = info.backing_format == PCOW_BACKING_PCOW &&
-           stat(info.backing_path, &base) == 0 && same_file(&base, id);
+           path_is_image(s, info.backing_path);
     if (ours) {
         use->image = g_strdup(name);
         use->snap_id = info.backing_snapshot_id;
@@ -117,15 +264,23 @@ static bool classify(const char *link, const struct stat *st,
     return ours;
 }
 
+static void fd_desc_free(gpointer p)
+{
+    FdDesc *f = p;
+
+    g_free(f->fd);
+    g_free(f);
+}
+
 /*
- * The files process @pid holds: how many are the image, and its other
- * regular files (block devices too), each once.  -EACCES: not ours to
- * inspect; -ENOENT: it has exited.
+ * The files process @pid holds, from /proc/PID/fdinfo: how many are the
+ * image, and its other files on local file systems, each once.
+ * -EACCES: not ours to inspect; -ENOENT: it has exited.
  */
-static int scan_fds(const char *pid, const FileId *id, unsigned *nimage,
+static int scan_fds(Scan *s, const char *pid, unsigned *nimage,
                     GPtrArray *others)
 {
-    g_autofree char *dir = g_strdup_printf("/proc/%s/fd", pid);
+    g_autofree char *dir = g_strdup_printf("/proc/%s/fdinfo", pid);
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash,
                                                        g_str_equal, g_free,
                                                        NULL);
@@ -137,24 +292,26 @@ static int scan_fds(const char *pid, const FileId *id, unsigned *nimage,
     }
     *nimage = 0;
     while ((de = readdir(d))) {
-        g_autofree char *link = NULL;
-        struct stat st;
+        FileId id;
+        const MountDesc *m;
 
-        if (de->d_name[0] == '.') {
+        if (de->d_name[0] == '.' || !fd_id(s, pid, de->d_name, &id)) {
+            continue;   /* closed meanwhile, or a pipe, socket, anon inode */
+        }
+        if (same_id(&id, &s->id)) {
+            (*nimage)++;
             continue;
         }
-        link = g_strdup_printf("%s/%s", dir, de->d_name);
-        /* Follows the link without opening: a FIFO cannot block */
-        if (stat(link, &st) < 0) {
-            continue;   /* closed meanwhile, or a dangling anon inode */
-        }
-        if (same_file(&st, id)) {
-            (*nimage)++;
-        } else if ((S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) &&
-                   g_hash_table_add(seen, g_strdup_printf(
-                                    "%ju:%ju", (uintmax_t)st.st_dev,
-                                    (uintmax_t)st.st_ino))) {
-            g_ptr_array_add(others, g_steal_pointer(&link));
+        m = mount_of(s, pid, id.mnt_id);
+        if (m && !m->remote &&
+            g_hash_table_add(seen, g_strdup_printf("%ju:%" PRIu64,
+                                                   (uintmax_t)id.dev,
+                                                   id.ino))) {
+            FdDesc *f = g_new0(FdDesc, 1);
+
+            f->fd = g_strdup(de->d_name);
+            f->id = id;
+            g_ptr_array_add(others, f);
         }
     }
     closedir(d);
@@ -192,12 +349,13 @@ static bool proc_hides_processes(void)
 }
 
 /* One process: a user of the image, or NULL */
-static ImgUser *inspect(const char *pid, const FileId *id, bool *denied)
+static ImgUser *inspect(Scan *s, const char *pid, bool *denied)
 {
-    g_autoptr(GPtrArray) others = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) others = g_ptr_array_new_with_free_func(
+                                      fd_desc_free);
     unsigned nimage = 0;
     ImgUser *u;
-    int ret = scan_fds(pid, id, &nimage, others);
+    int ret = scan_fds(s, pid, &nimage, others);
 
     *denied = ret == -EACCES && !is_kernel_thread(pid);
     if (ret < 0 || nimage == 0) {
@@ -209,10 +367,8 @@ static ImgUser *inspect(const char *pid, const FileId *id, bool *denied)
     u->uses = g_array_new(FALSE, TRUE, sizeof(ImgUse));
     for (guint i = 0; i < others->len; i++) {
         ImgUse use = { 0 };
-        struct stat st;
 
-        if (stat(others->pdata[i], &st) == 0 &&
-            classify(others->pdata[i], &st, id, &use)) {
+        if (classify(s, pid, others->pdata[i], &use)) {
             g_array_append_val(u->uses, use);
         }
     }
@@ -228,25 +384,15 @@ static ImgUser *inspect(const char *pid, const FileId *id, bool *denied)
     return u;
 }
 
-int img_users_scan(const char *path, ImgUsers *users)
+/* Every process but this one */
+static void scan_processes(Scan *s, ImgUsers *users)
 {
-    struct stat st;
-    FileId id;
-    DIR *d;
+    DIR *d = opendir("/proc");
     struct dirent *de;
     pid_t self = getpid();
 
-    users->users = g_ptr_array_new_with_free_func(user_free);
-    users->uninspected = 0;
-    users->hidden = proc_hides_processes();
-    if (stat(path, &st) < 0) {
-        return -errno;
-    }
-    id.dev = st.st_dev;
-    id.ino = st.st_ino;
-    d = opendir("/proc");
     if (!d) {
-        return -errno;
+        return;
     }
     while ((de = readdir(d))) {
         ImgUser *u;
@@ -255,13 +401,42 @@ int img_users_scan(const char *path, ImgUsers *users)
         if (!g_ascii_isdigit(de->d_name[0]) || atol(de->d_name) == self) {
             continue;
         }
-        u = inspect(de->d_name, &id, &denied);
+        u = inspect(s, de->d_name, &denied);
         if (u) {
             g_ptr_array_add(users->users, u);
         }
         users->uninspected += denied;
     }
     closedir(d);
+}
+
+int img_users_scan(pcow_image *img, ImgUsers *users)
+{
+    Scan s = { 0 };
+    char num[16];
+    int held;
+
+    users->users = g_ptr_array_new_with_free_func(user_free);
+    users->uninspected = 0;
+    users->hidden = false;
+    /*
+     * Every libpcow open holds the image's lock (a clone's or overlay's
+     * open holds its base's): none held, nobody running depends on it.
+     */
+    held = pcow_lock_held_elsewhere(img);
+    if (held <= 0) {
+        return held;
+    }
+    users->hidden = proc_hides_processes();
+    s.mounts = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+    load_mounts(&s, "self");
+    snprintf(num, sizeof(num), "%d", pcow_fd(img));
+    if (!fd_id(&s, "self", num, &s.id)) {
+        g_hash_table_destroy(s.mounts);
+        return -ENOENT;
+    }
+    scan_processes(&s, users);
+    g_hash_table_destroy(s.mounts);
     return 0;
 }
 

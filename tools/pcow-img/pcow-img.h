@@ -223,7 +223,7 @@ typedef struct ImgUsers {
  * negative errno when @path or /proc cannot be read; free with
  * img_users_free() either way.
  */
-int img_users_scan(const char *path, ImgUsers *users);
+int img_users_scan(pcow_image *img, ImgUsers *users);
 void img_users_free(ImgUsers *users);
 /* info's "in use by" block (nothing when no process uses the image) */
 void img_users_human(const ImgUsers *users);

@@ -99,9 +99,10 @@ ok "a plain overlay's holder, and a direct open"
 # One process with a clone and the template itself open: both uses.  A
 # clone holds its own descriptor of the template, the direct open another.
 python3 - "$RT/c2.pcow" "$RT/tmpl.pcow" >both.out <<'EOF' &
-import os, sys, time
+import fcntl, os, sys, time
 fds = [os.open(sys.argv[1], os.O_RDONLY), os.open(sys.argv[2], os.O_RDONLY),
        os.open(sys.argv[2], os.O_RDONLY)]
+fcntl.lockf(fds[1], fcntl.LOCK_SH, 1, 0)    # libpcow's read lock
 print("ready", flush=True)
 time.sleep(120)
 EOF
@@ -124,10 +125,11 @@ ok "one process using the template through a clone and directly"
 # a directory, /dev/null, and the template opened by plain open(2)
 mkfifo fifo
 python3 - "$RT/tmpl.pcow" >odd.out <<'EOF' &
-import os, socket, sys, time
+import fcntl, os, socket, sys, time
 fds = [socket.socket(), os.pipe(), os.open("fifo", os.O_RDWR),
        os.open("gone", os.O_RDWR | os.O_CREAT), os.open(".", os.O_RDONLY),
        os.open("/dev/null", os.O_RDONLY), os.open(sys.argv[1], os.O_RDONLY)]
+fcntl.lockf(fds[-1], fcntl.LOCK_SH, 1, 0)
 os.unlink("gone")
 print("ready", flush=True)
 time.sleep(120)
