@@ -1,9 +1,11 @@
 #!/bin/bash
 # pcow-img info: "in use by", the processes that have an image open now
-# (from /proc/PID/fd) and through which of their images: the clones of a
-# template with their snapshot, an overlay, or the image itself.  Nothing
+# (from /proc/PID/fdinfo) and through which of their images: the clones of
+# a template with their snapshot, an overlay, or the image itself.  Nothing
 # once they exit; odd descriptors and processes that come and go during
-# the scan change nothing; processes it may not inspect are counted.
+# the scan change nothing; processes it may not inspect are counted.  No
+# scan when nobody holds the image's lock; the scan touches no other
+# process's files (a bystander's, a stopped FUSE daemon's).
 . "$(dirname "$0")/common.sh"
 
 # The kernel names files by their real path

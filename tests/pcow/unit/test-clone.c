@@ -196,6 +196,32 @@ static void test_open_clone_locks_template(void **state)
     close_image(c);
 }
 
+/*
+ * pcow_lock_held_elsewhere: an open clone holds the template's lock; the
+ * asking open's own lock and a NO_LOCK open do not count
+ */
+static void test_lock_held_elsewhere(void **state)
+{
+    pcow_image *t, *nl, *c;
+
+    (void)state;
+    mk_template(true);
+    clone_ok("s1", cpath);
+    t = open_image(tpath, 0);
+    assert_int_equal(pcow_lock_held_elsewhere(t), 0);
+    nl = open_image(tpath, PCOW_OPEN_NO_LOCK);
+    assert_int_equal(pcow_lock_held_elsewhere(t), 0);
+    assert_int_equal(pcow_lock_held_elsewhere(nl), 1);
+    close_image(t);
+    assert_int_equal(pcow_lock_held_elsewhere(nl), 0);
+    c = open_image(cpath, 0);
+    assert_int_equal(pcow_lock_held_elsewhere(nl), 1);
+    assert_int_equal(pcow_lock_held_elsewhere(c), 0);
+    close_image(c);
+    assert_int_equal(pcow_lock_held_elsewhere(nl), 0);
+    close_image(nl);
+}
+
 static void test_refusals(void **state)
 {
     pcow_snapshot_info *sn = NULL;
@@ -490,6 +516,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_clone_locks_template,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_held_elsewhere, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_refused, setup,
                                         teardown),
