@@ -471,11 +471,13 @@ static char *use_str(const ImgUse *use)
 void img_users_human(const ImgUsers *users)
 {
     unsigned n = users->uninspected;
+    /* Root is refused only by ptrace rules (another namespace's init...) */
+    const char *why = geteuid() ? ": run as root" : " (no ptrace access)";
 
     if (users->users->len == 0) {
         if (n) {
             printf("in use by: none found, but %u process%s could not be "
-                   "inspected: run as root\n", n, n == 1 ? "" : "es");
+                   "inspected%s\n", n, n == 1 ? "" : "es", why);
         } else if (users->hidden) {
             printf("in use by: none found, but /proc hides other users' "
                    "processes (hidepid): run as root\n");
@@ -496,8 +498,8 @@ void img_users_human(const ImgUsers *users)
         printf("\n");
     }
     if (n) {
-        printf("    %u more process%s could not be inspected: run as root\n",
-               n, n == 1 ? "" : "es");
+        printf("    %u more process%s could not be inspected%s\n",
+               n, n == 1 ? "" : "es", why);
     }
     if (users->hidden) {
         printf("    /proc hides other users' processes (hidepid): run as "
