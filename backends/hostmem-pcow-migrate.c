@@ -314,7 +314,11 @@ static void pcow_mig_defer(PcowMig *m)
     }
 }
 
-/* The end of the burst: one barrier; the guest does not run without it */
+/*
+ * The end of the burst: one barrier; the guest does not run without it.
+ * Still deferred until it succeeded, so that a `cont` after a failed
+ * activation asks again (and libpcow keeps refusing after a failure).
+ */
 static int pcow_mig_undefer(PcowMig *m, Error **errp)
 {
     pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
@@ -323,13 +327,13 @@ static int pcow_mig_undefer(PcowMig *m, Error **errp)
     if (!m->deferred || !mon) {
         return 0;
     }
-    m->deferred = false;
     if (pcow_monitor_defer_commits(mon, false, &err) < 0) {
         error_setg(errp, "memory backend '%s': cannot make the incoming "
                    "pcow image '%s' durable: %s", hostmem_pcow_id(m->pc),
                    hostmem_pcow_path(m->pc), err.msg);
         return err.code;
     }
+    m->deferred = false;
     return 0;
 }
 

@@ -361,20 +361,21 @@ static int raise_frontier_locked(pcow_image *img, uint64_t end)
  * The same for a reservation, whose clusters are in flight: the store under
  * the lock, its persist (a disk flush) outside, so that expansions taking
  * reserved clusters meanwhile do not wait for it.  While clusters are in
- * flight nothing lowers the frontier (pcow_alloc_trim).
+ * flight nothing lowers the frontier (trim_frontier_locked).
  */
 static int raise_frontier(pcow_image *img, uint64_t end)
 {
-    bool raised = false;
-
     pcow_lock(img);
     if (end > pcow_frontier(img)) {
         pcow_persist_hot_set(img, PCOW_HOT_FRONTIER, end);
-        raised = true;
     }
     pcow_unlock(img);
-    /* P-RESERVE-FRONTIER */
-    return raised ? pcow_persist_hot_sync(img, PCOW_HOT_FRONTIER) : 0;
+    /*
+     * P-RESERVE-FRONTIER: always, even if a later reservation stored a
+     * higher frontier: its sync may still be under way, and our clusters
+     * must not reach the ring before a frontier >= @end is durable.
+     */
+    return pcow_persist_hot_sync(img, PCOW_HOT_FRONTIER);
 }
 
 /*
@@ -514,7 +515,7 @@ int pcow_alloc_clusters(pcow_image *img, uint64_t n, uint64_t *off)
  */
 int pcow_take_locked(pcow_image *img, uint64_t *off)
 {
-    uint64_t n = img->defer_commits ? PCOW_DEFER_BATCH : 1, k;
+    uint64_t n = img->defer_commits ? PCOW_DEFER_BATCH : 1, k, space;
     int ret;
 
     if (img->ring_count) {
@@ -523,6 +524,12 @@ int pcow_take_locked(pcow_image *img, uint64_t *off)
         img->ring_count--;
         return 0;
     }
+    /*
+     * The rest of the batch joins the ring, where the in-flight
+     * reservations and an untake must still fit
+     */
+    space = PCOW_RING_CAP - img->inflight_n;
+    n = n > space ? (space ? space : 1) : n;
     ret = alloc_locked(img, n, off);
     if (ret == -ENOSPC && n > 1) {
         n = 1;

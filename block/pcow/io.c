@@ -295,13 +295,54 @@ int pcow_flush(pcow_image *img, pcow_error *err)
     return 0;
 }
 
+/*
+ * Ending deferral fails for good once its barrier failed: after a write-back
+ * error a retried fdatasync() reports success although the pages it could
+ * not write are gone, so a retry must not make the image look durable.
+ */
+static int defer_failed(pcow_image *img, int code, pcow_error *err)
+{
+    return pcow_img_error(img, err, code, "deferred commits could not be "
+                          "made durable: %s", strerror(-code));
+}
+
 int pcow_defer_commits(pcow_image *img, bool on, pcow_error *err)
 {
+    bool was;
+    int ret;
+
     pcow_lock(img);
-    img->defer_commits = on && !img->read_only;
+    ret = img->defer_error;
+    was = img->defer_commits;
+    /*
+     * Not on PM (DAX + MAP_SYNC): a commit's persist is a cache line flush
+     * there, nothing to save, and the closing barrier (fdatasync) would not
+     * flush the CPU caches of the table mappings.
+     */
+    if (ret == 0) {
+        img->defer_commits = on && !img->read_only &&
+                             img->sync != PCOW_SYNC_PMEM;
+    }
     pcow_unlock(img);
+    if (ret < 0) {
+        return defer_failed(img, ret, err);
+    }
+    if (on || pcow_writable(img) < 0) {
+        return 0;
+    }
     /* Every deferred store was made under the lock, so before the barrier */
-    return on ? 0 : pcow_flush(img, err);
+    ret = pcow_persist_barrier(img);
+    if (ret < 0 && !was) {
+        return pcow_img_error(img, err, ret, "flush failed: %s",
+                              strerror(-ret));
+    }
+    if (ret < 0) {
+        pcow_lock(img);
+        img->defer_error = ret;
+        pcow_unlock(img);
+        return defer_failed(img, ret, err);
+    }
+    return 0;
 }
 
 bool pcow_commits_deferred(pcow_image *img)

@@ -399,6 +399,7 @@ struct pcow_image {
      * persisting it (read and changed under the lock).
      */
     bool defer_commits;
+    int defer_error;        /* its closing barrier failed: -errno, sticky */
 
     /* backing chain */
     pcow_image *backing;

@@ -179,7 +179,8 @@ int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err);
  * (pcow_defer_commits()) and keeps a larger reserve ready (up to 64
  * clusters, 4 MiB), so that a fault costs no flush of its own; off makes
  * the image durable with one barrier and goes back to pool_size.  Returns
- * 0 (nothing for a read-only monitor) or -errno with @err set.
+ * 0 (nothing for a read-only monitor) or -errno with @err set; once that
+ * barrier failed, off keeps failing with its error (pcow_defer_commits()).
  */
 int pcow_monitor_defer_commits(pcow_monitor *mon, bool on, pcow_error *err);
 

@@ -377,9 +377,13 @@ int pcow_flush(pcow_image *img, pcow_error *err);
  * on, pcow_expand_cluster() stores its commits (P-EXPAND-L1,
  * P-EXPAND-COMMIT) as pcow_pwrite() does, without persisting each; the
  * image stays consistent at every point, only durability waits.  Turning
- * it off persists everything with one barrier (as pcow_flush(); on error
- * it stays off and the error is returned).  Copy-on-write is never
- * deferred.  Returns 0 or -errno with @err set; 0 and nothing else for a
+ * it off persists everything with one barrier (as pcow_flush()).  If that
+ * barrier fails, deferral stays off and every later call (on or off)
+ * fails with the same error: a retried fdatasync() can succeed although
+ * the write-back lost pages.  Copy-on-write is never deferred, nor is
+ * anything on PM (DAX + MAP_SYNC: a commit's persist is a cache line
+ * flush, and the barrier would not flush the CPU caches): on is a no-op
+ * there.  Returns 0 or -errno with @err set; 0 and nothing else for a
  * read-only or released image.
  */
 int pcow_defer_commits(pcow_image *img, bool on, pcow_error *err);
