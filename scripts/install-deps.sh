@@ -25,6 +25,8 @@ packages=(
     seabios qemu-system-data ipxe-qemu
     # test and demo guests, benchmarks
     busybox-static linux-image-amd64 kmod cpio fio zstd e2fsprogs
+    # img-users: what info's scan touches (strace), btrfs subvolumes
+    strace btrfs-progs
     # fault injection into QEMU (test-qmp-savevm-full's rollback case)
     gdb
     # confined-host tests (tests/pcow/confine/): apparmor_parser and

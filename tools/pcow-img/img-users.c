@@ -39,11 +39,13 @@ typedef struct FileId {
 typedef struct MountDesc {
     dev_t dev;
     bool remote;                /* network or FUSE: may hang, never touched */
+    bool subvols;               /* btrfs: inode numbers repeat per subvolume */
     bool known;                 /* false: in no mountinfo read (pipefs...) */
 } MountDesc;
 
 typedef struct Scan {
     FileId id;                  /* the image, from /proc/self/fdinfo */
+    struct stat st;             /* the image, fstat() of our descriptor */
     GHashTable *mounts;         /* mount id (global) -> MountDesc */
 } Scan;
 
@@ -142,6 +144,7 @@ static void load_mounts(Scan *s, const char *pid)
         m = g_new0(MountDesc, 1);
         m->dev = makedev(maj, min);
         m->remote = fs_is_remote(type);
+        m->subvols = !strcmp(type, "btrfs");
         m->known = true;
         g_hash_table_insert(s->mounts, GINT_TO_POINTER(id), m);
     }
@@ -186,6 +189,20 @@ static bool fd_id(Scan *s, const char *pid, const char *fd, FileId *id)
 static bool same_id(const FileId *a, const FileId *b)
 {
     return a->ino == b->ino && (a->mnt_id == b->mnt_id || a->dev == b->dev);
+}
+
+/*
+ * On btrfs, one mount shows subvolumes that number their inodes alike:
+ * tell them apart by stat() through the descriptor's link, now known to
+ * be a file of a local file system (it cannot hang).
+ */
+static bool same_subvol(Scan *s, const char *pid, const char *fd)
+{
+    g_autofree char *link = g_strdup_printf("/proc/%s/fd/%s", pid, fd);
+    struct stat st;
+
+    return stat(link, &st) == 0 && st.st_dev == s->st.st_dev &&
+           st.st_ino == s->st.st_ino;
 }
 
 /* Is the file we opened as @fd the file @want? */
@@ -298,11 +315,11 @@ static int scan_fds(Scan *s, const char *pid, unsigned *nimage,
         if (de->d_name[0] == '.' || !fd_id(s, pid, de->d_name, &id)) {
             continue;   /* closed meanwhile, or a pipe, socket, anon inode */
         }
+        m = mount_of(s, pid, id.mnt_id);
         if (same_id(&id, &s->id)) {
-            (*nimage)++;
+            *nimage += !m->subvols || same_subvol(s, pid, de->d_name);
             continue;
         }
-        m = mount_of(s, pid, id.mnt_id);
         if (m && !m->remote &&
             g_hash_table_add(seen, g_strdup_printf("%ju:%" PRIu64,
                                                    (uintmax_t)id.dev,
@@ -431,7 +448,7 @@ int img_users_scan(pcow_image *img, ImgUsers *users)
     s.mounts = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     load_mounts(&s, "self");
     snprintf(num, sizeof(num), "%d", pcow_fd(img));
-    if (!fd_id(&s, "self", num, &s.id)) {
+    if (fstat(pcow_fd(img), &s.st) < 0 || !fd_id(&s, "self", num, &s.id)) {
         g_hash_table_destroy(s.mounts);
         return -ENOENT;
     }

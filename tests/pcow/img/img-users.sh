@@ -394,4 +394,45 @@ else
 fi
 release_image
 
+# btrfs: the subvolumes under one mount number their inodes alike, so a
+# bystander's file in another subvolume, with the template's inode number,
+# is not taken for the template
+BT=
+if [ "$(id -u)" -eq 0 ] && command -v mkfs.btrfs >/dev/null &&
+   truncate -s 256M btrfs.img && mkfs.btrfs -q btrfs.img >/dev/null 2>&1 &&
+   mkdir bt && mount -o loop btrfs.img bt 2>/dev/null; then
+    BT=$RT/bt
+    CLEANUP_CMDS+=("umount -l $BT 2>/dev/null")
+fi
+if [ -n "$BT" ] && btrfs -q subvolume create bt/a >/dev/null &&
+   btrfs -q subvolume create bt/b >/dev/null; then
+    expect 0 "$IMG" create -q bt/a/t.pcow 1M
+    want=$(stat -c %i bt/a/t.pcow)
+    for i in $(seq 20); do
+        : >"bt/b/x$i"
+        [ "$(stat -c %i "bt/b/x$i")" = "$want" ] && break
+    done
+    equal "$(stat -c %i "bt/b/x$i")" "$want" "a file with the same inode"
+    hold_image bt/a/t.pcow ro
+    python3 - "$BT/b/x$i" >bt.out <<'EOF' &
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print("ready", flush=True)
+time.sleep(120)
+EOF
+    BTBY=$!
+    CLEANUP_CMDS+=("kill $BTBY 2>/dev/null")
+    wait_ready bt.out
+    expect 0 "$IMG" info --output=json bt/a/t.pcow
+    equal "$(uses "$OUT")" "$HOLD_PID direct - -" \
+        "the holder only, not the other subvolume's file"
+    kill "$BTBY"
+    wait "$BTBY" 2>/dev/null || true
+    release_image
+    umount "$BT"
+    ok "btrfs subvolumes: a file with the template's inode number elsewhere"
+else
+    echo "# skipped the btrfs check: not root, no mkfs.btrfs or no loop mount"
+fi
+
 finish
