@@ -14,9 +14,9 @@ exits.
 - The four clones start at once, each with the template's command line
   but its own images and -loadvm gold; clone 0 also with -S:
   right after the load, query-pcow shows 0 active bytes in both of its
-  images (nothing of the template was read or copied; what the machine
-  reset wrote into RAM was dropped by the revert) and its statistics say
-  what the reset wrote (noted).  Then cont.
+  images (nothing of the template was read or copied) and its RAM
+  image's statistics show 0 expansions and 0 COW copies (the resets
+  before the load copied no ROM blob into RAM).  Then cont.
 - Each clone prints ticks above T0 (not above T1 + 1) and never the
   guest's start line (it did not boot); its query-pcow active bytes stay
   far below the template's RAM data.
@@ -28,6 +28,9 @@ exits.
 - Clone 2: a snapshot of its own named gold (QMP pcow-snapshot-create,
   no VM state) takes precedence over the origin: loadvm gold fails for
   want of VM state and changes nothing.
+- Clone 1 again: system_reset (reboot action "reset") boots its guest:
+  start line and TICK 1 (the resets before its -loadvm and loadvm copied
+  no ROM blob into RAM, but kept the -kernel ELF's for this one).
 - Quit: the template files hash as before; pcow-img check passes on the
   template and the surviving clones; the killed clone's check has no
   corruption (what it says is printed).
@@ -247,12 +250,15 @@ def clones(t, vms, t0, t1, tram_bytes):
             f"clone0 at -S after -loadvm gold ({st}): active bytes RAM "
             f"{p['ram0']['active-bytes']}, NVDIMM "
             f"{p['pm0']['active-bytes']} (0: nothing read or copied)")
+    # The resets before the load copy no ROM blob (the -kernel ELF) into
+    # RAM (patch 0023): nothing was written, not even to be dropped
     s = p["ram0"]["statistics"]
-    t.note(f"clone0 before it runs: RAM expansions {s['expansions']}, COW "
-           f"units {s['cow-unit-faults']}, COW clusters "
-           f"{s['cow-cluster-faults']} (the machine reset's writes, "
-           f"reverted by the goto); NVDIMM expansions "
-           f"{p['pm0']['statistics']['expansions']}")
+    t.check(s["expansions"] == 0 and s["cow-unit-faults"] == 0 and
+            s["cow-cluster-faults"] == 0,
+            f"clone0 before it runs: RAM expansions {s['expansions']}, COW "
+            f"units {s['cow-unit-faults']}, COW clusters "
+            f"{s['cow-cluster-faults']} (0: the resets wrote nothing); "
+            f"NVDIMM expansions {p['pm0']['statistics']['expansions']}")
     v0.m.execute("cont")
     for vm in vms[1:]:
         vm.connect()
@@ -306,8 +312,28 @@ def clones(t, vms, t0, t1, tram_bytes):
             nv == "none",
             f"clone1 runs on ({st}); no snapshot made or lost ({snaps})")
     own_first(t, vms[2])
+    reboot(t, v1)
     for vm in vms[:3]:
         vm.send("q", r"^BYE$")
+
+
+def reboot(t, vm):
+    """A reset after -loadvm and loadvm boots the guest: the resets before
+    the loads skipped the -kernel ELF's blobs but kept them"""
+    mark = len(vm.g.lines)
+    vm.m.execute("set-action", reboot="reset")     # the guests run -no-reboot
+    vm.m.execute("system_reset")
+    try:
+        vm.g.wait_for_line(r"^READY$", timeout=600)
+        vm.next_tick()
+    except guest.GuestError as e:
+        t.check(False, f"{vm.name}: no boot after system_reset: {e}")
+        return
+    boot = [ln for ln in vm.g.lines[mark:] if guest.START_MARK in ln]
+    ticks = vm.ticks(mark)
+    t.check(boot and ticks[0] == 1,
+            f"{vm.name}: system_reset after -loadvm and loadvm boots the "
+            f"guest again (start line {bool(boot)}, first tick {ticks[0]})")
 
 
 def own_first(t, vm):
