@@ -11,7 +11,9 @@
  * A VM without a block device for the vmstate keeps it in the image of the
  * first pcow backend that takes part (patches/0018-savevm-let-a-snapshot-
  * handler-keep-the-vmstate.patch): the snapshot stores it, loadvm reads
- * it back, delvm frees it with the snapshot.
+ * it back, delvm frees it with the snapshot.  The snapshot-save/-load
+ * jobs name the backend that keeps it (vmstate=ID, patches/0024-savevm-
+ * let-the-snapshot-jobs-name-a-handler-for-the-vmstate.patch).
  *
  * A clone (pcow-img clone TEMPLATE@SNAP) also answers to the name of its
  * *origin*, the template's snapshot it was made from, unless it has a
@@ -328,6 +330,12 @@ static int vmsnap_delete(void *opaque, const char *name, Error **errp)
     return ret < 0 ? vmsnap_error(vs, "delete", name, ret, &perr, errp) : 0;
 }
 
+/* snapshot-save/-load vmstate=ID: the memory backend's id names it */
+static bool vmsnap_is_named(void *opaque, const char *name)
+{
+    return !strcmp(vmsnap_id(opaque), name);
+}
+
 static const VMSnapshotOps vmsnap_ops = {
     .describe = vmsnap_describe,
     .takes_part = vmsnap_takes_part,
@@ -341,6 +349,7 @@ static const VMSnapshotOps vmsnap_ops = {
     .delete = vmsnap_delete,
     .create_vmstate = vmsnap_create_vmstate,
     .load_vmstate = vmsnap_load_vmstate,
+    .is_named = vmsnap_is_named,
 };
 
 void *hostmem_pcow_vmsnap_add(HostMemoryBackend *backend)

@@ -19,6 +19,11 @@ the counter, "q" exits.
 - The tmpfs filled up: savevm s2 fails with one line naming pm0 and its
   image (no space for the VM state), the VM runs on, and no snapshot s2
   is left; with space back savevm s3 and delvm s3 work.
+- QMP jobs with vmstate=pm0 devices=[] (patches/0024): snapshot-save
+  of a vmstate that is neither a block node nor a memory backend fails
+  in one line and makes nothing; w D, snapshot-save q1 stores the VM
+  state in pm0's image; w E, snapshot-load q1: the guest reads D and its
+  counter goes back; snapshot-delete q1: gone from the image.
 - Host, after quit: pcow-img check exits 0 with no leaks and no VM state
   clusters; no snapshot is left.
 - Guest RAM on pcow, no NVDIMM and no disk (-machine memory-backend= a
@@ -128,6 +133,20 @@ class Vm:
 
     def status(self):
         return self.m.execute("query-status")["status"]
+
+    def job(self, cmd, **args):
+        """Run a snapshot-* job to its end; returns its error or None."""
+        jid = f"{cmd}-{time.monotonic_ns()}"
+        self.m.execute(cmd, {"job-id": jid, **args})
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            j = {j["id"]: j for j in self.m.execute("query-jobs")}.get(jid)
+            if j and j["status"] == "concluded":
+                self.m.execute("job-dismiss", id=jid)
+                print(f"   (qmp) {cmd} {args} -> {j.get('error', 'ok')}")
+                return j.get("error")
+            time.sleep(0.2)
+        raise guest.GuestError(f"{cmd}: job not concluded after 600 s")
 
 
 def snapshots(t, img):
@@ -307,7 +326,50 @@ def steps(t, vm, img, fs):
     vm.hmp("delvm s3")
     md5, _ = vm.see()
     t.check(md5 == region_md5("C"), "the guest reads C at the end")
+    qmp_jobs(t, vm, img)
     vm.send("q", r"^BYE$")
+
+
+def qmp_jobs(t, vm, img):
+    """The QMP jobs name the memory backend for the VM state."""
+    err = vm.job("snapshot-save", tag="q0", vmstate="nosuch", devices=[])
+    rows, _ = snapshots(t, img)
+    t.check(err is not None and "'nosuch'" in err and "block node" in err
+            and "memory backend" in err and len(err.splitlines()) == 1 and
+            not rows and vm.status() == "running",
+            f"snapshot-save vmstate=nosuch fails in one line naming both "
+            f"kinds of name: {err!r}; no snapshot is made ({sorted(rows)}), "
+            f"the VM runs on ({vm.status()})")
+
+    vm.send("w D", r"^WROTE D$")
+    md5, c0 = vm.see()
+    err = vm.job("snapshot-save", tag="q1", vmstate="pm0", devices=[])
+    rows, _ = snapshots(t, img)
+    size = rows.get("q1", ("", ""))[0]
+    t.check(err is None and size not in ("", "0 B"),
+            f"snapshot-save q1 vmstate=pm0 devices=[]: {err or 'ok'}; the "
+            f"image lists q1 with VM SIZE {size!r}")
+
+    vm.send("w E", r"^WROTE E$")
+    time.sleep(2)
+    md5e, c1 = vm.see()
+    err = vm.job("snapshot-load", tag="q1", vmstate="pm0", devices=[])
+    st = vm.status()
+    if st != "running":
+        vm.m.execute("cont")        # a failed load leaves the VM stopped
+    md5l, c2 = vm.see()
+    t.check(err is None and st == "running" and md5e == region_md5("E") and
+            md5l == md5 == region_md5("D") and c0 <= c2 < c1,
+            f"snapshot-load q1 vmstate=pm0: {err or 'ok'}, VM {st}; after "
+            f"E the guest reads D again ({md5l == region_md5('D')}), counter "
+            f"{c2} (it was {c0} at the save, {c1} before the load)")
+
+    err = vm.job("snapshot-delete", tag="q1", devices=[])
+    rows, _ = snapshots(t, img)
+    md5, c3 = vm.see()
+    t.check(err is None and not rows and md5 == region_md5("D") and c3 > c2,
+            f"snapshot-delete q1 devices=[]: {err or 'ok'}, no snapshot "
+            f"left ({sorted(rows)}); the guest runs on and reads D")
 
 
 if __name__ == "__main__":
