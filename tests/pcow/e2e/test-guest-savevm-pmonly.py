@@ -31,7 +31,9 @@ the counter, "q" exits.
   RAM left out: the VM SIZE stays below 32 MiB); after B and three
   seconds loadvm s1 brings A and the counter back (the machine reset
   used to copy the -kernel ELF over the reverted RAM: the guest died);
-  delvm s1 removes it, the guest runs on and the image checks clean.
+  delvm s1 removes it, the guest runs on; the QMP jobs with vmstate=ram0
+  devices=[] do the same (save, w B, load: A; delete); the image checks
+  clean.
 Env: QEMU, PCOW_IMG.  Exit 0 pass, 77 skip (last line says why), 1 fail.
 """
 
@@ -216,6 +218,7 @@ def run_ram(t):
             t.check(not rows and md5d == md5 and c3 > c2,
                     f"RAM on pcow: delvm s1 leaves no snapshot ({rows}); "
                     f"the guest runs on (counter {c2} -> {c3}) and reads A")
+            ram_jobs(t, vm, img, md5)
             vm.send("q", r"^BYE$")
         except (guest.GuestError, guest.QMPError, EOFError, OSError) as e:
             t.check(False, f"guest (RAM on pcow): {e}")
@@ -225,6 +228,29 @@ def run_ram(t):
     t.check(r.rc == 0, f"guest (RAM on pcow) script exit {r.rc}"
             + (f"; QEMU: {r.qemu_stderr.strip()}" if r.rc != 0 else ""))
     t.check_clean(img, "RAM image after poweroff")
+
+
+def ram_jobs(t, vm, img, md5a):
+    """The QMP jobs with vmstate=ram0, the RAM's own backend."""
+    err = vm.job("snapshot-save", tag="q1", vmstate="ram0", devices=[])
+    _, js = snapshots(t, img)
+    size = {x["name"]: x for x in js}.get("q1", {}).get("vm-state-size", 0)
+    t.check(err is None and 0 < size < 32 * MiB,
+            f"RAM on pcow: snapshot-save q1 vmstate=ram0 devices=[]: "
+            f"{err or 'ok'}, {size / MiB:.1f} MiB of VM state in the image")
+    vm.send("w B", r"^WROTE B$")
+    err = vm.job("snapshot-load", tag="q1", vmstate="ram0", devices=[])
+    st = vm.status()
+    if st != "running":
+        vm.m.execute("cont")        # a failed load leaves the VM stopped
+    md5, _ = vm.see()
+    err2 = vm.job("snapshot-delete", tag="q1", devices=[])
+    rows, _ = snapshots(t, img)
+    t.check(err is None and st == "running" and md5 == md5a and
+            err2 is None and not rows,
+            f"RAM on pcow: after B, snapshot-load q1 vmstate=ram0: "
+            f"{err or 'ok'}, VM {st}, the guest reads A ({md5 == md5a}); "
+            f"snapshot-delete q1: {err2 or 'ok'}, left {sorted(rows)}")
 
 
 def run(t, fs):
