@@ -21,6 +21,8 @@
  * VM state from the template and revert the clone to the origin, which on
  * a clone that never ran frees and copies nothing; delvm and savevm of the
  * name are refused.  So a VM starts from a clone with -loadvm ORIGIN.
+ * Precedence is per image: a loadvm that would take one image to its own
+ * snapshot and another to its origin of the same name is refused.
  *
  * A read-only image takes no part, as a read-only drive: nobody can change
  * it while QEMU runs, so it gets no snapshot; its RAM is still left out of
@@ -44,7 +46,12 @@
 typedef struct PcowVmSnap {
     HostMemoryBackend *backend;
     bool left_out;              /* made unmigratable by vmstate_begin */
+    QLIST_ENTRY(PcowVmSnap) next;
 } PcowVmSnap;
+
+/* Every pcow backend's handler: loadvm compares what they answer to */
+static QLIST_HEAD(, PcowVmSnap) vmsnap_list =
+    QLIST_HEAD_INITIALIZER(vmsnap_list);
 
 static HostMemPcow *vmsnap_pc(PcowVmSnap *vs)
 {
@@ -103,22 +110,48 @@ static bool vmsnap_can_snapshot(void *opaque, Error **errp)
     return true;
 }
 
-/* "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT 's1': why" */
+static pcow_image *vmsnap_img(PcowVmSnap *vs)
+{
+    return pcow_monitor_image(hostmem_pcow_monitor(vmsnap_pc(vs)));
+}
+
+/*
+ * libpcow's messages about an image begin with its file name
+ * (pcow_img_error); the line names the image already, once.
+ */
+static const char *vmsnap_why(PcowVmSnap *vs, const pcow_error *perr,
+                              int ret)
+{
+    const char *msg = hostmem_pcow_error_msg(perr, ret);
+    const char *file = hostmem_pcow_monitor(vmsnap_pc(vs))
+                       ? pcow_filename(vmsnap_img(vs)) : NULL;
+    size_t n = file ? strlen(file) : 0;
+
+    if (n && !strncmp(msg, file, n) && !strncmp(msg + n, ": ", 2)) {
+        return msg + n + 2;
+    }
+    return msg;
+}
+
+/*
+ * "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT 's1': why",
+ * with "cannot WHAT 's1'" once if the library's message says it too
+ */
 static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
                         int ret, const pcow_error *perr, Error **errp)
 {
     g_autofree char *dev = vmsnap_describe(vs);
     char *shown = pcow_escape_text(name);     /* a tag may hold anything */
+    g_autofree char *head = g_strdup_printf("cannot %s snapshot '%s': ",
+                                            what, shown ? shown : name);
+    const char *why = vmsnap_why(vs, perr, ret);
 
-    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what,
-               shown ? shown : name, hostmem_pcow_error_msg(perr, ret));
+    if (g_str_has_prefix(why, head)) {
+        why += strlen(head);
+    }
+    error_setg(errp, "%s: %s%s", dev, head, why);
     free(shown);
     return ret;
-}
-
-static pcow_image *vmsnap_img(PcowVmSnap *vs)
-{
-    return pcow_monitor_image(hostmem_pcow_monitor(vmsnap_pc(vs)));
 }
 
 /*
@@ -184,6 +217,60 @@ static void vmsnap_vmstate_end(void *opaque)
     }
 }
 
+typedef enum VmSnapAnswer {
+    VMSNAP_NONE,            /* no such name, or takes no part */
+    VMSNAP_OWN,             /* a snapshot of its own */
+    VMSNAP_ORIGIN,          /* a clone made from the template's @name */
+} VmSnapAnswer;
+
+/* What @vs answers to @name; an image it cannot read reports itself */
+static VmSnapAnswer vmsnap_answer(PcowVmSnap *vs, const char *name)
+{
+    pcow_snapshot_info sn;
+
+    if (!vmsnap_takes_part(vs) || !hostmem_pcow_monitor(vmsnap_pc(vs)) ||
+        pcow_check_file_size(vmsnap_img(vs), NULL) < 0) {
+        return VMSNAP_NONE;
+    }
+    if (pcow_snapshot_lookup(vmsnap_img(vs), name, false, 0, &sn,
+                             NULL) == 0) {
+        return VMSNAP_OWN;
+    }
+    return vmsnap_is_origin(vs, name, &sn) ? VMSNAP_ORIGIN : VMSNAP_NONE;
+}
+
+/*
+ * Own snapshots take precedence over the origin per image: if one image
+ * has its own @name and another is a clone made from @name, a loadvm
+ * would put together memory of two different snapshots (and the VM state
+ * of one).  Refuse, naming both.
+ */
+static bool vmsnap_check_mix(PcowVmSnap *vs, const char *name, Error **errp)
+{
+    VmSnapAnswer mine = vmsnap_answer(vs, name);
+    PcowVmSnap *o;
+
+    QLIST_FOREACH(o, &vmsnap_list, next) {
+        VmSnapAnswer theirs = mine == VMSNAP_NONE ? VMSNAP_NONE
+                              : vmsnap_answer(o, name);
+
+        if (theirs != VMSNAP_NONE && theirs != mine) {
+            g_autofree char *own = vmsnap_describe(mine == VMSNAP_OWN ? vs
+                                                                      : o);
+            g_autofree char *clone = vmsnap_describe(mine == VMSNAP_OWN
+                                                     ? o : vs);
+            char *shown = pcow_escape_text(name);
+
+            error_setg(errp, "snapshot '%s' is one of its own in %s but "
+                       "the origin of the clone %s: refusing to load the "
+                       "two together", shown ? shown : name, own, clone);
+            free(shown);
+            return false;
+        }
+    }
+    return true;
+}
+
 /*
  * loadvm checks this before any block device is reverted: a snapshot
  * taken before the image was resized cannot be mapped at the NVDIMM's
@@ -198,6 +285,9 @@ static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
     pcow_snapshot_info sn;
     int ret;
 
+    if (!vmsnap_check_mix(vs, name, errp)) {
+        return false;
+    }
     ret = pcow_snapshot_lookup(pcow_monitor_image(mon), name, false, 0,
                                &sn, &perr);
     if (ret == -ENOENT && vmsnap_is_origin(vs, name, &sn)) {
@@ -320,10 +410,12 @@ static int vmsnap_delete(void *opaque, const char *name, Error **errp)
     if (vmsnap_is_origin(vs, name, &sn)) {
         pcow_info info;
 
+        /* the base as libpcow resolved it, not as stored (relative) */
         pcow_get_info(vmsnap_img(vs), &info);
-        snprintf(perr.msg, sizeof(perr.msg), "it is the snapshot this clone "
-                 "was made from (in %s)", info.backing_file);
-        return vmsnap_error(vs, "delete", name, -EPERM, &perr, errp);
+        ret = pcow_set_error(&perr, -EPERM, "it is the snapshot this clone "
+                             "was made from (in %s)", info.backing_path[0]
+                             ? info.backing_path : info.backing_file);
+        return vmsnap_error(vs, "delete", name, ret, &perr, errp);
     }
     ret = pcow_monitor_snapshot_delete(hostmem_pcow_monitor(vmsnap_pc(vs)),
                                        name, &perr);
@@ -358,6 +450,7 @@ void *hostmem_pcow_vmsnap_add(HostMemoryBackend *backend)
 
     vs->backend = backend;
     vm_snapshot_register(&vmsnap_ops, vs);
+    QLIST_INSERT_HEAD(&vmsnap_list, vs, next);
     return vs;
 }
 
@@ -365,6 +458,7 @@ void hostmem_pcow_vmsnap_del(void *vmsnap)
 {
     if (vmsnap) {
         vm_snapshot_unregister(vmsnap);
+        QLIST_REMOVE((PcowVmSnap *)vmsnap, next);
         g_free(vmsnap);
     }
 }

@@ -115,11 +115,13 @@ class Test:
         sys.exit(0)
 
     # -- host side: pcow-img --
-    def img(self, *args, check: bool = True, quiet: bool = False):
-        """Run pcow-img; return CompletedProcess (stdout+stderr in .stdout)."""
-        cmd = [PCOW_IMG] + [str(a) for a in args]
+    def img(self, *args, check: bool = True, quiet: bool = False, cwd=None):
+        """Run pcow-img (in @cwd if given); return CompletedProcess
+        (stdout+stderr in .stdout)."""
+        exe = os.path.abspath(PCOW_IMG) if os.sep in PCOW_IMG else PCOW_IMG
+        cmd = [exe] + [str(a) for a in args]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+                           text=True, cwd=cwd)
         if not quiet:
             print("   $ pcow-img " + " ".join(str(a) for a in args)
                   + f"  -> exit {r.returncode}")

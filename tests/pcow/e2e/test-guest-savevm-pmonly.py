@@ -336,10 +336,11 @@ def steps(t, vm, img, fs):
     fill(filler)
     out = vm.hmp("savevm s2")
     lines = out.strip().splitlines()
-    t.check(len(lines) == 1 and "pm0" in out and "pm.pcow" in out and
+    t.check(len(lines) == 1 and "pm0" in out and out.count("pm.pcow") == 1
+            and out.count("cannot create snapshot 's2'") == 1 and
             "No space left on device" in out,
             f"savevm s2 on a full file system fails in one line naming pm0 "
-            f"and its image: {out.strip()!r}")
+            f"and its image once: {out.strip()!r}")
     rows, _ = snapshots(t, img)
     t.check(vm.status() == "running" and not rows,
             f"... the VM runs on ({vm.status()}) and no snapshot is left "
