@@ -512,7 +512,7 @@ static inline uint64_t pcow_div_round_up(uint64_t v, uint64_t d)
  */
 
 /* util.c */
-void pcow_lock(pcow_image *img);            /* sig-safe; spins, yields */
+void pcow_lock(pcow_image *img);            /* sig-safe; spins, sleeps */
 void pcow_unlock(pcow_image *img);          /* sig-safe */
 /* No error in @err (if not NULL): code 0, PCOW_ERR_NONE, empty.  sig-safe */
 void pcow_error_clear(pcow_error *err);

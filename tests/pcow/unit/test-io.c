@@ -1,9 +1,14 @@
 /*
  * libpcow unit tests: byte I/O (pread/pwrite/zero_range/flush), extents
- * (maximal merging, kinds, writability), storage probe
+ * (maximal merging, kinds, writability), storage probe, the image lock's
+ * waiting
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
+#include <pthread.h>
+#include <sched.h>
+#include <time.h>
+
 #include "unit-common.h"
 
 static TestDir td;
@@ -253,6 +258,49 @@ static void test_storage_probe(void **state)
                      -ENOENT);
 }
 
+static int lock_held;
+
+static void *hold_lock(void *opaque)
+{
+    pcow_image *img = opaque;
+    struct timespec ts = { 0, 300 * 1000 * 1000 };
+
+    pcow_lock(img);
+    __atomic_store_n(&lock_held, 1, __ATOMIC_RELEASE);
+    nanosleep(&ts, NULL);       /* as a holder in msync would */
+    pcow_unlock(img);
+    return NULL;
+}
+
+/*
+ * A waiter for the image lock sleeps while the holder sleeps: it must not
+ * take a CPU (it did: sched_yield in a loop, about the whole 300 ms on an
+ * idle CPU).  Its own CPU time, not a wall-clock figure, is checked.
+ */
+static void test_lock_wait_sleeps(void **state)
+{
+    pcow_image img;
+    pthread_t t;
+    struct timespec a, b;
+    double cpu;
+
+    memset(&img, 0, sizeof(img));
+    atomic_flag_clear(&img.lock);
+    assert_int_equal(pthread_create(&t, NULL, hold_lock, &img), 0);
+    while (!__atomic_load_n(&lock_held, __ATOMIC_ACQUIRE)) {
+        sched_yield();
+    }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    pcow_lock(&img);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    pcow_unlock(&img);
+    pthread_join(t, NULL);
+    cpu = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
+    print_message("waiter's CPU time over a 300 ms hold: %.1f ms\n",
+                  cpu * 1e3);
+    assert_true(cpu < 0.050);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -262,6 +310,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_zero_range, setup, teardown),
         cmocka_unit_test_setup_teardown(test_io_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_storage_probe, setup, teardown),
+        cmocka_unit_test(test_lock_wait_sleeps),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
