@@ -54,11 +54,16 @@ Usage: bench-clones.py --qemu Q --pcow-img P --dir DIR --out FILE
                        [--ram-mib 256]
                        [--scale-mib 256,1024,4096] [--mem-n 8]
                        [--cases C,...] [--kernel vmlinux|bzimage]
-                       [--note TEXT]
+                       [--warm-mib 0] [--note TEXT]
   --quick   a smoke run: 1 round, counts 1,2, scale 256,512, mem-n 2
   --cold-counts   the counts with cold boots (default those of --counts
             up to 4: 16 TCG boots at once take minutes on 2 CPUs)
   --rounds  default 3 (8 to 12 minutes on 2 loaded CPUs)
+  --warm-mib  a warmed template (default 0, none): the guest puts that
+            many MiB of /dev/urandom in a file in its RAM before its
+            first tick (before the snapshot), and every VM's workload
+            reads it back before its write (at most half the smallest
+            --scale-mib)
   --kernel  the guest kernel of every VM: vmlinux (default, as every
             guest test: an ELF booted through PVH, which QEMU copies into
             guest RAM at every machine reset, so also before a clone's
@@ -113,13 +118,23 @@ def log(msg):
 # ----------------------------------------------------------------------------
 # pure parts (tests/pcow/bench/test-bench.py)
 
-def workload(tick_ms, work_at, work_mib):
-    """The guest's script: ticks, and the small workload at @work_at."""
-    return (f"i=0\n"
+def workload(tick_ms, work_at, work_mib, warm_mib=0):
+    """The guest's script: ticks, and the small workload at @work_at.
+    With @warm_mib, a warmed guest: before its first tick (so before the
+    template's snapshot) it puts @warm_mib MiB of /dev/urandom in a file
+    in its RAM, and the workload reads that file back before writing, so
+    each clone or restore uses the warmed state (untouched pages would
+    not count in any PSS)."""
+    warm = (f"dd if=/dev/urandom of=/tmp/warm bs=1M count={warm_mib} "
+            f"2>/dev/null\necho \"CL-WARM {warm_mib}\"\n"
+            if warm_mib else "")
+    use = ("        cat /tmp/warm > /dev/null\n" if warm_mib else "")
+    return (f"{warm}i=0\n"
             f"while :; do\n"
             f"    i=$((i + 1))\n"
             f"    echo \"CL-TICK $i\"\n"
             f"    if [ $i -eq {work_at} ]; then\n"
+            f"{use}"
             f"        dd if=/dev/urandom of=/tmp/work bs=1M "
             f"count={work_mib} 2>/dev/null\n"
             f"        echo \"CL-WORKED $i\"\n"
@@ -369,7 +384,8 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.dir = Path(a.dir)
-        self.script = workload(a.tick_ms, a.work_at, a.work_mib)
+        self.script = workload(a.tick_ms, a.work_at, a.work_mib,
+                               a.warm_mib)
         self.cases = a.cases
         self.invalid = []
         self.rounds = []
@@ -674,6 +690,7 @@ def parse_args(argv=None):
     ap.add_argument("--snap-at", type=int, default=5)
     ap.add_argument("--work-at", type=int, default=40)
     ap.add_argument("--work-mib", type=int, default=4)
+    ap.add_argument("--warm-mib", type=int, default=0)
     ap.add_argument("--cases")
     ap.add_argument("--kernel", choices=["vmlinux", "bzimage"],
                     default="vmlinux")
@@ -689,10 +706,12 @@ def parse_args(argv=None):
     a.cases = a.cases.split(",") if a.cases else all_cases
     bad = [c for c in a.cases if c not in all_cases]
     if bad or a.rounds < 1 or 1 not in a.counts or \
-            a.ram_mib not in a.scale_mib or a.work_at <= a.snap_at + 5:
+            a.ram_mib not in a.scale_mib or a.work_at <= a.snap_at + 5 or \
+            not 0 <= a.warm_mib <= min(a.scale_mib) // 2:
         ap.error(f"unknown case {bad}" if bad else
                  "--rounds >= 1, --counts with 1, --ram-mib in --scale-mib,"
-                 " --work-at > --snap-at + 5")
+                 " --work-at > --snap-at + 5, 0 <= --warm-mib <= half the "
+                 "smallest --scale-mib")
     return a
 
 
@@ -718,7 +737,8 @@ def main():
     figs.update(rounds=a.rounds, cases=a.cases, counts=a.counts,
                 kernel=a.kernel,
                 ram_mib=a.ram_mib, scale_mib=a.scale_mib, mem_n=a.mem_n,
-                tick_ms=a.tick_ms, work_mib=a.work_mib, valid=not b.invalid,
+                tick_ms=a.tick_ms, work_mib=a.work_mib,
+                warm_mib=a.warm_mib, valid=not b.invalid,
                 templates={f"{k}-{s}": {x: (str(y) if isinstance(y, Path)
                                             else y) for x, y in v.items()}
                            for (k, s), v in b.templates.items()})
