@@ -128,7 +128,11 @@ def workload(tick_ms, work_at, work_mib, warm_mib=0):
     warm = (f"dd if=/dev/urandom of=/tmp/warm bs=1M count={warm_mib} "
             f"2>/dev/null\necho \"CL-WARM {warm_mib}\"\n"
             if warm_mib else "")
-    use = ("        cat /tmp/warm > /dev/null\n" if warm_mib else "")
+    # dd copies every page to user space; busybox cat sends the file to
+    # /dev/null without reading it (a clone's PSS stayed at the small
+    # template's)
+    use = ("        dd if=/tmp/warm of=/dev/null bs=1M 2>/dev/null\n"
+           if warm_mib else "")
     return (f"{warm}i=0\n"
             f"while :; do\n"
             f"    i=$((i + 1))\n"

@@ -634,6 +634,50 @@ class Clones(unittest.TestCase):
                               "bs=1M", "count=4"])
         self.assertIn("usleep 200000", bc.workload(200, 7, 4))
 
+    def test_warm_guest_fills_before_ticks_and_reads_back(self):
+        """--warm-mib: the fill comes before the first tick (before the
+        template's snapshot), the read back at the work tick before the
+        write; without it the script is the same as before."""
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "usleep").write_text(
+                "#!/bin/sh\nn=$(cat %s/n 2>/dev/null || echo 0)\n"
+                "echo $((n + 1)) > %s/n\n"
+                "[ $n -ge 9 ] && kill $PPID\nexit 0\n" % (d, d))
+            Path(d, "dd").write_text("#!/bin/sh\necho \"dd $*\" >> %s/log\n"
+                                     % d)
+            for f in ("usleep", "dd"):
+                os.chmod(Path(d, f), 0o755)
+            r = subprocess.run(["/bin/sh", "-c", bc.workload(200, 6, 4, 512)],
+                               capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ,
+                                        PATH=f"{d}:{os.environ['PATH']}"))
+            lines = [ln for ln in r.stdout.split("\n") if ln]
+            self.assertEqual(lines[:2], ["CL-WARM 512", "CL-TICK 1"])
+            self.assertEqual(lines.count("CL-WARM 512"), 1)
+            self.assertEqual([ln for ln in lines if "WORKED" in ln],
+                             ["CL-WORKED 6"])
+            self.assertEqual(Path(d, "log").read_text().split("\n")[:3],
+                             ["dd if=/dev/urandom of=/tmp/warm bs=1M "
+                              "count=512",
+                              "dd if=/tmp/warm of=/dev/null bs=1M",
+                              "dd if=/dev/urandom of=/tmp/work bs=1M "
+                              "count=4"])
+        self.assertEqual(bc.workload(200, 7, 4, 0), bc.workload(200, 7, 4))
+        self.assertNotIn("warm", bc.workload(200, 7, 4))
+
+    def test_warm_option(self):
+        base = ["--qemu", "q", "--pcow-img", "p", "--dir", "d", "--out", "o"]
+        self.assertEqual(bc.parse_args(base).warm_mib, 0)
+        a = bc.parse_args(base + ["--ram-mib", "1024", "--scale-mib", "1024",
+                                  "--warm-mib", "512"])
+        self.assertEqual((a.warm_mib, a.ram_mib), (512, 1024))
+        # more than half the smallest RAM size, or negative
+        for bad in (["--warm-mib", "129"], ["--warm-mib", "-1"],
+                    ["--ram-mib", "1024", "--scale-mib", "256,1024",
+                     "--warm-mib", "512"]):
+            with self.assertRaises(SystemExit):
+                bc.parse_args(base + bad)
+
     def test_cases_and_names(self):
         cases = bc.case_names(*self.ARGS)
         self.assertEqual(cases, ["clone1", "clone4", "raw1", "raw4",
