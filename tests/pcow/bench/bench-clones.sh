@@ -13,7 +13,7 @@
 #               docs/figures/results-<date>-clones[-T].json
 #   --dir DIR   where the images and state files go (default $BUILD/bench)
 #   MORE        bench-clones.py's options (--counts, --scale-mib, --mem-n,
-#               --cases, ...)
+#               --cases, --warm-mib, ...)
 # Needs root (the guest), QEMU (default $BUILD/qemu-system-x86_64) with
 # clone support (-loadvm on a clone) and PCOW_IMG.
 #
