@@ -296,7 +296,6 @@ int pcow_clone_origin_read_vm_state(pcow_image *img, uint64_t offset,
 int pcow_clone_reset(pcow_image *img, pcow_error *err)
 {
     PcowHeader h = img->hdr;
-    PcowProblems pr = { 0 };
     const PcowSnapshot *sn;
     uint64_t l1_off, l1_size;
     int ret;
@@ -332,18 +331,6 @@ int pcow_clone_reset(pcow_image *img, pcow_error *err)
     h.l1_size = l1_size;
     h.virtual_size = sn->virtual_size;
     pcow_header_set_limit(img, &h, 0);  /* the whole origin shows again */
-    ret = pcow_header_commit(img, &h, err);     /* P-ORIGIN-COMMIT */
-    if (ret < 0) {
-        return ret;
-    }
-    pcow_lock(img);
-    pcow_tables_unload(img);
-    ret = pcow_tables_load(img, &pr);
-    pcow_unlock(img);
-    if (ret < 0 || pr.count) {
-        return pcow_img_error(img, err, ret < 0 ? ret : -EINVAL, "%s",
-                              pr.first);
-    }
-    /* Free the old active tables and what only they referenced */
-    return pcow_alloc_recover(img, false, err);
+    /* P-ORIGIN-COMMIT */
+    return pcow_switch_active(img, &h, err);
 }

@@ -757,6 +757,14 @@ int pcow_snapshot_view(pcow_image *img, uint64_t id, const char *owner,
 /* Set (@on) or clear HAS_CLONES of snapshot @k.  durable (P-CLONE-*); - */
 int pcow_snapshot_set_clones(pcow_image *img, uint32_t k, bool on,
                              pcow_error *err);
+/*
+ * The active layer becomes the one @h describes (a revert, a clone reset:
+ * its new L1 is durable already): commit @h, reload the tables, free the
+ * old active tables and what only they referenced.  durable (the caller's
+ * P-xxx-COMMIT); -
+ */
+int pcow_switch_active(pcow_image *img, const PcowHeader *h,
+                       pcow_error *err);
 /* Index of the snapshot named @name_or_id, else of that id; -1.  Pure */
 int pcow_snapshot_find(pcow_image *img, const char *name_or_id);
 /* Report bad or duplicate ids; returns how many.  Pure */

@@ -877,7 +877,6 @@ int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
                          pcow_error *err)
 {
     PcowHeader h = img->hdr;
-    PcowProblems pr = { 0 };
     PcowSnapshot sn;
     uint64_t *l1 = NULL, l1_off;
     int k, ret;
@@ -906,7 +905,16 @@ int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
     h.l1_size = sn.l1_size;
     h.virtual_size = sn.virtual_size;
     h.backing_limit = sn.backing_limit;     /* the base as it showed then */
-    ret = pcow_header_commit(img, &h, err);     /* P-REVERT-COMMIT */
+    /* P-REVERT-COMMIT */
+    return pcow_switch_active(img, &h, err);
+}
+
+int pcow_switch_active(pcow_image *img, const PcowHeader *h,
+                       pcow_error *err)
+{
+    PcowProblems pr = { 0 };
+    int ret = pcow_header_commit(img, h, err);
+
     if (ret < 0) {
         return ret;
     }

@@ -99,6 +99,7 @@ lc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lc)
 round_order = lc.round_order
 spread = lc.spread
+fmt_ratio = lc.fmt_ratio
 
 MiB = 1 << 20
 KiB4 = 4096
@@ -370,15 +371,6 @@ def table(rounds, cases):
                 mm = f"[{s['min']}, {s['max']}]"
                 lines.append(f"{c:<14} {m:<24} {s['median']:>14} {mm:>28}")
     return "\n".join(lines)
-
-
-def fmt_ratio(out, k):
-    v = out.get(k)
-    if v is None:
-        return "-"
-    ci = out.get(k + "_ci95")
-    return (f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") +
-            f" min {out[k + '_min']:.3f} max {out[k + '_max']:.3f}")
 
 
 # ----------------------------------------------------------------------------
