@@ -15,9 +15,14 @@ Usage: bench-guest.py [--quick] [--accel tcg|kvm] [--out DIR] [--publish]
                       [--rounds N] [--only CONFIGS]
 
 Every job runs in N rounds (default 10); in each round every configuration
-runs it once, in an order that rotates from round to round.  Each figure
-is the median over the rounds; each ratio is the median of the per-round
-ratios, with a 95% percentile bootstrap interval (KEY_ci95: [lo, hi]).
+runs it once, in an order that rotates from round to round, except that
+in the steady-state jobs raw-dax and pcow-dax, the pair whose parity the
+benchmark is asked about, run back to back twice as A B B A (which one
+runs first alternates from round to round): a round's figure for each is
+the mean of its two runs, so that a linear drift of the machine's speed
+over those four runs hits both alike.  Each figure is the median over
+the rounds; each ratio is the median of the per-round ratios, with a 95%
+percentile bootstrap interval (KEY_ci95: [lo, hi]).
 
 This work is licensed under the terms of the GNU GPL, version 2 or later.
 """
@@ -284,17 +289,36 @@ def combine_rounds(rounds):
     return out
 
 
+def mean_of_runs(runs):
+    """One round's summary from its runs (a paired configuration's two,
+    A B B A): every figure the mean of the runs (null if a run lacks it),
+    ios and runtime summed, the latency CDF of the first run."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for k in KEYS:
+        vs = [r.get(k) for r in runs]
+        out[k] = None if None in vs else sum(vs) / len(vs)
+    out["ios"] = sum(r.get("ios") or 0 for r in runs)
+    out["runtime_ms"] = sum(r.get("runtime_ms") or 0 for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
 def merge_fio(res, fio):
-    """fio {"cfg@job#round": summary} of one boot into res
-    {cfg: {"fio": {job: combine_rounds()}}} (no #round: round 0)."""
+    """fio {"cfg@job#round[.part]": summary} of one boot into res
+    {cfg: {"fio": {job: combine_rounds()}}} (no #round: round 0; the parts
+    of a round, a paired configuration's runs, averaged: mean_of_runs)."""
     per = {}
     for k, v in fio.items():
         cfg, _, job = k.partition("@")
-        job, _, rnd = job.partition("#")
+        job, _, tag = job.partition("#")
+        rnd = int(tag.partition(".")[0] or 0)
         if cfg in res:
-            per.setdefault((cfg, job), {})[int(rnd or 0)] = v
+            per.setdefault((cfg, job), {}).setdefault(rnd, []).append(v)
     for (cfg, job), rounds in per.items():
-        res[cfg]["fio"][job] = combine_rounds(rounds)
+        res[cfg]["fio"][job] = combine_rounds(
+            {r: mean_of_runs(runs) for r, runs in rounds.items()})
 
 
 def merge_redis(res, redis):
@@ -368,6 +392,29 @@ def round_order(cfgs, rnd, i=0):
     return order if (i + rnd) % 2 == 0 else order[::-1]
 
 
+# The configurations compared for parity: in the steady-state jobs they run
+# as A B B A in every round (paired_order)
+PAIR = ("raw-dax", "pcow-dax")
+
+
+def paired_order(order):
+    """[(cfg, part)] of one round of a steady-state job: @order, but the
+    PAIR's two configurations as one block A B B A where the first of them
+    stands in @order (so the rotation alternates which runs first), part
+    0 and 1 being their two runs; the others run once (part None)."""
+    pair = [c for c in order if c in PAIR]
+    if len(pair) != 2:
+        return [(c, None) for c in order]
+    a, b = pair
+    out = []
+    for c in order:
+        if c == a:
+            out += [(a, 0), (b, 0), (b, 1), (a, 1)]
+        elif c != b:
+            out.append((c, None))
+    return out
+
+
 def slice_of(p, region, rnd):
     """Round rnd's slice (offset, size) of a one-shot region (first touch,
     COW): each round writes its own fresh part, 64 KiB aligned."""
@@ -408,17 +455,20 @@ def main_jobs(p, cfgs):
     jobs = []
     for rnd in range(p["rounds"]):
         for i, (name, kw) in enumerate(wl):
-            for cfg in round_order(cfgs, rnd, i):
-                if name == "firsttouch-4k-1":
-                    # writes into never-written space: this round's slice
+            if name == "firsttouch-4k-1":
+                # writes into never-written space: this round's slice
+                for cfg in round_order(cfgs, rnd, i):
                     jobs.append((f"{cfg}@{name}#{rnd}", one_shot(cfg, "ft", p, rnd)))
-                    continue
+                continue
+            order = round_order(cfgs, rnd, i)
+            for cfg, part in paired_order(order):
                 t = target(cfg, "data", p)
                 if "aio" in name:
                     if t["engine"] != "psync":
                         continue
                     t["engine"] = "libaio"
-                jobs.append((f"{cfg}@{name}#{rnd}",
+                tag = f"{rnd}" if part is None else f"{rnd}.{part}"
+                jobs.append((f"{cfg}@{name}#{tag}",
                              dict(runtime=T, ramp=p["ramp"], **kw, **t)))
     return jobs
 
@@ -629,6 +679,8 @@ class Runner:
         self.p = {"vcpus": vcpus, "runtime": a.runtime or (1 if a.quick else 2),
                   "ramp": 0.5 if a.quick else 1,
                   "rounds": a.rounds or 10,
+                  # steady-state jobs: these two as A B B A in every round
+                  "paired": list(PAIR),
                   "data": (256 if a.quick else 512) * MiB,
                   "ft": (256 if a.quick else 512) * MiB,
                   "cow": (128 if a.quick else 256) * MiB,

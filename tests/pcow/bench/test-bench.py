@@ -320,6 +320,71 @@ class Intervals(unittest.TestCase):
         self.assertIn("0.900 [0.900, 0.900]", text)
 
 
+class Paired(unittest.TestCase):
+    """raw-dax and pcow-dax, whose parity the benchmark is asked about, run
+    as A B B A in every round of a steady-state job; a round's figure is
+    the mean of the two runs."""
+    cfgs = ["raw-dax", "pcow-dax", "pcow-blk", "qcow2-blk"]
+    p = {"vcpus": 2, "runtime": 1, "ramp": 0.5, "rounds": 4,
+         "data": 256 << 20, "ft": 256 << 20, "cow": 128 << 20}
+
+    def round_of(self, jobs, name, rnd):
+        return [k.partition("@")[0] + "#" + k.partition("#")[2]
+                for k, _ in jobs
+                if k.partition("@")[2].partition("#")[0] == name and
+                k.partition("#")[2].partition(".")[0] == str(rnd)]
+
+    def test_steady_jobs_run_abba(self):
+        jobs = bg.main_jobs(self.p, self.cfgs)
+        for name in ("randread-4k-1", "randwrite-4k-1", "read-1m-N",
+                     "write-1m-N", "randread-4k-N", "randwrite-4k-N"):
+            firsts = set()
+            for rnd in range(self.p["rounds"]):
+                seq = self.round_of(jobs, name, rnd)
+                cfgs = [x.partition("#")[0] for x in seq]
+                i = next(k for k, c in enumerate(cfgs) if c in bg.PAIR)
+                a, b = cfgs[i], cfgs[i + 1]
+                self.assertEqual({a, b}, set(bg.PAIR), (name, seq))
+                self.assertEqual(cfgs[i:i + 4], [a, b, b, a], (name, seq))
+                self.assertEqual(seq[i:i + 4],
+                                 [f"{a}#{rnd}.0", f"{b}#{rnd}.0",
+                                  f"{b}#{rnd}.1", f"{a}#{rnd}.1"])
+                # the others run once, unpaired
+                for c in ("pcow-blk", "qcow2-blk"):
+                    self.assertEqual(seq.count(f"{c}#{rnd}"), 1, seq)
+                firsts.add(a)
+            # which of the pair runs first alternates
+            self.assertEqual(firsts, set(bg.PAIR), name)
+        # the one-shot job (never-written space) runs once per round
+        seq = self.round_of(jobs, "firsttouch-4k-1", 0)
+        self.assertEqual(sorted(seq), sorted(f"{c}#0" for c in self.cfgs))
+
+    def test_without_the_pair_nothing_is_paired(self):
+        jobs = bg.main_jobs(self.p, ["pcow-dax", "qcow2-blk"])
+        self.assertFalse([k for k, _ in jobs if "." in k.partition("#")[2]])
+
+    def test_round_figure_is_the_mean_of_its_two_runs(self):
+        runs = {"raw-dax": [(1000.0, 800.0), (1000.0, 1000.0)],
+                "pcow-dax": [(950.0, 850.0), (990.0, 970.0)]}
+        jobs = [fio_job(f"{c}@randread-4k-1#{r}.{k}", v[k])
+                for c, rl in runs.items() for r, v in enumerate(rl)
+                for k in (0, 1)]
+        jobs += [fio_job(f"qcow2-blk@randread-4k-1#{r}", 100.0)
+                 for r in range(2)]
+        lines = (OK + ["BENCH-BEGIN x 1.0 1.0"] +
+                 ["@J " + ln for ln in json.dumps({"jobs": jobs}).splitlines()] +
+                 ["BENCH-END x 2.0 2.0"])
+        fio, redis, bad, reasons = bg.boot_results(lines, 0, CFGS)
+        self.assertEqual((bad, reasons), ([], []))
+        R = results(fio, reasons, rounds=2)
+        j = R["fs"]["tmpfs"]["raw-dax"]["fio"]["randread-4k-1"]
+        self.assertEqual([x["iops"] for x in j["rounds"]], [900.0, 1000.0])
+        self.assertEqual(j["ios"], 1000 + 800 + 1000 + 1000)
+        text, rt = bg.report(R)
+        # per round: 900/900 and 980/1000; the median of the two
+        self.assertEqual(rt["pcowdax_over_rawdax_4k_randread"], 0.99)
+
+
 class StrictJson(unittest.TestCase):
     def test_nan_is_refused(self):
         for bad in ('{"a": nan}', '{"a": NaN}', '{"a": Infinity}'):
