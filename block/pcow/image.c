@@ -525,7 +525,6 @@ static pcow_image *image_new(const char *path, unsigned flags,
     if (!img) {
         return NULL;
     }
-    atomic_flag_clear(&img->lock);
     img->fd = -1;
     img->backing_raw_fd = -1;
     img->flags = flags;

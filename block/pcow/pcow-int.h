@@ -382,7 +382,7 @@ struct pcow_image {
     PcowSnapshot *snaps;
 
     /* allocation: bitmap of free clusters below the frontier */
-    atomic_flag lock;
+    uint32_t lock;          /* pcow_lock: 0 free, 1 held, 2 contended */
     uint64_t *free_bm;      /* anonymous mapping (grown in signal context) */
     uint64_t free_bm_len;   /* bytes mapped */
     uint64_t free_bm_bits;
@@ -512,7 +512,7 @@ static inline uint64_t pcow_div_round_up(uint64_t v, uint64_t d)
  */
 
 /* util.c */
-void pcow_lock(pcow_image *img);            /* sig-safe; spins, sleeps */
+void pcow_lock(pcow_image *img);            /* sig-safe; spins, futex */
 void pcow_unlock(pcow_image *img);          /* sig-safe */
 /* No error in @err (if not NULL): code 0, PCOW_ERR_NONE, empty.  sig-safe */
 void pcow_error_clear(pcow_error *err);
