@@ -400,6 +400,12 @@ struct pcow_image {
      */
     bool defer_commits;
     int defer_error;        /* its closing barrier failed: -errno, sticky */
+    /*
+     * The first barrier or sync that failed (-errno, __atomic, sticky):
+     * after a write-back error a retried fdatasync() returns 0 with the
+     * pages gone, so close must not mark the image clean (persist.c).
+     */
+    int persist_error;
 
     /* backing chain */
     pcow_image *backing;

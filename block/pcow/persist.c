@@ -56,6 +56,16 @@ static inline void hook(pcow_image *img, pcow_persist_op op, uint64_t off,
     }
 }
 
+/* Remember the first failed barrier or sync (pcow_close_clean).  Sig-safe */
+static int persist_failed(pcow_image *img, int code)
+{
+    int none = 0;
+
+    __atomic_compare_exchange_n(&img->persist_error, &none, code, false,
+                                __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return code;
+}
+
 
 /*
  * msync(MS_SYNC) of a MAP_SHARED range is vfs_fsync_range(datasync): the
@@ -191,7 +201,7 @@ int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
 int pcow_persist_barrier(pcow_image *img)
 {
     if (fdatasync(img->fd) < 0) {
-        return -errno;
+        return persist_failed(img, -errno);
     }
     hook(img, PCOW_OP_BARRIER, 0, NULL, 0);
     return 0;
@@ -222,7 +232,7 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
     case PCOW_SYNC_MSYNC:
         if (start + mlen <= img->sync_win_len) {
             if (msync((uint8_t *)img->sync_win + start, mlen, MS_SYNC) < 0) {
-                return -errno;
+                return persist_failed(img, -errno);
             }
             break;
         }
@@ -234,7 +244,7 @@ int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len)
             return pcow_persist_barrier(img);
         }
         if (msync(p, mlen, MS_SYNC) < 0) {
-            ret = -errno;
+            ret = persist_failed(img, -errno);
         }
         munmap(p, mlen);
         if (ret < 0) {
@@ -265,7 +275,7 @@ int pcow_persist_mapped(pcow_image *img, void *addr, uint64_t file_off,
         /* tmpfs: the store is in the medium; msync would be a no-op */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
     } else if (msync((void *)start, end - start, MS_SYNC) < 0) {
-        return -errno;
+        return persist_failed(img, -errno);
     }
     /* Mappings are page aligned: file and address agree below a page */
     hook(img, PCOW_OP_SYNC, file_off - (a - start), NULL, end - start);

@@ -193,7 +193,9 @@ int pcow_open(const char *path, const pcow_open_opts *opts,
 /*
  * Makes everything durable, clears the in-use flag, releases locks.  A file
  * truncated behind our back (see pcow_check_file_size) is left as it is,
- * in use, with that error; the image is freed all the same.
+ * in use, with that error; so is an image after any failed barrier or
+ * sync of this session (the error's code; "not marked clean": the next
+ * open recovers).  The image is freed all the same.
  */
 int pcow_close(pcow_image *img, pcow_error *err);
 

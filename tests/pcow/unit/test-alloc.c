@@ -592,6 +592,36 @@ static void test_reserve_frontier_each(void **state)
 }
 
 /*
+ * Close @img after a failed barrier: it fails with @code, one line naming
+ * the image, and leaves the image in use, so that the next open recovers
+ * it and marks it clean at its own close.
+ */
+static bool closes_dirty(pcow_image *img, int code)
+{
+    pcow_error err = { 0 };
+    pcow_info info;
+    bool dirty, recovered;
+
+    assert_int_equal(pcow_close(img, &err), code);
+    assert_true(contains(err.msg, path) &&
+                contains(err.msg, "not marked clean"));
+    assert_int_equal(strchr(err.msg, '\n'), NULL);
+    img = open_image(path, 0);
+    pcow_get_info(img, &info);
+    dirty = info.was_dirty;
+    close_image(img);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    pcow_get_info(img, &info);
+    recovered = info.was_dirty;
+    close_image(img);
+    assert_int_equal(check_clean(path), 0);
+    img = open_image(path, 0);
+    pcow_get_info(img, &info);
+    close_image(img);
+    return dirty && recovered && !info.was_dirty;
+}
+
+/*
  * The barrier that ends deferral failed (fdatasync on a pipe: EINVAL):
  * every later end of deferral fails with that error, though fdatasync
  * works again (after a write-back error a retry returns 0 with the pages
@@ -627,8 +657,36 @@ static void test_deferred_sticky_error(void **state)
     assert_true(contains(err.msg, path) && contains(err.msg, "durable"));
     assert_int_equal(pcow_defer_commits(img, true, NULL), -EINVAL);
     assert_false(pcow_commits_deferred(img));
-    close_image(img);
-    assert_int_equal(check_clean(path), 0);
+    assert_true(closes_dirty(img, -EINVAL));
+}
+
+/*
+ * A failed flush (fdatasync on a pipe) followed by one that works: close
+ * still leaves the image in use, as the pages the first lost are gone.
+ */
+static void test_failed_flush_not_clean(void **state)
+{
+    pcow_error err = { 0 };
+    uint8_t buf[4096];
+    pcow_image *img;
+    int saved, p[2];
+
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    fill_pattern(buf, sizeof(buf), 7);
+    assert_int_equal(pcow_pwrite(img, 0, buf, sizeof(buf), NULL),
+                     sizeof(buf));
+    saved = dup(img->fd);
+    assert_true(saved >= 0);
+    assert_int_equal(pipe(p), 0);
+    assert_true(dup2(p[0], img->fd) >= 0);
+    assert_int_equal(pcow_flush(img, &err), -EINVAL);
+    assert_true(dup2(saved, img->fd) >= 0);
+    close(saved);
+    close(p[0]);
+    close(p[1]);
+    assert_int_equal(pcow_flush(img, NULL), 0);
+    assert_true(closes_dirty(img, -EINVAL));
 }
 
 /*
@@ -696,6 +754,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reserve_frontier_each, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deferred_sticky_error, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_failed_flush_not_clean, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deferred_not_on_pmem, setup,
                                         teardown),
