@@ -323,15 +323,18 @@ static int pcow_mig_undefer(PcowMig *m, Error **errp)
 {
     pcow_monitor *mon = hostmem_pcow_monitor(m->pc);
     pcow_error err = { 0 };
+    int ret;
 
     if (!m->deferred || !mon) {
         return 0;
     }
-    if (pcow_monitor_defer_commits(mon, false, &err) < 0) {
+    ret = pcow_monitor_defer_commits(mon, false, &err);
+    if (ret < 0) {
         error_setg(errp, "memory backend '%s': cannot make the incoming "
                    "pcow image '%s' durable: %s", hostmem_pcow_id(m->pc),
-                   hostmem_pcow_path(m->pc), err.msg);
-        return err.code;
+                   hostmem_pcow_path(m->pc),
+                   hostmem_pcow_error_why(&err, ret));
+        return ret;
     }
     m->deferred = false;
     return 0;

@@ -116,40 +116,18 @@ static pcow_image *vmsnap_img(PcowVmSnap *vs)
 }
 
 /*
- * libpcow's messages about an image begin with its file name
- * (pcow_img_error); the line names the image already, once.
- */
-static const char *vmsnap_why(PcowVmSnap *vs, const pcow_error *perr,
-                              int ret)
-{
-    const char *msg = hostmem_pcow_error_msg(perr, ret);
-    const char *file = hostmem_pcow_monitor(vmsnap_pc(vs))
-                       ? pcow_filename(vmsnap_img(vs)) : NULL;
-    size_t n = file ? strlen(file) : 0;
-
-    if (n && !strncmp(msg, file, n) && !strncmp(msg + n, ": ", 2)) {
-        return msg + n + 2;
-    }
-    return msg;
-}
-
-/*
- * "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT 's1': why",
- * with "cannot WHAT 's1'" once if the library's message says it too
+ * "pcow image 'a.pcow' (memory backend 'pm0'): cannot WHAT snapshot 's1':
+ * why": the image and the operation once, libpcow's message without
+ * them (pcow_error's why marks its cause)
  */
 static int vmsnap_error(PcowVmSnap *vs, const char *what, const char *name,
                         int ret, const pcow_error *perr, Error **errp)
 {
     g_autofree char *dev = vmsnap_describe(vs);
     char *shown = pcow_escape_text(name);     /* a tag may hold anything */
-    g_autofree char *head = g_strdup_printf("cannot %s snapshot '%s': ",
-                                            what, shown ? shown : name);
-    const char *why = vmsnap_why(vs, perr, ret);
 
-    if (g_str_has_prefix(why, head)) {
-        why += strlen(head);
-    }
-    error_setg(errp, "%s: %s%s", dev, head, why);
+    error_setg(errp, "%s: cannot %s snapshot '%s': %s", dev, what,
+               shown ? shown : name, hostmem_pcow_error_why(perr, ret));
     free(shown);
     return ret;
 }
@@ -294,10 +272,9 @@ static bool vmsnap_can_goto(void *opaque, const char *name, Error **errp)
         ret = 0;
     }
     if (ret == 0 && sn.virtual_size != pcow_monitor_size(mon)) {
-        ret = -EINVAL;
-        snprintf(perr.msg, sizeof(perr.msg), "its virtual size is %" PRIu64
-                 ", the image's now %" PRIu64, sn.virtual_size,
-                 pcow_monitor_size(mon));
+        ret = pcow_set_error(&perr, -EINVAL, "its virtual size is %" PRIu64
+                             ", the image's now %" PRIu64, sn.virtual_size,
+                             pcow_monitor_size(mon));
     }
     if (ret < 0) {
         vmsnap_error(vs, "revert to", name, ret, &perr, errp);
@@ -350,16 +327,15 @@ static int vmsnap_load_vmstate(void *opaque, const char *name,
         ret = pcow_snapshot_lookup(img, name, false, 0, &sn, &perr);
     }
     if (ret == 0 && sn.vm_state_size == 0) {
-        ret = -ENODATA;
-        snprintf(perr.msg, sizeof(perr.msg), "%s", origin ?
-                 "the template's snapshot holds no VM state (taken without "
-                 "QEMU?)" : "it holds no VM state (a snapshot taken beside "
-                 "a disk, or without QEMU)");
+        ret = pcow_set_error(&perr, -ENODATA, "%s", origin ?
+                             "the template's snapshot holds no VM state "
+                             "(taken without QEMU?)" : "it holds no VM state "
+                             "(a snapshot taken beside a disk, or without "
+                             "QEMU)");
     }
     if (ret == 0 && !(*buf = g_try_malloc(sn.vm_state_size))) {
-        ret = -ENOMEM;
-        snprintf(perr.msg, sizeof(perr.msg), "no memory for its %" PRIu64
-                 " bytes of VM state", sn.vm_state_size);
+        ret = pcow_set_error(&perr, -ENOMEM, "no memory for its %" PRIu64
+                             " bytes of VM state", sn.vm_state_size);
     }
     if (ret == 0) {
         ret = origin ? pcow_clone_origin_read_vm_state(img, 0, *buf,

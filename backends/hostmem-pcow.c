@@ -98,6 +98,16 @@ const char *hostmem_pcow_error_msg(const pcow_error *perr, int ret)
     return perr->msg[0] ? perr->msg : strerror(-ret);
 }
 
+const char *hostmem_pcow_error_text(const pcow_error *perr, int ret)
+{
+    return perr->msg[perr->what] ? perr->msg + perr->what : strerror(-ret);
+}
+
+const char *hostmem_pcow_error_why(const pcow_error *perr, int ret)
+{
+    return perr->msg[perr->why] ? perr->msg + perr->why : strerror(-ret);
+}
+
 /*
  * The monitor's episode eventfd, written at an episode's start and end:
  * one PCOW_IO_ERROR and one PCOW_IO_RESUMED per episode.
@@ -181,7 +191,7 @@ static void hostmem_pcow_close(HostMemPcow *pc)
     qemu_mutex_unlock(&pc->lock);
     if (ret < 0) {
         error_report("pcow: closing image '%s' failed: %s", pc->path,
-                     hostmem_pcow_error_msg(&perr, ret));
+                     hostmem_pcow_error_text(&perr, ret));
     }
 }
 
@@ -555,7 +565,7 @@ int hostmem_pcow_flush(HostMemPcow *pc)
     qemu_mutex_unlock(&pc->lock);
     if (ret < 0) {
         error_report_once("pcow image '%s': flush failed: %s", pc->path,
-                          pc->mon ? hostmem_pcow_error_msg(&perr, ret)
+                          pc->mon ? hostmem_pcow_error_why(&perr, ret)
                                   : "image is closed");
     }
     return ret;
@@ -597,20 +607,14 @@ bool hostmem_pcow_deferred(HostMemPcow *pc)
 
 /*
  * @errp for a libpcow/monitor failure of @what on @pc's image, naming the
- * image once (libpcow's messages usually start with its path)
+ * image once: libpcow's message without its name (a base's stays)
  */
 static int hostmem_pcow_fail(HostMemPcow *pc, const char *what, int ret,
                              const pcow_error *perr, Error **errp)
 {
-    const char *msg = hostmem_pcow_error_msg(perr, ret);
-
-    if (strstr(msg, pc->path)) {
-        error_setg(errp, "memory backend '%s': %s the pcow image: %s",
-                   hostmem_pcow_id(pc), what, msg);
-    } else {
-        error_setg(errp, "memory backend '%s': %s the pcow image '%s': %s",
-                   hostmem_pcow_id(pc), what, pc->path, msg);
-    }
+    error_setg(errp, "memory backend '%s': %s the pcow image '%s': %s",
+               hostmem_pcow_id(pc), what, pc->path,
+               hostmem_pcow_error_text(perr, ret));
     return ret;
 }
 

@@ -65,6 +65,13 @@ void hostmem_pcow_prealloc(HostMemPcow *pc, Error **errp);
  */
 struct pcow_error;
 const char *hostmem_pcow_error_msg(const struct pcow_error *perr, int ret);
+/*
+ * The same for a line that names the image already: without the image's
+ * name (pcow_error's what).  _why: for a line that also states the
+ * operation: the cause alone (pcow_error's why).  No text is compared.
+ */
+const char *hostmem_pcow_error_text(const struct pcow_error *perr, int ret);
+const char *hostmem_pcow_error_why(const struct pcow_error *perr, int ret);
 
 /* The pcow state of @backend, or NULL if it is not a pcow backend. */
 HostMemPcow *hostmem_pcow_find(HostMemoryBackend *backend);

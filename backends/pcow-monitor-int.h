@@ -169,8 +169,8 @@ void mon_latency_add(mon_latency *lat, uint64_t ns);
  * Signal-safe (its own formatter; no stdio, no strerror). */
 void mon_report(pcow_monitor *mon, const char *what, uint64_t offset,
                 int err);
-/* pcow_set_error() (code, kind, message) with the message prefixed with
- * the image's name unless @mon is NULL; nothing if @err is NULL.  Returns
+/* pcow_set_file_error() (code, kind, message, err->what) with the image's
+ * name, pcow_set_error() if @mon is NULL; nothing if @err is NULL.  Returns
  * @code.  Not signal-safe (vsnprintf). */
 int mon_error(pcow_monitor *mon, pcow_error *err, int code,
               const char *fmt, ...) __attribute__((format(printf, 4, 5)));

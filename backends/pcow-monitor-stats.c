@@ -167,8 +167,9 @@ int mon_error(pcow_monitor *mon, pcow_error *err, int code,
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    return pcow_set_error(err, code, "%s%s%s", mon ? mon->name : "",
-                          mon ? ": " : "", buf);
+    /* The image's name marked (err->what): front ends strip no text */
+    return mon ? pcow_set_file_error(err, code, mon->name, "%s", buf)
+               : pcow_set_error(err, code, "%s", buf);
 }
 
 uint64_t mon_proc_read_u64(const char *path, uint64_t dflt)

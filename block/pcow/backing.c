@@ -73,18 +73,19 @@ static int check_level(const char *owner, const char *name,
     fd = pcow_open_data(path, O_RDONLY, *fmt != PCOW_FMT_PCOW, &st, size,
                         why, sizeof(why));
     if (fd < 0) {
-        return pcow_set_error(err, fd, "%s: cannot open backing file '%s' "
-                              "(%s): %s", owner, name, path, why);
+        return pcow_set_file_error(err, fd, owner, "cannot open backing file "
+                                   "'%s' (%s): %s", name, path, why);
     }
     for (k = 0; k < chain->n; k++) {
         if (chain->dev[k] == st.st_dev && chain->ino[k] == st.st_ino) {
             close(fd);
-            return pcow_set_error(err, -ELOOP, "%s: backing chain loop: "
-                                  "'%s'%s%s%s is %s", owner, path,
-                                  parent ? ", the base of '" : "",
-                                  parent ? parent : "", parent ? "'," : "",
-                                  k == self ? "the image itself" :
-                                  "already in the chain");
+            return pcow_set_file_error(err, -ELOOP, owner, "backing chain "
+                                       "loop: '%s'%s%s%s is %s", path,
+                                       parent ? ", the base of '" : "",
+                                       parent ? parent : "",
+                                       parent ? "'," : "",
+                                       k == self ? "the image itself" :
+                                       "already in the chain");
         }
     }
     magic = pcow_probe_fd(fd);
@@ -93,21 +94,21 @@ static int check_level(const char *owner, const char *name,
     }
     if (*fmt == PCOW_FMT_PCOW && !magic) {
         close(fd);
-        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is not a "
-                              "pcow image (backing format pcow)", owner,
-                              path);
+        return pcow_set_file_error(err, -EINVAL, owner, "backing file '%s' is "
+                                   "not a pcow image (backing format pcow)",
+                                   path);
     }
     if (*fmt == PCOW_FMT_RAW && magic) {
         close(fd);
-        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is a "
-                              "pcow image but the backing format is raw",
-                              owner, path);
+        return pcow_set_file_error(err, -EINVAL, owner, "backing file '%s' is "
+                                   "a pcow image but the backing format is raw",
+                                   path);
     }
     if (*fmt == PCOW_FMT_PCOW && S_ISBLK(st.st_mode)) {
         close(fd);
-        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is a "
-                              "block device: only a raw base can be one",
-                              owner, path);
+        return pcow_set_file_error(err, -EINVAL, owner, "backing file '%s' is "
+                                   "a block device: only a raw base can be one",
+                                   path);
     }
     chain->dev[chain->n] = st.st_dev;
     chain->ino[chain->n] = st.st_ino;
@@ -134,8 +135,8 @@ int pcow_check_base(const char *owner, const char *dir, const char *name,
     int fd;
 
     if (pcow_resolve_backing(dir, name, path, sizeof(path)) < 0) {
-        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                              "too long", owner);
+        return pcow_set_file_error(err, -ENAMETOOLONG, owner, "backing file "
+                                   "name too long");
     }
     for (level = 0; chain->n < PCOW_MAX_CHAIN_DEPTH + 2; level++) {
         pcow_image *base;
@@ -268,6 +269,7 @@ static int open_base(pcow_image *img, const char *name, uint32_t fmt,
         if (fcntl(bh->raw_fd, F_OFD_SETLK, &fl) < 0) {
             close(bh->raw_fd);
             bh->raw_fd = -1;
+            /* about the base: not the image the caller gave */
             return pcow_set_error(err, -EBUSY, "%s: image is in use by "
                                   "another process", bh->path);
         }
@@ -426,8 +428,8 @@ int pcow_base_snapshot_size(const char *owner, const char *dir,
     int ret;
 
     if (pcow_resolve_backing(dir, name, path, sizeof(path)) < 0) {
-        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                              "too long", owner);
+        return pcow_set_file_error(err, -ENAMETOOLONG, owner, "backing file "
+                                   "name too long");
     }
     ret = pcow_open_internal(path, PCOW_OPEN_NO_LOCK | PCOW_OPEN_NO_BACKING |
                              PCOW_OPEN_BASE, NULL, NULL, 0, NULL, 1, NULL,
@@ -435,8 +437,8 @@ int pcow_base_snapshot_size(const char *owner, const char *dir,
     if (ret < 0) {
         return ret;
     }
-    ret = pcow_set_error(err, -ENOENT, "%s: base %s has no snapshot with "
-                         "id %llu", owner, path, (unsigned long long)id);
+    ret = pcow_set_file_error(err, -ENOENT, owner, "base %s has no snapshot "
+                              "with id %llu", path, (unsigned long long)id);
     for (k = 0; k < base->hdr.nb_snapshots; k++) {
         if (base->snaps[k].id == id) {
             *size = base->snaps[k].virtual_size;

@@ -65,16 +65,16 @@ static int clone_backing_name(const char *template_path, const char *path,
     int ret = 0;
 
     if (!tmp) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
     }
     if (!realpath(template_path, tabs) || !realpath(dirname(tmp), dabs)) {
         ret = -errno;
-        pcow_set_error(err, ret, "%s: cannot resolve: %s", path,
-                       strerror(-ret));
+        pcow_set_file_error(err, ret, path, "cannot resolve: %s",
+                            strerror(-ret));
     } else if (relative_to(dabs, tabs, out, outlen) < 0 ||
                strlen(out) > PCOW_MAX_BACKING_NAME) {
-        ret = pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                             "too long", path);
+        ret = pcow_set_file_error(err, -ENAMETOOLONG, path, "backing file name "
+                                  "too long");
     }
     free(tmp);
     return ret;
@@ -147,7 +147,7 @@ int pcow_clone(const char *template_path, const char *snapshot,
         return pcow_set_error(err, -EINVAL, "invalid arguments");
     }
     if (lstat(path, &st) == 0) {
-        return pcow_set_error(err, -EEXIST, "%s: file exists", path);
+        return pcow_set_file_error(err, -EEXIST, path, "file exists");
     }
     ret = open_template(template_path, snapshot, opts, &t, &k, err);
     if (ret < 0) {

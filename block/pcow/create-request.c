@@ -47,22 +47,22 @@ static int base_size(const char *path, const char *base_path,
 
         ret = pcow_open(base_path, &oo, &base, err);
         if (ret < 0) {
-            return ret;
+            return pcow_error_other_file(err, ret);
         }
         *size = pcow_virtual_size(base);
         pcow_close(base, NULL);     /* read-only: nothing to lose */
     } else {
         ret = pcow_open_data_file(base_path, O_RDONLY, true, size, err);
         if (ret < 0) {
-            return ret;
+            return pcow_error_other_file(err, ret);
         }
         close(ret);
     }
     /* Past a raw base's end reads as zeros */
     *size = pcow_round_to_pages(*size);
     if (*size == 0) {
-        return pcow_set_error(err, -EINVAL, "%s: backing file '%s' is "
-                              "empty: give a size", path, base_path);
+        return pcow_set_file_error(err, -EINVAL, path, "backing file '%s' is "
+                                   "empty: give a size", base_path);
     }
     return 0;
 }
@@ -78,21 +78,21 @@ static int settle_base(const char *path, const pcow_create_request *req,
     int ret;
 
     if (strlen(req->backing_file) > PCOW_MAX_BACKING_NAME) {
-        return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                              "longer than %d bytes", path,
-                              PCOW_MAX_BACKING_NAME);
+        return pcow_set_file_error(err, -ENAMETOOLONG, path, "backing file "
+                                   "name longer than %d bytes",
+                                   PCOW_MAX_BACKING_NAME);
     }
     tmp = strdup(path);
     if (!tmp) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
     }
     ret = pcow_resolve_backing(dirname(tmp), req->backing_file, base_path,
                                sizeof(base_path));
     free(tmp);
     if (ret < 0 || access(base_path, R_OK) < 0) {
         ret = ret < 0 ? ret : -errno;
-        return pcow_set_error(err, ret, "%s: cannot open backing file '%s': "
-                              "%s", path, base_path, strerror(-ret));
+        return pcow_set_file_error(err, ret, path, "cannot open backing file "
+                                   "'%s': %s", base_path, strerror(-ret));
     }
     co->backing_file = req->backing_file;
     co->backing_format = req->backing_format;
@@ -127,7 +127,7 @@ static int settle_geometry(const char *path, const pcow_create_request *req,
     }
     ret = pcow_geometry_for(co->virtual_size, cs, req->cow_unit, &g, &gerr);
     if (ret < 0) {
-        return pcow_set_error(err, ret, "%s: %s", path, gerr.msg);
+        return pcow_set_file_error(err, ret, path, "%s", gerr.msg);
     }
     co->cluster_size = g.cluster_size;
     co->cow_unit = g.cow_unit;
@@ -149,8 +149,8 @@ int pcow_create_image(const char *path, const pcow_create_request *req,
             return ret;
         }
     } else if (req->backing_format != PCOW_BACKING_NONE) {
-        return pcow_set_error(err, -EINVAL, "%s: backing format given "
-                              "without a backing file", path);
+        return pcow_set_file_error(err, -EINVAL, path, "backing format given "
+                                   "without a backing file");
     }
     ret = settle_geometry(path, req, &co, err);
     if (ret < 0) {

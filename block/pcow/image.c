@@ -95,7 +95,7 @@ static int create_geometry(const char *path, uint64_t vsize,
     int ret = pcow_geometry_for(vsize, opts->cluster_size, opts->cow_unit, g,
                                 &gerr);
 
-    return ret < 0 ? pcow_set_error(err, ret, "%s: %s", path, gerr.msg) : 0;
+    return ret < 0 ? pcow_set_file_error(err, ret, path, "%s", gerr.msg) : 0;
 }
 
 /*
@@ -114,13 +114,13 @@ static int check_create_base(const char *path, int fd, const char *name,
     int ret;
 
     if (!tmp) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
     }
     if (fstat(fd, &st) < 0) {
         ret = -errno;
         free(tmp);
-        return pcow_set_error(err, ret, "%s: cannot stat: %s", path,
-                              strerror(-ret));
+        return pcow_set_file_error(err, ret, path, "cannot stat: %s",
+                                   strerror(-ret));
     }
     pcow_chain_push(&chain, &st);
     ret = pcow_check_base(path, dirname(tmp), name, &f, false, &chain, size,
@@ -140,12 +140,12 @@ static int create_snapshot_base(const char *path,
     int ret;
 
     if (fmt != PCOW_BACKING_PCOW) {
-        return pcow_set_error(err, -EINVAL, "%s: a backing snapshot needs "
-                              "a pcow backing file", path);
+        return pcow_set_file_error(err, -EINVAL, path, "a backing snapshot "
+                                   "needs a pcow backing file");
     }
     tmp = strdup(path);
     if (!tmp) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
     }
     ret = pcow_base_snapshot_size(path, dirname(tmp), opts->backing_file,
                                   opts->backing_snapshot_id, size, err);
@@ -186,7 +186,7 @@ static int write_new_image(int fd, const char *path,
 
     c0 = calloc(1, 4096);
     if (!c0) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
     }
     pcow_header_encode(&h, c0 + PCOW_SLOT_A);
     pcow_st64(c0 + PCOW_HOT_FRONTIER, g->empty_size);
@@ -205,8 +205,8 @@ static int write_new_image(int fd, const char *path,
     }
     free(c0);
     if (ret < 0) {
-        return pcow_set_error(err, ret, "%s: cannot write: %s", path,
-                              strerror(-ret));
+        return pcow_set_file_error(err, ret, path, "cannot write: %s",
+                                   strerror(-ret));
     }
     return 0;
 }
@@ -233,23 +233,23 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
         size_t name_len = strlen(opts->backing_file);
 
         if (name_len == 0 || name_len > PCOW_MAX_BACKING_NAME) {
-            return pcow_set_error(err, -ENAMETOOLONG, "%s: backing file name "
-                                  "must be 1..%d bytes", path,
-                                  PCOW_MAX_BACKING_NAME);
+            return pcow_set_file_error(err, -ENAMETOOLONG, path, "backing file "
+                                       "name must be 1..%d bytes",
+                                       PCOW_MAX_BACKING_NAME);
         }
         fmt = opts->backing_format;
         if (fmt > PCOW_BACKING_RAW) {
-            return pcow_set_error(err, -EINVAL, "%s: invalid backing format",
-                                  path);
+            return pcow_set_file_error(err, -EINVAL, path,
+                                       "invalid backing format");
         }
     } else if (opts->backing_format != PCOW_BACKING_NONE) {
-        return pcow_set_error(err, -EINVAL, "%s: backing format given "
-                              "without a backing file", path);
+        return pcow_set_file_error(err, -EINVAL, path, "backing format given "
+                                   "without a backing file");
     }
     if (opts->backing_snapshot_id &&
         (!opts->backing_file || fmt == PCOW_BACKING_RAW)) {
-        return pcow_set_error(err, -EINVAL, "%s: a backing snapshot needs "
-                              "a pcow backing file", path);
+        return pcow_set_file_error(err, -EINVAL, path, "a backing snapshot "
+                                   "needs a pcow backing file");
     }
     size_from_base = vsize == 0 && opts->size_from_backing &&
                      opts->backing_file;
@@ -263,8 +263,8 @@ int pcow_create(const char *path, const pcow_create_opts *opts,
     fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         ret = -errno;
-        return pcow_set_error(err, ret, "%s: cannot create: %s", path,
-                              strerror(-ret));
+        return pcow_set_file_error(err, ret, path, "cannot create: %s",
+                                   strerror(-ret));
     }
     if (opts->backing_file) {
         ret = check_create_base(path, fd, opts->backing_file, &fmt, &bsize,
@@ -301,8 +301,8 @@ int pcow_take_lock(pcow_image *img, pcow_error *err)
     }
     if (fcntl(img->fd, F_OFD_SETLK, &fl) < 0) {
         if (errno == EAGAIN || errno == EACCES) {
-            return pcow_set_error(err, -EBUSY, "%s: image is in use by "
-                                  "another process", img->filename);
+            return pcow_set_file_error(err, -EBUSY, img->filename, "image is "
+                                       "in use by another process");
         }
         return pcow_img_error(img, err, -errno, "cannot lock: %s",
                               strerror(errno));
@@ -508,7 +508,7 @@ static int problems_error(const char *path, const PcowProblems *pr, int ret,
 {
     pcow_error_kind k = pcow_error_kind_of(ret);
 
-    pcow_set_error(err, ret, "%s: %s", path, pr->first);
+    pcow_set_file_error(err, ret, path, "%s", pr->first);
     if (k == PCOW_ERR_INVALID || k == PCOW_ERR_LIMIT) {
         pcow_error_mark(err, PCOW_ERR_CORRUPT, ret);
     }
@@ -554,8 +554,8 @@ static int open_file(pcow_image *img, PcowChain *chain, struct stat *st,
                              img->read_only ? O_RDONLY : O_RDWR, false, st,
                              &size, why, sizeof(why));
     if (img->fd < 0) {
-        return pcow_set_error(err, img->fd, "%s: cannot open: %s",
-                              img->filename, why);
+        return pcow_set_file_error(err, img->fd, img->filename,
+                                   "cannot open: %s", why);
     }
     if (chain) {
         pcow_chain_push(chain, st);
@@ -689,7 +689,7 @@ int pcow_open_internal(const char *path, unsigned flags,
     }
     img = image_new(path, flags, hook, opaque, depth);
     if (!img) {
-        return pcow_set_error(err, -ENOMEM, "%s: out of memory", path);
+        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
     }
     ret = open_file(img, chain, &st, err);
     if (ret == 0) {
@@ -713,7 +713,8 @@ int pcow_open_internal(const char *path, unsigned flags,
     pcow_walk_free(&w);
     if (ret < 0) {
         pcow_image_free(img);
-        return ret;
+        /* A base's open: its messages are not about the caller's image */
+        return depth ? pcow_error_other_file(err, ret) : ret;
     }
     *out = img;
     return 0;

@@ -274,8 +274,8 @@ int pcow_zero_range(pcow_image *img, uint64_t offset, uint64_t len,
     }
     ret = pcow_persist_barrier(img);
     if (ret < 0) {
-        return pcow_img_error(img, err, ret, "flush failed: %s",
-                              strerror(-ret));
+        return pcow_img_op_error(img, err, ret, "flush failed", "%s",
+                                 strerror(-ret));
     }
     return 0;
 }
@@ -289,8 +289,8 @@ int pcow_flush(pcow_image *img, pcow_error *err)
     }
     ret = pcow_persist_barrier(img);
     if (ret < 0) {
-        return pcow_img_error(img, err, ret, "flush failed: %s",
-                              strerror(-ret));
+        return pcow_img_op_error(img, err, ret, "flush failed", "%s",
+                                 strerror(-ret));
     }
     return 0;
 }
@@ -302,8 +302,8 @@ int pcow_flush(pcow_image *img, pcow_error *err)
  */
 static int defer_failed(pcow_image *img, int code, pcow_error *err)
 {
-    return pcow_img_error(img, err, code, "deferred commits could not be "
-                          "made durable: %s", strerror(-code));
+    return pcow_img_op_error(img, err, code, "deferred commits could not "
+                             "be made durable", "%s", strerror(-code));
 }
 
 int pcow_defer_commits(pcow_image *img, bool on, pcow_error *err)

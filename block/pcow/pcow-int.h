@@ -524,10 +524,25 @@ void pcow_unlock(pcow_image *img);          /* sig-safe */
 void pcow_error_clear(pcow_error *err);
 /* Set err->kind to @kind when @ret is an error; returns @ret.  sig-safe */
 int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret);
-/* pcow_set_error() with the image's name first, as every message has */
+/* pcow_set_error() with the image's name first, as every message has;
+ * err->what past it unless @img is a base (depth > 0) */
 int pcow_img_error(pcow_image *img, pcow_error *err, int code,
                    const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* @err (if @ret < 0) is about another file than the caller gave, a base:
+ * what and why 0.  Returns @ret.  sig-safe */
+static inline int pcow_error_other_file(pcow_error *err, int ret)
+{
+    if (err && ret < 0) {
+        err->what = err->why = 0;
+    }
+    return ret;
+}
+/* Same for "FILE: @op: CAUSE": err->why marks the cause, so that a front
+ * end stating the operation itself states it once */
+int pcow_img_op_error(pcow_image *img, pcow_error *err, int code,
+                      const char *op, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 /* Count a problem of a walk, keep the first message.  Not sig-safe */
 void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

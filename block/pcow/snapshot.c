@@ -17,6 +17,16 @@
 
 #include "pcow-int.h"
 
+/* "FILE: cannot VERB snapshot 'NAME': errno text", the cause marked */
+static int snap_op_error(pcow_image *img, pcow_error *err, int code,
+                         const char *verb, const char *name)
+{
+    char op[PCOW_MAX_SNAPSHOT_NAME + 64];
+
+    snprintf(op, sizeof(op), "cannot %s snapshot '%s'", verb, name);
+    return pcow_img_op_error(img, err, code, op, "%s", strerror(-code));
+}
+
 static uint32_t record_len(uint32_t name_len, uint32_t extra_len)
 {
     return PCOW_SNAP_FIXED + pcow_round_up(name_len, 8) + extra_len;
@@ -743,8 +753,7 @@ fail:
     free(ns);
     /* Give back what was written, and undo needless freezing */
     pcow_alloc_recover(img, false, NULL);
-    return pcow_img_error(img, err, ret, "cannot create snapshot '%s': %s",
-                          name, strerror(-ret));
+    return snap_op_error(img, err, ret, "create", name);
 }
 
 /*
@@ -898,8 +907,7 @@ int pcow_snapshot_revert(pcow_image *img, const char *name_or_id,
     free(l1);
     if (ret < 0) {
         pcow_alloc_recover(img, false, NULL);
-        return pcow_img_error(img, err, ret, "cannot revert to snapshot "
-                              "'%s': %s", sn.name, strerror(-ret));
+        return snap_op_error(img, err, ret, "revert to", sn.name);
     }
     h.l1_table_offset = l1_off;
     h.l1_size = sn.l1_size;
@@ -969,8 +977,7 @@ int pcow_snapshot_delete_flags(pcow_image *img, const char *name_or_id,
     if (ret < 0) {
         free(ns);
         pcow_alloc_recover(img, false, NULL);
-        return pcow_img_error(img, err, ret, "cannot delete snapshot: %s",
-                              strerror(-ret));
+        return snap_op_error(img, err, ret, "delete", img->snaps[k].name);
     }
     ret = pcow_header_commit(img, &h, err);     /* P-DELETE-COMMIT */
     if (ret < 0) {
@@ -1072,8 +1079,7 @@ int pcow_snapshot_read_vm_state(pcow_image *img, const char *name,
     }
     ret = pcow_read_table(img, sn->vm_state_offset + offset, buf, len);
     if (ret < 0) {
-        return pcow_img_error(img, err, ret, "cannot read the VM state of "
-                              "snapshot '%s': %s", name, strerror(-ret));
+        return snap_op_error(img, err, ret, "read the VM state of", name);
     }
     return 0;
 }
@@ -1093,9 +1099,9 @@ int pcow_snapshot_view(pcow_image *img, uint64_t id, const char *owner,
         }
     }
     if (!sn) {
-        return pcow_set_error(err, -ENOENT, "%s: base %s has no snapshot "
-                              "with id %llu", owner, img->filename,
-                              (unsigned long long)id);
+        return pcow_set_file_error(err, -ENOENT, owner, "base %s has no "
+                                   "snapshot with id %llu", img->filename,
+                                   (unsigned long long)id);
     }
     if (!img->read_only) {
         return pcow_img_error(img, err, -EINVAL, "a snapshot view is "
@@ -1148,8 +1154,7 @@ int pcow_snapshot_set_clones(pcow_image *img, uint32_t k, bool on,
     if (ret < 0) {
         free(ns);
         pcow_alloc_recover(img, false, NULL);
-        return pcow_img_error(img, err, ret, "cannot mark snapshot '%s': "
-                              "%s", img->snaps[k].name, strerror(-ret));
+        return snap_op_error(img, err, ret, "mark", img->snaps[k].name);
     }
     ret = pcow_header_commit(img, &h, err);     /* P-CLONE-COMMIT */
     if (ret < 0) {

@@ -174,8 +174,8 @@ int pcow_storage_probe(const char *path, pcow_storage_info *si,
      */
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) &&
         !S_ISDIR(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        return pcow_set_error(err, -EINVAL, "%s: not a regular file, "
-                              "directory or block device", path);
+        return pcow_set_file_error(err, -EINVAL, path, "not a regular file, "
+                                   "directory or block device");
     }
     fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) {
@@ -188,8 +188,8 @@ int pcow_storage_probe(const char *path, pcow_storage_info *si,
         fd = open(dirname(tmp), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         free(tmp);
         if (fd < 0) {
-            return pcow_set_error(err, -errno, "%s: cannot open: %s", path,
-                                  strerror(errno));
+            return pcow_set_file_error(err, -errno, path, "cannot open: %s",
+                                       strerror(errno));
         }
     }
     if (fstatfs(fd, &sfs) == 0) {
@@ -200,7 +200,7 @@ int pcow_storage_probe(const char *path, pcow_storage_info *si,
         int e = -errno;
 
         close(fd);
-        return pcow_set_error(err, e, "%s: cannot stat", path);
+        return pcow_set_file_error(err, e, path, "cannot stat");
     }
     if (S_ISREG(st.st_mode) && st.st_size >= 4096) {
         /* MAP_SYNC is refused unless the file system is DAX-capable */

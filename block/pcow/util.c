@@ -54,15 +54,46 @@ pcow_error_kind pcow_error_kind_of(int code)
     }
 }
 
+/* The text first: an argument may be @err->msg itself */
+static int set_error_v(pcow_error *err, int code, const char *file,
+                       const char *op, const char *fmt, va_list ap)
+{
+    const unsigned last = sizeof(err->msg) - 1;
+    char text[sizeof(err->msg)];
+    unsigned n;
+
+    vsnprintf(text, sizeof(text), fmt, ap);
+    err->code = code;
+    err->kind = pcow_error_kind_of(code);
+    n = file ? snprintf(err->msg, sizeof(err->msg), "%s: ", file) : 0;
+    err->what = n < last ? n : last;
+    n = op ? snprintf(err->msg + err->what, sizeof(err->msg) - err->what,
+                      "%s: ", op) : 0;
+    err->why = err->what + n < last ? err->what + n : last;
+    snprintf(err->msg + err->why, sizeof(err->msg) - err->why, "%s", text);
+    return code;
+}
+
 int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
 {
     va_list ap;
 
     if (err) {
-        err->code = code;
-        err->kind = pcow_error_kind_of(code);
         va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        set_error_v(err, code, NULL, NULL, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int pcow_set_file_error(pcow_error *err, int code, const char *file,
+                        const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err) {
+        va_start(ap, fmt);
+        set_error_v(err, code, file, NULL, fmt, ap);
         va_end(ap);
     }
     return code;
@@ -73,6 +104,7 @@ void pcow_error_clear(pcow_error *err)
     if (err) {
         err->code = 0;
         err->kind = PCOW_ERR_NONE;
+        err->what = err->why = 0;
         err->msg[0] = '\0';
     }
 }
@@ -85,20 +117,41 @@ int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret)
     return ret;
 }
 
-/* Same, prefixed with the image's name as every message must be */
+/*
+ * Same, prefixed with the image's name as every message must be.  A base
+ * (depth > 0) is not the image the caller gave: what and why stay 0.
+ */
 int pcow_img_error(pcow_image *img, pcow_error *err, int code,
                    const char *fmt, ...)
 {
     va_list ap;
-    char buf[450];
 
-    if (!err) {
-        return code;
+    if (err) {
+        va_start(ap, fmt);
+        set_error_v(err, code, img->filename, NULL, fmt, ap);
+        va_end(ap);
+        if (img->depth > 0) {
+            pcow_error_other_file(err, code);
+        }
     }
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    return pcow_set_error(err, code, "%s: %s", img->filename, buf);
+    return code;
+}
+
+/* Same, "FILE: @op: CAUSE" with why past @op */
+int pcow_img_op_error(pcow_image *img, pcow_error *err, int code,
+                      const char *op, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err) {
+        va_start(ap, fmt);
+        set_error_v(err, code, img->filename, op, fmt, ap);
+        va_end(ap);
+        if (img->depth > 0) {
+            pcow_error_other_file(err, code);
+        }
+    }
+    return code;
 }
 
 void pcow_problem(PcowProblems *pr, int code, const char *fmt, ...)
@@ -215,7 +268,7 @@ int pcow_open_data_file(const char *path, int oflags, bool allow_blockdev,
     fd = pcow_open_data(path, oflags & O_ACCMODE, allow_blockdev, &st, size,
                         why, sizeof(why));
     if (fd < 0) {
-        return pcow_set_error(err, fd, "%s: cannot open: %s", path, why);
+        return pcow_set_file_error(err, fd, path, "cannot open: %s", why);
     }
     return fd;
 }

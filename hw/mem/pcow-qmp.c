@@ -49,7 +49,7 @@ static bool pcow_backend_check_size(const char *id, HostMemPcow *pc,
     if (ret < 0) {
         error_setg(errp, "pcow image '%s' (memory backend '%s'): %s",
                    hostmem_pcow_path(pc), id,
-                   hostmem_pcow_error_msg(&perr, ret));
+                   hostmem_pcow_error_text(&perr, ret));
         return false;
     }
     return true;
@@ -335,9 +335,11 @@ PcowSnapshotCreateResult *qmp_pcow_snapshot_create(const char *id,
     trace_pcow_snapshot_create(id, name, ret, was_running ? t3 - t0 : 0,
                                t2 - t1);
     if (ret < 0) {
-        error_setg(errp, "pcow image '%s' (memory backend '%s'): snapshot "
-                   "'%s' failed: %s", hostmem_pcow_path(ref.pc), id, name,
-                   hostmem_pcow_error_msg(&perr, ret));
+        g_autofree char *ename = pcow_printable(name);
+
+        error_setg(errp, "pcow image '%s' (memory backend '%s'): cannot "
+                   "create snapshot '%s': %s", hostmem_pcow_path(ref.pc), id,
+                   ename, hostmem_pcow_error_why(&perr, ret));
         return NULL;
     }
 
@@ -406,10 +408,10 @@ void qmp_pcow_snapshot_delete(const char *id, bool has_name,
     if (ret < 0) {
         g_autofree char *ename = pcow_printable(sn.name);
 
-        error_setg(errp, "pcow image '%s' (memory backend '%s'): deleting "
-                   "snapshot '%s' (id %" PRIu64 ") failed: %s",
+        error_setg(errp, "pcow image '%s' (memory backend '%s'): cannot "
+                   "delete snapshot '%s' (id %" PRIu64 "): %s",
                    hostmem_pcow_path(ref.pc), id, ename, sn.id,
-                   hostmem_pcow_error_msg(&perr, ret));
+                   hostmem_pcow_error_why(&perr, ret));
     }
 }
 

@@ -75,16 +75,36 @@ typedef enum pcow_error_kind {
 typedef struct pcow_error {
     int code;               /* negative errno, 0 if no error */
     pcow_error_kind kind;   /* PCOW_ERR_NONE if no error */
+    /*
+     * Offsets into msg, 0 <= what <= why <= strlen(msg).  what: where the
+     * message's own text starts, past the "FILE: " naming the image the
+     * call was given (opened, created or worked on); 0 if msg does not
+     * begin with that name (no prefix, or another file's, e.g. a base's).
+     * why: where the cause starts, past the operation the message states
+     * ("cannot create snapshot 'NAME': "); what if it states none.  A
+     * front end that names the image, or the image and the operation,
+     * itself prints msg + what, or msg + why: never comparing text.
+     */
+    unsigned what;
+    unsigned why;
     char msg[512];
 } pcow_error;
 
 /*
  * Fill @err (if not NULL): @code (a negative errno), the kind that errno
- * stands for (pcow_error_kind_of) and the formatted one-line message.
- * Returns @code.  For front ends too: one helper sets every error.
+ * stands for (pcow_error_kind_of) and the formatted one-line message;
+ * what and why 0.  Returns @code.  For front ends too: one helper sets
+ * every error.
  */
 int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/*
+ * pcow_set_error() of "@file: MESSAGE", @file being the image the call
+ * was given: what and why point past "@file: ".
+ */
+int pcow_set_file_error(pcow_error *err, int code, const char *file,
+                        const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* The kind a negative errno stands for when nothing more is known */
 pcow_error_kind pcow_error_kind_of(int code);
 

@@ -341,6 +341,14 @@ def steps(t, vm, img, fs):
             "No space left on device" in out,
             f"savevm s2 on a full file system fails in one line naming pm0 "
             f"and its image once: {out.strip()!r}")
+    out = vm.hmp("pcow_snapshot_create pm0 q2")
+    lines = out.strip().splitlines()
+    t.check(len(lines) == 1 and "pm0" in out and out.count("pm.pcow") == 1
+            and out.count("snapshot 'q2'") == 1 and
+            "No space left on device" in out,
+            f"pcow_snapshot_create q2 on a full file system fails in one "
+            f"line naming pm0, its image and the snapshot once: "
+            f"{out.strip()!r}")
     rows, _ = snapshots(t, img)
     t.check(vm.status() == "running" and not rows,
             f"... the VM runs on ({vm.status()}) and no snapshot is left "

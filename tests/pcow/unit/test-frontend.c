@@ -1,6 +1,7 @@
 /*
  * libpcow unit tests: the front-end API at the end of pcow.h (measure,
- * page rounding, create requests, a file's role in a chain)
+ * page rounding, create requests, a file's role in a chain) and the
+ * error offsets front ends print from (pcow_error what and why)
  *
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  */
@@ -240,6 +241,86 @@ static void test_chain_role(void **state)
     assert_int_equal(pcow_close(img, NULL), 0);
 }
 
+/*
+ * @err names @file once, first, and err->what and err->why point past
+ * "@file: " and past "@file: @op: " (@op NULL: none stated)
+ */
+static void expect_offsets(const pcow_error *err, const char *file,
+                           const char *op)
+{
+    size_t n = strlen(file) + 2;
+
+    fprintf(stderr, "msg '%s' what %u why %u\n", err->msg, err->what,
+            err->why);
+    assert_int_equal(strncmp(err->msg, file, n - 2), 0);
+    assert_int_equal(err->what, n);
+    assert_null(strstr(err->msg + err->what, file));
+    if (op) {
+        assert_int_equal(strncmp(err->msg + n, op, strlen(op)), 0);
+        n += strlen(op) + 2;
+    }
+    assert_int_equal(err->why, n);
+    assert_true(err->msg[err->why] != '\0');
+    assert_null(strchr(err->msg, '\n'));
+}
+
+static void test_error_offsets(void **state)
+{
+    pcow_error err = { 0 };
+    char path[512], base[512];
+    pcow_image *img;
+    int saved, p[2];
+
+    /* No file named: both 0 */
+    memset(&err, 0xff, sizeof(err));
+    assert_int_equal(pcow_set_error(&err, -EINVAL, "bad %d", 1), -EINVAL);
+    assert_string_equal(err.msg, "bad 1");
+    assert_int_equal(err.what, 0);
+    assert_int_equal(err.why, 0);
+    pcow_set_file_error(&err, -EIO, "x.pcow", "cannot %s", "read");
+    assert_string_equal(err.msg, "x.pcow: cannot read");
+    expect_offsets(&err, "x.pcow", NULL);
+    pcow_error_clear(&err);
+    assert_int_equal(err.what + err.why, 0);
+
+    /* The image the call was given, whatever fails */
+    td_path(&td, "none.pcow", path, sizeof(path));
+    assert_int_equal(pcow_open(path, NULL, &img, &err), -ENOENT);
+    expect_offsets(&err, path, NULL);
+    td_path(&td, "a.pcow", path, sizeof(path));
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    patch_header32(path, 4, 2);
+    assert_int_equal(pcow_open(path, NULL, &img, &err), -ENOTSUP);
+    expect_offsets(&err, path, NULL);
+
+    /* An operation stated by the library: why past it */
+    unlink(path);
+    mk_image(path, GiB, 0, NULL, PCOW_BACKING_NONE);
+    img = open_image(path, PCOW_OPEN_RDWR);
+    saved = dup(pcow_fd(img));
+    assert_int_equal(pipe(p), 0);
+    assert_true(dup2(p[0], pcow_fd(img)) >= 0);
+    assert_int_equal(pcow_flush(img, &err), -EINVAL);
+    expect_offsets(&err, path, "flush failed");
+    assert_string_equal(err.msg + err.why, strerror(EINVAL));
+    assert_true(dup2(saved, pcow_fd(img)) >= 0);
+    close(saved);
+    close(p[0]);
+    close(p[1]);
+    pcow_close(img, NULL);      /* not clean after that flush: recovers */
+
+    /* A base's message is not about the image the caller gave: what 0 */
+    td_path(&td, "base.pcow", base, sizeof(base));
+    td_path(&td, "top.pcow", path, sizeof(path));
+    mk_image(base, GiB, 0, NULL, PCOW_BACKING_NONE);
+    mk_image(path, GiB, 0, base, PCOW_BACKING_PCOW);
+    patch_header32(base, 4, 2);
+    assert_int_equal(pcow_open(path, NULL, &img, &err), -ENOTSUP);
+    assert_true(contains(err.msg, base));
+    assert_int_equal(err.what, 0);
+    assert_int_equal(err.why, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -251,6 +332,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test(test_backing_path),
         cmocka_unit_test_setup_teardown(test_chain_role, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_offsets, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
