@@ -341,13 +341,11 @@ int pcow_monitor_flush(pcow_monitor *mon, pcow_error *err)
     if (mon->read_only) {
         return 0;
     }
-    /* msync skips anonymous parts; this also covers PM (DAX) files. */
-    if (msync(mon->base, mon->size, MS_SYNC) < 0) {
-        int e = errno;
-
-        return mon_error(mon, err, -e, "msync: %s", strerror(e));
-    }
-    return pcow_flush(mon->img, err);
+    /*
+     * msync skips anonymous parts; this also covers PM (DAX) files.  Through
+     * libpcow: a failure here must keep the image from being marked clean.
+     */
+    return pcow_flush_mapping(mon->img, mon->base, mon->size, err);
 }
 
 int pcow_monitor_prefault(pcow_monitor *mon, pcow_error *err)

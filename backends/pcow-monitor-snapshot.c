@@ -35,7 +35,8 @@ int pcow_monitor_snapshot_create_vm(pcow_monitor *mon, const char *name,
     }
     pthread_mutex_lock(&mon->fault_lock);
     mon_dispatcher_drain(mon);
-    r = pcow_monitor_flush(mon, err);
+    /* The flush's failure is a step of the snapshot: say which */
+    r = pcow_error_as_step(err, pcow_monitor_flush(mon, err));
     if (r == 0) {
         r = pcow_snapshot_create_vm(mon->img, name, vm, id, err);
     }

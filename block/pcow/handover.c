@@ -52,6 +52,14 @@ int pcow_release(pcow_image *img, pcow_error *err)
         return pcow_img_error(img, err, -EINVAL, "image is not open for "
                               "writing");
     }
+    ret = __atomic_load_n(&img->persist_error, __ATOMIC_RELAXED);
+    if (ret < 0) {
+        /* Stores may be lost: only a close and a recovering open help */
+        return pcow_img_error(img, err, ret, "cannot hand the image over: "
+                              "an earlier flush failed (%s); close it (the "
+                              "next open recovers it) before another "
+                              "process may use it", strerror(-ret));
+    }
     /* P-CLOSE-TRIM, P-CLOSE-CLEAN: the stamp and in_use 0 are durable */
     ret = pcow_close_clean(img, err);
     if (ret < 0) {

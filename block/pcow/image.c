@@ -791,16 +791,6 @@ int pcow_close_clean(pcow_image *img, pcow_error *err)
     if (ret < 0) {
         return ret;
     }
-    /*
-     * A failed barrier or sync may have lost stores a later barrier cannot
-     * bring back: leave the image in use, so that the next open recovers.
-     */
-    r = __atomic_load_n(&img->persist_error, __ATOMIC_RELAXED);
-    if (r < 0) {
-        return pcow_img_error(img, err, r, "not marked clean: an earlier "
-                              "flush failed (%s); the next open recovers",
-                              strerror(-r));
-    }
     r = pcow_ring_drain(img);
     if (r < 0) {
         ret = pcow_img_error(img, err, r, "cannot release reserved "
@@ -816,6 +806,17 @@ int pcow_close_clean(pcow_image *img, pcow_error *err)
     }
     img->touched = touched;
     img->wrote = wrote;
+    /*
+     * A failed barrier or sync may have lost stores that this barrier
+     * cannot bring back: made durable what it could, the image stays in
+     * use, so that the next open recovers.
+     */
+    r = __atomic_load_n(&img->persist_error, __ATOMIC_RELAXED);
+    if (r < 0 && ret == 0) {
+        ret = pcow_img_error(img, err, r, "not marked clean: an earlier "
+                             "flush failed (%s); the next open recovers",
+                             strerror(-r));
+    }
     /* Only when everything before is durable */
     return ret < 0 ? ret : store_clean(img, err);
 }

@@ -295,6 +295,22 @@ int pcow_flush(pcow_image *img, pcow_error *err)
     return 0;
 }
 
+int pcow_flush_mapping(pcow_image *img, void *addr, uint64_t len,
+                       pcow_error *err)
+{
+    int ret;
+
+    if (pcow_writable(img) < 0) {
+        return 0;       /* as pcow_flush() */
+    }
+    ret = pcow_persist_msync(img, addr, len);
+    if (ret < 0) {
+        return pcow_img_op_error(img, err, ret, "flush failed", "msync: %s",
+                                 strerror(-ret));
+    }
+    return pcow_flush(img, err);
+}
+
 /*
  * Ending deferral fails for good once its barrier failed: after a write-back
  * error a retried fdatasync() reports success although the pages it could

@@ -648,6 +648,8 @@ bool pcow_map_sync_means_pmem(void);
 int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
                         uint64_t len);      /* not durable; sig-safe */
 int pcow_persist_barrier(pcow_image *img);  /* durable: fdatasync; sig-safe */
+/* msync(MS_SYNC) of a caller's mapping; a failure is kept.  Not sig-safe */
+int pcow_persist_msync(pcow_image *img, void *addr, uint64_t len);
 /* The range written by pwrite: durable, nothing else; sig-safe */
 int pcow_persist_sync_range(pcow_image *img, uint64_t off, uint64_t len);
 /* One aligned word of a shared table mapping: durable; sig-safe */

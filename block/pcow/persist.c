@@ -198,6 +198,15 @@ int pcow_persist_pwrite(pcow_image *img, uint64_t off, const void *buf,
     return 0;
 }
 
+/* msync(MS_SYNC) of a caller's mapping of the file; a failure is kept */
+int pcow_persist_msync(pcow_image *img, void *addr, uint64_t len)
+{
+    if (msync(addr, len, MS_SYNC) < 0) {
+        return persist_failed(img, -errno);
+    }
+    return 0;
+}
+
 int pcow_persist_barrier(pcow_image *img)
 {
     if (fdatasync(img->fd) < 0) {

@@ -137,6 +137,14 @@ int pcow_img_error(pcow_image *img, pcow_error *err, int code,
     return code;
 }
 
+int pcow_error_as_step(pcow_error *err, int ret)
+{
+    if (err && ret < 0) {
+        err->why = err->what;
+    }
+    return ret;
+}
+
 /* Same, "FILE: @op: CAUSE" with why past @op */
 int pcow_img_op_error(pcow_image *img, pcow_error *err, int code,
                       const char *op, const char *fmt, ...)

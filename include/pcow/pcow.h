@@ -99,6 +99,12 @@ typedef struct pcow_error {
 int pcow_set_error(pcow_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /*
+ * @err (if @ret < 0) came from a step of the caller's larger operation
+ * (the flush before a snapshot): why = what, so that a front end stating
+ * the larger operation keeps the step's own words.  Returns @ret.
+ */
+int pcow_error_as_step(pcow_error *err, int ret);
+/*
  * pcow_set_error() of "@file: MESSAGE", @file being the image the call
  * was given: what and why point past "@file: ".
  */
@@ -251,7 +257,11 @@ uint64_t pcow_open_stamp(pcow_image *img, bool *clean);
  * succeeds, and pcow_close() of a released image writes nothing.
  * Durable on return.  Returns 0 or -errno with @err set: -EROFS for a
  * read-only image, -EBADF if already released; on another failure the
- * image stays this session's (locked, in use).  While released, every
+ * image stays this session's (locked, in use).  After any failed barrier
+ * or sync of this session (pcow_flush, pcow_flush_mapping, ending
+ * deferral) every release fails with that error ("cannot hand the image
+ * over"): only pcow_close() and a recovering open make it usable
+ * elsewhere.  While released, every
  * writing call (pcow_pwrite, pcow_zero_range, pcow_expand_cluster,
  * pcow_cow, pcow_reserve_clusters, snapshots, resize, rebase, compact)
  * fails with -EBADF, kind PCOW_ERR_READ_ONLY ("FILE: image was handed
@@ -393,6 +403,16 @@ int64_t pcow_pwrite(pcow_image *img, uint64_t offset, const void *buf,
 int pcow_zero_range(pcow_image *img, uint64_t offset, uint64_t len,
                     pcow_error *err);
 int pcow_flush(pcow_image *img, pcow_error *err);
+/*
+ * Write back [addr, addr+len) of the caller's MAP_SHARED mapping of the
+ * image's file (the extents' fd) with msync(MS_SYNC), then pcow_flush().
+ * A failure counts as a failed flush of the image: it is not marked
+ * clean at close (the kernel reports a write-back error to one sync
+ * only, so a later flush of the same file can succeed).  Durable on
+ * return.  Not signal-safe.
+ */
+int pcow_flush_mapping(pcow_image *img, void *addr, uint64_t len,
+                       pcow_error *err);
 /*
  * Deferred commits, for a burst of expansions that nobody needs durable
  * one by one (an incoming live migration filling a fresh image): while

@@ -1622,6 +1622,67 @@ static int t_defer(void)
 }
 
 /*
+ * --- flush-fail: a failed msync of guest data keeps the image dirty ------
+ * The kernel reports a write-back error to one sync of the file only: if
+ * the monitor's msync of the guest's mapping sees it, a later flush
+ * succeeds although stores are lost.  So that failure must keep close
+ * from marking the image clean, and a release must refuse.  Here msync
+ * fails with ENOMEM: a page of the range (a hole nobody touches) is
+ * unmapped by hand, then mapped again.
+ */
+static int t_flush_fail(void)
+{
+    const char *dir = test_dir("flush-fail");
+    char path[4200];
+    uint64_t size = 4 * MiB;
+    uint8_t *shadow = calloc(1, size), *hole;
+    pcow_monitor *mon;
+    pcow_image *img;
+    pcow_error err = { 0 };
+    pcow_info info;
+    uint64_t stamp;
+
+    snprintf(path, sizeof(path), "%s/a.pcow", dir);
+    make_image(path, size, CL, NULL, PCOW_BACKING_NONE);
+    CHECK_OK(pcow_monitor_open(path, NULL, &mon, &err), &err);
+    put(mon, shadow, 0, 3000, 1);
+    hole = (uint8_t *)pcow_monitor_base(mon) + size - 4096;
+    CHECK_EQ(munmap(hole, 4096), 0);
+    /* A front end stating "cannot create snapshot" keeps the step's words */
+    CHECK_EQ(pcow_monitor_snapshot_create(mon, "s1", NULL, &err), -ENOMEM);
+    CHECK(strstr(err.msg + err.why, "flush failed"));
+    memset(&err, 0, sizeof(err));
+    CHECK_EQ(pcow_monitor_flush(mon, &err), -ENOMEM);
+    CHECK(strstr(err.msg, path) && !strchr(err.msg, '\n'));
+    CHECK(mmap(hole, 4096, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == hole);
+    CHECK_OK(pcow_monitor_flush(mon, &err), &err);
+    memset(&err, 0, sizeof(err));
+    CHECK_EQ(pcow_monitor_release(mon, &stamp, &err), -ENOMEM);
+    CHECK(strstr(err.msg, "cannot hand the image over"));
+    /* Still this process's: writes go on, then close leaves it in use */
+    put(mon, shadow, CL, 100, 2);
+    memset(&err, 0, sizeof(err));
+    CHECK_EQ(pcow_monitor_close(mon, &err), -ENOMEM);
+    CHECK(strstr(err.msg, "not marked clean") && strstr(err.msg, path));
+    CHECK_OK(pcow_open(path, NULL, &img, &err), &err);
+    pcow_get_info(img, &info);
+    CHECK(info.was_dirty);
+    pcow_close(img, NULL);
+    /* What close could make durable is there; a recovering open cleans */
+    verify_image(path, shadow, size);
+    {
+        pcow_open_opts oo = { .flags = PCOW_OPEN_RDWR };
+
+        CHECK_OK(pcow_open(path, &oo, &img, &err), &err);
+        CHECK_OK(pcow_close(img, &err), &err);
+    }
+    check_clean(path);
+    free(shadow);
+    return 0;
+}
+
+/*
  * --- populate: an expanded cluster's page tables come after the wake ----
  * The uffd thread fills them in when no fault waits; a burst of
  * expansions overflows its queue (the guest's touches fault those pages
@@ -2211,6 +2272,7 @@ static const struct {
     { "prefault", t_prefault },
     { "populate", t_populate },
     { "defer", t_defer },
+    { "flush-fail", t_flush_fail },
     { "compact", t_compact },
     { "addr", t_addr },
     { "handover", t_handover },
