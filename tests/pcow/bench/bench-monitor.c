@@ -80,6 +80,9 @@ enum {
     M_COW_WHOLE_P50, M_COW_WHOLE_P99,
     M_COW_REST_P50, M_COW_REST_P99,
     M_HOLE_P50, M_HOLE_P99,
+    /* the monitor's own time per fault (its statistics): what is left of
+     * a figure above is waiting for and waking threads */
+    M_EXP_B2B_POOL_HANDLER, M_COW_UNIT_HANDLER, M_HOLE_HANDLER,
     M_RAND_MON, M_RAND_RAW, M_RAND_RATIO,
     M_SEQ_MON, M_SEQ_RAW, M_SEQ_RATIO,
     M_64T_CREATE, M_64T_OPEN_RW, M_64T_ROUNDTRIP,
@@ -179,6 +182,15 @@ static const metric metrics[M_COUNT] = {
                          "15 of 16 4K units: p99", "us" },
     [M_HOLE_P50] = { "hole_read_p50_us", "hole read fault: p50", "us" },
     [M_HOLE_P99] = { "hole_read_p99_us", "hole read fault: p99", "us" },
+    [M_EXP_B2B_POOL_HANDLER] = { "expansion_b2b_pool_handler_mean_us",
+                                 EXP "back to back, pool on: the uffd "
+                                 "thread's own time, mean", "us" },
+    [M_COW_UNIT_HANDLER] = { "cow_4k_unit_handler_mean_us",
+                             "COW, one 4K unit: the handler's own time "
+                             "(no signal delivery), mean", "us" },
+    [M_HOLE_HANDLER] = { "hole_read_handler_mean_us",
+                         "hole read fault: the uffd thread's own time, "
+                         "mean", "us" },
     [M_RAND_MON] = { "steady_rand4k_pcow_MiBps",
                      "steady 4K random r/w, pcow monitor mapping", "MiB/s" },
     [M_RAND_RAW] = { "steady_rand4k_raw_MiBps",
@@ -392,6 +404,12 @@ static void pause_us(int us)
     nanosleep(&ts, NULL);
 }
 
+/* Mean of a monitor latency histogram, in us (NAN if empty). */
+static double handler_mean_us(const pcow_latency *lat)
+{
+    return lat->count ? (double)lat->total_ns / lat->count / 1000.0 : NAN;
+}
+
 /*
  * First stores to NFAULTS holes, @gap_us apart (0: back to back; with the
  * pool, gaps let the pool thread refill between faults).
@@ -434,6 +452,10 @@ static void bench_expansion(const char *dir, bool pool, int gap_us,
     if (pool) {
         res->v[m_hits] = st.pool_hits;
         res->v[m_hits + 1] = st.pool_misses;
+    }
+    if (pool && !gap_us) {
+        res->v[M_EXP_B2B_POOL_HANDLER] =
+            handler_mean_us(&st.expansion_latency);
     }
     mclose(mon);
     unlink(path);
@@ -543,6 +565,12 @@ static void bench_cow(const char *dir, result *res)
     mon = frozen(path, 4 * KiB, 1);
     cow_pass(mon, 0, &res->v[M_COW_UNIT_P50], &res->v[M_COW_UNIT_P99]);
     check_units(mon, 1, "4 KiB COW");
+    {
+        pcow_monitor_stats st;
+
+        pcow_monitor_get_stats(mon, &st);
+        res->v[M_COW_UNIT_HANDLER] = handler_mean_us(&st.cow_latency);
+    }
     cow_pass(mon, 8 * 4096, &res->v[M_COW_REST_P50],
              &res->v[M_COW_REST_P99]);
     check_units(mon, CL / (4 * KiB), "escalated COW");
@@ -563,6 +591,7 @@ static void bench_hole_read(const char *dir, result *res)
     char path[4096];
     uint64_t lat[NFAULTS];
     pcow_monitor *mon;
+    pcow_monitor_stats st;
     volatile char *p;
     char sum = 0;
     int i;
@@ -579,6 +608,8 @@ static void bench_hole_read(const char *dir, result *res)
     }
     percentiles(lat, NFAULTS, &res->v[M_HOLE_P50], &res->v[M_HOLE_P99],
                 NULL);
+    pcow_monitor_get_stats(mon, &st);
+    res->v[M_HOLE_HANDLER] = handler_mean_us(&st.hole_read_latency);
     mclose(mon);
     unlink(path);
     if (sum) {
