@@ -689,7 +689,9 @@ int pcow_open_internal(const char *path, unsigned flags,
     }
     img = image_new(path, flags, hook, opaque, depth);
     if (!img) {
-        return pcow_set_file_error(err, -ENOMEM, path, "out of memory");
+        ret = pcow_set_file_error(err, -ENOMEM, path, "out of memory");
+        /* A base's open: its messages are not about the caller's image */
+        return depth ? pcow_error_other_file(err, ret) : ret;
     }
     ret = open_file(img, chain, &st, err);
     if (ret == 0) {

@@ -346,12 +346,11 @@ int pcow_defer_commits(pcow_image *img, bool on, pcow_error *err)
     if (on || pcow_writable(img) < 0) {
         return 0;
     }
+    if (!was) {
+        return pcow_flush(img, err);
+    }
     /* Every deferred store was made under the lock, so before the barrier */
     ret = pcow_persist_barrier(img);
-    if (ret < 0 && !was) {
-        return pcow_img_error(img, err, ret, "flush failed: %s",
-                              strerror(-ret));
-    }
     if (ret < 0) {
         pcow_lock(img);
         img->defer_error = ret;

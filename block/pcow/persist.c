@@ -66,7 +66,6 @@ static int persist_failed(pcow_image *img, int code)
     return code;
 }
 
-
 /*
  * msync(MS_SYNC) of a MAP_SHARED range is vfs_fsync_range(datasync): the
  * ranged fdatasync that P-COW-DATA needs (it must not flush the guest's

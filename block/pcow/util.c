@@ -117,23 +117,28 @@ int pcow_error_mark(pcow_error *err, pcow_error_kind kind, int ret)
     return ret;
 }
 
-/*
- * Same, prefixed with the image's name as every message must be.  A base
- * (depth > 0) is not the image the caller gave: what and why stay 0.
- */
+/* "@img's name: [@op: ]TEXT"; a base (depth > 0) is not the image the
+ * caller gave: what and why stay 0 */
+static int img_error_v(pcow_image *img, pcow_error *err, int code,
+                       const char *op, const char *fmt, va_list ap)
+{
+    if (err) {
+        set_error_v(err, code, img->filename, op, fmt, ap);
+        if (img->depth > 0) {
+            pcow_error_other_file(err, code);
+        }
+    }
+    return code;
+}
+
 int pcow_img_error(pcow_image *img, pcow_error *err, int code,
                    const char *fmt, ...)
 {
     va_list ap;
 
-    if (err) {
-        va_start(ap, fmt);
-        set_error_v(err, code, img->filename, NULL, fmt, ap);
-        va_end(ap);
-        if (img->depth > 0) {
-            pcow_error_other_file(err, code);
-        }
-    }
+    va_start(ap, fmt);
+    img_error_v(img, err, code, NULL, fmt, ap);
+    va_end(ap);
     return code;
 }
 
@@ -151,14 +156,9 @@ int pcow_img_op_error(pcow_image *img, pcow_error *err, int code,
 {
     va_list ap;
 
-    if (err) {
-        va_start(ap, fmt);
-        set_error_v(err, code, img->filename, op, fmt, ap);
-        va_end(ap);
-        if (img->depth > 0) {
-            pcow_error_other_file(err, code);
-        }
-    }
+    va_start(ap, fmt);
+    img_error_v(img, err, code, op, fmt, ap);
+    va_end(ap);
     return code;
 }
 
@@ -367,11 +367,10 @@ int pcow_parse_size(const char *s, uint64_t *out)
  * The image lock: 0 free, 1 held, 2 held with (maybe) waiters.  The holder
  * may be in msync/fdatasync for milliseconds (a copy-on-write made durable
  * under the lock), so after a short spin a waiter sleeps in FUTEX_WAIT and
- * is woken by the unlock: not sched_yield (a whole CPU busy: the pool
- * thread waiting for every COW fault of a clone's resume took 60 % of
- * QEMU's samples), not a nanosleep backoff (each sleep rounded up to the
- * timer slack, 50 us: a hole-read fault took 68 us instead of 11).
- * Raw futex system calls: async-signal-safe.
+ * is woken by the unlock: not sched_yield (it kept a whole CPU busy), not
+ * a nanosleep backoff (each sleep is rounded up to the timer slack; see
+ * docs/benchmarks.rst, "Floors").  Raw futex system calls:
+ * async-signal-safe.
  */
 static void lock_futex(uint32_t *word, int op, uint32_t val)
 {

@@ -672,61 +672,52 @@ class Clones(unittest.TestCase):
 
     ARGS = ([1, 4], [256, 4096], 256, 8)
 
-    def test_guest_loop_ticks_and_works_once(self):
-        """The script under /bin/sh with a usleep that stops it after
-        12 ticks and a dd that writes nothing."""
+    @staticmethod
+    def run_workload(script, ticks):
+        """@script under /bin/sh with a usleep that stops it after @ticks
+        sleeps and a dd that only logs its arguments: (stdout, dd's log)."""
         with tempfile.TemporaryDirectory() as d:
             Path(d, "usleep").write_text(
                 "#!/bin/sh\nn=$(cat %s/n 2>/dev/null || echo 0)\n"
                 "echo $((n + 1)) > %s/n\n"
-                "[ $n -ge 11 ] && kill $PPID\nexit 0\n" % (d, d))
-            Path(d, "dd").write_text("#!/bin/sh\necho \"dd $*\" >> %s/dd.log\n"
+                "[ $n -ge %d ] && kill $PPID\nexit 0\n" % (d, d, ticks - 1))
+            Path(d, "dd").write_text("#!/bin/sh\necho \"dd $*\" >> %s/log\n"
                                      % d)
             for f in ("usleep", "dd"):
                 os.chmod(Path(d, f), 0o755)
-            r = subprocess.run(["/bin/sh", "-c", bc.workload(200, 7, 4)],
+            r = subprocess.run(["/bin/sh", "-c", script],
                                capture_output=True, text=True, timeout=30,
                                env=dict(os.environ,
                                         PATH=f"{d}:{os.environ['PATH']}"))
-            lines = r.stdout.split("\n")
-            ticks = [int(m.group(1)) for m in map(bc.TICK_RE.search, lines)
-                     if m]
-            self.assertEqual(ticks, list(range(1, 13)))
-            self.assertEqual([ln for ln in lines if "WORKED" in ln],
-                             ["CL-WORKED 7"])
-            self.assertEqual(Path(d, "dd.log").read_text().split(),
-                             ["dd", "if=/dev/urandom", "of=/tmp/work",
-                              "bs=1M", "count=4"])
+            return r.stdout, Path(d, "log").read_text()
+
+    def test_guest_loop_ticks_and_works_once(self):
+        """The script stopped after 12 ticks, with a dd that writes
+        nothing."""
+        out, dd = self.run_workload(bc.workload(200, 7, 4), 12)
+        lines = out.split("\n")
+        ticks = [int(m.group(1)) for m in map(bc.TICK_RE.search, lines) if m]
+        self.assertEqual(ticks, list(range(1, 13)))
+        self.assertEqual([ln for ln in lines if "WORKED" in ln],
+                         ["CL-WORKED 7"])
+        self.assertEqual(dd.split(), ["dd", "if=/dev/urandom", "of=/tmp/work",
+                                      "bs=1M", "count=4"])
         self.assertIn("usleep 200000", bc.workload(200, 7, 4))
 
     def test_warm_guest_fills_before_ticks_and_reads_back(self):
         """--warm-mib: the fill comes before the first tick (before the
         template's snapshot), the read back at the work tick before the
         write; without it the script is the same as before."""
-        with tempfile.TemporaryDirectory() as d:
-            Path(d, "usleep").write_text(
-                "#!/bin/sh\nn=$(cat %s/n 2>/dev/null || echo 0)\n"
-                "echo $((n + 1)) > %s/n\n"
-                "[ $n -ge 9 ] && kill $PPID\nexit 0\n" % (d, d))
-            Path(d, "dd").write_text("#!/bin/sh\necho \"dd $*\" >> %s/log\n"
-                                     % d)
-            for f in ("usleep", "dd"):
-                os.chmod(Path(d, f), 0o755)
-            r = subprocess.run(["/bin/sh", "-c", bc.workload(200, 6, 4, 512)],
-                               capture_output=True, text=True, timeout=30,
-                               env=dict(os.environ,
-                                        PATH=f"{d}:{os.environ['PATH']}"))
-            lines = [ln for ln in r.stdout.split("\n") if ln]
-            self.assertEqual(lines[:2], ["CL-WARM 512", "CL-TICK 1"])
-            self.assertEqual(lines.count("CL-WARM 512"), 1)
-            self.assertEqual([ln for ln in lines if "WORKED" in ln],
-                             ["CL-WORKED 6"])
-            self.assertEqual(Path(d, "log").read_text().split("\n")[:3],
-                             ["dd if=/dev/urandom of=/tmp/warm bs=1M "
-                              "count=512",
-                              "dd if=/tmp/warm of=/dev/null bs=1M",
-                              "dd if=/dev/urandom of=/tmp/work bs=1M "
-                              "count=4"])
+        out, dd = self.run_workload(bc.workload(200, 6, 4, 512), 10)
+        lines = [ln for ln in out.split("\n") if ln]
+        self.assertEqual(lines[:2], ["CL-WARM 512", "CL-TICK 1"])
+        self.assertEqual(lines.count("CL-WARM 512"), 1)
+        self.assertEqual([ln for ln in lines if "WORKED" in ln],
+                         ["CL-WORKED 6"])
+        self.assertEqual(dd.split("\n")[:3],
+                         ["dd if=/dev/urandom of=/tmp/warm bs=1M count=512",
+                          "dd if=/tmp/warm of=/dev/null bs=1M",
+                          "dd if=/dev/urandom of=/tmp/work bs=1M count=4"])
         self.assertEqual(bc.workload(200, 7, 4, 0), bc.workload(200, 7, 4))
         self.assertNotIn("warm", bc.workload(200, 7, 4))
 

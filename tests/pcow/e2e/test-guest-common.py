@@ -229,6 +229,22 @@ def last_iter(lines) -> int:
     return n
 
 
+def run_job(m, cmd: str, **args):
+    """Run a snapshot-* QMP job to its end over monitor @m; returns its
+    error or None."""
+    jid = f"{cmd}-{time.monotonic_ns()}"
+    m.execute(cmd, {"job-id": jid, **args})
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        j = {j["id"]: j for j in m.execute("query-jobs")}.get(jid)
+        if j and j["status"] == "concluded":
+            m.execute("job-dismiss", id=jid)
+            print(f"   (qmp) {cmd} {args} -> {j.get('error', 'ok')}")
+            return j.get("error")
+        time.sleep(0.2)
+    raise guest.GuestError(f"{cmd}: job not concluded after 600 s")
+
+
 def wait_migration(m, timeout: float = 180) -> dict:
     """query-migrate once the migration completed, failed or was
     cancelled; on a timeout its "status" says so."""

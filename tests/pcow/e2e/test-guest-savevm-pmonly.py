@@ -138,17 +138,7 @@ class Vm:
 
     def job(self, cmd, **args):
         """Run a snapshot-* job to its end; returns its error or None."""
-        jid = f"{cmd}-{time.monotonic_ns()}"
-        self.m.execute(cmd, {"job-id": jid, **args})
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            j = {j["id"]: j for j in self.m.execute("query-jobs")}.get(jid)
-            if j and j["status"] == "concluded":
-                self.m.execute("job-dismiss", id=jid)
-                print(f"   (qmp) {cmd} {args} -> {j.get('error', 'ok')}")
-                return j.get("error")
-            time.sleep(0.2)
-        raise guest.GuestError(f"{cmd}: job not concluded after 600 s")
+        return common.run_job(self.m, cmd, **args)
 
 
 def snapshots(t, img):
